@@ -1,0 +1,117 @@
+"""The ``arbg`` command. Each subcommand parses arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("arbg")
+
+
+def default_cache_dir() -> Path:
+    """Where bulk data goes unless the user says otherwise ($ARBG_CACHE or ~/.cache/arbg)."""
+    return Path(os.environ.get("ARBG_CACHE", Path.home() / ".cache" / "arbg"))
+
+
+def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("system", nargs="?", default=None,
+                       help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)")
+    p.add_argument("--sequence", help="one-letter sequence (20 standard amino acids)")
+    p.add_argument("--pdb", help="a PDB file with one peptide chain")
+    p.add_argument("--capped", action=argparse.BooleanOptionalAction, default=None,
+                   help="ACE/NME caps (default: zwitterionic for sequences)")
+    p.add_argument("--forcefield", nargs="+", default=None,
+                   help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)")
+    p.add_argument("--nonbonded", choices=["NoCutoff", "CutoffNonPeriodic"], default=None)
+    p.add_argument("--cutoff-nm", type=float, default=None)
+    p.add_argument("--temperature-k", type=float, default=None,
+                   help="physical temperature of the target in K (not the sampling --tau)")
+    p.add_argument("--fast-implicit", action="store_true",
+                   help="amber99sbildn + amber99_obc, NoCutoff, 310 K (fast on CPUs)")
+    p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
+
+
+def system_from_args(args: argparse.Namespace, n_workers: int = 1):
+    from arbg.systems import build_system, make_spec
+
+    system = getattr(args, "system", None)
+    if system is None and args.sequence is None and args.pdb is None:
+        system = "aldp"
+    spec = make_spec(system, sequence=args.sequence, pdb=args.pdb, capped=args.capped,
+                     forcefield=tuple(args.forcefield) if args.forcefield else None,
+                     nonbonded=args.nonbonded, cutoff_nm=args.cutoff_nm,
+                     temperature_k=args.temperature_k, fast_implicit=args.fast_implicit,
+                     histidine=args.histidine)
+    return build_system(spec, minimize=args.pdb is None, n_workers=n_workers)
+
+
+def cmd_md(args: argparse.Namespace) -> int:
+    from arbg.md import MDConfig, run_md
+
+    system = system_from_args(args)
+    out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
+    cfg = MDConfig(ns=args.ns, step_fs=args.step_fs, friction_per_ps=args.friction,
+                   frame_interval_ps=args.frame_interval_ps, warmup_ps=args.warmup_ps,
+                   seed=args.seed, temperature_k=args.md_temperature_k)
+    run_md(system, out, cfg, progress=not args.quiet)
+    print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
+    return 0
+
+
+def cmd_system(args: argparse.Namespace) -> int:
+    system = system_from_args(args)
+    info = system.describe()
+    info["boundaries"] = system.boundaries
+    info["reduced_energy_kT"] = float(system.reduced_energy(system.positions)[0])
+    if args.out:
+        system.save_pdb(args.out)
+        info["pdb"] = args.out
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arbg", description="Autoregressive Boltzmann Generators")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("system", help="build a peptide system and print its description")
+    add_system_args(s)
+    s.add_argument("--out", help="write the built peptide (canonical order) to this PDB")
+    s.set_defaults(func=cmd_system)
+
+    s = sub.add_parser("md", help="reference MD with OpenMM (resumable)")
+    add_system_args(s)
+    s.add_argument("--ns", type=float, default=1.0, help="production length in ns")
+    s.add_argument("--out", help="output directory (default: cache dir)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--step-fs", type=float, default=1.0)
+    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
+    s.add_argument("--frame-interval-ps", type=float, default=1.0)
+    s.add_argument("--warmup-ps", type=float, default=50.0)
+    s.add_argument("--md-temperature-k", type=float, default=None,
+                   help="sampling temperature of the MD data (default: the system's)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_md)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"arbg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""The ARBG model: a decoder-only causal transformer over binned Cartesian coordinates.
+
+One token per modelled coordinate (``D = 3(n-1)`` per conformation, see :mod:`arbg.standardize`).
+Position ``j`` receives the bin of coordinate ``j-1`` (a start token, id ``n_bins``, at ``j=0``)
+plus embeddings of the axis, atom index, atom type, residue type and residue index of the
+coordinate ``j`` it *predicts*, and outputs the parameters of ``p(b_j | b_<j)`` (logits over the
+``L`` bins for the categorical :class:`BinHead`).
+
+The recipe follows the paper (``../shared/seeds/arbg-paper.txt``, Sec. E.1 and Table A.5) in the
+nanoGPT / nanochat style: pre-norm RMSNorm, SwiGLU MLP, causal scaled-dot-product attention
+(``F.scaled_dot_product_attention``, flash kernels on a GPU), no biases, rotary position embeddings
+over the token index (or learned positions). The attention width ``n_head * head_dim`` is
+independent of the channel width ``n_embd``.
+
+"Expansion 4" (Table A.5) is implemented as a fused gate+up projection of width ``4 * n_embd``
+split into two halves, i.e. a SwiGLU hidden width of ``2 * n_embd``; with untied bin embedding and
+output head this gives the paper's ~7.4M parameters for the ``small`` preset at 4096 bins.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # trains on a 2-core CPU in minutes
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, head_dim=32),
+    # the paper's single-system model (aldp, aaa): 7.4M parameters at 4096 bins
+    "small": dict(n_layer=8, n_embd=256, n_head=8, head_dim=32),
+    # the paper's Chignolin model
+    "medium": dict(n_layer=12, n_embd=512, n_head=8, head_dim=64),
+    # the transferable model's size
+    "large": dict(n_layer=16, n_embd=768, n_head=12, head_dim=64),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of :class:`ARBG`.
+
+    Attributes
+    ----------
+    n_bins : int
+        Number of bins ``L`` (the start token has id ``L``, so the input vocabulary is ``L + 1``).
+    n_layer, n_head, head_dim, n_embd : int
+        Depth, attention heads, per-head width and residual channel width.
+    mlp_ratio : float
+        Width of the fused SwiGLU gate+up projection in units of ``n_embd`` (hidden width is
+        ``mlp_ratio * n_embd / 2``) unless ``mlp_hidden`` is given.
+    mlp_hidden : int or None
+        Explicit SwiGLU hidden width.
+    max_atoms : int
+        Size of the atom-index embedding; ``max_tokens`` defaults to ``3 * (max_atoms - 1)``.
+    max_tokens : int or None
+        Longest sequence (rotary table / learned positions / KV cache default).
+    n_atom_types, n_residue_types, max_residues : int
+        Vocabulary sizes of the atom-type, residue-type and residue-index embeddings.
+    head : str
+        Output head (``"bins"``; mixture heads can be registered in :data:`HEADS`).
+    rope : bool
+        Rotary position embeddings (True) or a learned absolute position embedding (False).
+    rope_base : float
+        Rotary frequency base.
+    head_kwargs : dict
+        Extra keyword arguments of the head.
+    """
+
+    n_bins: int = 4096
+    n_layer: int = 8
+    n_head: int = 8
+    head_dim: int = 32
+    n_embd: int = 256
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None
+    max_atoms: int = 256
+    max_tokens: int | None = None
+    n_atom_types: int = 64
+    n_residue_types: int = 32
+    max_residues: int = 64
+    head: str = "bins"
+    rope: bool = True
+    rope_base: float = 10000.0
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is None:
+            self.max_tokens = 3 * (self.max_atoms - 1)
+        if self.mlp_hidden is None:
+            self.mlp_hidden = int(round(self.mlp_ratio * self.n_embd / 2))
+        if self.rope and self.head_dim % 2:
+            raise ValueError("rotary embeddings need an even head_dim")
+
+    @classmethod
+    def preset(cls, name: str, n_bins: int, **overrides: Any) -> ModelConfig:
+        """Build a config from :data:`PRESETS` (``tiny``, ``small``, ``medium``, ``large``).
+
+        Parameters
+        ----------
+        name : str
+        n_bins : int
+        **overrides
+            Any other :class:`ModelConfig` field (e.g. ``max_atoms``, ``n_atom_types``).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(n_bins=n_bins, **{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable representation."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are rejected)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token conditioning features
+
+
+@dataclass
+class TokenFeatures:
+    """Features of the coordinate predicted at each position; long tensors of shape [T] or [B, T].
+
+    Attributes
+    ----------
+    axis : 0/1/2 for x/y/z
+    atom_index : index of the atom in canonical order
+    atom_type : atom-type id (``arbg.systems`` vocabulary)
+    residue_type : residue-type id
+    residue_index : 0-based residue index
+    """
+
+    axis: torch.Tensor
+    atom_index: torch.Tensor
+    atom_type: torch.Tensor
+    residue_type: torch.Tensor
+    residue_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.axis.shape[-1])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Name -> tensor."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def slice(self, start: int, stop: int) -> TokenFeatures:
+        """Positions ``start:stop`` along the last (token) dimension."""
+        return TokenFeatures(**{k: v[..., start:stop] for k, v in self.tensors().items()})
+
+    def to(self, device: torch.device | str) -> TokenFeatures:
+        """Move all tensors to ``device``."""
+        return TokenFeatures(**{k: v.to(device) for k, v in self.tensors().items()})
+
+
+def token_features_for_system(
+    atom_type_id: np.ndarray,
+    residue_type_id: np.ndarray,
+    residue_index: np.ndarray,
+    n_coords: int | None = None,
+) -> TokenFeatures:
+    """Token features of one system from per-atom arrays.
+
+    Coordinate ``j`` belongs to atom ``j // 3`` and axis ``j % 3`` (atom-major flattening, as in
+    :meth:`arbg.standardize.Standardization.forward`).
+
+    Parameters
+    ----------
+    atom_type_id, residue_type_id, residue_index : np.ndarray, shape [n], int
+    n_coords : int, optional
+        Number of modelled coordinates, default ``3(n-1)``.
+
+    Returns
+    -------
+    TokenFeatures with [T] long tensors, ``T = n_coords``.
+    """
+    n = len(atom_type_id)
+    if n_coords is None:
+        n_coords = 3 * (n - 1)
+    j = np.arange(n_coords)
+    atom = j // 3
+    if atom.size and atom.max() >= n:
+        raise ValueError(f"n_coords={n_coords} needs more than the {n} atoms given")
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+    return TokenFeatures(
+        axis=t(j % 3),
+        atom_index=t(atom),
+        atom_type=t(np.asarray(atom_type_id)[atom]),
+        residue_type=t(np.asarray(residue_type_id)[atom]),
+        residue_index=t(np.asarray(residue_index)[atom]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Output heads
+
+
+class Head(nn.Module):
+    """Interface of an output head: hidden states -> parameters of ``p(b_j | b_<j)``.
+
+    Subclasses set ``n_outputs`` (size of the last dimension of the parameters) and implement
+    :meth:`forward`, :meth:`log_prob` and :meth:`sample`. Mixture heads (discretized logistics or
+    Gaussians over the bins, or a continuous GIVT-style Gaussian mixture) plug in here.
+    """
+
+    n_outputs: int
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Parameters [B, T, n_outputs] from hidden states [B, T, C]."""
+        raise NotImplementedError
+
+    def log_prob(self, params: torch.Tensor, bins: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+        """Log-probability [B, T] (float32 or higher) of ``bins`` [B, T] at temperature ``tau``."""
+        raise NotImplementedError
+
+    def sample(
+        self, params: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Draw bins [B, T] (int64) at temperature ``tau``."""
+        raise NotImplementedError
+
+    def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood over targets != -1 (scalar)."""
+        mask = targets != -1
+        lp = self.log_prob(params, targets.clamp_min(0))
+        return -(lp * mask).sum() / mask.sum().clamp_min(1)
+
+
+class BinHead(Head):
+    """Categorical over ``L`` uniform bins: a linear layer to ``L`` logits."""
+
+    def __init__(self, n_embd: int, n_bins: int) -> None:
+        super().__init__()
+        self.n_outputs = n_bins
+        self.proj = nn.Linear(n_embd, n_bins, bias=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)  # [B, T, L] logits
+
+    def log_prob(self, params: torch.Tensor, bins: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+        logp = F.log_softmax(params.float() / tau, dim=-1)  # [B, T, L]
+        return logp.gather(-1, bins.long().unsqueeze(-1)).squeeze(-1)  # [B, T]
+
+    def sample(
+        self, params: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        probs = F.softmax(params.float() / tau, dim=-1)
+        flat = probs.reshape(-1, probs.shape[-1])  # [B*T, L]
+        out = torch.multinomial(flat, 1, generator=generator)  # [B*T, 1]
+        return out.reshape(probs.shape[:-1])  # [B, T]
+
+    def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            params.float().reshape(-1, params.shape[-1]),  # [B*T, L]
+            targets.reshape(-1),  # [B*T]
+            ignore_index=-1,
+        )
+
+
+HEADS: dict[str, type[Head]] = {"bins": BinHead}
+
+
+def build_head(config: ModelConfig) -> Head:
+    """Instantiate the head named by ``config.head``."""
+    if config.head == "bins":
+        return BinHead(config.n_embd, config.n_bins)
+    if config.head not in HEADS:
+        raise ValueError(f"unknown head {config.head!r}; registered: {sorted(HEADS)}")
+    return HEADS[config.head](config.n_embd, config.n_bins, **config.head_kwargs)  # type: ignore[call-arg]
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for incremental decoding.
+
+    ``k`` and ``v`` have shape [n_layer, B, n_head, max_T, head_dim]; ``pos`` is the number of
+    positions already filled (the next token is at position ``pos``).
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        max_T: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (n_layer, batch, n_head, max_T, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_T(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget all positions (the buffers are reused)."""
+        self.pos = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Gather the batch dimension by ``index`` [B'] (e.g. after SMC resampling).
+
+        ``B'`` may differ from ``B``; the buffers are replaced.
+        """
+        index = index.to(self.k.device).long()
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Write k, v [B, H, T, Dh] at ``pos`` for ``layer``; return the keys/values so far."""
+        t0, t1 = self.pos, self.pos + k.shape[2]
+        if t1 > self.max_T:
+            raise ValueError(f"KV cache overflow: {t1} > {self.max_T}")
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]  # [B, H, t1, Dh]
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer
+
+
+def _rotary_tables(max_T: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [max_T, head_dim/2] (float32)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.arange(max_T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [T, Dh/2]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of ``x`` [B, H, T, Dh] by cos/sin [T, Dh/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        width = config.n_head * config.head_dim  # may differ from n_embd
+        self.q = nn.Linear(config.n_embd, width, bias=False)
+        self.k = nn.Linear(config.n_embd, width, bias=False)
+        self.v = nn.Linear(config.n_embd, width, bias=False)
+        self.o = nn.Linear(width, config.n_embd, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Dh = self.n_head, self.head_dim
+        q = self.q(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.k(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        v = self.v(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        pos0 = 0
+        if kv_cache is not None:
+            pos0 = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k.to(kv_cache.k.dtype), v.to(kv_cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)  # [B, H, pos0+T, Dh]
+        if pos0 == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one query attends to all cached keys
+        else:
+            # query i (absolute position pos0+i) sees keys 0..pos0+i
+            key_pos = torch.arange(pos0 + T, device=x.device)
+            mask = key_pos[None, :] <= (pos0 + torch.arange(T, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
+        y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, T, H*Dh]
+        return self.o(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(config.mlp_hidden)  # type: ignore[arg-type]
+        self.up = nn.Linear(config.n_embd, 2 * hidden, bias=False)  # fused gate + value
+        self.down = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, val = self.up(x).chunk(2, dim=-1)  # 2 x [B, T, hidden]
+        return self.down(F.silu(gate) * val)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.norm2 = nn.RMSNorm(config.n_embd)
+        self.mlp = SwiGLU(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rotary, kv_cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class ARBG(nn.Module):
+    """Autoregressive Boltzmann generator over binned coordinates.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    default_feats : TokenFeatures, optional
+        [T] features of a single system, stored as buffers so that ``forward(tokens)`` works
+        without passing features (single-system models).
+    """
+
+    def __init__(self, config: ModelConfig, default_feats: TokenFeatures | None = None) -> None:
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.start_id = config.n_bins
+        self.wte = nn.Embedding(config.n_bins + 1, C)  # previous bin (+ start token)
+        self.axis_emb = nn.Embedding(3, C)
+        self.atom_emb = nn.Embedding(config.max_atoms, C)
+        self.atom_type_emb = nn.Embedding(config.n_atom_types, C)
+        self.residue_type_emb = nn.Embedding(config.n_residue_types, C)
+        self.residue_index_emb = nn.Embedding(config.max_residues, C)
+        self.wpe = None if config.rope else nn.Embedding(int(config.max_tokens), C)  # type: ignore[arg-type]
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.norm_f = nn.RMSNorm(C)
+        self.head = build_head(config)
+        if config.rope:
+            cos, sin = _rotary_tables(int(config.max_tokens), config.head_dim, config.rope_base)  # type: ignore[arg-type]
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.has_default_feats = default_feats is not None
+        if default_feats is not None:
+            for name, t in default_feats.tensors().items():
+                self.register_buffer(f"feat_{name}", t.long().clone())
+        self._init_weights()
+
+    # ---- initialisation / bookkeeping
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=m.in_features**-0.5)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        for block in self.blocks:  # residual branches start as identity (nanochat)
+            nn.init.zeros_(block.attn.o.weight)
+            nn.init.zeros_(block.mlp.down.weight)
+        if isinstance(self.head, BinHead):  # uniform initial distribution over the bins
+            nn.init.zeros_(self.head.proj.weight)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (optionally without the embedding tables)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def default_features(self) -> TokenFeatures | None:
+        """The registered single-system features ([T] tensors), if any."""
+        if not self.has_default_feats:
+            return None
+        return TokenFeatures(
+            **{f.name: getattr(self, f"feat_{f.name}") for f in fields(TokenFeatures)}
+        )
+
+    def new_kv_cache(
+        self, batch: int, max_T: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """A KV cache for ``batch`` sequences on this model's device."""
+        c = self.config
+        p = next(self.parameters())
+        return KVCache(
+            c.n_layer, batch, c.n_head, max_T or int(c.max_tokens), c.head_dim,  # type: ignore[arg-type]
+            device=p.device, dtype=dtype or p.dtype,
+        )
+
+    def shift_right(self, bins: torch.Tensor) -> torch.Tensor:
+        """Inputs for teacher forcing: [start, b_0, ..., b_{T-2}] from targets bins [B, T]."""
+        start = torch.full_like(bins[:, :1], self.start_id)
+        return torch.cat([start, bins[:, :-1]], dim=1)  # [B, T]
+
+    # ---- forward
+
+    def _features(self, feats: TokenFeatures | None, pos0: int, T: int) -> TokenFeatures:
+        if feats is None:
+            feats = self.default_features()
+            if feats is None:
+                raise ValueError("this model has no default features; pass feats")
+        if len(feats) == T:
+            return feats
+        if len(feats) >= pos0 + T:
+            return feats.slice(pos0, pos0 + T)
+        raise ValueError(f"features of length {len(feats)} do not cover positions {pos0}..{pos0+T}")
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        feats: TokenFeatures | None = None,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head parameters for every position and optionally the loss.
+
+        Parameters
+        ----------
+        tokens : LongTensor [B, T]
+            Bin of the previous coordinate (``n_bins`` = start token at absolute position 0).
+        feats : TokenFeatures, optional
+            Features of the predicted coordinates, [T] or [B, T] tensors, either for exactly the
+            ``T`` positions fed or for the whole sequence (then positions ``pos .. pos+T`` are
+            taken). Defaults to the registered single-system features.
+        targets : LongTensor [B, T], optional
+            Bins to predict (-1 = ignore); gives the mean cross-entropy (nats per coordinate).
+        kv_cache : KVCache, optional
+            The tokens occupy absolute positions ``kv_cache.pos .. pos+T``; their keys/values are
+            appended and ``pos`` advances by ``T``.
+
+        Returns
+        -------
+        out : head parameters [B, T, n_outputs] (logits [B, T, L] for :class:`BinHead`)
+        loss : scalar tensor or None
+        """
+        B, T = tokens.shape
+        pos0 = kv_cache.pos if kv_cache is not None else 0
+        if pos0 + T > int(self.config.max_tokens):  # type: ignore[arg-type]
+            raise ValueError(f"sequence of {pos0 + T} tokens > max_tokens {self.config.max_tokens}")
+        f = self._features(feats, pos0, T)
+        x = self.wte(tokens)  # [B, T, C]
+        x = (
+            x
+            + self.axis_emb(f.axis)
+            + self.atom_emb(f.atom_index)
+            + self.atom_type_emb(f.atom_type)
+            + self.residue_type_emb(f.residue_type)
+            + self.residue_index_emb(f.residue_index)
+        )  # [T, C] features broadcast over the batch
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=tokens.device))
+        else:
+            rotary = (self.rope_cos[pos0 : pos0 + T], self.rope_sin[pos0 : pos0 + T])
+        for block in self.blocks:
+            x = block(x, rotary, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        out = self.head(self.norm_f(x))
+        loss = self.head.loss(out, targets) if targets is not None else None
+        return out, loss
+
+    def log_prob(
+        self,
+        bins: torch.Tensor,
+        feats: TokenFeatures | None = None,
+        tau: float = 1.0,
+    ) -> torch.Tensor:
+        """Teacher-forced log-probability of whole sequences.
+
+        Parameters
+        ----------
+        bins : LongTensor [B, T]
+            Target bins of all ``T`` coordinates (the inputs are built with :meth:`shift_right`).
+        feats : TokenFeatures, optional
+        tau : float
+            Temperature of the conditionals.
+
+        Returns
+        -------
+        Tensor [B], float64: ``sum_j log p(b_j | b_<j)`` in nats (add
+        ``Binning.log_density`` and ``Standardization.log_det_forward`` for the density in nm).
+        """
+        out, _ = self.forward(self.shift_right(bins), feats)
+        lp = self.head.log_prob(out, bins, tau)  # [B, T]
+        return lp.to(torch.float64).sum(dim=-1)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a dict (for checkpoints)."""
+        return self.config.to_dict()
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameter count of :class:`ARBG` with ``config`` (built on the meta device)."""
+    with torch.device("meta"):
+        model = ARBG(config)
+    return model.num_params()
+
+
+def describe(config: ModelConfig) -> str:
+    """One-line summary of a config."""
+    n = count_params(config)
+    return (
+        f"{config.n_layer} layers, {config.n_embd} ch, {config.n_head}x{config.head_dim} heads, "
+        f"{config.n_bins} bins: {n / 1e6:.2f}M parameters"
+    )
+
