@@ -384,7 +384,10 @@ class SMCRepeats:
         mean : float
             Z-weighted combination of the populations' self-normalized estimates.
         standard_error : float
-            ``std(f_r, ddof=1) / sqrt(R)`` over the independent populations' estimates.
+            Delta-method SE of the ratio ``sum_r Z_r f_r / sum_r Z_r`` with the
+            independent populations as units:
+            ``SE^2 = R / (R - 1) * sum_r (Z_r / sum Z)^2 (f_r - mean)^2``, which reduces
+            to ``std(f_r, ddof=1) / sqrt(R)`` when the Z_r are equal.  NaN for R = 1.
         """
         if callable(observable):
             values = [np.asarray(observable(r.positions)) for r in self.results]
@@ -392,10 +395,13 @@ class SMCRepeats:
             values = [np.asarray(v) for v in observable]
         pairs = zip(values, self.results, strict=True)
         per = np.array([weighted_mean(v, r.log_w)[0] for v, r in pairs])
-        mean = weighted_mean(np.concatenate(values), self.log_w)[0]
+        mean = float(weighted_mean(np.concatenate(values), self.log_w)[0])
         n_rep = len(self.results)
-        se = float(np.std(per, ddof=1) / np.sqrt(n_rep)) if n_rep > 1 else float("nan")
-        return float(mean), se
+        if n_rep < 2:
+            return mean, float("nan")
+        zbar = np.exp(normalize_log_weights(self.log_z))
+        se = float(np.sqrt(n_rep / (n_rep - 1) * np.sum(zbar**2 * (per - mean) ** 2)))
+        return mean, se
 
 
 def smc_repeats(

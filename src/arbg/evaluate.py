@@ -1,0 +1,224 @@
+"""`arbg evaluate`: metrics of a sampling run against reference MD, observables, the report.
+
+Follows the published benchmark recipe (``../shared/reference.md``, "Published evaluation"):
+E-W2 on reduced energies, T-W2 over all phi/psi with the periodic cost, TICA-W2 in a 2-D TICA
+space fitted on the reference (lag 100 frames), each for the raw proposal and the reweighted
+ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
+the MD-vs-MD floor (two disjoint time blocks of the reference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arbg.dataset import Dataset, load_dataset
+from arbg.systems import PeptideSystem
+
+log = logging.getLogger(__name__)
+
+
+def bond_angle_triples(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
+    """[a, 3] angle triples (i, j, k) with bonds i-j and j-k, from [b, 2] bonds."""
+    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
+    for i, j in bonds:
+        neighbours[i].append(int(j))
+        neighbours[j].append(int(i))
+    out = []
+    for j, nb in enumerate(neighbours):
+        for a in range(len(nb)):
+            for b in range(a + 1, len(nb)):
+                out.append((nb[a], j, nb[b]))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Arrays and summary of an ``arbg sample`` run directory."""
+    run = Path(run_dir)
+    path = run / "samples.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{run}: no samples.npz (is this an `arbg sample` run dir?)")
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    summary_path = run / "summary.json"
+    data["summary"] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return data
+
+
+def reference_energies(dataset: Dataset) -> np.ndarray:
+    """Reduced energies (kT) of every reference frame (computed once, kept on the dataset)."""
+    cached = dataset.metadata.get("_energies")
+    if cached is None or len(cached) != len(dataset):
+        cached = dataset.system.reduced_energy(dataset.positions)
+        dataset.metadata["_energies"] = cached
+    return cached
+
+
+def _check_same_system(a: PeptideSystem, b: PeptideSystem) -> None:
+    if a.atom_names != b.atom_names:
+        raise ValueError(f"the reference ({b.name}, {b.n_atoms} atoms) and the samples "
+                         f"({a.name}, {a.n_atoms} atoms) are different systems")
+
+
+def evaluate_samples(
+    system: PeptideSystem,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    log_w: np.ndarray,
+    reference: Dataset,
+    *,
+    n_eval: int = 10_000,
+    seed: int = 0,
+    repeats: int = 1,
+    tica_lag: int = 100,
+    floor: bool = True,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Metrics of samples (canonical order, nm) with normalised log-weights against `reference`.
+
+    Returns the JSON-serialisable dict of :func:`arbg.metrics.evaluate_ensemble`, with the
+    basin populations and free-energy differences under ``"populations"``.
+    """
+    from arbg.metrics import evaluate_ensemble
+    from arbg.report import compute_populations
+    from arbg.reweight import normalize_log_weights
+
+    _check_same_system(system, reference.system)
+    ref_x = reference.positions
+    ref_u = reference_energies(reference)
+    n_eval = min(n_eval, len(ref_x) // (2 if floor else 1))
+    log_w = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
+    metrics = evaluate_ensemble(
+        ref_x, ref_u, positions, energies, log_w,
+        phi_indices=system.phi_indices, psi_indices=system.psi_indices,
+        omega_indices=system.omega_indices, backbone_indices=system.backbone_heavy_indices,
+        n_eval=n_eval, tica_lag=tica_lag, seed=seed, n_repeats=repeats, floor=floor,
+        info=info,
+    )
+    weights = np.exp(log_w)
+    metrics["populations"] = compute_populations(
+        ref_x, positions, weights, system.phi_indices, system.psi_indices,
+        residue_labels=_residue_labels(system))
+    return metrics
+
+
+def _residue_labels(system: PeptideSystem) -> list[str]:
+    return [f"{name}{i + 1}" for i, name in enumerate(system.block_resnames)]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    reference: str | Path | Dataset,
+    *,
+    out_dir: str | Path | None = None,
+    n_eval: int = 10_000,
+    seed: int = 0,
+    repeats: int = 1,
+    tica_lag: int = 100,
+    topology: str | Path | None = None,
+    report: bool = True,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate an ``arbg sample`` run against reference MD; write metrics.json and the report.
+
+    Parameters
+    ----------
+    run_dir : the run directory (samples.npz, summary.json, topology.pdb).
+    reference : anything :func:`arbg.dataset.load_dataset` reads, or a Dataset. It should not
+        be the training data; all of its frames are used, in time order.
+    out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
+    """
+    from arbg.report import write_metrics_json, write_report
+    from arbg.systems import SystemSpec, build_system
+
+    run = load_run(run_dir)
+    summary = run["summary"]
+    spec = summary.get("system_spec") or summary.get("system")
+    if isinstance(reference, Dataset):
+        ref = reference
+    else:
+        ref = load_dataset(reference, topology=topology)
+    system = build_system(SystemSpec.from_dict(spec), minimize=False) if isinstance(
+        spec, dict) else ref.system
+    positions = run["coords"].astype(np.float64)
+    info = {k: summary[k] for k in ("n_samples", "tau", "ess", "energy_evaluations",
+                                    "n_clipped", "clip_fraction", "n_chirality_wrong",
+                                    "n_nonfinite") if k in summary}
+    metrics = evaluate_samples(system, positions, run["u"], run["log_w"], ref, n_eval=n_eval,
+                               seed=seed, repeats=repeats, tica_lag=tica_lag, info=info)
+    metrics["reference"] = {"source": str(reference if not isinstance(reference, Dataset)
+                                          else reference.metadata.get("source", "dataset")),
+                            "n_frames": len(ref)}
+    out = Path(out_dir) if out_dir else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if report:
+        bonds = system.bonds
+        write_report(
+            out, reference_positions=ref.positions, reference_energies=reference_energies(ref),
+            proposal_positions=positions, proposal_energies=run["u"], log_weights=run["log_w"],
+            metrics=metrics, phi_indices=system.phi_indices, psi_indices=system.psi_indices,
+            omega_indices=system.omega_indices, backbone_indices=system.backbone_heavy_indices,
+            bonds=bonds, angles=bond_angle_triples(bonds, system.n_atoms),
+            residue_labels=_residue_labels(system), populations=metrics.get("populations"),
+            tica_lag=tica_lag, title=title or f"arbg report: {system.name}", seed=seed)
+    else:
+        write_metrics_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def md_cost_curve(
+    system: PeptideSystem,
+    md_frames: np.ndarray,
+    steps_per_frame: int,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    log_w_raw: np.ndarray,
+    reference: Dataset,
+    budgets: list[int],
+    *,
+    evals_per_sample: float = 1.0,
+    n_max: int = 5000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """E-W2 and T-W2 against the reference at matched energy-evaluation budgets, BG vs MD.
+
+    One MD step costs one force evaluation, so MD with budget K is the first K steps of a run
+    (its frames at the saved stride: K / steps_per_frame frames). A BG with budget K reweights
+    its first K / evals_per_sample proposals. Budgets that give fewer than 2 MD frames or
+    proposals are skipped. At most ``n_max`` samples per side enter each W2 (stride-subsampled).
+    """
+    from arbg.metrics import backbone_torsions, energy_w2, torsion_w2
+    from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
+
+    rng = np.random.default_rng(seed)
+    ref_u = reference_energies(reference)
+    stride = max(1, len(reference) // n_max)
+    ref_t = backbone_torsions(reference.positions[::stride], system.phi_indices,
+                              system.psi_indices)
+    ref_u_s = ref_u[::stride]
+    out: dict[str, Any] = {"budgets": [], "bg": {"e_w2": [], "t_w2": []},
+                           "md": {"budgets": [], "e_w2": [], "t_w2": []}}
+    for k in budgets:
+        n_bg = int(k / evals_per_sample)
+        if 2 <= n_bg <= len(positions):
+            lw, _ = clip_log_weights(np.asarray(log_w_raw[:n_bg], dtype=np.float64))
+            lw = normalize_log_weights(lw)
+            idx = multinomial_resample(lw, min(n_bg, n_max), rng)
+            x = positions[:n_bg][idx]
+            out["budgets"].append(k)
+            out["bg"]["e_w2"].append(energy_w2(energies[:n_bg][idx], ref_u_s))
+            out["bg"]["t_w2"].append(torsion_w2(
+                backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t))
+        n_md = k // steps_per_frame
+        if 2 <= n_md <= len(md_frames):
+            frames = md_frames[:n_md][:: max(1, n_md // n_max)]
+            u_md = system.reduced_energy(frames)
+            out["md"]["budgets"].append(k)
+            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s))
+            out["md"]["t_w2"].append(torsion_w2(
+                backbone_torsions(frames, system.phi_indices, system.psi_indices), ref_t))
+    return out
