@@ -34,7 +34,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             energy.close()
             assert np.isfinite(u).all()
-            print(f"{name:10s} atoms={system.n_atoms:4d} platform={choose_platform(system.n_atoms):9s}"
+            platform = choose_platform(system.n_atoms)
+            print(f"{name:10s} atoms={system.n_atoms:4d} platform={platform:9s}"
                   f" workers={workers}  {n / dt:9.0f} evals/s  {dt / n * 1e6:8.1f} us/eval")
 
 

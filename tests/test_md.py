@@ -53,8 +53,6 @@ def test_loader_npy_in_other_atom_order_and_published_layout(tmp_path, aldp):
     x = (aldp.positions[None] + rng.normal(scale=0.002, size=(30, 22, 3))).astype(np.float32)
     # a PDB in a different atom order: the build order (to_original)
     perm = aldp.to_original
-    from arbg.systems import build_system  # noqa: F401
-
     import mdtraj
 
     top = aldp.topology.subset(np.arange(22))  # copy

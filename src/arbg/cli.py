@@ -75,6 +75,63 @@ def cmd_system(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bound(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from arbg.binning import quantization_bound
+    from arbg.dataset import load_dataset
+    from arbg.standardize import fit_standardization
+
+    data = load_dataset(args.data, topology=args.topology)
+    frames = data.split("train")
+    if args.frames and len(frames) > args.frames:
+        frames = frames[:: len(frames) // args.frames][: args.frames]
+    rows = quantization_bound(frames, fit_standardization(data.split("train")), args.bins,
+                              data.system.reduced_energy, np.random.default_rng(args.seed))
+    print(f"{'bins':>6s} {'width (pm)':>11s} {'E-W2 (kT)':>10s} {'clipped':>8s}")
+    for r in rows:
+        print(f"{r['n_bins']:6d} {r['bin_width_pm']:11.3f} {r['e_w2']:10.3f} {r['n_clipped']:8d}")
+    if args.json:
+        from arbg.io import atomic_write_json
+
+        atomic_write_json(args.json, rows)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from arbg.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.reference, out_dir=args.out, n_eval=args.n_eval,
+                           seed=args.seed, repeats=args.repeats, tica_lag=args.tica_lag,
+                           topology=args.topology, report=not args.no_report)
+    print(format_metrics(metrics))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    print(f"metrics: {out / 'metrics.json'}")
+    if not args.no_report:
+        print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """A plain-text table of E-W2 / T-W2 / TICA-W2 per ensemble."""
+    rows = [f"{'ensemble':24s} {'E-W2':>14s} {'T-W2':>14s} {'TICA-W2':>14s}"]
+    for name, vals in metrics.get("metrics", {}).items():
+        cells = []
+        for key in ("e_w2", "t_w2", "tica_w2"):
+            v = vals.get(key)
+            if v is None:
+                cells.append(f"{'-':>14s}")
+            elif v.get("std") and len(v.get("values", [])) > 1:
+                cells.append(f"{v['mean']:7.3f}+-{v['std']:<5.3f}")
+            else:
+                cells.append(f"{v['mean']:14.3f}")
+        rows.append(f"{name:24s} " + " ".join(cells))
+    for key in ("ess", "unique_resampled", "n_eval"):
+        if key in metrics:
+            rows.append(f"{key}: {metrics[key]}")
+    return "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbg", description="Autoregressive Boltzmann Generators")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -98,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampling temperature of the MD data (default: the system's)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
+
+    s = sub.add_parser("bound", help="discretization bound: E-W2 of de-quantized training data "
+                                     "for a list of bin counts (how many bins a system needs)")
+    s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
+    s.add_argument("--topology", help="PDB for array/trajectory data")
+    s.add_argument("--bins", type=int, nargs="+", default=[256, 1024, 4096, 8192])
+    s.add_argument("--frames", type=int, default=5000, help="frames used (stride-subsampled)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", help="also write the rows to this JSON file")
+    s.set_defaults(func=cmd_bound)
+
+    s = sub.add_parser("evaluate", help="metrics and report of a sampling run against MD")
+    s.add_argument("run_dir")
+    s.add_argument("--reference", required=True, help="reference MD (not the training data)")
+    s.add_argument("--topology", help="PDB for array/trajectory references")
+    s.add_argument("--out", help="output directory (default RUN_DIR/report)")
+    s.add_argument("--n-eval", type=int, default=10_000)
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-report", action="store_true", help="metrics.json only")
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 

@@ -1,0 +1,106 @@
+"""Sampling throughput: KV-cached vs uncached autoregressive sampling vs one teacher-forced pass.
+
+For each preset, a model with random weights (speed does not depend on them) is built for ``aldp``
+(22 atoms, 63 tokens). Reported per preset:
+
+* ``cached``: samples/s of :func:`arbg.sample.generate` with the KV cache (bins, de-quantization
+  and exact log q);
+* ``uncached``: the same, recomputing the whole prefix at every token (reference path);
+* ``teacher-forced``: samples/s of one teacher-forced pass (``model.log_prob``) over the same
+  tokens, the floor an autoregressive sampler can approach.
+
+Usage: ``python bench/bench_sample.py [--presets tiny small] [--batch 256] [--device cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from arbg.binning import fit_binning
+from arbg.model import ARBG, ModelConfig, token_features_for_system
+from arbg.sample import generate, teacher_forced_log_pi
+from arbg.standardize import fit_standardization
+from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--uncached-batch", type=int, default=None,
+                    help="batch of the uncached path (default --batch)")
+    ap.add_argument("--n-bins", type=int, default=4096)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-uncached", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    system = build_system("aldp")
+    rng = np.random.default_rng(0)
+    frames = system.positions[None] + 0.02 * rng.standard_normal((64, system.n_atoms, 3))
+    std = fit_standardization(frames)
+    binning = fit_binning(std.forward(frames), n_bins=args.n_bins, n_atoms=system.n_atoms)
+    feats = token_features_for_system(
+        system.atom_type_id, system.residue_type_id, system.residue_index
+    )
+    T = std.n_coords
+    dev = args.device
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else (
+        f"cpu ({torch.get_num_threads()} threads)")
+    print(f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
+          f"torch {torch.__version__}")
+    print(f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
+          f"{'teacher-forced/s':>17s} {'cached/TF':>10s}")
+    for preset in args.presets:
+        _bench_preset(preset, args, feats, binning, std, dev)
+
+
+def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, dev: str) -> None:
+    cfg = ModelConfig.preset(preset, n_bins=args.n_bins, max_atoms=64,
+                             n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES)
+    torch.manual_seed(0)
+    model = ARBG(cfg, default_feats=feats).to(dev).eval()
+    b = args.batch
+
+    def run(n: int, cache: bool) -> object:
+        return generate(model, binning, std, n, 1.0, seed=0, chirality="none",
+                        batch_size=n, use_cache=cache, device=dev)
+
+    run(min(8, b), True)  # warm-up
+    t_c, batch = _timed(lambda: run(b, True), dev, args.repeats)
+    bins = torch.as_tensor(batch.bins)  # type: ignore[attr-defined]
+    t_tf, _ = _timed(lambda: teacher_forced_log_pi(model, bins, 1.0, batch_size=b), dev,
+                     args.repeats)
+    unc = float("nan")
+    if not args.skip_uncached:
+        bu = args.uncached_batch or b
+        t_u, _ = _timed(lambda: run(bu, False), dev, 1)
+        unc = bu / t_u
+    print(f"{preset:8s} {model.num_params() / 1e6:7.2f}M {b:6d} {b / t_c:10.1f} "
+          f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f}", flush=True)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Tests of arbg.train and arbg.checkpoint: Muon, loss decrease, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from arbg.binning import Binning
+from arbg.checkpoint import CheckpointMismatchError, load_checkpoint, load_trainer_state
+from arbg.dataset import Dataset
+from arbg.systems import build_system
+from arbg.train import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
+
+torch.set_num_threads(1)
+
+TINY = dict(n_layer=2, n_embd=64, n_head=2, head_dim=32)
+
+
+def synthetic_dataset(n_frames: int = 120, noise_nm: float = 0.01, seed: int = 0) -> Dataset:
+    """The real aldp system with Gaussian-perturbed copies of its reference positions."""
+    system = build_system("aldp", minimize=False)
+    rng = np.random.default_rng(seed)
+    pos = system.positions[None] + noise_nm * rng.standard_normal((n_frames, system.n_atoms, 3))
+    a, b = int(0.8 * n_frames), int(0.9 * n_frames)
+    splits = {"train": [0, a], "val": [a, b], "test": [b, n_frames]}
+    return Dataset(pos.astype(np.float32), system, splits)
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(
+        preset="tiny", model_overrides=dict(TINY), n_bins=256, steps=20, batch_size=8,
+        eval_every=0, eval_frames=8, checkpoint_every=0, log_every=5, seed=3, device="cpu",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_newton_schulz_orthogonalizes():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(64, 32), (32, 96), (48, 48)]:
+        G = torch.randn(*shape, generator=g)
+        X = newton_schulz(G, steps=5)
+        s = torch.linalg.svdvals(X)
+        assert X.shape == G.shape
+        assert s.max() < 1.3 and 0.8 < s.mean() < 1.1, (shape, s)
+        # a square Gaussian matrix has a few tiny singular values that 5 steps cannot lift
+        assert torch.quantile(s, 0.1 if shape[0] == shape[1] else 0.0) > 0.6, (shape, s)
+        # same singular vectors as the polar factor: X ~ U V^T
+        U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+        cos = (X * (U @ Vh)).sum() / (X.norm() * (U @ Vh).norm())
+        assert cos > 0.95
+
+
+def test_muon_step_scale():
+    p = torch.nn.Parameter(torch.zeros(64, 16))
+    opt = Muon([p], lr=0.1, momentum=0.0, nesterov=False)
+    p.grad = torch.randn(64, 16)
+    opt.step()
+    s = torch.linalg.svdvals(p.detach() / (0.1 * 2.0))  # rows/cols = 4 -> scale 2
+    assert 0.5 < s.mean() < 1.3
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, warmup_frac=0.05)
+    assert lr_factor(0, cfg) == pytest.approx(0.2)
+    assert lr_factor(4, cfg) == pytest.approx(1.0)
+    assert lr_factor(52, cfg) == pytest.approx(0.5, abs=0.02)
+    assert lr_factor(99, cfg) < 0.01
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_loss_decreases_and_logs(tmp_path, optimizer):
+    ds = synthetic_dataset()
+    cfg = tiny_config(steps=30, batch_size=16, optimizer=optimizer, eval_every=15)
+    tr = Trainer(ds, tmp_path, cfg, progress=False)
+    assert tr.baselines["uniform_nll"] == pytest.approx(np.log(256))
+    losses = [tr.train_step() for _ in range(30)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 0.3, losses
+    ev = tr.evaluate()
+    assert ev["val_nll"] < tr.baselines["uniform_nll"]
+    assert np.isfinite(ev["val_logq"])
+
+
+def test_train_writes_log_and_checkpoints(tmp_path):
+    ds = synthetic_dataset()
+    last = train(ds, tmp_path, tiny_config(steps=10, eval_every=5, ema=True), progress=False)
+    assert last == tmp_path / "last"
+    recs = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in recs]
+    assert events[0] == "baselines" and "eval" in events and "train" in events
+    ev = [r for r in recs if r["event"] == "eval"]
+    assert {"step", "val_nll", "val_logq", "wall_s"} <= set(ev[0])
+    tr = [r for r in recs if r["event"] == "train"]
+    assert {"step", "loss", "lr", "tokens_per_s", "wall_s"} <= set(tr[0])
+    assert (tmp_path / "best" / "model.safetensors").exists()
+    assert not (tmp_path / "best" / "trainer_state.pt").exists()
+    assert (last / "ema.safetensors").exists()
+    cfg = json.loads((last / "config.json").read_text())
+    assert cfg["schema_version"] == 1 and cfg["training"]["step"] == 10
+    assert cfg["system"]["atom_names"][0] == "CH3"
+    assert set(cfg["system"]["forcefield_sha256"]) == {"amber99sbildn.xml", "amber99_obc.xml"}
+    assert {"arbg", "torch", "openmm"} <= set(cfg["versions"])
+    assert not list(tmp_path.glob(".*"))  # no temporary directories left behind
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    ds = synthetic_dataset()
+    tr = Trainer(ds, tmp_path, tiny_config(steps=5), progress=False)
+    last = tr.run()
+    ck = load_checkpoint(last, system=ds.system, use_ema=False)
+    assert not ck.model.training
+    assert ck.binning == tr.binning and ck.standardization == tr.std
+    bins = tr.val_bins[:4]
+    tr.model.eval()
+    with torch.no_grad():
+        ref, _ = tr.model(tr.model.shift_right(bins))
+        out, _ = ck.model(ck.model.shift_right(bins), ck.feats)
+    assert torch.equal(ref, out)
+    # default: the system is rebuilt from the stored spec
+    ck2 = load_checkpoint(last)
+    assert ck2.system.atom_names == ds.system.atom_names
+    # mismatched system
+    with pytest.raises(CheckpointMismatchError, match="n_atoms"):
+        load_checkpoint(last, system=build_system("aaa", minimize=False))
+    # binning that disagrees
+    with pytest.raises(CheckpointMismatchError, match="binning"):
+        load_checkpoint(last, binning=Binning(128, -1.0, 1.0))
+    cfg_file = last / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["binning"]["n_bins"] = 512
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointMismatchError, match="512 bins"):
+        load_checkpoint(last)
+
+
+def test_resume_reaches_same_weights(tmp_path):
+    ds = synthetic_dataset()
+    cfg = tiny_config(steps=12, checkpoint_every=4, eval_every=6)
+    full = Trainer(ds, tmp_path / "a", cfg, progress=False)
+    full.run()
+    cfg_stop = tiny_config(steps=12, checkpoint_every=4, eval_every=6, stop_after_steps=5)
+    part = Trainer(ds, tmp_path / "b", cfg_stop, progress=False)
+    part.run()
+    assert part.step == 5 and load_trainer_state(tmp_path / "b" / "last")["step"] == 5
+    resumed = Trainer(ds, tmp_path / "b", cfg, progress=False)
+    assert resumed.step == 5
+    resumed.run()
+    assert resumed.step == 12
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        ds = synthetic_dataset()
+        cfg = tiny_config(steps=4, batch_size=8, eval_every=2, checkpoint_every=2)
+        tr = Trainer(ds, Path(out) / "run", cfg, progress=False)
+        state0 = tr.data_gen.get_state()
+        tr.run()
+        torch.save({"weights": tr.model.state_dict(), "gen0": state0},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_processes_identical_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert not torch.equal(r0["gen0"], r1["gen0"])  # different data streams per rank
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k]), k
+    init = Trainer(synthetic_dataset(), tmp_path / "init", tiny_config(), progress=False)
+    q = "blocks.0.attn.q.weight"
+    assert not torch.equal(init.model.state_dict()[q], r0["weights"][q])  # it did train
+    # only rank 0 wrote files, and the checkpoint records the world size
+    assert (tmp_path / "run" / "last" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())[
+        "training"]["world_size"] == 2
