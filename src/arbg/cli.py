@@ -132,6 +132,75 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from arbg.dataset import load_dataset
+    from arbg.train import TrainConfig, train
+
+    data = load_dataset(args.data, topology=args.topology)
+    cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
+                      optimizer=args.optimizer, ema=args.ema,
+                      augment_rotations=not args.no_rotations, bf16=args.bf16,
+                      max_minutes=args.max_minutes)
+    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(cfg, key, value)
+    final = train(data, args.out, cfg, progress=not args.quiet)
+    print(f"checkpoint: {final}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from arbg.checkpoint import load_checkpoint
+    from arbg.runs import run_sampling
+
+    ck = load_checkpoint(args.checkpoint, device=args.device)
+    if args.sequence:
+        raise ValueError("--sequence needs a transferable checkpoint; this checkpoint was "
+                         f"trained on the single system {ck.system.name!r}")
+    summary = run_sampling(ck, args.out, n=args.n, tau=args.tau, seed=args.seed,
+                           device=args.device, energy=ck.system, clip_fraction=args.clip,
+                           clip_mode=None if args.clip_mode == "off" else args.clip_mode,
+                           chirality=args.chirality, ensemble_size=args.ensemble_size,
+                           batch_size=args.batch_size, progress=not args.quiet)
+    print(f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
+          f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
+          f"{summary['n_nonfinite_energy']} non-finite energies")
+    return 0
+
+
+def cmd_tune_temperature(args: argparse.Namespace) -> int:
+    from arbg.checkpoint import load_checkpoint
+    from arbg.dataset import load_dataset
+    from arbg.io import atomic_write_json
+    from arbg.tune import tune_temperature
+
+    ck = load_checkpoint(args.checkpoint, device=args.device)
+    data = load_dataset(args.data, topology=args.topology, system=ck.system)
+    result = tune_temperature(ck, data.split(args.split), args.taus, n=args.n,
+                              n_eval=args.n_eval, seed=args.seed, device=args.device)
+    print(f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}")
+    for r in result["rows"]:
+        print(f"{r['tau']:6.3f} {r['e_w2']:8.3f} {r['t_w2']:8.3f} {r['score']:8.3f} "
+              f"{r['ess']:8.1f}")
+    print(f"best tau: {result['best_tau']}")
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from arbg.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(quick=args.quick, seed=args.seed, progress=not args.quiet)
+    if args.train_minutes is not None:
+        cfg.train_minutes = args.train_minutes
+    out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
+    report = run_demo(out, cfg)
+    print(f"report: {report.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbg", description="Autoregressive Boltzmann Generators")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -177,6 +246,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-report", action="store_true", help="metrics.json only")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
+    s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
+    s.add_argument("--topology", help="PDB for array/trajectory data")
+    s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
+    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
+    s.add_argument("--steps", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--n-bins", type=int)
+    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
+    s.add_argument("--lr-adamw", type=float)
+    s.add_argument("--lr-muon", type=float)
+    s.add_argument("--eval-every", type=int)
+    s.add_argument("--ema", action="store_true")
+    s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
+    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
+    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample with exact log q and reweight (SNIS)")
+    s.add_argument("checkpoint")
+    s.add_argument("--out", required=True, help="run directory (extended if it exists)")
+    s.add_argument("--n", type=int, default=10_000)
+    s.add_argument("--tau", type=float, default=1.0, help="sampling temperature (logits/tau)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sequence", help="for transferable checkpoints only")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument("--clip", type=float, default=0.002, help="fraction of log-weights clipped")
+    s.add_argument("--clip-mode", default="drop", choices=["drop", "cap", "off"])
+    s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
+    s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
+    s.add_argument("checkpoint")
+    s.add_argument("--data", required=True, help="the training dataset (its val split is used)")
+    s.add_argument("--topology")
+    s.add_argument("--split", default="val")
+    s.add_argument("--taus", type=float, nargs="+",
+                   default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
+    s.add_argument("--n", type=int, default=2000)
+    s.add_argument("--n-eval", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    s.add_argument("--json")
+    s.set_defaults(func=cmd_tune_temperature)
+
+    s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
+    s.add_argument("--quick", action="store_true",
+                   help="use the shipped checkpoint and reference (under 3 minutes)")
+    s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
+    s.add_argument("--train-minutes", type=float)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

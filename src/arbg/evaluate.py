@@ -122,6 +122,8 @@ def evaluate_run(
     topology: str | Path | None = None,
     report: bool = True,
     title: str | None = None,
+    extra_figures: list[tuple[Path, str]] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an ``arbg sample`` run against reference MD; write metrics.json and the report.
 
@@ -137,7 +139,7 @@ def evaluate_run(
 
     run = load_run(run_dir)
     summary = run["summary"]
-    spec = summary.get("system_spec") or summary.get("system")
+    spec = summary.get("system_spec")
     if isinstance(reference, Dataset):
         ref = reference
     else:
@@ -147,12 +149,14 @@ def evaluate_run(
     positions = run["coords"].astype(np.float64)
     info = {k: summary[k] for k in ("n_samples", "tau", "ess", "energy_evaluations",
                                     "n_clipped", "clip_fraction", "n_chirality_wrong",
-                                    "n_nonfinite") if k in summary}
+                                    "n_nonfinite_energy", "ensemble_unique") if k in summary}
     metrics = evaluate_samples(system, positions, run["u"], run["log_w"], ref, n_eval=n_eval,
                                seed=seed, repeats=repeats, tica_lag=tica_lag, info=info)
     metrics["reference"] = {"source": str(reference if not isinstance(reference, Dataset)
                                           else reference.metadata.get("source", "dataset")),
                             "n_frames": len(ref)}
+    if extra_metrics:
+        metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if report:
@@ -164,7 +168,8 @@ def evaluate_run(
             omega_indices=system.omega_indices, backbone_indices=system.backbone_heavy_indices,
             bonds=bonds, angles=bond_angle_triples(bonds, system.n_atoms),
             residue_labels=_residue_labels(system), populations=metrics.get("populations"),
-            tica_lag=tica_lag, title=title or f"arbg report: {system.name}", seed=seed)
+            tica_lag=tica_lag, title=title or f"arbg report: {system.name}", seed=seed,
+            extra_figures=extra_figures or ())
     else:
         write_metrics_json(out / "metrics.json", metrics)
     return metrics

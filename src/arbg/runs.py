@@ -262,6 +262,7 @@ def _write_run(
     n_tokens = sum(r["n_tokens"] for r in runs)
     summary = {
         "checkpoint": parts.path, "tau": float(tau), "chirality": chirality,
+        "system": system.name, "system_spec": system.spec.to_dict(),
         "n_atoms": int(system.n_atoms), "n_bins": int(n_bins), "n_coords": int(
             parts.standardization.n_coords),
         "atom_order": "canonical (topology.pdb)", "units": "nm, kT",
