@@ -210,6 +210,9 @@ def save_checkpoint(
 
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move directory ``src`` to ``dst``, replacing an existing ``dst`` (rename based)."""
+    os.chmod(src, 0o755)  # mkdtemp creates 0700
+    for f in src.iterdir():
+        os.chmod(f, 0o644)
     if dst.exists():
         old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
         os.replace(dst, old / "x")  # dst disappears here; src is renamed right after

@@ -23,7 +23,7 @@ import torch
 
 from arbg.binning import Binning
 from arbg.model import ARBG, TokenFeatures
-from arbg.sample import generate
+from arbg.sample import ProposalState, TransformerProposal, generate
 from arbg.standardize import Standardization
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ def _resolve_parts(obj: Any) -> SamplerParts:
         parts.path = str(obj)
         return parts
     get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
+    path = get("path")
     return SamplerParts(get("model"), get("binning"), get("standardization"), get("system"),
-                        get("feats"), get("path"))
+                        get("feats"), str(path) if path is not None else None)
 
 
 def _save_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
@@ -261,7 +262,8 @@ def _write_run(
     runs.append(run)
     n_tokens = sum(r["n_tokens"] for r in runs)
     summary = {
-        "checkpoint": parts.path, "tau": float(tau), "chirality": chirality,
+        "checkpoint": parts.path, "tau": float(tau),
+        "chirality": chirality,
         "system": system.name, "system_spec": system.spec.to_dict(),
         "n_atoms": int(system.n_atoms), "n_bins": int(n_bins), "n_coords": int(
             parts.standardization.n_coords),
@@ -286,3 +288,193 @@ def _write_run(
                 summary["n_nonfinite_energy"])
     return summary
 
+
+
+# --------------------------------------------------------------------------------------------------
+# twisted SMC run directories
+
+
+def run_smc(
+    checkpoint_or_parts: Any,
+    out_dir: str | Path,
+    n_particles: int,
+    tau: float = 1.0,
+    seed: int = 0,
+    repeats: int = 1,
+    resample: str | None = "systematic",
+    ess_threshold: float | None = None,
+    early_reject_kt: float | None = 100.0,
+    chirality: bool = True,
+    device: torch.device | str | None = None,
+    ensemble_size: int | None = None,
+) -> dict[str, Any]:
+    """Autoregressive twisted SMC on a peptide, written as a run directory.
+
+    ``repeats`` independent populations of ``n_particles`` particles each are drawn with a
+    :class:`arbg.sample.TransformerProposal` and the checkpoint's system as target
+    (:func:`arbg.smc.twisted_smc`, resampling at the interior residue boundaries) and combined
+    through their normalizing-constant estimates (:class:`arbg.smc.SMCRepeats`): particle i of
+    population r gets ``log w_ri - log M``, so the combined self-normalized estimate is
+    ``sum_r Z_r f_r / sum_r Z_r``.
+
+    The run directory has the names of :func:`run_sampling`, so ``arbg evaluate`` reads it:
+    ``topology.pdb``; ``proposals.dcd`` (the final particles of every population, after the
+    last resampling); ``samples.npz`` with ``coords`` (float32 nm, canonical order), ``bins``,
+    ``log_q`` (log q of each final particle's lineage, nm^-D), ``u`` (kT; +inf for particles
+    killed before the end), ``log_w`` (combined and normalized, float64, -inf = weight zero),
+    ``log_w_raw`` (combined, unnormalized), ``chirality_wrong``, ``mirrored`` (all False),
+    ``seed`` and ``repeat`` (per particle); ``ensemble.dcd`` (systematic resampling of
+    ``log_w``, ``ensemble_size`` frames, default all particles); ``summary.json`` with the SMC
+    counts (energy evaluations including partial ones, early-rejected particles, chirality
+    kills, resampling events, tokens generated and saved, ESS history and log Z per repeat).
+    No weight clipping is applied. An existing run directory is refused (SMC populations are
+    not extended by appending).
+
+    Parameters
+    ----------
+    checkpoint_or_parts : checkpoint path, Checkpoint-like object or :class:`SamplerParts`
+        Must carry the peptide ``system`` (the target).
+    out_dir : run directory (must not hold samples yet)
+    n_particles : particles per population M
+    tau : sampling temperature of the conditionals
+    seed : seeds the proposal generators (:func:`arbg.sample.make_generators`) and resampling
+    repeats : number of independent populations R (standard errors need R >= 2)
+    resample, ess_threshold, early_reject_kt, chirality : see :func:`arbg.smc.twisted_smc`
+    device : str or torch.device, optional
+    ensemble_size : frames of ``ensemble.dcd`` (default ``R * M``)
+
+    Returns
+    -------
+    dict, the content of ``summary.json``
+
+    Raises
+    ------
+    ValueError
+        If the system has no interior residue boundary (e.g. ``aldp``: use SNIS, ``arbg
+        sample``), or ``out_dir`` already holds samples.
+    """
+    from arbg.io import atomic_save_npz, atomic_write_json
+    from arbg.reweight import kish_ess, normalize_log_weights, systematic_resample
+    from arbg.sample import make_generators
+    from arbg.smc import SMCRepeats, twisted_smc
+    from arbg.target import wrong_chirality
+
+    t0 = time.perf_counter()
+    parts = _resolve_parts(checkpoint_or_parts)
+    system = parts.system
+    if system is None:
+        raise ValueError("run_smc needs the checkpoint's system (the target)")
+    name = getattr(system, "name", type(system).__name__)
+    if not list(system.boundaries):
+        raise ValueError(
+            f"system {name!r} has no interior residue boundary (caps belong to the first and "
+            "last residue), so twisted SMC has no intermediate target; use self-normalized "
+            "importance sampling instead (`arbg sample`, arbg.runs.run_sampling), or SMC on a "
+            "peptide with >= 2 standard residues plus caps or >= 3 without (e.g. 'ace-aaa-nme')"
+        )
+    if int(repeats) < 1 or int(n_particles) < 1:
+        raise ValueError("n_particles and repeats must be >= 1")
+    out = Path(out_dir)
+    if (out / "samples.npz").exists():
+        raise ValueError(f"{out} already holds samples; SMC runs are not extended, use a new "
+                         "directory")
+    model = parts.model if device is None else parts.model.to(device)
+    dev = next(model.parameters()).device
+    g_bins, g_off = make_generators(int(seed), dev)
+    proposal = _RecordingProposal(model, parts.binning, parts.standardization, tau, g_bins,
+                                  g_off, parts.feats)
+    rng = np.random.default_rng([int(seed), 1])
+    results, bins = [], []
+    for r in range(int(repeats)):
+        res = twisted_smc(proposal, system, int(n_particles), rng, resample=resample,
+                          ess_threshold=ess_threshold, early_reject_kt=early_reject_kt,
+                          chirality=chirality)
+        results.append(res)
+        bins.append(proposal.last_bins)
+        logger.info("SMC population %d/%d: log Z %.3f, ESS %.1f", r + 1, repeats, res.log_z,
+                    res.ess)
+    rep = SMCRepeats(results)
+    m = int(n_particles)
+    positions = rep.positions
+    log_w_raw = rep.log_w
+    log_w = normalize_log_weights(log_w_raw)
+    chir = np.asarray(getattr(system, "chirality_atoms", np.zeros((0, 4))), np.int64)
+    wrong = (wrong_chirality(positions, chir) if chirality and chir.size
+             else np.zeros(len(positions), dtype=bool))
+    n_bins = parts.binning.n_bins
+    arrays = {
+        "coords": positions.astype(np.float32),
+        "bins": np.concatenate(bins).astype(np.int16 if n_bins <= 32767 else np.int32),
+        "log_q": np.concatenate([r.log_q for r in results]),
+        "u": np.concatenate([r.u for r in results]),
+        "log_w": log_w, "log_w_raw": log_w_raw,
+        "chirality_wrong": wrong, "mirrored": np.zeros(len(positions), dtype=bool),
+        "seed": np.full(len(positions), int(seed), dtype=np.int64),
+        "repeat": np.repeat(np.arange(len(results), dtype=np.int64), m),
+    }
+    n_total = len(positions)
+    ens_idx = systematic_resample(log_w, int(ensemble_size or n_total),
+                                  np.random.default_rng([int(seed), 2]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    system.save_pdb(out / "topology.pdb")
+    _save_dcd(out / "proposals.dcd", arrays["coords"], system.topology)
+    _save_dcd(out / "ensemble.dcd", arrays["coords"][ens_idx], system.topology)
+    atomic_save_npz(out / "samples.npz", **arrays)
+
+    per = [r.summary() for r in results]
+
+    def total(key: str) -> int:
+        return int(sum(p[key] for p in per))
+
+    ess = kish_ess(log_w)
+    tokens_total = total("tokens_total")
+    spec = getattr(system, "spec", None)
+    summary = {
+        "method": "twisted_smc", "checkpoint": parts.path, "tau": float(tau),
+        "chirality": "zero" if chirality else "none", "system": name,
+        "system_spec": spec.to_dict() if spec is not None else None,
+        "n_atoms": int(system.n_atoms), "n_bins": int(n_bins),
+        "n_coords": int(parts.standardization.n_coords),
+        "atom_order": "canonical (topology.pdb)", "units": "nm, kT",
+        "seeds": [int(seed)], "n_samples": n_total, "n_new": n_total,
+        "n_particles": m, "repeats": len(results), "resample": resample,
+        "ess_threshold": ess_threshold, "early_reject_kt": early_reject_kt,
+        "boundaries": [int(b) for b in system.boundaries],
+        "n_chirality_wrong": int(wrong.sum()), "n_mirrored": 0,
+        "n_nonfinite_energy": int((~np.isfinite(arrays["u"])).sum()),
+        "n_zero_weight": int((~np.isfinite(log_w)).sum()),
+        "energy_evaluations": total("n_energy_evals"),
+        "partial_energy_evaluations": total("n_partial_energy_evals"),
+        "full_energy_evaluations": total("n_energy_evals") - total("n_partial_energy_evals"),
+        "n_killed_early": total("n_killed_early"),
+        "n_killed_chirality": total("n_killed_chirality"),
+        "n_killed_nonfinite": total("n_killed_nonfinite"),
+        "n_resampling_events": total("n_resampling_events"),
+        "tokens_generated": total("tokens_generated"), "tokens_total": tokens_total,
+        "tokens_saved": total("tokens_saved"),
+        "tokens_saved_fraction": total("tokens_saved") / tokens_total if tokens_total else 0.0,
+        "ess": float(ess), "relative_ess": float(ess / n_total),
+        "n_unique_ancestors": [p["n_unique_ancestors"] for p in per],
+        "ess_history": [p["ess_history"] for p in per],
+        "log_z": [float(v) for v in rep.log_z], "log_z_combined": rep.log_z_combined,
+        "clip_fraction": 0.0, "clip_mode": None, "n_clipped": 0,
+        "ensemble_size": int(ens_idx.size), "ensemble_unique": int(np.unique(ens_idx).size),
+        "wall_s_total": time.perf_counter() - t0, "repeat_summaries": per,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    logger.info("%s: SMC %d x %d particles, ESS %.1f, %d resamplings, %d energy evaluations "
+                "(%d partial), tokens saved %.3f", out, len(results), m, ess,
+                summary["n_resampling_events"], summary["energy_evaluations"],
+                summary["partial_energy_evaluations"], summary["tokens_saved_fraction"])
+    return summary
+
+
+class _RecordingProposal(TransformerProposal):
+    """A :class:`TransformerProposal` that keeps the bins of the last finished population."""
+
+    last_bins: np.ndarray
+
+    def finish(self, state: ProposalState) -> np.ndarray:
+        self.last_bins = self.bins(state)  # [M, D] int64, final particle order
+        return super().finish(state)
