@@ -115,15 +115,10 @@ def nerf_place(
 
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Haar-uniform rotation matrices [n, 3, 3] (from normalized Gaussian quaternions)."""
-    q = rng.standard_normal((n, 4))
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], axis=1)
+    """Haar-uniform rotation matrices [n, 3, 3] (see :func:`arbg.standardize.random_rotations`)."""
+    from arbg.standardize import random_rotations as _rotations
+
+    return np.asarray(_rotations(n, rng))
 
 
 def _unit_perpendicular(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
