@@ -132,7 +132,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
 
             path = out / "report" / "cost_curve.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            plot_cost_curve(path, cost["budgets"], cost["bg"], cost["md"],
+            md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
+            plot_cost_curve(path, cost["budgets"], cost["bg"], md_metrics,
                             md_budgets=cost["md"]["budgets"])
             extra_figures.append((path, "E-W2 and T-W2 against energy evaluations: the "
                                         "Boltzmann generator (SNIS) vs MD at matched cost"))

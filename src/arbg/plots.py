@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,9 @@ def plot_bond_distributions(
     return summary
 
 
+METRIC_LABELS = {"e_w2": "E-W2 (kT)", "t_w2": "T-W2 (rad)", "tica_w2": "TICA-W2"}
+
+
 def plot_cost_curve(
     path: str | Path,
     budgets: Sequence[float],
@@ -349,7 +353,8 @@ def plot_cost_curve(
                 ax.plot(md_budgets if md_budgets is not None else budgets, md_metrics[name],
                         "s--", color=COLORS["reference"], label="MD")
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylim(bottom=0)
             ax.set_xlabel("energy evaluations")
-            ax.set_ylabel(name)
+            ax.set_ylabel(METRIC_LABELS.get(name, name))
             ax.legend(fontsize=8)
