@@ -129,6 +129,13 @@ def format_metrics(metrics: dict) -> str:
     for key in ("ess", "unique_resampled", "n_eval"):
         if key in metrics:
             rows.append(f"{key}: {metrics[key]}")
+    if metrics.get("basin_table"):
+        rows.append(f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
+                    f"{'reweighted':>16s}")
+        for r in metrics["basin_table"]:
+            rows.append(f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
+                        f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
+                        f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}")
     return "\n".join(rows)
 
 

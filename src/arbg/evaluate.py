@@ -103,7 +103,35 @@ def evaluate_samples(
     metrics["populations"] = compute_populations(
         ref_x, positions, weights, system.phi_indices, system.psi_indices,
         residue_labels=_residue_labels(system))
+    metrics["basin_table"] = basin_table(system, ref_x, positions, weights)
     return metrics
+
+
+def basin_table(system: PeptideSystem, ref_x: np.ndarray, positions: np.ndarray,
+                weights: np.ndarray) -> list[dict[str, Any]]:
+    """Per residue and basin: population in the reference MD (block SE), in the raw proposal,
+    and in the reweighted ensemble (delta-method SE)."""
+    from arbg.basins import basin_populations
+    from arbg.metrics import dihedrals
+
+    rows = []
+    labels = _residue_labels(system)
+    n = min(len(system.phi_indices), len(system.psi_indices))
+    for r in range(n):
+        phi_i, psi_i = system.phi_indices[r:r + 1], system.psi_indices[r:r + 1]
+        ref = basin_populations(dihedrals(ref_x, phi_i)[:, 0], dihedrals(ref_x, psi_i)[:, 0],
+                                n_blocks=10)
+        phi, psi = dihedrals(positions, phi_i)[:, 0], dihedrals(positions, psi_i)[:, 0]
+        raw = basin_populations(phi, psi)
+        rew = basin_populations(phi, psi, weights=weights)
+        for basin in ref["basins"]:
+            rows.append({"residue": labels[r] if r < len(labels) else str(r), "basin": basin,
+                         "reference": ref["basins"][basin]["p"],
+                         "reference_se": ref["basins"][basin]["se"],
+                         "proposal": raw["basins"][basin]["p"],
+                         "reweighted": rew["basins"][basin]["p"],
+                         "reweighted_se": rew["basins"][basin]["se"]})
+    return rows
 
 
 def _residue_labels(system: PeptideSystem) -> list[str]:
