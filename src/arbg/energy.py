@@ -218,12 +218,10 @@ def fragment_topology(system, block: int):
         if r.index not in res_map:
             res_map[r.index] = new.addResidue(r.name, chain, id=r.id)
         atom_map[a.index] = new.addAtom(a.name, a.element, res_map[r.index])
-    last = atoms[-1].residue if atoms[-1].residue.name != "NME" else None
     # the C-terminal residue is the standard residue of the block (never a cap)
     c_atom = next(a for a in atoms if a.residue.name not in ("ACE", "NME")
                   and system.residue_index[a.index] == block and a.name == "C")
-    last = res_map[c_atom.residue.index]
-    oxt = new.addAtom("OXT", app.element.oxygen, last)
+    oxt = new.addAtom("OXT", app.element.oxygen, res_map[c_atom.residue.index])
     for a, b in system.omm_topology.bonds():
         if a.index < stop and b.index < stop:
             new.addBond(atom_map[a.index], atom_map[b.index])
