@@ -137,3 +137,19 @@ def test_spec_round_trip(aaa):
 
     assert SystemSpec.from_dict(aaa.spec.to_dict()) == aaa.spec
     assert io.StringIO(aaa.to_pdb_string()).read().count("ATOM") == aaa.n_atoms
+
+
+def test_pdb_without_hydrogens_gets_them(tmp_path, aaa):
+    heavy = [ln for ln in aaa.to_pdb_string().splitlines()
+             if not (ln.startswith(("ATOM", "HETATM")) and ln[76:78].strip() == "H")
+             and not ln.startswith("CONECT")]
+    p = tmp_path / "heavy.pdb"
+    p.write_text("\n".join(heavy) + "\n")
+    s = system_from_pdb(p)
+    assert s.n_atoms == aaa.n_atoms and sorted(s.atom_names) == sorted(aaa.atom_names)
+
+
+def test_systems_implement_the_target_protocol(aldp):
+    from arbg.target import Target
+
+    assert isinstance(aldp, Target)
