@@ -106,8 +106,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
         t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
         data = load_dataset(out / "md" / "train")
         tcfg = TrainConfig(preset="tiny", max_minutes=cfg.train_minutes, seed=cfg.seed)
-        if cfg.train_steps:
-            tcfg.steps = cfg.train_steps
+        tcfg.steps = cfg.train_steps or _steps_for_budget(data, tcfg, cfg.train_minutes, out)
+        log.info("demo: %d training steps (batch %d)", tcfg.steps, tcfg.batch_size)
         model_dir = out / "model"
         final = train(data, model_dir, tcfg, progress=cfg.progress)
         checkpoint = model_dir / "best" if (model_dir / "best").exists() else final
@@ -149,6 +149,37 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     metrics["demo_timings_s"] = timings
     (out / "report" / "demo_timings.json").write_text(json.dumps(timings, indent=2))
     return out / "report" / "report.html"
+
+
+def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
+    """Steps that fit `minutes` on this machine, so the cosine schedule ends inside the budget.
+
+    Timed once with a few training steps; the choice is kept in ``out/demo_state.json`` so a
+    resumed demo keeps the same schedule.
+    """
+    import dataclasses
+    import tempfile
+
+    from arbg.train import Trainer
+
+    state_path = out / "demo_state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if "train_steps" in state:
+        return int(state["train_steps"])
+    probe = dataclasses.replace(tcfg, eval_every=10**9, checkpoint_every=10**9, max_minutes=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(data, tmp, probe, progress=False)
+        trainer.train_step()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(4):
+            trainer.train_step()
+        per_step = (time.perf_counter() - t0) / 4
+    # ~15% of the budget goes to validation passes and checkpoints
+    steps = int(max(50, min(20_000, 0.85 * minutes * 60.0 / per_step)))
+    state["train_steps"] = steps
+    state["seconds_per_step"] = per_step
+    state_path.write_text(json.dumps(state, indent=2))
+    return steps
 
 
 def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] | None:
