@@ -41,6 +41,7 @@ class DemoConfig:
     n_samples: int = 10_000
     n_eval: int = 5_000
     tau: float = 1.0
+    chirality: str = "mirror"
     seed: int = 0
     progress: bool = True
 
@@ -120,8 +121,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     if (run_dir / "samples.npz").exists():
         log.info("demo: reusing samples in %s", run_dir)
     else:
+        # aldp has one chiral centre, so a wrong sample is wholly mirrored: the exact "mirror"
+        # policy (density q(y) + q(-y)) uses it instead of discarding half the proposals
         run_sampling(str(checkpoint), run_dir, n=n_samples, tau=cfg.tau, seed=cfg.seed,
-                     energy=system, progress=cfg.progress)
+                     energy=system, chirality=cfg.chirality, progress=cfg.progress)
     timings["sample"] = time.time() - t
 
     if not cfg.quick:
