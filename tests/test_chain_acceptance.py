@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
 
 N_ATOMS = 5
-N_BINS = 128
+N_BINS = 512
 STEPS = 700
 BATCH = 256
 LR = 1e-2
