@@ -9,7 +9,6 @@ the MD-vs-MD floor (two disjoint time blocks of the reference).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,13 @@ def bond_angle_triples(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Arrays and summary of an ``arbg sample`` run directory."""
-    run = Path(run_dir)
-    path = run / "samples.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"{run}: no samples.npz (is this an `arbg sample` run dir?)")
-    with np.load(path) as z:
-        data = {k: z[k] for k in z.files}
-    summary_path = run / "summary.json"
-    data["summary"] = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return data
+    """Arrays of an ``arbg sample`` / ``arbg smc`` run directory, plus its ``summary``."""
+    from arbg.runs import read_run
+
+    run = read_run(Path(run_dir))
+    if run is None:
+        raise FileNotFoundError(f"{run_dir}: no samples.npz (is this an `arbg sample` run dir?)")
+    return {**run["arrays"], "summary": run["summary"]}
 
 
 def reference_energies(dataset: Dataset) -> np.ndarray:

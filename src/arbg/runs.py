@@ -143,7 +143,7 @@ def run_sampling(
     out = Path(out_dir)
     rank, world = _dist()
     seeds = [int(seed) + r for r in range(world)]
-    old = _load_run(out)
+    old = read_run(out)
     if old is not None:
         used = set(old["summary"]["seeds"]) | {int(v) for v in np.unique(old["arrays"]["seed"])}
         dup = sorted(set(seeds) & used)
@@ -192,7 +192,8 @@ def run_sampling(
     return summary
 
 
-def _load_run(out: Path) -> dict[str, Any] | None:
+def read_run(out: Path) -> dict[str, Any] | None:
+    """``{"arrays", "summary"}`` of a run directory, or None when it has no samples yet."""
     npz, js = out / "samples.npz", out / "summary.json"
     if not npz.exists():
         return None
