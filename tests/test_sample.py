@@ -30,15 +30,18 @@ torch.set_num_threads(1)
 N_BINS = 256
 
 
-def _parts(system, seed: int = 0) -> SamplerParts:
+def _parts(system, seed: int = 0, frame: str = "centroid") -> SamplerParts:
     """A perturbed (non-trivial) tiny model with standardization/binning fitted on jittered
     copies of the reference conformation."""
     rng = np.random.default_rng(seed)
     frames = system.positions[None] + 0.02 * rng.standard_normal((64, system.n_atoms, 3))
-    std = fit_standardization(frames)
-    binning = fit_binning(std.forward(frames), n_bins=N_BINS, n_atoms=system.n_atoms)
+    gauge = system.gauge_atoms if frame == "gauge" else None
+    std = fit_standardization(frames, frame=frame, gauge_atoms=gauge)
+    # margin 2: the gauge range is per coordinate, and the mirror test encodes -x
+    binning = fit_binning(std.forward(frames), n_bins=N_BINS, margin=2.0, standardization=std)
     feats = token_features_for_system(
-        system.atom_type_id, system.residue_type_id, system.residue_index
+        system.atom_type_id, system.residue_type_id, system.residue_index,
+        coord_index=std.coord_index,
     )
     torch.manual_seed(seed)
     cfg = ModelConfig.preset(
@@ -46,15 +49,16 @@ def _parts(system, seed: int = 0) -> SamplerParts:
         n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES,
     )
     model = ARBG(cfg, default_feats=feats)
+    model.set_bin_floor(binning.token_floor(std))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return SamplerParts(model.eval(), binning, std, system)
 
 
-@pytest.fixture(scope="module")
-def parts(aldp) -> SamplerParts:
-    return _parts(aldp)
+@pytest.fixture(scope="module", params=["centroid", "gauge"])
+def parts(aldp, request) -> SamplerParts:
+    return _parts(aldp, frame=request.param)
 
 
 def _encode(parts: SamplerParts, x: np.ndarray) -> np.ndarray:
@@ -63,9 +67,11 @@ def _encode(parts: SamplerParts, x: np.ndarray) -> np.ndarray:
     return bins
 
 
-def _tf_log_q(parts: SamplerParts, bins: np.ndarray, tau: float) -> np.ndarray:
+def _tf_log_q(parts: SamplerParts, bins: np.ndarray, tau: float, x: np.ndarray) -> np.ndarray:
+    """Teacher-forced log q of conformations ``x`` (nm) whose bins are ``bins``."""
     lp = teacher_forced_log_pi(parts.model, torch.as_tensor(bins), tau).numpy()
-    return lp + log_q_offset(parts.binning, parts.standardization)
+    z = parts.standardization.forward(x)
+    return lp + log_q_offset(parts.binning, parts.standardization, z)
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.7])
@@ -92,10 +98,16 @@ def test_log_likelihood_consistency_and_reencode(parts, tau):
     tf_pi = teacher_forced_log_pi(parts.model, torch.as_tensor(batch.bins), tau).numpy()
     np.testing.assert_allclose(batch.log_pi, tf_pi, rtol=1e-6)
     scale = np.abs(tf_pi)
-    assert np.all(np.abs(batch.log_q - _tf_log_q(parts, batch.bins, tau)) <= 1e-6 * scale)
+    tf_q = _tf_log_q(parts, batch.bins, tau, batch.coords)
+    assert np.all(np.abs(batch.log_q - tf_q) <= 1e-6 * scale)
     # float64 coordinates re-encode to exactly the stored bins
     np.testing.assert_array_equal(_encode(parts, batch.coords), batch.bins)
-    np.testing.assert_allclose(batch.coords.sum(axis=1), 0.0, atol=1e-12)  # centred
+    if parts.standardization.frame == "centroid":
+        np.testing.assert_allclose(batch.coords.sum(axis=1), 0.0, atol=1e-12)  # centred
+    else:  # in the gauge: A at the origin, B on +x, C in the xy plane with y > 0
+        a, b, c = parts.standardization.gauge_atoms
+        assert np.all(batch.coords[:, a] == 0) and np.all(batch.coords[:, b, 1:] == 0)
+        assert np.all(batch.coords[:, c, 2] == 0)
     assert batch.n_tokens == 24 * parts.standardization.n_coords
     # same seed -> same samples
     again = generate(parts.model, parts.binning, parts.standardization, 24, tau, seed=11,
@@ -109,7 +121,8 @@ def test_point_mass_decoding_has_no_log_q(parts):
     assert off is None and x.shape == (2, parts.standardization.n_atoms, 3)
     x, off = bins_to_positions(bins, parts.binning, parts.standardization,
                                torch.Generator().manual_seed(0))
-    assert off == pytest.approx(log_q_offset(parts.binning, parts.standardization))
+    z = parts.standardization.forward(x)
+    np.testing.assert_allclose(off, log_q_offset(parts.binning, parts.standardization, z))
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -124,7 +137,7 @@ def test_chirality_policy_hand_mirrored(parts, aldp):
     assert chirality_signs(x_d, chir).tolist() == [[-1]]
     x = np.concatenate([x_l, x_d])
     bins = _encode(parts, x)
-    lq = _tf_log_q(parts, bins, 1.0)
+    lq = _tf_log_q(parts, bins, 1.0, x)
 
     zero = apply_chirality(x, bins, lq, chir, "zero")
     assert zero.wrong.tolist() == [False, True] and not zero.mirrored.any()
@@ -140,8 +153,9 @@ def test_chirality_policy_hand_mirrored(parts, aldp):
     assert mir.log_q[1] != lq[1] and mir.n_teacher_forced == 2
 
 
-def test_chirality_partially_wrong_gets_zero_weight(aaa):
-    p = _parts(aaa)
+@pytest.mark.parametrize("frame", ["centroid", "gauge"])
+def test_chirality_partially_wrong_gets_zero_weight(aaa, frame):
+    p = _parts(aaa, frame=frame)
     chir = aaa.chirality_atoms
     x = _centred(aaa.positions)[None]
     ca, cb = chir[1, 1], chir[1, 3]
@@ -152,7 +166,7 @@ def test_chirality_partially_wrong_gets_zero_weight(aaa):
     assert chirality_signs(part, chir).tolist() == [[1, -1, 1]]
     xs = np.concatenate([x, part, -x])
     bins = _encode(p, xs)
-    lq = _tf_log_q(p, bins, 1.0)
+    lq = _tf_log_q(p, bins, 1.0, xs)
     mir = apply_chirality(xs, bins, lq, chir, "mirror", model=p.model, binning=p.binning,
                           standardization=p.standardization)
     assert mir.wrong.tolist() == [False, True, False]
@@ -196,14 +210,14 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
 
 
 def test_transformer_proposal_matches_generate(parts):
-    m, T = 8, parts.standardization.n_coords
+    m = 8
     batch = generate(parts.model, parts.binning, parts.standardization, m, 0.9, seed=0,
                      chirality="none", batch_size=m, generators=make_generators(5))
     prop = TransformerProposal(parts.model, parts.binning, parts.standardization, 0.9,
                                *make_generators(5))
     assert isinstance(prop, AutoregressiveProposal)
     state = prop.start(m)
-    inc = prop.extend(state, T)  # one call: same offset stream as generate()
+    inc = prop.extend(state, prop.n_units)  # one call: same offset stream as generate()
     pos = prop.finish(state)
     np.testing.assert_array_equal(prop.bins(state), batch.bins)
     np.testing.assert_allclose(inc, batch.log_q, rtol=1e-9)
@@ -214,27 +228,29 @@ def test_transformer_proposal_matches_generate(parts):
                                *make_generators(5))
     state = prop.start(m)
     total = prop.extend(state, 21)
-    np.testing.assert_array_equal(prop.bins(state), batch.bins[:, :21])  # same bin stream
+    np.testing.assert_array_equal(prop.bins(state), batch.bins[:, :state.n_done])  # same stream
     prefix = prop.coords(state)
     idx = np.array([3, 3, 0, 1, 7, 7, 7, 2])
     prop.reorder(state, idx)
-    total = total[idx] + prop.extend(state, T - 21)
+    total = total[idx] + prop.extend(state, prop.n_units - 21)
     pos = prop.finish(state)
     np.testing.assert_array_equal(pos[:, :7].reshape(m, 21), prefix[idx])  # offsets kept
     np.testing.assert_allclose(total, state.log_q, rtol=1e-12)
     bins = prop.bins(state)
     np.testing.assert_array_equal(_encode(parts, pos), bins)
     tf_pi = teacher_forced_log_pi(parts.model, torch.as_tensor(bins), 0.9).numpy()
-    assert np.all(np.abs(total - _tf_log_q(parts, bins, 0.9)) <= 1e-6 * np.abs(tf_pi))
+    assert np.all(np.abs(total - _tf_log_q(parts, bins, 0.9, pos)) <= 1e-6 * np.abs(tf_pi))
 
 
-def test_twisted_smc_with_transformer_proposal(aaa):
-    p = _parts(aaa)
+@pytest.mark.parametrize("frame", ["centroid", "gauge"])
+def test_twisted_smc_with_transformer_proposal(aaa, frame):
+    p = _parts(aaa, frame=frame)
     prop = TransformerProposal(p.model, p.binning, p.standardization, 1.0, *make_generators(2))
     res = twisted_smc(prop, aaa, 8, np.random.default_rng(0), resample=None,
                       early_reject_kt=None, chirality=False)
     bins = _encode(p, res.positions)
     tf_pi = teacher_forced_log_pi(p.model, torch.as_tensor(bins), 1.0).numpy()
-    assert np.all(np.abs(res.log_q - _tf_log_q(p, bins, 1.0)) <= 1e-6 * np.abs(tf_pi))
+    assert np.all(np.abs(res.log_q - _tf_log_q(p, bins, 1.0, res.positions))
+                  <= 1e-6 * np.abs(tf_pi))
     ok = np.isfinite(res.u)
     np.testing.assert_allclose(res.log_w[ok], -res.u[ok] - res.log_q[ok], rtol=1e-9)

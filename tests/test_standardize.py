@@ -83,3 +83,74 @@ def test_rotate_keeps_centring_and_distances() -> None:
     np.testing.assert_allclose(d, dy, atol=1e-12)
     yt = rotate(torch.from_numpy(x), torch.from_numpy(R))
     np.testing.assert_allclose(yt.numpy(), y, atol=1e-12)
+
+
+# ---- gauge frame
+
+
+def _gauge_std(n_atoms: int = 5, atoms=(1, 2, 3)) -> Standardization:
+    return Standardization(std_nm=0.2, n_atoms=n_atoms, frame="gauge", gauge_atoms=atoms)
+
+
+def test_gauge_forward_is_rotation_translation_invariant_and_inverts() -> None:
+    rng = np.random.default_rng(0)
+    st = _gauge_std()
+    assert st.n_coords == 3 * 5 - 6
+    x = rng.standard_normal((4, 5, 3))
+    z = st.forward(x)
+    assert z.shape == (4, 9)
+    R = random_rotations(4, np.random.default_rng(1))
+    moved = np.einsum("bij,bnj->bni", R, x) + rng.standard_normal((4, 1, 3))
+    np.testing.assert_allclose(st.forward(moved), z, atol=1e-12)
+    g = st.inverse(z)  # [4, 5, 3] in the gauge
+    a, b, c = st.gauge_atoms
+    assert np.all(g[:, a] == 0) and np.all(g[:, b, 1:] == 0) and np.all(g[:, c, 2] == 0)
+    assert np.all(g[:, b, 0] > 0) and np.all(g[:, c, 1] > 0)
+    # same internal geometry: all pairwise distances preserved
+    d = lambda y: np.linalg.norm(y[:, :, None] - y[:, None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(d(g), d(x), atol=1e-12)
+    np.testing.assert_allclose(st.forward(g), z, atol=1e-12)
+    # mirror image: stays in the gauge with z -> -z
+    gm = st.inverse(st.forward(-x))
+    np.testing.assert_allclose(gm, g * np.array([1, 1, -1]), atol=1e-12)
+    # torch path agrees
+    zt = st.forward(torch.as_tensor(x))
+    np.testing.assert_allclose(zt.numpy(), z, atol=1e-12)
+    np.testing.assert_allclose(st.inverse(zt).numpy(), g, atol=1e-12)
+
+
+def test_gauge_jacobian_against_analytic_gaussian() -> None:
+    """Three atoms with relative positions r_B, r_C ~ N(0, I_6): the gauge coordinates (a, b, c)
+    then have the density 8 pi^2 a^2 c N_6((a,0,0),(b,c,0)), which integrates to one; the
+    Jacobian of Standardization.log_det must turn it back into N_6 at every conformation."""
+    from scipy import integrate
+
+    st = Standardization(std_nm=0.3, n_atoms=3, frame="gauge", gauge_atoms=(0, 1, 2))
+    assert st.n_coords == 3
+
+    def log_pg(a, b, c):  # density of (a, b, c) in nm
+        return (math.log(8 * math.pi**2) + 2 * np.log(a) + np.log(c)
+                - 3 * math.log(2 * math.pi) - 0.5 * (a**2 + b**2 + c**2))
+
+    total = integrate.tplquad(lambda c, b, a: np.exp(log_pg(a, b, c)), 0, 8, -8, 8, 0, 8)[0]
+    assert total == pytest.approx(1.0, abs=1e-6)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 3, 3))
+    r = x[:, 1:] - x[:, :1]  # [50, 2, 3]
+    log_target = -3 * math.log(2 * math.pi) - 0.5 * np.sum(r**2, axis=(1, 2))
+    z = st.forward(x)  # [50, 3] = (a, b, c) / std
+    a, b, c = (z * st.std_nm).T
+    log_qz = log_pg(a, b, c) + st.n_coords * math.log(st.std_nm)  # density of z
+    np.testing.assert_allclose(log_qz + st.log_det(z), log_target, rtol=1e-12)
+
+
+def test_gauge_record_round_trip_and_errors() -> None:
+    st = _gauge_std()
+    assert Standardization.from_dict(st.to_dict()) == st
+    assert Standardization.from_dict({"std_nm": 0.1, "n_atoms": 4}).frame == "centroid"
+    with pytest.raises(ValueError, match="gauge atoms"):
+        Standardization(std_nm=0.1, n_atoms=4, frame="gauge", gauge_atoms=(0, 1, 1))
+    with pytest.raises(ValueError, match="unknown frame"):
+        Standardization(std_nm=0.1, n_atoms=4, frame="lab")
+    with pytest.raises(ValueError, match="pass z"):
+        st.log_det()

@@ -70,9 +70,12 @@ def basin_populations(
 
     Standard errors:
 
-    - weighted (``weights`` given, self-normalized importance sampling): delta method,
-      ``SE^2 = sum_i w_i^2 (1_B(x_i) - p)^2`` with normalized weights (for uniform weights this
-      is ``p(1-p)/N``; it is close to ``p(1-p)/ESS`` with the Kish ESS).
+    - weighted (``weights`` given, self-normalized importance sampling), ``n_blocks`` None:
+      delta method, ``SE^2 = sum_i w_i^2 (1_B(x_i) - p)^2`` with normalized weights (for
+      uniform weights this is ``p(1-p)/N``; it is close to ``p(1-p)/ESS`` with the Kish ESS).
+    - weighted, ``n_blocks`` given (a weighted, correlated MD trajectory, e.g. biased or heated
+      data): delete-one-block jackknife of the ratio ``p = sum w 1_B / sum w`` over ``n_blocks``
+      contiguous blocks, ``SE^2 = (n-1)/n sum_b (p_(-b) - mean p_(-b))^2``.
     - unweighted, ``n_blocks`` None: independent samples, ``SE = sqrt(p(1-p)/N)``.
     - unweighted, ``n_blocks`` given (correlated MD trajectories): block standard error over
       ``n_blocks`` contiguous blocks, ``SE = std(p_block, ddof=1) / sqrt(n_blocks)``.
@@ -86,7 +89,7 @@ def basin_populations(
     basins : sequence of Basin
         Basin definitions (default :data:`DEFAULT_BASINS`).
     n_blocks : int, optional
-        Use block standard errors (only without weights).
+        Use block standard errors (a block jackknife with weights).
 
     Returns
     -------
@@ -103,7 +106,7 @@ def basin_populations(
     else:
         w = np.asarray(weights, dtype=np.float64).reshape(-1)
         w = w / w.sum()
-        method = "delta_snis"
+        method = "block_jackknife" if n_blocks else "delta_snis"
     n_eff = float(1.0 / np.sum(w**2))
     out: dict[str, dict[str, float]] = {}
     assigned = np.zeros(n, dtype=bool)
@@ -113,6 +116,8 @@ def basin_populations(
         p = float(np.sum(w[ind]))
         if method == "delta_snis":
             se = math.sqrt(float(np.sum(w**2 * (ind - p) ** 2)))
+        elif method == "block_jackknife":
+            se = _jackknife_ratio_se(w, ind, int(n_blocks))
         elif method == "block":
             blocks = np.array_split(ind.astype(np.float64), int(n_blocks))
             pb = np.array([b.mean() for b in blocks if b.size])
@@ -127,6 +132,20 @@ def basin_populations(
         "se_method": method,
         "unassigned": float(np.sum(w[~assigned])),
     }
+
+
+def _jackknife_ratio_se(w: np.ndarray, ind: np.ndarray, n_blocks: int) -> float:
+    """Delete-one-block jackknife SE of ``sum w 1 / sum w`` over contiguous blocks."""
+    edges = np.linspace(0, w.size, min(n_blocks, w.size) + 1).astype(int)
+    s1 = np.add.reduceat(w * ind, edges[:-1])
+    s0 = np.add.reduceat(w, edges[:-1])
+    rest0 = s0.sum() - s0
+    ok = rest0 > 0
+    if ok.sum() < 2:
+        return float("nan")
+    p_minus = (s1.sum() - s1[ok]) / rest0[ok]
+    n = p_minus.size
+    return float(math.sqrt((n - 1) / n * np.sum((p_minus - p_minus.mean()) ** 2)))
 
 
 def free_energy_differences(

@@ -192,6 +192,23 @@ class Binning:
         """
         return sum_log_probs - n_coords * math.log(self.width)
 
+    def token_floor(self, standardization: Standardization) -> np.ndarray | None:
+        """Lowest allowed bin per token: the gauge frame's ``a`` and ``c`` must be positive.
+
+        Returns
+        -------
+        int64 array [D] (zero except the two gauge tokens, which start at the first bin whose
+        lower edge is >= 0), or None for frames without constraints.
+        """
+        if standardization.frame != "gauge":
+            return None
+        floor = np.zeros(standardization.n_coords, dtype=np.int64)
+        first = int(np.searchsorted(self.edges, -1e-12 * self.width))  # first edge >= ~0
+        if not 0 < first < self.n_bins:
+            raise ValueError(f"bin range [{self.low}, {self.high}) does not straddle 0")
+        floor[list(standardization.gauge_token_index)] = first
+        return floor
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation."""
         return asdict(self)
@@ -226,6 +243,7 @@ def fit_binning(
     n_bins: int | None = None,
     n_atoms: int | None = None,
     margin: float = 1.1,
+    standardization: Standardization | None = None,
 ) -> Binning:
     """Choose a symmetric bin range from the training data.
 
@@ -233,30 +251,40 @@ def fit_binning(
     largest *distance* of any atom from the centre (not the per-axis extremes of the unrotated
     data), times a safety ``margin``. The bin widths of the paper's Table A.5 (e.g. aldp: std
     0.163 nm, 0.358 pm per bin, 4096 bins) imply a range of about +-4.5 std
-    (``../shared/seeds/arbg-paper.txt``).
+    (``../shared/seeds/arbg-paper.txt``). In the gauge frame (no rotations) the range covers the
+    largest absolute modelled coordinate instead (:meth:`Standardization.atom_radius`).
 
     Parameters
     ----------
-    z_train : np.ndarray, shape [F, 3(n-1)], standardized training coordinates
+    z_train : np.ndarray, shape [F, D], standardized training coordinates
     n_bins : int, optional
         Default :func:`default_n_bins` of the atom count.
     n_atoms : int, optional
-        Default ``3(n-1) / 3 + 1`` from ``z_train``.
+        Default ``3(n-1) / 3 + 1`` from ``z_train`` (centroid frame) or the standardization's.
     margin : float
         Multiplicative margin on the largest radius.
+    standardization : Standardization, optional
+        The frame of ``z_train``; default: a centroid frame.
 
     Returns
     -------
     Binning with ``low = -high``.
     """
     z = np.asarray(z_train, dtype=np.float64)
-    if z.ndim != 2 or z.shape[1] % 3:
-        raise ValueError(f"expected z_train [F, 3(n-1)], got {z.shape}")
+    if standardization is not None:
+        if z.ndim != 2 or z.shape[1] != standardization.n_coords:
+            raise ValueError(f"expected z_train [F, {standardization.n_coords}], got {z.shape}")
+        n_atoms = standardization.n_atoms if n_atoms is None else n_atoms
+        radius = standardization.atom_radius(z)
+    else:
+        if z.ndim != 2 or z.shape[1] % 3:
+            raise ValueError(f"expected z_train [F, 3(n-1)], got {z.shape}")
+        radius = max_atom_radius(z)
     if n_atoms is None:
         n_atoms = z.shape[1] // 3 + 1
     if n_bins is None:
         n_bins = default_n_bins(n_atoms)
-    r = max_atom_radius(z) * margin
+    r = radius * margin
     binning = Binning(n_bins=int(n_bins), low=-r, high=r)
     logger.info("binning: %d bins over +-%.3f std (width %.3g std)", n_bins, r, binning.width)
     return binning
@@ -356,7 +384,8 @@ def quantization_bound(
     results: list[dict[str, Any]] = []
     for n_bins in n_bins_list:
         if binning_range is None:
-            binning = fit_binning(z, n_bins=n_bins, n_atoms=standardization.n_atoms, margin=margin)
+            binning = fit_binning(z, n_bins=n_bins, margin=margin,
+                                  standardization=standardization)
         else:
             binning = Binning(int(n_bins), float(binning_range[0]), float(binning_range[1]))
         bins, n_clipped = binning.encode(z)

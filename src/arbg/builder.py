@@ -140,7 +140,29 @@ def _variant(resname3: str, spec: SystemSpec) -> str:
 
 
 def build_openmm_model(spec: SystemSpec):
-    """OpenMM (topology, positions[nm]) with all hydrogens, in build order."""
+    """OpenMM (topology, positions[nm]) with all hydrogens, in build order.
+
+    Reproducible: pdbfixer and ``Modeller.addHydrogens`` place new atoms at random positions
+    (Python's ``random``), so the build runs with a fixed seed (the caller's state is restored),
+    and the hydrogens are relaxed on the deterministic Reference platform.
+    """
+    import random
+
+    state = random.getstate()
+    random.seed(0)
+    try:
+        return _build_openmm_model(spec)
+    finally:
+        random.setstate(state)
+
+
+def _reference_platform():
+    import openmm
+
+    return openmm.Platform.getPlatformByName("Reference")
+
+
+def _build_openmm_model(spec: SystemSpec):
     from openmm import app
     from pdbfixer import PDBFixer
 
@@ -155,7 +177,8 @@ def build_openmm_model(spec: SystemSpec):
         has_h = any(a.element is not None and a.element.symbol == "H"
                     for a in modeller.topology.atoms())
         if not has_h:
-            modeller.addHydrogens(ff, variants=_variants(modeller.topology, spec))
+            modeller.addHydrogens(ff, variants=_variants(modeller.topology, spec),
+                                  platform=_reference_platform())
         _normalise_cap_names(modeller.topology)
         return modeller.topology, modeller.positions
     seq3 = [R.ONE_TO_THREE[c] for c in spec.sequence]
@@ -164,9 +187,10 @@ def build_openmm_model(spec: SystemSpec):
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms()
+    fixer.addMissingAtoms(seed=0)  # pdbfixer places missing atoms at random: be reproducible
     modeller = app.Modeller(fixer.topology, fixer.positions)
-    modeller.addHydrogens(ff, variants=_variants(modeller.topology, spec))
+    modeller.addHydrogens(ff, variants=_variants(modeller.topology, spec),
+                          platform=_reference_platform())
     _normalise_cap_names(modeller.topology)
     return modeller.topology, modeller.positions
 

@@ -77,7 +77,7 @@ class Checkpoint:
     @property
     def feats(self) -> TokenFeatures:
         """Token features of the system ([T] long tensors on the model's device)."""
-        return system_features(self.system, self.standardization.n_coords).to(
+        return system_features(self.system, self.standardization).to(
             next(self.model.parameters()).device
         )
 
@@ -92,8 +92,19 @@ class Checkpoint:
         return dict(self.config.get("training", {}))
 
 
-def system_features(system: PeptideSystem, n_coords: int | None = None) -> TokenFeatures:
-    """Token features ([T] tensors) of ``system`` (``T = 3(n-1)`` by default)."""
+def system_features(
+    system: PeptideSystem, n_coords: int | Standardization | None = None
+) -> TokenFeatures:
+    """Token features ([T] tensors) of ``system``.
+
+    ``n_coords`` is a token count (atom-major, ``3(n-1)`` by default) or the
+    :class:`Standardization` whose modelled coordinates the tokens are (gauge frames skip six).
+    """
+    if isinstance(n_coords, Standardization):
+        return token_features_for_system(
+            system.atom_type_id, system.residue_type_id, system.residue_index,
+            coord_index=n_coords.coord_index,
+        )
     return token_features_for_system(
         system.atom_type_id, system.residue_type_id, system.residue_index, n_coords
     )
@@ -342,8 +353,9 @@ def load_checkpoint(
             f"{path}: standardization is for {standardization.n_atoms} atoms, the system has "
             f"{system.n_atoms}"
         )
-    feats = system_features(system, standardization.n_coords)
+    feats = system_features(system, standardization)
     model = ARBG(model_config, default_feats=feats)
+    model.set_bin_floor(stored_binning.token_floor(standardization))
     weights_file = path / WEIGHTS_FILE
     used_ema = bool(use_ema and (path / EMA_FILE).exists())
     if used_ema:

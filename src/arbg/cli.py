@@ -51,16 +51,51 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
 
 
 def cmd_md(args: argparse.Namespace) -> int:
+    from arbg.bias import BiasConfig
     from arbg.md import MDConfig, run_md
 
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
+    bias = None
+    if args.bias == "dihedrals":
+        bias = BiasConfig(variables="phi-psi" if args.bias_psi else "phi",
+                          residues=None if args.bias_residues is None else tuple(
+                              r - 1 for r in args.bias_residues),
+                          build_ns=args.bias_build_ns, bias_factor=args.bias_factor,
+                          height_kt=args.bias_height_kt, width_deg=args.bias_width_deg,
+                          deposit_ps=args.bias_deposit_ps, grid_points=args.bias_grid)
+    elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
+        raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
     cfg = MDConfig(ns=args.ns, step_fs=args.step_fs, friction_per_ps=args.friction,
                    frame_interval_ps=args.frame_interval_ps, warmup_ps=args.warmup_ps,
-                   seed=args.seed, temperature_k=args.md_temperature_k)
+                   seed=args.seed, temperature_k=args.md_temperature_k, bias=bias)
     run_md(system, out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
+    if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
+        import numpy as np
+
+        from arbg.dataset import load_dataset
+        from arbg.reweight import kish_ess
+
+        data = load_dataset(out, system=system)
+        phi = _phi_of(data)
+        w = np.exp(data.log_weights - data.log_weights.max())
+        print(f"weighted frames: sampled at {cfg.temperature_k or system.temperature_k:g} K "
+              f"for {system.temperature_k:g} K{' under a dihedral bias' if bias else ''}; "
+              f"Kish ESS {kish_ess(data.log_weights):.1f} of {len(data)}; "
+              f"log-weights in {out / 'log_weights.npy'} (unnormalised)")
+        if phi is not None:
+            print(f"P(phi1 > 0): raw {np.mean(phi > 0):.4f}, reweighted "
+                  f"{np.sum(w * (phi > 0)) / np.sum(w):.4f}")
     return 0
+
+
+def _phi_of(data):
+    from arbg.metrics import dihedrals
+
+    if not len(data.system.phi_indices):
+        return None
+    return dihedrals(data.positions, data.system.phi_indices[:1])[:, 0]
 
 
 def cmd_system(args: argparse.Namespace) -> int:
@@ -103,7 +138,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(args.run_dir, args.reference, out_dir=args.out, n_eval=args.n_eval,
                            seed=args.seed, repeats=args.repeats, tica_lag=args.tica_lag,
-                           topology=args.topology, report=not args.no_report)
+                           topology=args.topology, report=not args.no_report,
+                           reference_weights=args.reference_weights)
     print(format_metrics(metrics))
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
     print(f"metrics: {out / 'metrics.json'}")
@@ -129,6 +165,10 @@ def format_metrics(metrics: dict) -> str:
     for key in ("ess", "unique_resampled", "n_eval"):
         if key in metrics:
             rows.append(f"{key}: {metrics[key]}")
+    if metrics.get("reference_weighted"):
+        rows.append(f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
+                    f"{metrics.get('reference_ess', float('nan')):.1f} of "
+                    f"{metrics.get('n_reference_frames')} frames")
     if metrics.get("basin_table"):
         rows.append(f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
                     f"{'reweighted':>16s}")
@@ -147,11 +187,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
                       optimizer=args.optimizer, ema=args.ema,
                       augment_rotations=not args.no_rotations, bf16=args.bf16,
+                      frame=args.frame,
                       max_minutes=args.max_minutes)
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
+    cfg.model_overrides["head"] = args.head
+    if args.head != "bins":
+        cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
     final = train(data, args.out, cfg, progress=not args.quiet)
     print(f"checkpoint: {final}")
     return 0
@@ -201,7 +245,8 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
     ck = load_checkpoint(args.checkpoint, device=args.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
     result = tune_temperature(ck, data.split(args.split), args.taus, n=args.n,
-                              n_eval=args.n_eval, seed=args.seed, device=args.device)
+                              n_eval=args.n_eval, seed=args.seed, device=args.device,
+                              validation_log_weights=data.split_log_weights(args.split))
     print(f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}")
     for r in result["rows"]:
         print(f"{r['tau']:6.3f} {r['e_w2']:8.3f} {r['t_w2']:8.3f} {r['score']:8.3f} "
@@ -243,8 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
     s.add_argument("--frame-interval-ps", type=float, default=1.0)
     s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument("--md-temperature-k", type=float, default=None,
-                   help="sampling temperature of the MD data (default: the system's)")
+    s.add_argument("--md-temperature-k", "--sampling-temperature-k", type=float, default=None,
+                   dest="md_temperature_k",
+                   help="sampling temperature of the MD data (heated data; default: the "
+                   "system's). --temperature-k stays the target's temperature; frames get "
+                   "log-weights -(1/kT_target - 1/kT_sampling) E")
+    b = s.add_argument_group("enhanced sampling (weighted data; see README)")
+    b.add_argument("--bias", choices=["none", "dihedrals"], default="none",
+                   help="dihedrals: well-tempered metadynamics on backbone phi (OpenMM's "
+                   "Metadynamics) for --bias-build-ns, then production under the frozen bias; "
+                   "frames get log-weights +V/kT")
+    b.add_argument("--bias-psi", action="store_true", help="bias psi as well as phi")
+    b.add_argument("--bias-residues", type=int, nargs="+",
+                   help="residues (1-based) whose dihedrals are biased (default: the central "
+                   "one; at most 3 biased dihedrals in all)")
+    b.add_argument("--bias-build-ns", type=float, default=1.0,
+                   help="metadynamics build time in ns (before production)")
+    b.add_argument("--bias-factor", type=float, default=10.0, help="well-tempered bias factor")
+    b.add_argument("--bias-height-kt", type=float, default=0.5,
+                   help="initial Gaussian height in kT")
+    b.add_argument("--bias-width-deg", type=float, default=20.0, help="Gaussian width, degrees")
+    b.add_argument("--bias-deposit-ps", type=float, default=0.5,
+                   help="Gaussian deposition interval, ps")
+    b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 
@@ -268,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-report", action="store_true", help="metrics.json only")
+    s.add_argument("--reference-weights", choices=["transport", "resample", "ignore"],
+                   default="transport",
+                   help="a weighted reference (biased/heated MD): transport its frame weights "
+                   "into the W2 problems, resample it by weight (seeded), or ignore them")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
@@ -284,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-every", type=int)
     s.add_argument("--ema", action="store_true")
     s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
+    s.add_argument("--frame", choices=["gauge", "centroid"], default="gauge",
+                   help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
+                   "default); centroid: the published centring + rotation augmentation")
+    s.add_argument("--head", default="bins", choices=["bins", "mol", "gmm", "givt"],
+                   help="output head: bins (categorical, ARBG), mol / gmm (discretized mixture "
+                   "of logistics / Gaussians, PixelCNN++ baselines), givt (continuous Gaussian "
+                   "mixture)")
+    s.add_argument("--n-mixtures", type=int, default=10,
+                   help="mixture components K of the mol/gmm/givt heads")
     s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
     s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     s.add_argument("--device", default="auto")

@@ -11,6 +11,11 @@ Readable inputs (:func:`load_dataset`):
 
 Atoms are matched to the system's canonical order by residue (in chain order) and atom name,
 with a clear error naming what cannot be matched. Splits are contiguous time blocks.
+
+Every dataset carries per-frame log-weights (:attr:`Dataset.log_weights`, unnormalised): zeros
+for equilibrium data; for biased or heated ``arbg md`` runs the exact log-weights towards the
+target ensemble (:func:`arbg.md.load_md_log_weights`); for a ``.npz`` with a ``log_weights``
+array, that array. Weights follow their frames through the splits.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arbg.md import contiguous_splits, load_md_frames
+from arbg.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 
 log = logging.getLogger(__name__)
@@ -45,7 +50,8 @@ class Dataset:
     system : the PeptideSystem (force field, descriptors, energies).
     splits : name -> [start, stop) frame ranges (contiguous time blocks).
     metadata : what the source recorded (dict).
-    weights : optional [F] frame log-weights (None = equilibrium frames).
+    log_weights : [F] float64 unnormalised frame log-weights towards the target ensemble
+        (zeros = equilibrium frames; None given = zeros).
     """
 
     positions: np.ndarray
@@ -54,11 +60,43 @@ class Dataset:
     metadata: dict = field(default_factory=dict)
     log_weights: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.log_weights is None:
+            self.log_weights = np.zeros(len(self.positions))
+        self.log_weights = np.asarray(self.log_weights, dtype=np.float64).reshape(-1)
+        if len(self.log_weights) != len(self.positions):
+            raise ValueError(f"{len(self.log_weights)} log-weights for "
+                             f"{len(self.positions)} frames")
+        if np.isnan(self.log_weights).any() or np.isposinf(self.log_weights).any():
+            raise ValueError("log-weights must not be NaN or +inf")
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the frames carry non-uniform weights."""
+        lw = self.log_weights
+        return bool(len(lw)) and bool(np.any(lw != lw[0]))
+
     def split(self, name: str) -> np.ndarray:
+        """Frames [f, n_atoms, 3] (nm) of split `name`, a contiguous time block."""
+        a, b = self._range(name)
+        return self.positions[a:b]
+
+    def split_log_weights(self, name: str) -> np.ndarray:
+        """Log-weights [f] of the frames of split `name` (aligned with :meth:`split`)."""
+        a, b = self._range(name)
+        return self.log_weights[a:b]
+
+    def kish_ess(self, name: str | None = None) -> float:
+        """Kish effective sample size of the frame weights (of one split, or all frames)."""
+        from arbg.reweight import kish_ess
+
+        return kish_ess(self.log_weights if name is None else self.split_log_weights(name))
+
+    def _range(self, name: str) -> tuple[int, int]:
         if name not in self.splits:
             raise KeyError(f"no split {name!r}; available: {', '.join(self.splits)}")
         a, b = self.splits[name]
-        return self.positions[a:b]
+        return a, b
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -146,7 +184,12 @@ def load_dataset(path: str | Path, topology: str | Path | None = None,
             sys_ = build_system(SystemSpec.from_dict(meta["system"]))
         frames = check_frames(load_md_frames(path), sys_.n_atoms, str(path))
         splits = contiguous_splits(len(frames), _fractions(meta.get("splits"), meta))
-        return Dataset(frames, sys_, splits, meta)
+        ds = Dataset(frames, sys_, splits, meta, load_md_log_weights(path))
+        if meta.get("log_weights"):
+            log.info("%s: weighted frames (sampled at %s K for %s K%s), Kish ESS %.1f of %d",
+                     path, meta.get("sampling_temperature_k"), meta.get("target_temperature_k"),
+                     ", biased" if meta.get("bias") else "", ds.kish_ess(), len(ds))
+        return ds
     if path.is_dir():
         pdbs = sorted(path.glob("*.pdb"))
         trains = sorted(path.glob("*_train.npy"))
@@ -174,16 +217,20 @@ def load_dataset(path: str | Path, topology: str | Path | None = None,
     sys_ = _system_for_pdb(top_path, system)
     top = mdtraj.load_topology(str(top_path))
     idx = match_atoms(top, sys_, str(top_path))
+    log_w = None
     if path.suffix in (".npy", ".npz"):
         arr = np.load(path)
         if path.suffix == ".npz":
-            key = "positions" if "positions" in arr.files else arr.files[0]
+            if "log_weights" in arr.files:
+                log_w = arr["log_weights"]
+            key = "positions" if "positions" in arr.files else next(
+                k for k in arr.files if k != "log_weights")
             arr = arr[key]
         frames = check_frames(arr, top.n_atoms, str(path))
     else:
         frames = mdtraj.load(str(path), top=str(top_path)).xyz
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
-    return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)})
+    return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)}, log_w)
 
 
 def _fractions(splits: dict | None, meta: dict) -> dict[str, float] | None:

@@ -95,19 +95,24 @@ def make_context(system, integrator=None, threads: int = 1):
     return openmm.Context(system, integrator, platform, props)
 
 
-def _energies_kj(context, x: np.ndarray) -> np.ndarray:
-    """Potential energies (kJ/mol) of a batch [B, n, 3] nm with one context."""
+def _energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.ndarray:
+    """Potential energies (kJ/mol) of a batch [B, n, 3] nm with one context.
+
+    `groups`: the force groups to include (default: all).
+    """
     from openmm import unit
 
     out = np.empty(len(x), dtype=np.float64)
     kj = unit.kilojoule_per_mole
+    kwargs = {} if groups is None else {"groups": set(groups)}
     for i, xi in enumerate(x):
         if not np.all(np.isfinite(xi)):
             out[i] = np.inf
             continue
         try:
             context.setPositions(xi)
-            out[i] = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(kj)
+            state = context.getState(getEnergy=True, **kwargs)
+            out[i] = state.getPotentialEnergy().value_in_unit(kj)
         except Exception:  # OpenMM raises on NaN coordinates/forces on some platforms
             out[i] = np.inf
     out[~np.isfinite(out)] = np.inf

@@ -5,6 +5,12 @@ E-W2 on reduced energies, T-W2 over all phi/psi with the periodic cost, TICA-W2 
 space fitted on the reference (lag 100 frames), each for the raw proposal and the reweighted
 ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
 the MD-vs-MD floor (two disjoint time blocks of the reference).
+
+A weighted reference (biased or heated ``arbg md`` data, :attr:`arbg.dataset.Dataset.log_weights`)
+is understood everywhere: its weights are transported into the W2 problems (or the reference is
+resampled by weight with the seed, ``reference_weights="resample"``), the MD-vs-MD floor
+compares the weighted halves, basin populations of the reference are weighted with block
+(jackknife) standard errors, and metrics.json gives the Kish ESS of the reference weights.
 """
 
 from __future__ import annotations
@@ -73,8 +79,13 @@ def evaluate_samples(
     tica_lag: int = 100,
     floor: bool = True,
     info: dict[str, Any] | None = None,
+    reference_weights: str = "transport",
 ) -> dict[str, Any]:
     """Metrics of samples (canonical order, nm) with normalised log-weights against `reference`.
+
+    ``reference_weights``: how the reference's frame weights enter, ``"transport"`` (default),
+    ``"resample"`` (by weight, seeded) or ``"ignore"`` (treat the frames as equilibrium MD);
+    equilibrium references are unaffected.
 
     Returns the JSON-serialisable dict of :func:`arbg.metrics.evaluate_ensemble`, with the
     basin populations and free-energy differences under ``"populations"``.
@@ -88,25 +99,43 @@ def evaluate_samples(
     ref_u = reference_energies(reference)
     n_eval = min(n_eval, len(ref_x) // (2 if floor else 1))
     log_w = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
+    ref_lw = reference_log_weights(reference, reference_weights)
     metrics = evaluate_ensemble(
         ref_x, ref_u, positions, energies, log_w,
         phi_indices=system.phi_indices, psi_indices=system.psi_indices,
         omega_indices=system.omega_indices, backbone_indices=system.backbone_heavy_indices,
         n_eval=n_eval, tica_lag=tica_lag, seed=seed, n_repeats=repeats, floor=floor,
-        info=info,
+        info=info, ref_log_weights=ref_lw,
+        ref_weight_mode="resample" if reference_weights == "resample" else "transport",
     )
     weights = np.exp(log_w)
+    ref_weights = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw))
     metrics["populations"] = compute_populations(
         ref_x, positions, weights, system.phi_indices, system.psi_indices,
-        residue_labels=_residue_labels(system))
-    metrics["basin_table"] = basin_table(system, ref_x, positions, weights)
+        residue_labels=_residue_labels(system), ref_weights=ref_weights)
+    metrics["basin_table"] = basin_table(system, ref_x, positions, weights,
+                                         ref_weights=ref_weights)
     return metrics
 
 
+def reference_log_weights(reference: Dataset, mode: str = "transport") -> np.ndarray | None:
+    """The reference's frame log-weights to use, or None for an equilibrium (or ignored) one.
+
+    ``mode``: ``"transport"`` / ``"resample"`` use the weights, ``"ignore"`` drops them.
+    """
+    if mode not in ("transport", "resample", "ignore"):
+        raise ValueError(f"reference_weights must be transport, resample or ignore, got {mode!r}")
+    if mode == "ignore" or not reference.weighted:
+        return None
+    return np.asarray(reference.log_weights, dtype=np.float64)
+
+
 def basin_table(system: PeptideSystem, ref_x: np.ndarray, positions: np.ndarray,
-                weights: np.ndarray) -> list[dict[str, Any]]:
-    """Per residue and basin: population in the reference MD (block SE), in the raw proposal,
-    and in the reweighted ensemble (delta-method SE)."""
+                weights: np.ndarray, ref_weights: np.ndarray | None = None
+                ) -> list[dict[str, Any]]:
+    """Per residue and basin: population in the reference MD (block SE; weighted by
+    ``ref_weights`` [T] with block-jackknife SE when given), in the raw proposal, and in the
+    reweighted ensemble (delta-method SE)."""
     from arbg.basins import basin_populations
     from arbg.metrics import dihedrals
 
@@ -116,7 +145,7 @@ def basin_table(system: PeptideSystem, ref_x: np.ndarray, positions: np.ndarray,
     for r in range(n):
         phi_i, psi_i = system.phi_indices[r:r + 1], system.psi_indices[r:r + 1]
         ref = basin_populations(dihedrals(ref_x, phi_i)[:, 0], dihedrals(ref_x, psi_i)[:, 0],
-                                n_blocks=10)
+                                weights=ref_weights, n_blocks=10)
         phi, psi = dihedrals(positions, phi_i)[:, 0], dihedrals(positions, psi_i)[:, 0]
         raw = basin_populations(phi, psi)
         rew = basin_populations(phi, psi, weights=weights)
@@ -148,6 +177,7 @@ def evaluate_run(
     title: str | None = None,
     extra_figures: list[tuple[Path, str]] | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    reference_weights: str = "transport",
 ) -> dict[str, Any]:
     """Evaluate an ``arbg sample`` run against reference MD; write metrics.json and the report.
 
@@ -157,6 +187,8 @@ def evaluate_run(
     reference : anything :func:`arbg.dataset.load_dataset` reads, or a Dataset. It should not
         be the training data; all of its frames are used, in time order.
     out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
+    reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
+        weights (see :func:`evaluate_samples`).
     """
     from arbg.report import write_metrics_json, write_report
     from arbg.systems import SystemSpec, build_system
@@ -175,10 +207,17 @@ def evaluate_run(
                                     "n_clipped", "clip_fraction", "n_chirality_wrong",
                                     "n_nonfinite_energy", "ensemble_unique") if k in summary}
     metrics = evaluate_samples(system, positions, run["u"], run["log_w"], ref, n_eval=n_eval,
-                               seed=seed, repeats=repeats, tica_lag=tica_lag, info=info)
+                               seed=seed, repeats=repeats, tica_lag=tica_lag, info=info,
+                               reference_weights=reference_weights)
+    ref_lw = reference_log_weights(ref, reference_weights)
     metrics["reference"] = {"source": str(reference if not isinstance(reference, Dataset)
                                           else reference.metadata.get("source", "dataset")),
-                            "n_frames": len(ref)}
+                            "n_frames": len(ref), "weighted": ref_lw is not None,
+                            "weights": reference_weights if ref.weighted else None,
+                            "kish_ess": ref.kish_ess() if ref_lw is not None else float(len(ref)),
+                            "sampling_temperature_k": ref.metadata.get("sampling_temperature_k"),
+                            "target_temperature_k": ref.metadata.get("target_temperature_k"),
+                            "biased": bool(ref.metadata.get("bias"))}
     if extra_metrics:
         metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
@@ -188,6 +227,7 @@ def evaluate_run(
         write_report(
             out, reference_positions=ref.positions, reference_energies=reference_energies(ref),
             proposal_positions=positions, proposal_energies=run["u"], log_weights=run["log_w"],
+            reference_log_weights=ref_lw,
             metrics=metrics, phi_indices=system.phi_indices, psi_indices=system.psi_indices,
             omega_indices=system.omega_indices, backbone_indices=system.backbone_heavy_indices,
             bonds=bonds, angles=bond_angle_triples(bonds, system.n_atoms),
@@ -219,6 +259,8 @@ def md_cost_curve(
     (its frames at the saved stride: K / steps_per_frame frames). A BG with budget K reweights
     its first K / evals_per_sample proposals. Budgets that give fewer than 2 MD frames or
     proposals are skipped. At most ``n_max`` samples per side enter each W2 (stride-subsampled).
+    A weighted reference transports its (stride-subsampled) weights; `md_frames` are taken as
+    equilibrium MD.
     """
     from arbg.metrics import backbone_torsions, energy_w2, torsion_w2
     from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
@@ -229,6 +271,8 @@ def md_cost_curve(
     ref_t = backbone_torsions(reference.positions[::stride], system.phi_indices,
                               system.psi_indices)
     ref_u_s = ref_u[::stride]
+    ref_lw = reference_log_weights(reference)
+    ref_w = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw[::stride]))
     out: dict[str, Any] = {"budgets": [], "bg": {"e_w2": [], "t_w2": []},
                            "md": {"budgets": [], "e_w2": [], "t_w2": []}}
     for k in budgets:
@@ -239,15 +283,16 @@ def md_cost_curve(
             idx = multinomial_resample(lw, min(n_bg, n_max), rng)
             x = positions[:n_bg][idx]
             out["budgets"].append(k)
-            out["bg"]["e_w2"].append(energy_w2(energies[:n_bg][idx], ref_u_s))
+            out["bg"]["e_w2"].append(energy_w2(energies[:n_bg][idx], ref_u_s, None, ref_w))
             out["bg"]["t_w2"].append(torsion_w2(
-                backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t))
+                backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t, None, ref_w))
         n_md = k // steps_per_frame
         if 2 <= n_md <= len(md_frames):
             frames = md_frames[:n_md][:: max(1, n_md // n_max)]
             u_md = system.reduced_energy(frames)
             out["md"]["budgets"].append(k)
-            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s))
+            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s, None, ref_w))
             out["md"]["t_w2"].append(torsion_w2(
-                backbone_torsions(frames, system.phi_indices, system.psi_indices), ref_t))
+                backbone_torsions(frames, system.phi_indices, system.psi_indices), ref_t, None,
+                ref_w))
     return out

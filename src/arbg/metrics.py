@@ -367,8 +367,11 @@ def fit_tica(
 
 def tica_project(tica: TicaFit, features: np.ndarray) -> np.ndarray:
     """Project features ``[N, f]`` onto the fitted TICA components, ``[N, dim]``."""
-    out = tica.model.transform(np.asarray(features, dtype=np.float64))
-    return np.asarray(out)[:, : tica.dim]
+    out = np.asarray(tica.model.transform(np.asarray(features, dtype=np.float64)))[:, : tica.dim]
+    if out.shape[1] < tica.dim:  # deeptime keeps fewer components for (near-)degenerate data
+        log.warning("TICA kept %d of %d components; padding with zeros", out.shape[1], tica.dim)
+        out = np.concatenate([out, np.zeros((len(out), tica.dim - out.shape[1]))], axis=1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +384,10 @@ class _Ensemble:
     tica: np.ndarray
     weights: np.ndarray | None = None
 
-    def take(self, idx: np.ndarray) -> _Ensemble:
-        return _Ensemble(self.energies[idx], self.torsions[idx], self.tica[idx])
+    def take(self, idx: np.ndarray, weights: np.ndarray | None = None) -> _Ensemble:
+        """Frames `idx`; with `weights` ([T], non-negative) they carry them, renormalised."""
+        w = None if weights is None else weights[idx] / weights[idx].sum()
+        return _Ensemble(self.energies[idx], self.torsions[idx], self.tica[idx], w)
 
 
 def _metrics(a: _Ensemble, b: _Ensemble) -> dict[str, float]:
@@ -425,6 +430,8 @@ def evaluate_ensemble(
     weighted: bool = True,
     max_weighted: int = 20_000,
     info: dict[str, Any] | None = None,
+    ref_log_weights: np.ndarray | None = None,
+    ref_weight_mode: str = "transport",
 ) -> dict[str, Any]:
     """E-W2, T-W2 and TICA-W2 of a proposal and its reweighted ensemble against reference MD.
 
@@ -439,6 +446,12 @@ def evaluate_ensemble(
       directly: no resampling noise. Computed once (repeat 0).
     - ``md_floor``: the first against the second half of the reference, each stride-subsampled
       to ``n_eval`` frames: what "perfect" looks like at this sample count.
+
+    A weighted reference (``ref_log_weights``: biased or heated MD) enters every comparison,
+    the floor included, by ``ref_weight_mode``: ``"transport"`` (the stride-subsampled frames
+    carry their renormalised weights into the transport problem) or ``"resample"``
+    (``n_eval`` multinomial draws by weight, from the whole reference or from each half for the
+    floor, with the seeded generator). TICA is fitted on the reference frames as they are.
 
     TICA (lag ``tica_lag`` frames, ``tica_dim`` components) is fitted on the whole reference.
 
@@ -473,6 +486,10 @@ def evaluate_ensemble(
     info : dict, optional
         Extra JSON-serializable entries merged into the result (e.g. energy evaluations spent,
         clipped fraction).
+    ref_log_weights : ndarray, shape (T,), optional
+        Log-weights of the reference frames (unnormalised; None = equilibrium MD).
+    ref_weight_mode : str
+        ``"transport"`` or ``"resample"`` (see above).
 
     Returns
     -------
@@ -508,6 +525,18 @@ def evaluate_ensemble(
     tors, tf = feats(positions)
     prop = _Ensemble(energies, tors, tica_project(tica, tf))
     w = weights_from_log(log_weights)
+    ref_w = None if ref_log_weights is None else weights_from_log(ref_log_weights)
+    if ref_weight_mode not in ("transport", "resample"):
+        raise ValueError(f"ref_weight_mode must be 'transport' or 'resample', "
+                         f"got {ref_weight_mode!r}")
+
+    def ref_block(lo: int, hi: int, step: int, off: int) -> _Ensemble:
+        if ref_w is None:
+            return ref.take(np.arange(lo + off, hi, step)[:n_eval])
+        if ref_weight_mode == "resample":
+            lw = np.asarray(ref_log_weights, dtype=np.float64)[lo:hi]
+            return ref.take(np.sort(lo + multinomial_resample(lw, n_eval, rng)))
+        return ref.take(np.arange(lo + off, hi, step)[:n_eval], ref_w)
 
     stride, half_stride = T // n_eval, (T // 2) // n_eval
     results: dict[str, list[dict[str, float]]] = {"proposal": [], "reweighted_resampled": []}
@@ -517,7 +546,7 @@ def evaluate_ensemble(
         results["reweighted_weighted"] = []
     unique: list[int] = []
     for r in range(n_repeats):
-        ref_sub = ref.take(np.arange(r % stride, T, stride)[:n_eval])
+        ref_sub = ref_block(0, T, stride, r % stride)
         sub = rng.permutation(N)[:n_eval] if N > n_eval else np.arange(N)
         results["proposal"].append(_metrics(prop.take(sub), ref_sub))
         idx = multinomial_resample(log_weights, n_eval, rng)
@@ -532,8 +561,8 @@ def evaluate_ensemble(
             results["reweighted_weighted"].append(_metrics(wset, ref_sub))
         if floor:
             off = r % half_stride
-            a = ref.take(np.arange(off, T // 2, half_stride)[:n_eval])
-            b = ref.take(np.arange(T // 2 + off, T, half_stride)[:n_eval])
+            a = ref_block(0, T // 2, half_stride, off)
+            b = ref_block(T // 2, T, half_stride, off)
             results["md_floor"].append(_metrics(a, b))
         log.info("evaluate_ensemble: repeat %d/%d done", r + 1, n_repeats)
 
@@ -549,6 +578,9 @@ def evaluate_ensemble(
                  "koopman_reweighting": tica.koopman_reweighting},
         "ess": ess,
         "ess_fraction": ess / N,
+        "reference_weighted": ref_w is not None,
+        "reference_ess": float(T if ref_w is None else 1.0 / np.sum(ref_w**2)),
+        "reference_weight_mode": None if ref_w is None else ref_weight_mode,
         "n_nonzero_weights": int(np.count_nonzero(w > 0)),
         "n_nonfinite_energies": {"reference": n_nonfinite(ref_energies),
                                  "proposal": n_nonfinite(energies)},

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from arbg.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 
@@ -70,13 +72,15 @@ class ModelConfig:
     n_atom_types, n_residue_types, max_residues : int
         Vocabulary sizes of the atom-type, residue-type and residue-index embeddings.
     head : str
-        Output head (``"bins"``; mixture heads can be registered in :data:`HEADS`).
+        Output head, a key of :data:`arbg.heads.HEADS`: ``"bins"`` (categorical over the bins,
+        default), ``"mol"`` / ``"gmm"`` (discretized mixtures of logistics / Gaussians over the
+        bins), ``"givt"`` (continuous Gaussian mixture). Configs without it load as ``"bins"``.
     rope : bool
         Rotary position embeddings (True) or a learned absolute position embedding (False).
     rope_base : float
         Rotary frequency base.
     head_kwargs : dict
-        Extra keyword arguments of the head.
+        Extra keyword arguments of the head (``{"n_mixtures": K}`` for the mixture heads).
     value_fourier : int
         Number of Fourier octaves of the previous coordinate's *value* added to its bin
         embedding (0 = off). A bin-id embedding alone must learn from data that neighbouring bins
@@ -183,118 +187,47 @@ def token_features_for_system(
     residue_type_id: np.ndarray,
     residue_index: np.ndarray,
     n_coords: int | None = None,
+    coord_index: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TokenFeatures:
     """Token features of one system from per-atom arrays.
 
-    Coordinate ``j`` belongs to atom ``j // 3`` and axis ``j % 3`` (atom-major flattening, as in
-    :meth:`arbg.standardize.Standardization.forward`).
+    By default coordinate ``j`` belongs to atom ``j // 3`` and axis ``j % 3`` (atom-major
+    flattening, as in :meth:`arbg.standardize.Standardization.forward`); ``coord_index`` gives
+    the (atom, axis) of each token explicitly (the gauge frame skips six coordinates).
 
     Parameters
     ----------
     atom_type_id, residue_type_id, residue_index : np.ndarray, shape [n], int
     n_coords : int, optional
         Number of modelled coordinates, default ``3(n-1)``.
+    coord_index : (atom [T], axis [T]) int arrays, optional
+        :attr:`arbg.standardize.Standardization.coord_index`; overrides ``n_coords``.
 
     Returns
     -------
     TokenFeatures with [T] long tensors, ``T = n_coords``.
     """
     n = len(atom_type_id)
-    if n_coords is None:
-        n_coords = 3 * (n - 1)
-    j = np.arange(n_coords)
-    atom = j // 3
+    if coord_index is not None:
+        atom, axis = (np.asarray(a, dtype=np.int64) for a in coord_index)
+    else:
+        if n_coords is None:
+            n_coords = 3 * (n - 1)
+        j = np.arange(n_coords)
+        atom, axis = j // 3, j % 3
     if atom.size and atom.max() >= n:
-        raise ValueError(f"n_coords={n_coords} needs more than the {n} atoms given")
+        raise ValueError(f"{atom.size} coordinates need more than the {n} atoms given")
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.long)
 
     return TokenFeatures(
-        axis=t(j % 3),
+        axis=t(axis),
         atom_index=t(atom),
         atom_type=t(np.asarray(atom_type_id)[atom]),
         residue_type=t(np.asarray(residue_type_id)[atom]),
         residue_index=t(np.asarray(residue_index)[atom]),
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Output heads
-
-
-class Head(nn.Module):
-    """Interface of an output head: hidden states -> parameters of ``p(b_j | b_<j)``.
-
-    Subclasses set ``n_outputs`` (size of the last dimension of the parameters) and implement
-    :meth:`forward`, :meth:`log_prob` and :meth:`sample`. Mixture heads (discretized logistics or
-    Gaussians over the bins, or a continuous GIVT-style Gaussian mixture) plug in here.
-    """
-
-    n_outputs: int
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Parameters [B, T, n_outputs] from hidden states [B, T, C]."""
-        raise NotImplementedError
-
-    def log_prob(self, params: torch.Tensor, bins: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-        """Log-probability [B, T] (float32 or higher) of ``bins`` [B, T] at temperature ``tau``."""
-        raise NotImplementedError
-
-    def sample(
-        self, params: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Draw bins [B, T] (int64) at temperature ``tau``."""
-        raise NotImplementedError
-
-    def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood over targets != -1 (scalar)."""
-        mask = targets != -1
-        lp = self.log_prob(params, targets.clamp_min(0))
-        return -(lp * mask).sum() / mask.sum().clamp_min(1)
-
-
-class BinHead(Head):
-    """Categorical over ``L`` uniform bins: a linear layer to ``L`` logits."""
-
-    def __init__(self, n_embd: int, n_bins: int) -> None:
-        super().__init__()
-        self.n_outputs = n_bins
-        self.proj = nn.Linear(n_embd, n_bins, bias=False)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(h)  # [B, T, L] logits
-
-    def log_prob(self, params: torch.Tensor, bins: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-        logp = F.log_softmax(params.float() / tau, dim=-1)  # [B, T, L]
-        return logp.gather(-1, bins.long().unsqueeze(-1)).squeeze(-1)  # [B, T]
-
-    def sample(
-        self, params: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        probs = F.softmax(params.float() / tau, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])  # [B*T, L]
-        out = torch.multinomial(flat, 1, generator=generator)  # [B*T, 1]
-        return out.reshape(probs.shape[:-1])  # [B, T]
-
-    def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            params.float().reshape(-1, params.shape[-1]),  # [B*T, L]
-            targets.reshape(-1),  # [B*T]
-            ignore_index=-1,
-        )
-
-
-HEADS: dict[str, type[Head]] = {"bins": BinHead}
-
-
-def build_head(config: ModelConfig) -> Head:
-    """Instantiate the head named by ``config.head``."""
-    if config.head == "bins":
-        return BinHead(config.n_embd, config.n_bins)
-    if config.head not in HEADS:
-        raise ValueError(f"unknown head {config.head!r}; registered: {sorted(HEADS)}")
-    return HEADS[config.head](config.n_embd, config.n_bins, **config.head_kwargs)  # type: ignore[call-arg]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -477,6 +410,8 @@ class ARBG(nn.Module):
             cos, sin = _rotary_tables(int(config.max_tokens), config.head_dim, config.rope_base)  # type: ignore[arg-type]
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # per-token lowest allowed bin (gauge frame: a, c > 0); empty = no constraint
+        self.register_buffer("bin_floor", torch.zeros(0, dtype=torch.long), persistent=False)
         self.has_default_feats = default_feats is not None
         if default_feats is not None:
             for name, t in default_feats.tensors().items():
@@ -494,8 +429,7 @@ class ARBG(nn.Module):
         for block in self.blocks:  # residual branches start as identity (nanochat)
             nn.init.zeros_(block.attn.o.weight)
             nn.init.zeros_(block.mlp.down.weight)
-        if isinstance(self.head, BinHead):  # uniform initial distribution over the bins
-            nn.init.zeros_(self.head.proj.weight)
+        self.head.init_weights()  # e.g. uniform initial distribution over the bins
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (optionally without the embedding tables)."""
@@ -541,6 +475,21 @@ class ARBG(nn.Module):
             return feats.slice(pos0, pos0 + T)
         raise ValueError(f"features of length {len(feats)} do not cover positions {pos0}..{pos0+T}")
 
+    def set_bin_floor(self, floor: torch.Tensor | np.ndarray | None) -> None:
+        """Restrict token ``j`` to bins ``>= floor[j]`` (the sampled and scored distribution).
+
+        The gauge frame of :mod:`arbg.standardize` needs ``a > 0`` and ``c > 0``; the floor is
+        built by :meth:`arbg.binning.Binning.token_floor` and set by whoever builds the model
+        (trainer, checkpoint loader); it is derived from the stored standardization and binning,
+        not saved. ``None`` removes it.
+        """
+        t = torch.zeros(0, dtype=torch.long) if floor is None else torch.as_tensor(floor).long()
+        self.bin_floor = t.to(self.wte.weight.device)
+
+    def _apply_bin_floor(self, out: torch.Tensor, pos0: int) -> torch.Tensor:
+        floor = self.bin_floor[pos0 : pos0 + out.shape[-2]]  # [T]
+        return self.head.apply_floor(out, floor)  # every head (arbg.heads.Head.apply_floor)
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -558,15 +507,18 @@ class ARBG(nn.Module):
             Features of the predicted coordinates, [T] or [B, T] tensors, either for exactly the
             ``T`` positions fed or for the whole sequence (then positions ``pos .. pos+T`` are
             taken). Defaults to the registered single-system features.
-        targets : LongTensor [B, T], optional
-            Bins to predict (-1 = ignore); gives the mean cross-entropy (nats per coordinate).
+        targets : Tensor [B, T], optional
+            Bins to predict (int64, -1 = ignore), or for a continuous head (``head.continuous``)
+            real values in bin units (float64, non-finite = ignore); gives the mean negative
+            log-likelihood (nats per coordinate, a log-density in bin units for every head).
         kv_cache : KVCache, optional
             The tokens occupy absolute positions ``kv_cache.pos .. pos+T``; their keys/values are
             appended and ``pos`` advances by ``T``.
 
         Returns
         -------
-        out : head parameters [B, T, n_outputs] (logits [B, T, L] for :class:`BinHead`)
+        out : head parameters [B, T, n_outputs] (logits [B, T, L] for :class:`BinHead`,
+            ``3K + 1`` mixture numbers for the mixture heads of :mod:`arbg.heads`)
         loss : scalar tensor or None
         """
         B, T = tokens.shape
@@ -595,6 +547,8 @@ class ARBG(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         out = self.head(self.norm_f(x))
+        if self.bin_floor.numel():
+            out = self._apply_bin_floor(out, pos0)
         loss = self.head.loss(out, targets) if targets is not None else None
         return out, loss
 
@@ -603,7 +557,8 @@ class ARBG(nn.Module):
         [-1, 1] over the bin range; zero for the start token."""
         L = self.config.n_bins
         is_start = tokens == self.start_id
-        v = ((tokens.clamp(max=L - 1).float() + 0.5) / L) * 2.0 - 1.0  # [B, T]
+        dtype = self.value_proj.weight.dtype if self.value_proj is not None else torch.float32
+        v = ((tokens.clamp(max=L - 1).to(dtype) + 0.5) / L) * 2.0 - 1.0  # [B, T]
         freqs = math.pi * (2.0 ** torch.arange(self.config.value_fourier, device=tokens.device))
         ang = v.unsqueeze(-1) * freqs  # [B, T, K]
         feats = torch.cat([v.unsqueeze(-1), torch.sin(ang), torch.cos(ang)], dim=-1)
@@ -619,18 +574,20 @@ class ARBG(nn.Module):
 
         Parameters
         ----------
-        bins : LongTensor [B, T]
-            Target bins of all ``T`` coordinates (the inputs are built with :meth:`shift_right`).
+        bins : Tensor [B, T]
+            Targets of all ``T`` coordinates: bins (int64), or real values in bin units (float)
+            for a continuous head; the inputs are ``shift_right(head.tokens(bins))``.
         feats : TokenFeatures, optional
         tau : float
             Temperature of the conditionals.
 
         Returns
         -------
-        Tensor [B], float64: ``sum_j log p(b_j | b_<j)`` in nats (add
-        ``Binning.log_density`` and ``Standardization.log_det_forward`` for the density in nm).
+        Tensor [B], float64: ``sum_j log p(x_j | x_<j)`` in nats, the log-density in bin units
+        for every head (add ``Binning.log_density`` and the standardization's Jacobian for the
+        density in nm).
         """
-        out, _ = self.forward(self.shift_right(bins), feats)
+        out, _ = self.forward(self.shift_right(self.head.tokens(bins)), feats)
         lp = self.head.log_prob(out, bins, tau)  # [B, T]
         return lp.to(torch.float64).sum(dim=-1)
 
@@ -651,6 +608,6 @@ def describe(config: ModelConfig) -> str:
     n = count_params(config)
     return (
         f"{config.n_layer} layers, {config.n_embd} ch, {config.n_head}x{config.head_dim} heads, "
-        f"{config.n_bins} bins: {n / 1e6:.2f}M parameters"
+        f"{config.n_bins} bins, {config.head} head: {n / 1e6:.2f}M parameters"
     )
 

@@ -57,7 +57,9 @@ def _json_default(obj: Any) -> Any:
 def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics`` as indented JSON (numpy scalars/arrays converted) and return the path."""
     path = Path(path)
-    path.write_text(json.dumps(metrics, indent=2, default=_json_default))
+    from arbg.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(metrics, indent=2, default=_json_default))
     return path
 
 
@@ -135,16 +137,19 @@ def compute_populations(
     psi_indices: np.ndarray,
     n_blocks: int = 10,
     residue_labels: Sequence[str] | None = None,
+    ref_weights: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Basin populations and dF per residue for the reference MD (block SE) and the reweighted
-    ensemble (delta-method SE). Residue k uses ``phi_indices[k]`` and ``psi_indices[k]``."""
+    """Basin populations and dF per residue for the reference MD (block SE; with ``ref_weights``
+    [T], the weighted populations with block-jackknife SE) and the reweighted ensemble
+    (delta-method SE). Residue k uses ``phi_indices[k]`` and ``psi_indices[k]``."""
     out: dict[str, dict[str, Any]] = {}
     phi_r, psi_r = dihedrals(ref_positions, phi_indices), dihedrals(ref_positions, psi_indices)
     phi_s, psi_s = dihedrals(positions, phi_indices), dihedrals(positions, psi_indices)
     for k in range(min(phi_r.shape[1], psi_r.shape[1])):
         res = residue_labels[k] if residue_labels else f"residue {k + 1}"
         for name, pops in (
-            ("reference MD", basin_populations(phi_r[:, k], psi_r[:, k], n_blocks=n_blocks)),
+            ("reference MD", basin_populations(phi_r[:, k], psi_r[:, k], weights=ref_weights,
+                                               n_blocks=n_blocks)),
             ("reweighted", basin_populations(phi_s[:, k], psi_s[:, k], weights=weights)),
         ):
             out[f"{res} / {name}"] = {"populations": pops, "dF": free_energy_differences(pops)}
@@ -186,6 +191,7 @@ def write_report(
     extra_figures: Sequence[tuple[str | Path, str]] = (),
     max_points: int = 50_000,
     seed: int = 0,
+    reference_log_weights: np.ndarray | None = None,
 ) -> Path:
     """Write PNG plots, ``metrics.json`` and a self-contained ``report.html`` into ``out_dir``.
 
@@ -228,6 +234,9 @@ def write_report(
         unaffected).
     seed : int
         Seed for the subsets.
+    reference_log_weights : ndarray, shape (T,), optional
+        Frame log-weights of a weighted reference (biased/heated MD): its plots show
+        ``max_points`` frames resampled by weight (seeded), its populations are weighted.
 
     Returns
     -------
@@ -240,7 +249,15 @@ def write_report(
     x_ref = np.asarray(reference_positions)
     x = np.asarray(proposal_positions)
     w_all = weights_from_log(np.asarray(log_weights, dtype=np.float64))
-    sub_ref = _subsample(len(x_ref), max_points, rng)
+    ref_w = None
+    if reference_log_weights is None:
+        sub_ref = _subsample(len(x_ref), max_points, rng)
+    else:
+        from arbg.reweight import multinomial_resample
+
+        ref_lw = np.asarray(reference_log_weights, dtype=np.float64)
+        ref_w = weights_from_log(ref_lw)
+        sub_ref = np.sort(multinomial_resample(ref_lw, min(len(x_ref), max_points), rng))
     sub = _subsample(len(x), max_points, rng)
     w = w_all[sub] / w_all[sub].sum()
     figures: list[tuple[Path, str]] = []
@@ -280,7 +297,7 @@ def write_report(
         )
     if populations is None:
         populations = compute_populations(x_ref, x, w_all, phi_indices, psi_indices,
-                                          residue_labels=residue_labels)
+                                          residue_labels=residue_labels, ref_weights=ref_w)
     figures.extend((Path(p), c) for p, c in extra_figures)
 
     full = dict(metrics)

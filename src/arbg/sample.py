@@ -2,18 +2,22 @@
 
 Density convention
 ------------------
-The model draws ``D = 3(n-1)`` bins ``b`` from tempered categoricals ``softmax(logits / tau)``;
-each bin is de-quantized uniformly inside the bin (float64), giving standardized coordinates
-``z``; :meth:`arbg.standardize.Standardization.inverse` scales by ``std_nm`` and places the last
-atom from the centring constraint. The exact log-density of the returned conformation is
+The model draws ``D`` bins ``b`` from tempered categoricals ``softmax(logits / tau)``; each bin is
+de-quantized uniformly inside the bin (float64), giving standardized coordinates ``z``;
+:meth:`arbg.standardize.Standardization.inverse` maps them to a conformation in nm (centroid
+frame, ``D = 3(n-1)``: scaled by ``std_nm``, the last atom placed from the centring constraint;
+gauge frame, ``D = 3n - 6``: scattered into the gauge). The exact log-density of the returned
+conformation is
 
-    log q(x) = log pi(b) - D log(width) + log_det_forward,
+    log q(x) = log pi(b) - D log(width) + log J(z),
 
 with ``log pi(b) = sum_j log softmax(logits_j / tau)[b_j]`` (nats, float64 accumulation),
-``width`` the bin width in standardized units and ``log_det_forward = -D log(std_nm)``. It is a
-density (nm^-D) on the *centred* configuration space, w.r.t. the Lebesgue measure on the first
-``3(n-1)`` centred coordinates: the space in which ``exp(-u)`` of a translation-invariant energy is
-normalisable. Importance weights ``-u - log q`` are then exact up to one global constant.
+``width`` the bin width in standardized units and ``log J`` the Jacobian of
+:meth:`arbg.standardize.Standardization.log_det`: ``-D log(std_nm)`` in the centroid frame, plus
+``-log(8 pi^2) - 2 log a - log c`` in the gauge frame. It is a density (nm^-D) on the
+translation-reduced configuration space: the space in which ``exp(-u)`` of a
+translation-invariant energy is normalisable. Importance weights ``-u - log q`` are then exact up
+to one global constant.
 
 Only uniform de-quantization has a density: :func:`bins_to_positions` returns ``log_q_offset =
 None`` (with a warning) for the point-mass modes ``"centre"`` / ``"mean"``, and :func:`generate`
@@ -53,6 +57,7 @@ import numpy as np
 import torch
 
 from arbg.binning import Binning
+from arbg.heads import values_to_z
 from arbg.model import ARBG, KVCache, TokenFeatures
 from arbg.standardize import Standardization
 from arbg.target import chirality_signs
@@ -72,6 +77,7 @@ __all__ = [
     "make_generators",
     "sample_bins",
     "teacher_forced_log_pi",
+    "values_to_positions",
 ]
 
 CHIRALITY_POLICIES = ("zero", "mirror", "none")
@@ -126,9 +132,13 @@ def _sample_chunk(
     generator: torch.Generator,
     feats: TokenFeatures,
     cache: KVCache | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """bins [b, T], log_pi [b] float64 and, for a continuous head, the values [b, T] float64
+    (bin units; None otherwise)."""
     dev = _model_device(model)
+    head = model.head
     bins = torch.empty(b, T, dtype=torch.long, device=dev)
+    values = torch.empty(b, T, dtype=torch.float64, device=dev) if head.continuous else None
     log_pi = torch.zeros(b, dtype=torch.float64, device=dev)
     start = torch.full((b, 1), model.start_id, dtype=torch.long, device=dev)
     if cache is not None:
@@ -141,10 +151,12 @@ def _sample_chunk(
             tok = torch.cat([start, bins[:, :j]], dim=1)  # [b, j+1], whole prefix recomputed
             out, _ = model(tok, feats.slice(0, j + 1))
             out = out[:, -1:]  # [b, 1, L]
-        bj = model.head.sample(out, tau, generator)  # [b, 1]
-        log_pi += model.head.log_prob(out, bj, tau)[:, 0].to(torch.float64)
-        bins[:, j] = bj[:, 0]
-    return bins, log_pi
+        xj = head.sample(out, tau, generator)  # [b, 1] bins, or values (continuous head)
+        log_pi += head.log_prob(out, xj, tau)[:, 0].to(torch.float64)
+        bins[:, j] = head.tokens(xj)[:, 0]
+        if values is not None:
+            values[:, j] = xj[:, 0]
+    return bins, log_pi, values
 
 
 def sample_bins(
@@ -157,11 +169,15 @@ def sample_bins(
     use_cache: bool = True,
     device: torch.device | str | None = None,
     progress: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_values: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Draw ``n`` bin sequences autoregressively from the tempered model.
 
-    Token ``j`` is drawn from ``softmax(logits_j / tau)`` with the head's ``sample`` and the given
-    generator; its log-probability under that tempered categorical is accumulated in float64.
+    Token ``j`` is drawn from the tempered conditional (``softmax(logits_j / tau)`` for the bins
+    head; see :mod:`arbg.heads` for the mixture heads) with the head's ``sample`` and the given
+    generator; its log-probability under that tempered conditional is accumulated in float64.
+    A continuous head (``model.head.continuous``, GIVT) draws real values in bin units; their
+    bins are the next tokens, and ``return_values=True`` is required to get the values.
 
     Parameters
     ----------
@@ -183,12 +199,21 @@ def sample_bins(
     device : str or torch.device, optional
     progress : bool
         tqdm progress bar over samples.
+    return_values : bool
+        Also return the drawn values (continuous heads; None for the discrete ones).
 
     Returns
     -------
     bins : LongTensor [n, T] (CPU)
-    log_pi : float64 Tensor [n] (CPU), ``sum_j log p_tau(b_j | b_<j)`` in nats
+    log_pi : float64 Tensor [n] (CPU), ``sum_j log p_tau(x_j | x_<j)`` in nats (a log-density
+        in bin units for a continuous head)
+    values : float64 Tensor [n, T] (CPU) or None, only with ``return_values``: the bin-unit
+        values of a continuous head (decode with :func:`values_to_positions`)
     """
+    continuous = model.head.continuous
+    if continuous and not return_values:
+        raise ValueError(f"the {model.config.head!r} head is continuous: its bins do not carry "
+                         "the samples; call sample_bins(..., return_values=True)")
     if device is not None:
         model.to(device)
     dev = _model_device(model)
@@ -198,22 +223,28 @@ def sample_bins(
         generator = torch.Generator(device=dev).manual_seed(0)
     from tqdm.auto import tqdm
 
-    out_bins, out_lp = [], []
+    out_bins, out_lp, out_val = [], [], []
     cache: KVCache | None = None
     with tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
             if use_cache and (cache is None or cache.batch != b):
                 cache = model.new_kv_cache(b, max_T=T)
-            bins, lp = _sample_chunk(
+            bins, lp, val = _sample_chunk(
                 model, b, T, tau, generator, _rows(f, s, s + b), cache if use_cache else None
             )
             out_bins.append(bins.cpu())
             out_lp.append(lp.cpu())
+            if val is not None:
+                out_val.append(val.cpu())
             bar.update(b)
     if not out_bins:
-        return torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64)
-    return torch.cat(out_bins), torch.cat(out_lp)
+        res = (torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64))
+        values = torch.empty(0, T, dtype=torch.float64) if continuous else None
+    else:
+        res = (torch.cat(out_bins), torch.cat(out_lp))
+        values = torch.cat(out_val) if continuous else None
+    return (*res, values) if return_values else res
 
 
 @torch.no_grad()
@@ -258,10 +289,11 @@ def bins_to_positions(
     Returns
     -------
     positions : np.ndarray [n, N, 3], float64 nm, canonical order, centre of geometry at 0
-    log_q_offset : float or None
-        ``-D log(width) + log_det_forward`` so that ``log q(x) = log_pi + log_q_offset`` (nm^-D
-        density on the centred space, see the module docstring); ``None`` for the point-mass
-        modes ``"centre"`` and ``"mean"``, which have no density (a warning is logged).
+    log_q_offset : float, np.ndarray [n] or None
+        ``-D log(width) + log Jacobian`` so that ``log q(x) = log_pi + log_q_offset`` (nm^-D
+        density, see the module docstring; an array in the gauge frame, whose Jacobian depends
+        on the conformation); ``None`` for the point-mass modes ``"centre"`` and ``"mean"``,
+        which have no density (a warning is logged).
     """
     b = torch.as_tensor(bins).cpu().long()
     z = binning.decode(b, mode=mode, generator=generator, bin_means=bin_means)  # [n, D] float64
@@ -269,13 +301,27 @@ def bins_to_positions(
     if not Binning.has_density(mode):
         logger.warning("decode mode %r is a point mass: no log q is returned", mode)
         return x, None
-    return x, log_q_offset(binning, standardization)
+    return x, log_q_offset(binning, standardization, z)
 
 
-def log_q_offset(binning: Binning, standardization: Standardization) -> float:
-    """``-D log(width) + log_det_forward`` (D = 3(N-1)): log q(x) = log_pi + this."""
+def log_q_offset(
+    binning: Binning, standardization: Standardization, z: Any = None
+) -> float | np.ndarray:
+    """``-D log(width) + log Jacobian``: ``log q(x) = log_pi + this``.
+
+    Parameters
+    ----------
+    binning, standardization
+    z : [n, D] standardized coordinates of the samples; required in the gauge frame, whose
+        Jacobian ``-2 log a - log c`` depends on the conformation
+        (:meth:`arbg.standardize.Standardization.log_det`).
+
+    Returns
+    -------
+    float (centroid frame) or np.ndarray [n] float64 (gauge frame)
+    """
     d = standardization.n_coords
-    return -d * math.log(binning.width) + standardization.log_det_forward
+    return -d * math.log(binning.width) + standardization.log_det(z)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,7 +410,7 @@ def apply_chirality(
         outside = np.any((zm < binning.low) | (zm >= binning.high), axis=1)
         lq_m = (
             teacher_forced_log_pi(model, bm, tau, feats, batch_size).numpy()
-            + log_q_offset(binning, standardization)
+            + log_q_offset(binning, standardization, zm)
         )
         lq_m[outside] = -np.inf  # -x outside the bin range: q(-x) = 0
         lq[idx] = np.logaddexp(lq[idx], lq_m)
@@ -442,6 +488,28 @@ class SampleBatch:
         }
 
 
+def values_to_positions(
+    values: torch.Tensor | np.ndarray, binning: Binning, standardization: Standardization
+) -> tuple[np.ndarray, float | np.ndarray]:
+    """Conformations from the real bin-unit values of a continuous head (no de-quantization).
+
+    Parameters
+    ----------
+    values : float [n, D], bin units ``u = (z - low) / width`` (:func:`arbg.heads.values_to_z`)
+    binning, standardization
+
+    Returns
+    -------
+    positions : np.ndarray [n, N, 3], float64 nm, canonical order
+    log_q_offset : float or np.ndarray [n]
+        :func:`log_q_offset` of the exact ``z``: the head's log-density is in bin units, so
+        ``log q(x) = log_pi - D log(width) + log Jacobian`` as for the discrete heads.
+    """
+    z = values_to_z(torch.as_tensor(values).cpu(), binning)  # [n, D] float64
+    x = standardization.inverse(z).numpy()  # [n, N, 3]
+    return x, log_q_offset(binning, standardization, z)
+
+
 def generate(
     model: ARBG,
     binning: Binning,
@@ -486,11 +554,18 @@ def generate(
         model.to(device)
     dev = _model_device(model)
     g_bins, g_off = generators if generators is not None else make_generators(seed, dev)
-    bins, log_pi = sample_bins(
-        model, n, tau, g_bins, feats, batch_size, use_cache, progress=progress
+    if model.head.continuous and chirality == "mirror":
+        raise ValueError(f"chirality='mirror' re-scores bins: not available for the continuous "
+                         f"{model.config.head!r} head (use 'zero')")
+    bins, log_pi, values = sample_bins(
+        model, n, tau, g_bins, feats, batch_size, use_cache, progress=progress,
+        return_values=True,
     )
     t1 = time.perf_counter()
-    x, off = bins_to_positions(bins, binning, standardization, g_off)
+    if values is None:
+        x, off = bins_to_positions(bins, binning, standardization, g_off)
+    else:  # continuous head: the values are the coordinates, no de-quantization
+        x, off = values_to_positions(values, binning, standardization)
     assert off is not None
     lp = log_pi.numpy()
     res = apply_chirality(
@@ -508,139 +583,5 @@ def generate(
     return batch
 
 
-# --------------------------------------------------------------------------------------------------
-# SMC adapter
-
-
-@dataclass
-class ProposalState:
-    """Per-population state of :class:`TransformerProposal`.
-
-    Attributes
-    ----------
-    cache : KVCache with ``M`` rows
-    bins : LongTensor [M, D] on the model device (columns ``>= n_done`` unset)
-    z : float64 Tensor [M, D] (CPU), de-quantized standardized coordinates, drawn once
-    log_q : np.ndarray [M] float64, total log q of the generated prefix (incl. Jacobians)
-    n_done : int, coordinates generated
-    """
-
-    cache: KVCache
-    bins: torch.Tensor
-    z: torch.Tensor
-    log_q: np.ndarray
-    n_done: int = 0
-
-
-class TransformerProposal:
-    """:class:`arbg.smc.AutoregressiveProposal` backed by an :class:`ARBG` model.
-
-    ``extend`` returns, per particle, the float64 log q increment of the new coordinates in nm:
-    ``sum log p_tau(b_j | b_<j) - k log(width) - k log(std_nm)`` for ``k`` new coordinates, so the
-    increments of a whole sequence sum to the exact ``log q(x)`` of :func:`generate` (the
-    standardization Jacobian is spread over the coordinates rather than added by ``finish``;
-    ``finish`` returns positions only, as the SMC protocol requires; the total is
-    ``state.log_q``). In-bin offsets are drawn when a coordinate's bin is drawn and kept
-    (reordered with the particle), so prefix energies and final positions see the same values.
-    Generation is in canonical atom order; the last atom is never generated: ``finish`` places it
-    from the centring constraint.
-
-    Parameters
-    ----------
-    model, binning, standardization
-    tau : float
-    generator : torch.Generator on the model's device (bins)
-    offset_generator : CPU torch.Generator (offsets); default a fresh one seeded from ``generator``
-    feats : TokenFeatures, optional, [T] features
-    """
-
-    def __init__(
-        self,
-        model: ARBG,
-        binning: Binning,
-        standardization: Standardization,
-        tau: float = 1.0,
-        generator: torch.Generator | None = None,
-        offset_generator: torch.Generator | None = None,
-        feats: TokenFeatures | None = None,
-    ) -> None:
-        self.model = model
-        self.binning = binning
-        self.standardization = standardization
-        self.tau = float(tau)
-        self.device = _model_device(model)
-        self.feats = _features(model, feats).to(self.device)
-        self.n_coords = standardization.n_coords
-        if len(self.feats) != self.n_coords:
-            raise ValueError(f"features cover {len(self.feats)} tokens, need {self.n_coords}")
-        if generator is None:
-            generator = torch.Generator(device=self.device).manual_seed(0)
-        self.generator = generator
-        if offset_generator is None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
-            offset_generator = torch.Generator().manual_seed(seed)
-        self.offset_generator = offset_generator
-        self._per_coord = -math.log(binning.width) - math.log(standardization.std_nm)
-
-    def start(self, n_particles: int) -> ProposalState:
-        m = int(n_particles)
-        return ProposalState(
-            cache=self.model.new_kv_cache(m, max_T=self.n_coords),
-            bins=torch.zeros(m, self.n_coords, dtype=torch.long, device=self.device),
-            z=torch.zeros(m, self.n_coords, dtype=torch.float64),
-            log_q=np.zeros(m),
-        )
-
-    @torch.no_grad()
-    def extend(self, state: ProposalState, n_coords: int) -> np.ndarray:
-        """Generate the next ``n_coords`` coordinates of every particle; log q increment [M]."""
-        j0, j1 = state.n_done, state.n_done + int(n_coords)
-        if j1 > self.n_coords:
-            raise ValueError(f"cannot generate beyond {self.n_coords} coordinates")
-        m = state.bins.shape[0]
-        lp = torch.zeros(m, dtype=torch.float64, device=self.device)
-        head = self.model.head
-        for j in range(j0, j1):
-            if j == 0:
-                tok = torch.full((m, 1), self.model.start_id, dtype=torch.long, device=self.device)
-            else:
-                tok = state.bins[:, j - 1 : j]
-            out, _ = self.model(tok, self.feats, kv_cache=state.cache)  # [M, 1, L]
-            bj = head.sample(out, self.tau, self.generator)  # [M, 1]
-            lp += head.log_prob(out, bj, self.tau)[:, 0].to(torch.float64)
-            state.bins[:, j] = bj[:, 0]
-        if j1 > j0:
-            state.z[:, j0:j1] = self.binning.decode(
-                state.bins[:, j0:j1].cpu(), "uniform", self.offset_generator
-            )
-        state.n_done = j1
-        inc = lp.cpu().numpy() + (j1 - j0) * self._per_coord
-        state.log_q = state.log_q + inc
-        return inc
-
-    def coords(self, state: ProposalState) -> np.ndarray:
-        """Generated coordinates [M, n_done] in nm (centred-frame values, flattened xyz).
-
-        These are exactly the first ``n_done / 3`` atoms of the final :meth:`finish` positions;
-        a prefix's absolute position is arbitrary, but prefix energies are translation invariant.
-        """
-        return (state.z[:, : state.n_done] * self.standardization.std_nm).numpy()
-
-    def reorder(self, state: ProposalState, index: np.ndarray) -> ProposalState:
-        """Reorder particles (cache rows, bins, offsets, log q) by ancestor ``index`` [M]."""
-        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
-        state.cache.reorder(idx)
-        state.bins = state.bins.index_select(0, idx.to(self.device))
-        state.z = state.z.index_select(0, idx)
-        state.log_q = state.log_q[np.asarray(index)]
-        return state
-
-    def finish(self, state: ProposalState) -> np.ndarray:
-        """Full conformations [M, N, 3] float64 nm (last atom from the centring constraint)."""
-        if state.n_done != self.n_coords:
-            raise ValueError(f"finish after {state.n_done} of {self.n_coords} coordinates")
-        return self.standardization.inverse(state.z).numpy()
-
-    def bins(self, state: ProposalState) -> np.ndarray:
-        """Generated bins [M, n_done] int64 (CPU)."""
-        return state.bins[:, : state.n_done].cpu().numpy()
+# the SMC adapter lives in arbg.proposal; re-exported here for compatibility
+from arbg.proposal import ProposalState, TransformerProposal  # noqa: E402

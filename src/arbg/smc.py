@@ -65,9 +65,11 @@ __all__ = [
 class AutoregressiveProposal(Protocol):
     """A batched autoregressive proposal with exact log-likelihood increments.
 
-    Coordinates are generated in the target's atom order, 3 per atom; a full
-    conformation has ``3 (n_atoms - 1)`` generated coordinates (the last atom follows
-    from the centring constraint).  The sum of all `extend` increments of a particle must
+    Coordinates are generated in the target's atom order, counted 3 per atom; a full
+    conformation has ``3 (n_atoms - 1)`` units (the last atom follows from the centring
+    constraint) unless the proposal has an ``n_units`` attribute (the gauge frame of
+    :mod:`arbg.standardize` models every atom: ``3 n_atoms``).  The sum of all `extend`
+    increments of a particle must
     be its exact ``log q(x)`` in the space where the target's energy is a density
     (e.g. nm, centred coordinates, de-standardized: the implementation adds Jacobians).
     """
@@ -237,7 +239,8 @@ def twisted_smc(
     """
     bounds = [int(b) for b in target.boundaries]
     n_atoms = int(target.n_atoms)
-    total = 3 * (n_atoms - 1)
+    # 3 units per atom; the last atom is generated only where the proposal models it
+    total = int(getattr(proposal, "n_units", 3 * (n_atoms - 1)))
     if any(b1 >= b2 for b1, b2 in zip(bounds[:-1], bounds[1:], strict=True)) or any(
         not 1 <= b <= n_atoms - 1 for b in bounds
     ):

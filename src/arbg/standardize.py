@@ -37,6 +37,31 @@ After centring, each coordinate is divided by one scalar standard deviation ``st
 the training frames (following the published preprocessing, see ``../shared/seeds/arbg-paper.txt``,
 Table A.5 "Std"), and during training frames are randomly rotated (the target is rotation
 invariant, so rotation is a free data augmentation).
+
+The gauge frame (``frame="gauge"``, an arbg addition)
+-----------------------------------------------------
+Rotation augmentation makes the model learn rotational equivariance from data, which a small model
+trained briefly does poorly. The gauge frame removes the six external degrees of freedom exactly
+instead. Three *gauge atoms* (A, B, C), by default N, CA, C of the central residue, fix the frame:
+A at the origin, B on the +x axis, C in the xy half-plane with y > 0. The six fixed coordinates
+(A's x, y, z; B's y, z; C's z) are not modelled, so the model sees ``D = 3n - 6`` coordinates (in
+canonical atom order, atom-major) and needs no augmentation.
+
+Density. Write a conformation as ``x_i = R g_i + t`` with gauge coordinates ``g`` (``g_A = 0``,
+``g_B = (a, 0, 0)``, ``g_C = (b, c, 0)``, ``a, c > 0``), a rotation ``R`` and a translation ``t``.
+The Lebesgue measure factorises as ``dx = a^2 c dg dR dt`` with the Haar measure ``dR`` of total
+mass ``8 pi^2`` (``x_B - x_A = a u`` in spherical coordinates about A; ``x_C`` in cylindrical
+coordinates about the axis ``u``). A sample ``g ~ q_g`` composed with a Haar-uniform rotation
+therefore has the density
+
+    q(x) = q_g(g) / (8 pi^2 a^2 c)
+
+on the translation-reduced space (Lebesgue measure on the 3(n-1) coordinates ``x_i - x_A``,
+``i != A``; a constant factor away from the centred-space convention above, irrelevant for
+self-normalised weights). :meth:`Standardization.log_det` returns this conformation-dependent
+Jacobian; the rotation itself is never drawn because every quantity arbg computes from a sample
+(energy, dihedrals, distances) is rotation invariant. Mirror images stay in the gauge (``-x``
+re-canonicalises to ``z -> -z``), so the chirality policies of :mod:`arbg.sample` apply unchanged.
 """
 
 from __future__ import annotations
@@ -54,38 +79,140 @@ logger = logging.getLogger(__name__)
 ArrayLike = np.ndarray | torch.Tensor
 
 
+FRAMES = ("centroid", "gauge")
+_LOG_HAAR = math.log(8 * math.pi**2)
+
+
 @dataclass(frozen=True)
 class Standardization:
-    """Centre-of-geometry removal, scalar scaling and dropping of the last atom.
+    """Removal of the external degrees of freedom and scalar scaling.
 
     Parameters
     ----------
     std_nm : float
         Scalar standard deviation (nm) of the centred training coordinates.
     n_atoms : int
-        Number of atoms ``n``; the model sees ``3(n-1)`` coordinates.
+        Number of atoms ``n``.
+    frame : {"centroid", "gauge"}
+        ``"centroid"`` (published): centre of geometry removed, the last atom dropped, ``3(n-1)``
+        coordinates, rotations by augmentation. ``"gauge"``: translation and rotation fixed by
+        ``gauge_atoms``, ``3n - 6`` coordinates (module docstring).
+    gauge_atoms : (A, B, C) atom indices (canonical order), required for ``frame="gauge"``.
     """
 
     std_nm: float
     n_atoms: int
+    frame: str = "centroid"
+    gauge_atoms: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame not in FRAMES:
+            raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
+        if self.frame == "gauge":
+            g = self.gauge_atoms
+            if g is None or len(g) != 3 or len(set(g)) != 3:
+                raise ValueError(f"frame='gauge' needs three distinct gauge atoms, got {g}")
+            if not all(0 <= int(i) < self.n_atoms for i in g):
+                raise ValueError(f"gauge atoms {g} out of range for {self.n_atoms} atoms")
+            object.__setattr__(self, "gauge_atoms", tuple(int(i) for i in g))
+            if self.n_atoms < 3:
+                raise ValueError("the gauge frame needs at least 3 atoms")
 
     @property
     def n_coords(self) -> int:
-        """Number of modelled coordinates, ``3(n-1)``."""
-        return 3 * (self.n_atoms - 1)
+        """Number of modelled coordinates: ``3(n-1)`` (centroid) or ``3n - 6`` (gauge)."""
+        return 3 * (self.n_atoms - 1) if self.frame == "centroid" else 3 * self.n_atoms - 6
+
+    @property
+    def coord_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(atom, axis) of each modelled coordinate, int arrays [D], atom-major order."""
+        atom = np.repeat(np.arange(self.n_atoms), 3)
+        axis = np.tile(np.arange(3), self.n_atoms)
+        keep = np.ones(3 * self.n_atoms, dtype=bool)
+        if self.frame == "centroid":
+            keep[-3:] = False
+        else:
+            a, b, c = self.gauge_atoms  # type: ignore[misc]
+            keep[[3 * a, 3 * a + 1, 3 * a + 2, 3 * b + 1, 3 * b + 2, 3 * c + 2]] = False
+        return atom[keep], axis[keep]
+
+    def coords_before_atom(self, k: int) -> int:
+        """Number of modelled coordinates that belong to atoms ``0 .. k-1``."""
+        atom, _ = self.coord_index
+        return int(np.count_nonzero(atom < int(k)))
 
     @property
     def log_det_forward(self) -> float:
-        """log |det d z / d x_centred| = ``-3(n-1) log(std)``.
+        """Constant part of the log-Jacobian: ``-D log(std)``.
 
         With this, ``log q_x(x) = log q_z(z) + log_det_forward`` for the density of the centred
         conformation in nm (with respect to the Lebesgue measure on the first ``3(n-1)`` centred
-        coordinates).
+        coordinates). In the gauge frame add the conformation-dependent part, see :meth:`log_det`.
         """
         return -self.n_coords * math.log(self.std_nm)
 
+    def log_det(self, z: ArrayLike | None = None) -> Any:
+        """Full log-Jacobian ``log q_x(x) - log q_z(z)`` per conformation.
+
+        Parameters
+        ----------
+        z : [B, D] standardized coordinates; needed for the gauge frame.
+
+        Returns
+        -------
+        float (centroid frame, or no ``z``) or np.ndarray [B] float64 (gauge frame):
+        ``-D log(std) - log(8 pi^2) - 2 log(a) - log(c)`` with ``a, c`` in nm (module docstring).
+        """
+        if self.frame == "centroid":
+            return self.log_det_forward
+        if z is None:
+            raise ValueError("the gauge-frame Jacobian depends on the conformation: pass z")
+        zz = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
+        ia, ic = self.gauge_token_index
+        a = np.abs(zz[..., ia]) * self.std_nm
+        c = np.abs(zz[..., ic]) * self.std_nm
+        with np.errstate(divide="ignore"):
+            return self.log_det_forward - _LOG_HAAR - 2 * np.log(a) - np.log(c)
+
+    @property
+    def gauge_token_index(self) -> tuple[int, int]:
+        """Token indices of ``a`` (B's x) and ``c`` (C's y) in the gauge frame."""
+        _, b, c = self.gauge_atoms  # type: ignore[misc]
+        atom, axis = self.coord_index
+        ia = int(np.flatnonzero((atom == b) & (axis == 0))[0])
+        ic = int(np.flatnonzero((atom == c) & (axis == 1))[0])
+        return ia, ic
+
+    def to_gauge(self, x: ArrayLike) -> ArrayLike:
+        """Translate and rotate frames into the gauge (A at 0, B on +x, C in the y > 0 plane).
+
+        Parameters
+        ----------
+        x : [B, n, 3] nm (numpy or torch)
+
+        Returns
+        -------
+        [B, n, 3] float64 nm (same library); a frame whose gauge atoms are collinear gets NaN.
+        """
+        a, b, c = self.gauge_atoms  # type: ignore[misc]
+        if isinstance(x, torch.Tensor):
+            return torch.as_tensor(self.to_gauge(x.detach().cpu().numpy()), device=x.device)
+        x64 = np.asarray(x, dtype=np.float64)
+        xr = x64 - x64[..., a : a + 1, :]  # [B, n, 3]
+        e1 = xr[..., b, :] / np.linalg.norm(xr[..., b, :], axis=-1, keepdims=True)  # [B, 3]
+        v = xr[..., c, :] - np.sum(xr[..., c, :] * e1, axis=-1, keepdims=True) * e1
+        e2 = v / np.linalg.norm(v, axis=-1, keepdims=True)
+        e3 = np.cross(e1, e2)
+        R = np.stack([e1, e2, e3], axis=-2)  # [B, 3, 3], rows = new axes
+        g = np.einsum("...ij,...nj->...ni", R, xr)
+        # exact zeros on the fixed coordinates (rounding leaves ~1e-17)
+        g[..., a, :] = 0.0
+        g[..., b, 1:] = 0.0
+        g[..., c, 2] = 0.0
+        return g
+
     def forward(self, x: ArrayLike) -> ArrayLike:
-        """Centre, scale and flatten frames.
+        """Remove the external degrees of freedom, scale and flatten frames.
 
         Parameters
         ----------
@@ -93,12 +220,19 @@ class Standardization:
 
         Returns
         -------
-        z : same library as ``x``, shape [B, 3(n-1)], standardized units
+        z : same library as ``x``, shape [B, D], standardized units
             Computed in float64; numpy output is float64, torch output keeps ``x.dtype``
             (float64 in, float64 out).
         """
         if x.shape[-2:] != (self.n_atoms, 3):
             raise ValueError(f"expected frames [B, {self.n_atoms}, 3], got {tuple(x.shape)}")
+        if self.frame == "gauge":
+            atom, axis = self.coord_index
+            if isinstance(x, torch.Tensor):
+                dtype = x.dtype if x.is_floating_point() else torch.float64
+                g = torch.as_tensor(self.to_gauge(x.detach().cpu().numpy()))
+                return (g[..., atom, axis] / self.std_nm).to(dtype=dtype, device=x.device)
+            return self.to_gauge(x)[..., atom, axis] / self.std_nm
         if isinstance(x, torch.Tensor):
             dtype = x.dtype if x.is_floating_point() else torch.float64
             x64 = x.to(torch.float64)
@@ -110,19 +244,35 @@ class Standardization:
         return xc[..., :-1, :].reshape(*x64.shape[:-2], self.n_coords) / self.std_nm
 
     def inverse(self, z: ArrayLike) -> ArrayLike:
-        """Undo :meth:`forward`, placing the last atom from the centring constraint.
+        """Undo :meth:`forward`.
+
+        Centroid frame: the last atom is placed from the centring constraint. Gauge frame: the
+        modelled coordinates are scattered into the gauge (fixed coordinates are zero).
 
         Parameters
         ----------
-        z : np.ndarray or torch.Tensor, shape [B, 3(n-1)], standardized units
+        z : np.ndarray or torch.Tensor, shape [B, D], standardized units
 
         Returns
         -------
         x : same library as ``z``, shape [B, n, 3], nm, centred on the centre of geometry
-            (float64 for numpy; torch keeps ``z.dtype``, computed in float64).
+            (centroid) or in the gauge (float64 for numpy; torch keeps ``z.dtype``, computed in
+            float64).
         """
         if z.shape[-1] != self.n_coords:
             raise ValueError(f"expected [B, {self.n_coords}] coordinates, got {tuple(z.shape)}")
+        if self.frame == "gauge":
+            atom, axis = self.coord_index
+            if isinstance(z, torch.Tensor):
+                dtype = z.dtype if z.is_floating_point() else torch.float64
+                x = torch.zeros(*z.shape[:-1], self.n_atoms, 3, dtype=torch.float64,
+                                device=z.device)
+                x[..., atom, axis] = z.to(torch.float64) * self.std_nm
+                return x.to(dtype)
+            zz = np.asarray(z, dtype=np.float64)
+            x = np.zeros((*zz.shape[:-1], self.n_atoms, 3))
+            x[..., atom, axis] = zz * self.std_nm
+            return x
         if isinstance(z, torch.Tensor):
             dtype = z.dtype if z.is_floating_point() else torch.float64
             head = z.to(torch.float64).reshape(*z.shape[:-1], self.n_atoms - 1, 3)  # [B, n-1, 3]
@@ -132,14 +282,32 @@ class Standardization:
         last = -head.sum(axis=-2, keepdims=True)  # [B, 1, 3]
         return np.concatenate([head, last], axis=-2) * self.std_nm
 
+    def atom_radius(self, z: np.ndarray) -> float:
+        """Largest ``|coordinate|`` range needed for bins, std units (see ``fit_binning``).
+
+        Centroid frame: the largest atom distance from the centre (any axis can point anywhere
+        after rotation). Gauge frame: the largest absolute modelled coordinate (no rotations;
+        ``-x`` maps to ``z -> -z``, covered by a symmetric range).
+        """
+        zz = np.asarray(z, dtype=np.float64)
+        if self.frame == "gauge":
+            return float(np.abs(zz).max())
+        x = self.inverse(zz) / self.std_nm  # [F, n, 3]
+        return float(np.linalg.norm(x, axis=-1).max())
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable representation."""
-        return asdict(self)
+        d = asdict(self)
+        d["gauge_atoms"] = None if self.gauge_atoms is None else list(self.gauge_atoms)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardization:
-        """Inverse of :meth:`to_dict`."""
-        return cls(std_nm=float(d["std_nm"]), n_atoms=int(d["n_atoms"]))
+        """Inverse of :meth:`to_dict` (old records without ``frame`` are centroid frames)."""
+        g = d.get("gauge_atoms")
+        return cls(std_nm=float(d["std_nm"]), n_atoms=int(d["n_atoms"]),
+                   frame=str(d.get("frame", "centroid")),
+                   gauge_atoms=None if g is None else tuple(int(i) for i in g))
 
 
 def centre_frames(x: np.ndarray) -> np.ndarray:
@@ -157,18 +325,22 @@ def centre_frames(x: np.ndarray) -> np.ndarray:
     return x64 - x64.mean(axis=-2, keepdims=True)
 
 
-def fit_standardization(frames: np.ndarray) -> Standardization:
+def fit_standardization(
+    frames: np.ndarray, frame: str = "centroid", gauge_atoms: tuple[int, int, int] | None = None
+) -> Standardization:
     """Fit one scalar standard deviation of the centred training coordinates.
 
     Parameters
     ----------
     frames : np.ndarray, shape [F, n, 3], nm
+    frame, gauge_atoms : see :class:`Standardization`
 
     Returns
     -------
     Standardization
         ``std_nm`` is the root mean square of all centred coordinates (the mean is zero by
-        construction), pooled over frames, atoms and axes.
+        construction), pooled over frames, atoms and axes (the same in both frames, so bin
+        widths in nm are comparable).
     """
     frames = np.asarray(frames)
     if frames.ndim != 3 or frames.shape[-1] != 3:
@@ -177,8 +349,10 @@ def fit_standardization(frames: np.ndarray) -> Standardization:
     std = float(np.sqrt(np.mean(xc**2)))
     if not np.isfinite(std) or std <= 0:
         raise ValueError(f"cannot standardize: std = {std}")
-    logger.info("standardization: std = %.4f nm over %d frames", std, frames.shape[0])
-    return Standardization(std_nm=std, n_atoms=int(frames.shape[1]))
+    logger.info("standardization: std = %.4f nm over %d frames (%s frame)", std,
+                frames.shape[0], frame)
+    return Standardization(std_nm=std, n_atoms=int(frames.shape[1]), frame=frame,
+                           gauge_atoms=gauge_atoms)
 
 
 def random_rotations(

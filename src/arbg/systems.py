@@ -322,6 +322,20 @@ class PeptideSystem:
         return np.array(idx, dtype=np.int64)
 
     @functools.cached_property
+    def gauge_atoms(self) -> tuple[int, int, int]:
+        """(N, CA, C) of the central residue: the default gauge atoms of the gauge frame.
+
+        The central residue keeps the lever arm to the far ends of the peptide short (see
+        :class:`arbg.standardize.Standardization`).
+        """
+        bb = self._backbone
+        b = (self.n_residues - 1) // 2
+        atoms = (bb["N"][b], bb["CA"][b], bb["C"][b])
+        if min(atoms) < 0:
+            raise ValueError(f"residue block {b} lacks a backbone N, CA or C: {atoms}")
+        return (int(atoms[0]), int(atoms[1]), int(atoms[2]))
+
+    @functools.cached_property
     def chirality_atoms(self) -> np.ndarray:
         """[r, 4] (N, CA, C, CB) per chiral residue (glycine has no CB and is left out)."""
         rows = []

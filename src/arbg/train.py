@@ -62,6 +62,7 @@ from arbg.checkpoint import (
     system_features,
 )
 from arbg.dataset import Dataset
+from arbg.heads import z_to_values
 from arbg.model import ARBG, ModelConfig
 from arbg.optim import Muon, newton_schulz  # noqa: F401  (re-exported)
 from arbg.standardize import (
@@ -97,7 +98,10 @@ class TrainConfig:
     warmup_frac, min_lr_frac : linear warm-up fraction of ``steps``; cosine floor.
     grad_clip : max global gradient norm (0 = off).
     ema, ema_decay : keep an exponential moving average of the weights (saved, used for eval).
-    augment_rotations : random 3-D rotation of every training frame.
+    frame : ``"centroid"`` (published: centre of geometry removed, rotation augmentation) or
+        ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
+        augmentation needed); see :mod:`arbg.standardize`.
+    augment_rotations : random 3-D rotation of every training frame (centroid frame only).
     bf16 : bf16 autocast (CUDA only; ignored on the CPU).
     seed : seed of the model init and the data stream.
     eval_every, eval_frames, eval_batch, eval_seed : validation cadence / size / fixed rotations.
@@ -125,6 +129,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
+    frame: str = "gauge"
     augment_rotations: bool = True
     bf16: bool = False
     seed: int = 0
@@ -214,6 +219,26 @@ def encode_frames(
     return binning.encode(z)  # type: ignore[return-value]
 
 
+def encode_values(
+    x_centred: torch.Tensor,
+    standardization: Standardization,
+    binning: Binning,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, int]:
+    """:func:`encode_frames` for a continuous head (GIVT): exact values in bin units, not bins.
+
+    Returns
+    -------
+    values : float64 Tensor [B, D], ``(z - low) / width`` (not clipped)
+    n_outside : int, values outside the bin range (their input tokens are the end bins)
+    """
+    if generator is not None:
+        x_centred = rotate(x_centred, random_rotations(x_centred.shape[0], generator))
+    z = torch.as_tensor(standardization.forward(x_centred))  # [B, D] float64
+    values = z_to_values(z, binning)
+    return values, int(((values < 0) | (values >= binning.n_bins)).sum())
+
+
 def marginal_baseline(
     train_bins: torch.Tensor, val_bins: torch.Tensor, n_bins: int
 ) -> float:
@@ -298,10 +323,15 @@ class Trainer:
             self.std = Standardization.from_dict(stored["standardization"])
             self.binning = Binning.from_dict(stored["binning"])
         else:
-            self.std = fit_standardization(train)
+            gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
+            self.std = fit_standardization(train, frame=cfg.frame, gauge_atoms=gauge)
             n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
             z = self.std.forward(train)  # [F, D]
-            self.binning = fit_binning(z, n_bins, self.system.n_atoms, margin=cfg.margin)
+            self.binning = fit_binning(z, n_bins, self.system.n_atoms, margin=cfg.margin,
+                                       standardization=self.std)
+        # rotations are a no-op in the gauge frame (forward removes them): skip the work
+        self.rotate = cfg.augment_rotations and self.std.frame == "centroid"
+        self._fixed_bins: torch.Tensor | None = None
         self.D = self.std.n_coords
 
         torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -312,7 +342,10 @@ class Trainer:
                 "max_atoms": max(256, self.system.n_atoms), **cfg.model_overrides,
             },
         )
-        self.model = ARBG(mcfg, default_feats=system_features(self.system, self.D))
+        self.model = ARBG(mcfg, default_feats=system_features(self.system, self.std))
+        # targets: bins, or exact bin-unit values for a continuous head (arbg.heads)
+        self._encode = encode_values if self.model.head.continuous else encode_frames
+        self.model.set_bin_floor(self.binning.token_floor(self.std))
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
         self.optimizers = build_optimizers(self.model, cfg)
@@ -417,25 +450,30 @@ class Trainer:
         idx = np.linspace(0, len(val) - 1, min(cfg.eval_frames, len(val))).round().astype(int)
         g = torch.Generator().manual_seed(cfg.eval_seed)
         xv = torch.as_tensor(centre_frames(val[idx]))
-        self.val_bins, n_clip = encode_frames(
-            xv, self.std, self.binning, g if cfg.augment_rotations else None
+        self.val_bins, n_clip = self._encode(
+            xv, self.std, self.binning, g if self.rotate else None
+        )
+        # conformation-dependent Jacobian (gauge frame); rotation invariant, so unrotated frames
+        self.val_logdet = torch.as_tensor(
+            np.broadcast_to(self.std.log_det(self.std.forward(xv.numpy())), (len(xv),)).copy()
         )
         if n_clip:
             logger.warning("%d val coordinates fall outside the bin range", n_clip)
         # marginal histogram of the augmented training data (enough rotated copies)
         passes = min(50, max(1, -(-200_000 // len(self.train_x))))
-        if not cfg.augment_rotations:
+        if not self.rotate:
             passes = 1
         gm = torch.Generator().manual_seed(cfg.eval_seed + 1)
         parts = [
             encode_frames(self.train_x, self.std, self.binning,
-                          gm if cfg.augment_rotations else None)[0]
+                          gm if self.rotate else None)[0]
             for _ in range(passes)
         ]
         L = self.binning.n_bins
         self.baselines = {
             "uniform_nll": math.log(L),
-            "marginal_nll": marginal_baseline(torch.cat(parts), self.val_bins, L),
+            "marginal_nll": marginal_baseline(torch.cat(parts),
+                                              self.model.head.tokens(self.val_bins), L),
             "n_val_frames": int(len(idx)),
         }
         logger.info(
@@ -459,7 +497,7 @@ class Trainer:
                 logp.append(model.log_prob(bins).cpu())  # [b] float64
         model.train(was_training)
         lp = torch.cat(logp)  # [V]
-        logq = lp - self.D * math.log(self.binning.width) + self.std.log_det_forward
+        logq = lp - self.D * math.log(self.binning.width) + self.val_logdet
         return {"val_nll": float(-lp.mean() / self.D), "val_logq": float(logq.mean())}
 
     # ---- io
@@ -491,14 +529,18 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step; returns the (local) loss."""
-        bins, n_clip = encode_frames(
-            self.train_x[torch.randint(len(self.train_x), (self.local_batch,),
-                                       generator=self.data_gen)],
-            self.std, self.binning, self.data_gen if self.cfg.augment_rotations else None,
-        )
-        self.n_clipped += n_clip
+        pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
+        if self.rotate:
+            bins, n_clip = self._encode(self.train_x[pick], self.std, self.binning, self.data_gen)
+            self.n_clipped += n_clip
+        else:  # fixed frames: encoded once
+            if self._fixed_bins is None:
+                self._fixed_bins, n_clip = self._encode(self.train_x, self.std, self.binning, None)
+                if n_clip:
+                    logger.warning("%d training coordinates fall outside the bin range", n_clip)
+            bins = self._fixed_bins[pick]
         bins = bins.to(self.device)
-        tokens = self.model.shift_right(bins)
+        tokens = self.model.shift_right(self.model.head.tokens(bins))
         f = lr_factor(self.step, self.cfg)
         for o in self.optimizers:
             for g in o.param_groups:

@@ -27,6 +27,7 @@ def tune_temperature(
     seed: int = 0,
     device: str | None = None,
     progress: bool = False,
+    validation_log_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Sweep tau; return ``{"rows": [...], "best_tau": float}``.
 
@@ -36,6 +37,8 @@ def tune_temperature(
     validation_positions : [F, n_atoms, 3] nm, canonical order, time-ordered (the val split).
     taus : sampling temperatures to try (logits / tau).
     n : proposals per tau. n_eval : resampled conformations per metric.
+    validation_log_weights : [F] frame log-weights of weighted (biased/heated) validation data;
+        the subsampled frames carry them into E-W2 and T-W2. None = equilibrium frames.
     """
     from arbg.metrics import backbone_torsions, energy_w2, torsion_w2
     from arbg.reweight import multinomial_resample, snis
@@ -48,6 +51,11 @@ def tune_temperature(
     ref = validation_positions[::stride][:n_eval]
     ref_u = system.reduced_energy(ref)
     ref_t = backbone_torsions(ref, system.phi_indices, system.psi_indices)
+    ref_w = None
+    if validation_log_weights is not None and np.ptp(validation_log_weights) > 0:
+        from arbg.metrics import weights_from_log
+
+        ref_w = weights_from_log(np.asarray(validation_log_weights)[::stride][:n_eval])
     rows = []
     for i, tau in enumerate(taus):
         batch = generate(checkpoint.model, checkpoint.binning, checkpoint.standardization, n,
@@ -59,8 +67,9 @@ def tune_temperature(
         res = snis(u_eff, batch.log_q)
         idx = multinomial_resample(res.log_w, min(n_eval, n), np.random.default_rng(seed + i))
         x = batch.coords[idx]
-        e = energy_w2(u[idx], ref_u)
-        t = torsion_w2(backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t)
+        e = energy_w2(u[idx], ref_u, None, ref_w)
+        t = torsion_w2(backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t,
+                       None, ref_w)
         row = {"tau": float(tau), "e_w2": float(e), "t_w2": float(t), "score": float(e + t),
                "ess": float(res.ess), "relative_ess": float(res.relative_ess),
                "n_chirality_wrong": int(batch.chirality_wrong.sum())}
