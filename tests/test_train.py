@@ -198,3 +198,36 @@ def test_ddp_two_processes_identical_weights(tmp_path):
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
     assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())[
         "training"]["world_size"] == 2
+
+
+def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
+    ds = synthetic_dataset(n_frames=120)
+    log_w = np.zeros(120)
+    log_w[:48] = -np.inf  # half the training frames carry no target weight
+    log_w[96:102] = -np.inf  # and the first six val frames
+    ds = Dataset(ds.positions, ds.system, ds.splits, log_weights=log_w)
+    picks: list[torch.Tensor] = []
+    real = torch.multinomial
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        picks.append(out)
+        return out
+
+    monkeypatch.setattr(torch, "multinomial", spy)
+    tr = Trainer(ds, tmp_path / "w", tiny_config(steps=6, data_weights="weighted"),
+                 progress=False)
+    assert torch.all(tr.train_p[:48] == 0) and abs(float(tr.train_p.sum()) - 1) < 1e-12
+    tr.run()
+    drawn = torch.cat(picks)
+    assert len(drawn) == 6 * 8 and int(drawn.min()) >= 48
+    ev = tr.evaluate()
+    # weighted val NLL = plain mean over the frames that carry weight
+    lp = tr.model.log_prob(tr.val_bins).double()
+    w = tr.val_w
+    keep = w > 0
+    assert 0 < int(keep.sum()) < len(w) and torch.allclose(w[keep], w[keep][0])
+    assert ev["val_nll_weighted"] == pytest.approx(float(-lp[keep].mean() / tr.D), rel=1e-6)
+    assert ev["val_nll_weighted"] != pytest.approx(ev["val_nll"], rel=1e-9)
+    with pytest.raises(ValueError, match="data_weights"):
+        Trainer(ds, tmp_path / "x", tiny_config(data_weights="importance"), progress=False)

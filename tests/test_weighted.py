@@ -174,3 +174,21 @@ def test_cli_evaluate_against_a_weighted_reference(biased_aldp, tmp_path, aldp, 
     assert metrics["reference"]["kish_ess"] == pytest.approx(ref.kish_ess())
     assert metrics["reference_ess"] == pytest.approx(ref.kish_ess())
     assert (run / "report" / "report.html").exists()
+
+
+def test_md_cost_curve_transports_md_frame_weights(biased_aldp):
+    from arbg.evaluate import md_cost_curve
+
+    ds = load_dataset(biased_aldp)
+    x = ds.positions.astype(np.float64)
+    u = ds.system.reduced_energy(x)
+    common = dict(system=ds.system, md_frames=x, steps_per_frame=1000, positions=x,
+                  energies=u, log_w_raw=-u, reference=ds, budgets=[5000, 20000])
+    plain = md_cost_curve(**common)
+    flat = md_cost_curve(**common, md_log_weights=np.zeros(len(x)))
+    weighted = md_cost_curve(**common, md_log_weights=ds.log_weights)
+    assert plain["md"]["budgets"] == [5000, 20000]
+    np.testing.assert_allclose(flat["md"]["e_w2"], plain["md"]["e_w2"], rtol=1e-9)
+    # at the full budget the weighted MD frames are the (weighted) reference itself
+    assert weighted["md"]["e_w2"][-1] == pytest.approx(0.0, abs=1e-6)
+    assert plain["md"]["e_w2"][-1] > 1e-3

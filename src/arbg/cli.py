@@ -90,6 +90,49 @@ def cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from arbg.corpus import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
+
+    if args.sequences is not None and args.length is not None:
+        raise ValueError("give --sequences or --length, not both")
+    if args.sample is not None and args.length is None:
+        raise ValueError("--sample needs --length")
+    if args.sequences is None and args.length is None:  # resume a corpus from its manifest
+        if args.out is None or not (Path(args.out) / "manifest.json").exists():
+            raise ValueError("give --sequences AA,AG,... or --length L (or --out DIR of an "
+                             "existing corpus to resume it)")
+        seqs, cfg = None, None
+    else:
+        if args.sequences is not None:
+            seqs = parse_sequences(args.sequences)
+        else:
+            seqs = kmer_sequences(args.length, args.sample, args.seed)
+        cfg = CorpusConfig(ns=args.ns, test_ns=args.test_ns, fractions=tuple(args.split),
+                           seed=args.seed, force_field=args.force_field, capped=args.capped,
+                           temperature_k=args.temperature_k, histidine=args.histidine,
+                           step_fs=args.step_fs, friction_per_ps=args.friction,
+                           frame_interval_ps=args.frame_interval_ps, warmup_ps=args.warmup_ps,
+                           chunk_frames=args.chunk_frames)
+    if args.out is not None:
+        out = Path(args.out)
+    elif args.length is not None:
+        out = default_cache_dir() / "corpus" / (
+            f"{args.length}mers-{args.sample or 'all'}-seed{args.seed}-{args.force_field}")
+    else:
+        import hashlib
+
+        tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
+        out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
+    manifest = run_corpus(out, seqs, cfg, workers=args.workers, progress=not args.quiet,
+                          max_sequences=args.max_sequences)
+    t = manifest["totals"]
+    sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
+    print(f"corpus {out}: {t['done']}/{t['sequences']} sequences done ({sizes}), "
+          f"{t['ns_done']:.3f}/{t['ns_total']:.3f} ns, {t['frames']} frames"
+          + (f"; {t['failed']} failed (re-run to retry)" if t["failed"] else ""))
+    return 1 if t["failed"] else 0
+
+
 def _phi_of(data):
     from arbg.metrics import dihedrals
 
@@ -187,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
                       optimizer=args.optimizer, ema=args.ema,
                       augment_rotations=not args.no_rotations, bf16=args.bf16,
-                      frame=args.frame,
+                      frame=args.frame, data_weights=args.data_weights,
                       max_minutes=args.max_minutes)
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
         value = getattr(args, key)
@@ -260,13 +303,143 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from arbg.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(quick=args.quick, seed=args.seed, progress=not args.quiet)
+    cfg = DemoConfig(quick=args.quick, seed=args.seed, progress=not args.quiet,
+                     plain_md=args.plain_md, data_weights=args.data_weights)
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     report = run_demo(out, cfg)
     print(f"report: {report.resolve()}")
     return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command line as typed (``main`` keeps its argv on ``args.argv``)."""
+    import shlex
+
+    argv = getattr(args, "argv", None)
+    return "arbg " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """The training/sampling budget options shared by `arbg benchmark` and `arbg ablate bins`."""
+    p.add_argument("--topology", help="PDB for array/trajectory data and reference")
+    p.add_argument("--out", required=True, help="output directory (re-running resumes)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
+    p.add_argument("--steps", type=int, default=1600, help="training steps of every model")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-mixtures", type=int, default=10,
+                   help="mixture components K of the mol/gmm/givt heads")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="one model per seed; tables give mean +- std over seeds")
+    p.add_argument("--n-samples", type=int, default=10_000,
+                   help="proposals (= energy evaluations) per sampling run")
+    p.add_argument("--n-eval", type=int, default=5_000, help="samples per W2")
+    p.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
+    p.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--report", action="store_true", help="HTML report of every run too")
+
+
+def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return dict(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+                n_mixtures=args.n_mixtures, seeds=list(args.seeds), n_samples=args.n_samples,
+                n_eval=args.n_eval, tica_lag=args.tica_lag, chirality=args.chirality,
+                device=args.device, report=args.report)
+
+
+def cmd_ablate_bins(args: argparse.Namespace) -> int:
+    from arbg.ablate import ablate_bins
+    from arbg.stages import BudgetConfig
+
+    res = ablate_bins(args.data, args.out, args.bins, BudgetConfig(**budget_kwargs(args)),
+                      reference=args.reference, topology=args.topology,
+                      bound_frames=args.bound_frames, command=_command_line(args))
+    print(f"{'bins':>6s} {'E-W2':>16s} {'T-W2':>16s} {'bound E-W2':>11s}")
+    for r in res["rows"]:
+        print(f"{r['n_bins']:6d} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
+              f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} {r['bound_e_w2']:11.4f}")
+    for key, path in res["paths"].items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_ablate_temperature(args: argparse.Namespace) -> int:
+    from arbg.ablate import ablate_temperature
+
+    res = ablate_temperature(args.checkpoint, args.reference, args.out, args.taus,
+                             n_samples=args.n_samples, n_eval=args.n_eval, seeds=args.seeds,
+                             device=args.device, topology=args.topology,
+                             command=_command_line(args))
+    print(f"{'tau':>6s} {'E-W2':>16s} {'T-W2':>16s} {'rel. ESS':>9s}")
+    for r in res["rows"]:
+        print(f"{r['tau']:6.3f} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
+              f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} "
+              f"{r['relative_ess']['mean']:9.4f}")
+    print(f"best tau: {res['best_tau']}")
+    for key, path in res["paths"].items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from arbg.benchmark import BenchmarkConfig, run_benchmark
+
+    cfg = BenchmarkConfig(**budget_kwargs(args), n_bins=args.n_bins, heads=list(args.heads),
+                          taus=list(args.taus), tune_n=args.tune_n, tune_n_eval=args.tune_n_eval,
+                          tune_heads=None if args.tune_heads is None else list(args.tune_heads),
+                          md_steps_per_frame=args.md_steps_per_frame)
+    res = run_benchmark(args.data, args.reference, args.out, cfg, topology=args.topology,
+                        command=_command_line(args))
+    print(Path(res["paths"]["table_md"]).read_text())
+    for key, path in res["paths"].items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
+    """`arbg ablate bins|temperature` and `arbg benchmark` (see arbg.ablate, arbg.benchmark)."""
+    s = sub.add_parser("ablate", help="ablations: bin count (train per L) or sampling "
+                                      "temperature (one checkpoint)")
+    asub = s.add_subparsers(dest="ablation", required=True)
+    a = asub.add_parser("bins", help="train, sample and evaluate per bin count L, beside the "
+                                     "discretization bound")
+    a.add_argument("data", help="training MD (arbg md dir, published layout, array/trajectory)")
+    a.add_argument("--bins", type=int, nargs="+", required=True, help="bin counts L")
+    a.add_argument("--reference", help="independent reference MD (default: the test block of "
+                   "DATA)")
+    a.add_argument("--bound-frames", type=int, default=5000,
+                   help="training frames in the quantization bound")
+    add_budget_args(a)
+    a.set_defaults(func=cmd_ablate_bins)
+    a = asub.add_parser("temperature", help="E-W2, T-W2 and ESS after reweighting against tau")
+    a.add_argument("checkpoint")
+    a.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
+    a.add_argument("--reference", required=True, help="reference MD")
+    a.add_argument("--topology", help="PDB for an array/trajectory reference")
+    a.add_argument("--out", required=True)
+    a.add_argument("--n-samples", type=int, default=2000, help="proposals per tau")
+    a.add_argument("--n-eval", type=int, default=1000, help="resampled conformations per W2")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0])
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.set_defaults(func=cmd_ablate_temperature)
+
+    s = sub.add_parser("benchmark", help="train, tune, sample and evaluate every head with one "
+                                         "budget; Table-1-style table.md / table.html")
+    s.add_argument("data", help="training MD (its val split tunes tau)")
+    s.add_argument("--reference", required=True, help="independent reference MD")
+    s.add_argument("--heads", nargs="+", default=["bins", "mol", "gmm", "givt"])
+    s.add_argument("--n-bins", type=int, help="bins L of every head (default: by atom count)")
+    s.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
+                   help="tau grid of the tuning (val split)")
+    s.add_argument("--tune-heads", nargs="*",
+                   help="heads whose tau is tuned (default: all; no names: none)")
+    s.add_argument("--tune-n", type=int, default=2000, help="proposals per tau when tuning")
+    s.add_argument("--tune-n-eval", type=int, default=1000)
+    s.add_argument("--md-steps-per-frame", type=int,
+                   help="MD steps per training frame (default: from arbg md metadata, else 1)")
+    add_budget_args(s)
+    s.set_defaults(func=cmd_benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +486,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
+
+    s = sub.add_parser("corpus", help="MD corpus over many sequences (transferable ARBG; "
+                                      "resumable, parallel, split by sequence)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--sequences", help="comma-separated one-letter sequences, e.g. AA,AG,GYD")
+    g.add_argument("--length", type=int, help="all sequences of this many residues over the "
+                   "20 standard amino acids (or --sample K of them)")
+    s.add_argument("--sample", type=int, help="with --length: a random sample of K sequences")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample, the split and (hashed per sequence) the MD")
+    s.add_argument("--ns", type=float, default=1.0, help="MD per train/val sequence, ns")
+    s.add_argument("--test-ns", type=float, default=None,
+                   help="MD per held-out test sequence, ns (default: --ns)")
+    s.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1],
+                   metavar=("TRAIN", "VAL", "TEST"), help="fractions of the sequences")
+    s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
+    s.add_argument("--force-field", choices=["fast-implicit", "amber14-obc1"],
+                   default="fast-implicit",
+                   help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
+                   "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K")
+    s.add_argument("--capped", action="store_true",
+                   help="ACE/NME caps (default: zwitterionic termini)")
+    s.add_argument("--temperature-k", type=float, default=None)
+    s.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default="HIE")
+    s.add_argument("--step-fs", type=float, default=1.0)
+    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
+    s.add_argument("--frame-interval-ps", type=float, default=1.0)
+    s.add_argument("--warmup-ps", type=float, default=50.0)
+    s.add_argument("--chunk-frames", type=int, default=1000,
+                   help="frames per resumable chunk of a sequence's run")
+    s.add_argument("--max-sequences", type=int,
+                   help="stop after running this many sequences (resumable)")
+    s.add_argument("--out", help="corpus directory (default: cache dir); re-run to resume")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_corpus)
 
     s = sub.add_parser("bound", help="discretization bound: E-W2 of de-quantized training data "
                                      "for a list of bin counts (how many bins a system needs)")
@@ -363,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mixture)")
     s.add_argument("--n-mixtures", type=int, default=10,
                    help="mixture components K of the mol/gmm/givt heads")
+    s.add_argument("--data-weights", choices=["plain", "weighted"], default="plain",
+                   help="frame weights of biased/heated data: plain (every frame once; broad "
+                   "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)")
     s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
     s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     s.add_argument("--device", default="auto")
@@ -424,15 +635,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the shipped checkpoint and reference (under 3 minutes)")
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     s.add_argument("--train-minutes", type=float)
+    s.add_argument("--plain-md", action="store_true",
+                   help="unbiased MD for training and reference (default: phi-biased MD with "
+                   "exact frame weights, which covers the alpha-L basin)")
+    s.add_argument("--data-weights", choices=["plain", "weighted"], default="plain",
+                   help="how the biased training frames' weights enter training")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+    add_benchmark_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -131,8 +131,12 @@ def match_atoms(topology, system: PeptideSystem, source: str = "topology") -> np
     lookup: dict[tuple[int, str], int] = {}
     for ri, res in enumerate(data_res):
         aliases = _CAP_ALIASES.get(res.name, _NAME_ALIASES)
+        # mdtraj's standard names turn an N-terminal H1 into H; H2 and H3 beside it mean H1
+        names = {a.name for a in res.atoms}
+        n_term_h = {"H", "H2", "H3"} <= names and "H1" not in names
         for a in res.atoms:
-            name = aliases.get(a.name, _NAME_ALIASES.get(a.name, a.name))
+            name = "H1" if n_term_h and a.name == "H" else aliases.get(
+                a.name, _NAME_ALIASES.get(a.name, a.name))
             lookup[(ri, name)] = a.index
     idx = np.empty(system.n_atoms, dtype=np.int64)
     missing = []

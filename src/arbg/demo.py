@@ -5,6 +5,13 @@ independent runs, in parallel), training a ``tiny`` model, sampling with exact l
 SNIS reweighting, evaluation against the reference MD (E-W2, T-W2, TICA-W2, ESS, the MD-vs-MD
 floor, MD at matched cost) and the HTML report.
 
+By default both MD runs are biased along the backbone phi (a metadynamics-built bias, frozen for
+production; :mod:`arbg.bias`) and carry exact frame weights: plain MD of this length never
+visits the alpha-L basin (phi > 0, ~2% of the equilibrium population), so neither the model nor
+the reference would see it. The model is trained plain on the biased frames (a broad proposal;
+SNIS corrects) and the reference is reweighted exactly; ``plain_md=True`` gives the unbiased
+recipe.
+
 ``--quick`` (under 3 minutes): samples from the pretrained checkpoint shipped in
 ``arbg/assets/aldp/`` and evaluates against the shipped reference trajectory; see
 ``arbg/assets/aldp/COMMANDS.md`` for the commands that made both.
@@ -44,6 +51,9 @@ class DemoConfig:
     chirality: str = "mirror"
     seed: int = 0
     progress: bool = True
+    plain_md: bool = False
+    bias_build_ns: float = 1.0
+    data_weights: str = "plain"
 
 
 def shipped_assets() -> dict[str, Path]:
@@ -56,12 +66,15 @@ def shipped_assets() -> dict[str, Path]:
     return paths
 
 
-def _md_job(args: tuple[str, float, int]) -> str:
+def _md_job(args: tuple[str, float, int, float | None]) -> str:
+    """One MD run of the demo: (out dir, production ns, seed, bias build ns or None)."""
+    from arbg.bias import BiasConfig
     from arbg.md import MDConfig, run_md
     from arbg.systems import build_system
 
-    out, ns, seed = args
-    run_md(build_system("aldp"), out, MDConfig(ns=ns, seed=seed), progress=False)
+    out, ns, seed, build_ns = args
+    bias = None if build_ns is None else BiasConfig(build_ns=build_ns)
+    run_md(build_system("aldp"), out, MDConfig(ns=ns, seed=seed, bias=bias), progress=False)
     return out
 
 
@@ -97,16 +110,19 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     else:
         from arbg.train import TrainConfig, train
 
-        t = _stage(f"MD: {cfg.train_ns} ns training data and {cfg.reference_ns} ns reference "
-                   "(two independent runs in parallel)")
-        jobs = [(str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1),
-                (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2)]
+        build = None if cfg.plain_md else cfg.bias_build_ns
+        kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
+        t = _stage(f"MD, {kind}: {cfg.train_ns} ns training data and {cfg.reference_ns} ns "
+                   "reference (two independent runs in parallel)")
+        jobs = [(str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1, build),
+                (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2, build)]
         with ProcessPoolExecutor(2) as pool:
             list(pool.map(_md_job, jobs))
         timings["md"] = time.time() - t
         t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
         data = load_dataset(out / "md" / "train")
-        tcfg = TrainConfig(preset="tiny", max_minutes=cfg.train_minutes, seed=cfg.seed)
+        tcfg = TrainConfig(preset="tiny", max_minutes=cfg.train_minutes, seed=cfg.seed,
+                           data_weights=cfg.data_weights)
         tcfg.steps = cfg.train_steps or _steps_for_budget(data, tcfg, cfg.train_minutes, out)
         log.info("demo: %d training steps (batch %d)", tcfg.steps, tcfg.batch_size)
         model_dir = out / "model"
@@ -187,7 +203,7 @@ def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
 
 def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] | None:
     from arbg.evaluate import load_run, md_cost_curve
-    from arbg.md import load_md_frames
+    from arbg.md import load_md_frames, load_md_log_weights
 
     md_dir = out / "md" / "train"
     if not (md_dir / "progress.json").exists():
@@ -199,5 +215,7 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
     n = len(run["u"])
     budgets = sorted({int(b) for b in np.geomspace(1000, max(n, len(frames) * steps_per_frame),
                                                     12)})
+    # biased MD at matched cost is reweighted with its exact frame weights
+    md_lw = load_md_log_weights(md_dir) if meta.get("log_weights") else None
     return md_cost_curve(system, frames, steps_per_frame, run["coords"].astype(np.float64),
-                         run["u"], run["log_w_raw"], reference, budgets)
+                         run["u"], run["log_w_raw"], reference, budgets, md_log_weights=md_lw)

@@ -252,6 +252,7 @@ def md_cost_curve(
     evals_per_sample: float = 1.0,
     n_max: int = 5000,
     seed: int = 0,
+    md_log_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """E-W2 and T-W2 against the reference at matched energy-evaluation budgets, BG vs MD.
 
@@ -259,8 +260,10 @@ def md_cost_curve(
     (its frames at the saved stride: K / steps_per_frame frames). A BG with budget K reweights
     its first K / evals_per_sample proposals. Budgets that give fewer than 2 MD frames or
     proposals are skipped. At most ``n_max`` samples per side enter each W2 (stride-subsampled).
-    A weighted reference transports its (stride-subsampled) weights; `md_frames` are taken as
-    equilibrium MD.
+    A weighted reference transports its (stride-subsampled) weights. `md_frames` are taken as
+    equilibrium MD unless `md_log_weights` ([frames] unnormalised, e.g. biased MD's exact
+    frame log-weights) are given: then MD with budget K transports the weights of its first
+    frames, renormalised over them (reweighted enhanced-sampling MD at matched cost).
     """
     from arbg.metrics import backbone_torsions, energy_w2, torsion_w2
     from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
@@ -288,11 +291,14 @@ def md_cost_curve(
                 backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t, None, ref_w))
         n_md = k // steps_per_frame
         if 2 <= n_md <= len(md_frames):
-            frames = md_frames[:n_md][:: max(1, n_md // n_max)]
+            sub = slice(0, n_md, max(1, n_md // n_max))
+            frames = md_frames[sub]
+            md_w = (None if md_log_weights is None else
+                    np.exp(normalize_log_weights(np.asarray(md_log_weights[sub], np.float64))))
             u_md = system.reduced_energy(frames)
             out["md"]["budgets"].append(k)
-            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s, None, ref_w))
+            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s, md_w, ref_w))
             out["md"]["t_w2"].append(torsion_w2(
-                backbone_torsions(frames, system.phi_indices, system.psi_indices), ref_t, None,
+                backbone_torsions(frames, system.phi_indices, system.psi_indices), ref_t, md_w,
                 ref_w))
     return out

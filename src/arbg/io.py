@@ -52,3 +52,8 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> Path:
 
 def atomic_save_npz(path: str | Path, **arrays) -> Path:
     return _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_save_npz_compressed(path: str | Path, **arrays) -> Path:
+    """Like :func:`atomic_save_npz`, with zip deflate compression (lossless)."""
+    return _atomic(path, lambda f: np.savez_compressed(f, **arrays))

@@ -110,6 +110,14 @@ class TrainConfig:
     margin : multiplicative margin of the bin range over the largest atom radius.
     max_minutes : stop gracefully (checkpoint saved) after this wall time in one invocation.
     stop_after_steps : stop gracefully after this many steps in one invocation (preemption).
+    data_weights : how frame weights of a weighted dataset (biased or heated MD,
+        :attr:`arbg.dataset.Dataset.log_weights`) enter training. ``"plain"``: every frame
+        counts once, so the proposal learns the broad biased ensemble and over-covers rare
+        modes; SNIS corrects the rest. ``"weighted"``: weighted cross-entropy, with minibatches
+        drawn with probability proportional to the frame weights (an unbiased stochastic
+        gradient of the target-ensemble cross-entropy, with lower variance than scaling
+        per-frame losses); validation NLL is then weighted as well and picks ``best``.
+        Ignored for unweighted data.
     """
 
     preset: str = "tiny"
@@ -143,6 +151,7 @@ class TrainConfig:
     margin: float = 1.1
     max_minutes: float | None = None
     stop_after_steps: int | None = None
+    data_weights: str = "plain"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -260,6 +269,13 @@ def marginal_baseline(
     return float(-lp.mean())
 
 
+def _normalized(log_w: np.ndarray) -> np.ndarray:
+    """Normalized weights [f] float64 from unnormalised log-weights (log space, stable)."""
+    lw = np.asarray(log_w, dtype=np.float64)
+    w = np.exp(lw - lw.max())
+    return w / w.sum()
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -317,6 +333,18 @@ class Trainer:
         if len(train) == 0:
             raise ValueError("the dataset has no training frames")
         self.train_x = torch.as_tensor(centre_frames(train))  # [F, n, 3] float64 nm
+        if cfg.data_weights not in ("plain", "weighted"):
+            raise ValueError(f"data_weights must be 'plain' or 'weighted', not "
+                             f"{cfg.data_weights!r}")
+        # frame sampling probabilities of weighted cross-entropy (None: uniform)
+        self.train_p: torch.Tensor | None = None
+        if dataset.weighted and cfg.data_weights == "weighted":
+            self.train_p = torch.as_tensor(_normalized(dataset.split_log_weights("train")))
+            logger.info("weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
+                        1.0 / float((self.train_p ** 2).sum()), len(self.train_p))
+        elif dataset.weighted:
+            logger.info("weighted dataset trained plain (data_weights='plain'): the proposal "
+                        "learns the sampled ensemble; SNIS corrects towards the target")
         resume = load_trainer_state(self.out / "last")
         if resume is not None:
             stored = read_config(self.out / "last")
@@ -450,6 +478,10 @@ class Trainer:
         idx = np.linspace(0, len(val) - 1, min(cfg.eval_frames, len(val))).round().astype(int)
         g = torch.Generator().manual_seed(cfg.eval_seed)
         xv = torch.as_tensor(centre_frames(val[idx]))
+        val_lw = (self.dataset.split_log_weights("val")[idx]
+                  if len(self.dataset.split("val")) else np.zeros(len(idx)))
+        self.val_w = (torch.as_tensor(_normalized(val_lw))
+                      if self.dataset.weighted else None)
         self.val_bins, n_clip = self._encode(
             xv, self.std, self.binning, g if self.rotate else None
         )
@@ -498,7 +530,17 @@ class Trainer:
         model.train(was_training)
         lp = torch.cat(logp)  # [V]
         logq = lp - self.D * math.log(self.binning.width) + self.val_logdet
-        return {"val_nll": float(-lp.mean() / self.D), "val_logq": float(logq.mean())}
+        out = {"val_nll": float(-lp.mean() / self.D), "val_logq": float(logq.mean())}
+        if self.val_w is not None:  # target-ensemble (weighted) versions
+            out["val_nll_weighted"] = float(-(self.val_w * lp).sum() / self.D)
+            out["val_logq_weighted"] = float((self.val_w * logq).sum())
+        return out
+
+    def _objective(self) -> float:
+        """The val number that picks ``best``: weighted NLL under weighted cross-entropy."""
+        if self.train_p is not None and "val_nll_weighted" in self.last_eval:
+            return self.last_eval["val_nll_weighted"]
+        return self.last_eval["val_nll"]
 
     # ---- io
 
@@ -529,7 +571,11 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step; returns the (local) loss."""
-        pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
+        if self.train_p is None:
+            pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
+        else:  # weighted cross-entropy: frames drawn in proportion to their weights
+            pick = torch.multinomial(self.train_p, self.local_batch, replacement=True,
+                                     generator=self.data_gen)
         if self.rotate:
             bins, n_clip = self._encode(self.train_x[pick], self.std, self.binning, self.data_gen)
             self.n_clipped += n_clip
@@ -579,8 +625,8 @@ class Trainer:
             self._log(rec)
             logger.info("step %d: val NLL %.4f nats/coord, val log q %.2f nats/frame",
                         self.step, self.last_eval["val_nll"], self.last_eval["val_logq"])
-            if self.last_eval["val_nll"] < self.best_val:
-                self.best_val = self.last_eval["val_nll"]
+            if self._objective() < self.best_val:
+                self.best_val = self._objective()
                 save_checkpoint(self.out / "best", self.model, self.binning, self.std,
                                 self.system, training=self._summary(), ema_model=self.ema)
 
