@@ -174,8 +174,6 @@ def save_checkpoint(
     -------
     Path of the checkpoint directory.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     n_bins = int(model.config.n_bins)
     if binning.n_bins != n_bins:
@@ -199,6 +197,24 @@ def save_checkpoint(
         "ema": ema_model is not None,
         **(extra or {}),
     }
+    return write_checkpoint_dir(path, config, model, ema_model, trainer_state)
+
+
+def write_checkpoint_dir(
+    path: str | Path,
+    config: dict[str, Any],
+    model: torch.nn.Module,
+    ema_model: torch.nn.Module | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json``, the weights and optional EMA / trainer state atomically.
+
+    The directory is assembled in a temporary sibling and renamed into place (shared by
+    :func:`save_checkpoint` and :func:`arbg.transferable.save_transferable_checkpoint`).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -304,8 +320,13 @@ def load_checkpoint(
     system: PeptideSystem | None = None,
     use_ema: bool = True,
     binning: Binning | None = None,
+    sequence: str | None = None,
 ) -> Checkpoint:
     """Load a checkpoint directory written by :func:`save_checkpoint`.
+
+    A transferable checkpoint (``"transferable": true``, :mod:`arbg.transferable`) is bound to
+    ``system`` or to a peptide built from ``sequence`` with the checkpoint's force field and
+    temperature; a single-system checkpoint refuses ``sequence``.
 
     Parameters
     ----------
@@ -332,6 +353,15 @@ def load_checkpoint(
 
     path = Path(path)
     config = read_config(path)
+    if config.get("transferable"):
+        from arbg.transferable import load_transferable
+
+        return load_transferable(path, device=device, system=system, sequence=sequence,
+                                 use_ema=use_ema, binning=binning)
+    if sequence is not None:
+        name = config.get("system", {}).get("spec", {}).get("name")
+        raise ValueError(f"a sequence needs a transferable checkpoint; {path} was trained on "
+                         f"the single system {name!r}")
     model_config = ModelConfig.from_dict(config["model"])
     stored_binning = Binning.from_dict(config["binning"])
     standardization = Standardization.from_dict(config["standardization"])

@@ -244,14 +244,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_transferable(args: argparse.Namespace) -> int:
+    from arbg.corpus import load_corpus
+    from arbg.train import TrainConfig
+    from arbg.transferable import ConditioningConfig
+    from arbg.transferable_train import train_transferable
+
+    corpus = load_corpus(args.corpus)
+    cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
+                      optimizer=args.optimizer, ema=args.ema, bf16=args.bf16,
+                      max_minutes=args.max_minutes)
+    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
+    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
+    print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from arbg.checkpoint import load_checkpoint
     from arbg.runs import run_sampling
 
-    ck = load_checkpoint(args.checkpoint, device=args.device)
-    if args.sequence:
-        raise ValueError("--sequence needs a transferable checkpoint; this checkpoint was "
-                         f"trained on the single system {ck.system.name!r}")
+    # a transferable checkpoint is bound to --sequence; a single-system one refuses it
+    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
     summary = run_sampling(ck, args.out, n=args.n, tau=args.tau, seed=args.seed,
                            device=args.device, energy=ck.system, clip_fraction=args.clip,
                            clip_mode=None if args.clip_mode == "off" else args.clip_mode,
@@ -267,7 +284,7 @@ def cmd_smc(args: argparse.Namespace) -> int:
     from arbg.checkpoint import load_checkpoint
     from arbg.runs import run_smc
 
-    ck = load_checkpoint(args.checkpoint, device=args.device)
+    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
     summary = run_smc(ck, args.out, n_particles=args.particles, tau=args.tau, seed=args.seed,
                       repeats=args.repeats,
                       resample=None if args.resample == "off" else args.resample,
@@ -581,6 +598,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("train-transferable", help="train a transferable model on an `arbg "
+                                                  "corpus` directory (resumable)")
+    s.add_argument("corpus", help="corpus directory (train split; val split for val NLL)")
+    s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
+    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
+    for flag, typ in (("--steps", int), ("--batch-size", int), ("--n-bins", int),
+                      ("--lr-adamw", float), ("--lr-muon", float), ("--eval-every", int)):
+        s.add_argument(flag, type=typ)
+    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
+    s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
+    s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
+    s.add_argument("--ema", action="store_true")
+    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
+    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train_transferable)
+
     s = sub.add_parser("sample", help="sample with exact log q and reweight (SNIS)")
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (extended if it exists)")
@@ -601,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "boundaries, e.g. aaa, ace-aaa-nme)")
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (new)")
+    s.add_argument("--sequence", help="for transferable checkpoints only")
     s.add_argument("--particles", type=int, default=1000, help="particles per population")
     s.add_argument("--repeats", type=int, default=1,
                    help="independent populations, combined through their evidence")

@@ -496,6 +496,7 @@ class ARBG(nn.Module):
         feats: TokenFeatures | None = None,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Head parameters for every position and optionally the loss.
 
@@ -514,6 +515,9 @@ class ARBG(nn.Module):
         kv_cache : KVCache, optional
             The tokens occupy absolute positions ``kv_cache.pos .. pos+T``; their keys/values are
             appended and ``pos`` advances by ``T``.
+        extra : Tensor [B or 1, T, n_embd], optional
+            Added to the input embeddings of the ``T`` positions fed (the per-token
+            conditioning of :mod:`arbg.transferable`); None (single-system models) adds nothing.
 
         Returns
         -------
@@ -537,6 +541,8 @@ class ARBG(nn.Module):
             + self.residue_type_emb(f.residue_type)
             + self.residue_index_emb(f.residue_index)
         )  # [T, C] features broadcast over the batch
+        if extra is not None:
+            x = x + extra
         rotary = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(pos0, pos0 + T, device=tokens.device))

@@ -151,7 +151,8 @@ def run_sampling(
             raise ValueError(f"{out}: seed(s) {dup} already used (used: {sorted(used)})")
         s_old = old["summary"]
         for key, new in (("tau", float(tau)), ("chirality", chirality),
-                         ("checkpoint", parts.path), ("n_atoms", int(system.n_atoms))):
+                         ("checkpoint", parts.path), ("n_atoms", int(system.n_atoms)),
+                         ("system", getattr(system, "name", s_old.get("system")))):
             if s_old.get(key) != new:
                 raise ValueError(f"{out}: cannot extend a run with {key}={s_old.get(key)!r} "
                                  f"using {key}={new!r}")

@@ -315,7 +315,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg = config
         self.out = Path(out_dir)
-        self.dataset, self.system = dataset, dataset.system
+        self.dataset, self.system = dataset, getattr(dataset, "system", None)
         self.progress = progress
         self.rank, self.world = _dist_info()
         if cfg.batch_size % self.world:
@@ -329,51 +329,12 @@ class Trainer:
         self.device = torch.device(dev)
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
-        train = dataset.split("train")
-        if len(train) == 0:
-            raise ValueError("the dataset has no training frames")
-        self.train_x = torch.as_tensor(centre_frames(train))  # [F, n, 3] float64 nm
-        if cfg.data_weights not in ("plain", "weighted"):
-            raise ValueError(f"data_weights must be 'plain' or 'weighted', not "
-                             f"{cfg.data_weights!r}")
-        # frame sampling probabilities of weighted cross-entropy (None: uniform)
-        self.train_p: torch.Tensor | None = None
-        if dataset.weighted and cfg.data_weights == "weighted":
-            self.train_p = torch.as_tensor(_normalized(dataset.split_log_weights("train")))
-            logger.info("weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
-                        1.0 / float((self.train_p ** 2).sum()), len(self.train_p))
-        elif dataset.weighted:
-            logger.info("weighted dataset trained plain (data_weights='plain'): the proposal "
-                        "learns the sampled ensemble; SNIS corrects towards the target")
         resume = load_trainer_state(self.out / "last")
-        if resume is not None:
-            stored = read_config(self.out / "last")
-            self.std = Standardization.from_dict(stored["standardization"])
-            self.binning = Binning.from_dict(stored["binning"])
-        else:
-            gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
-            self.std = fit_standardization(train, frame=cfg.frame, gauge_atoms=gauge)
-            n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
-            z = self.std.forward(train)  # [F, D]
-            self.binning = fit_binning(z, n_bins, self.system.n_atoms, margin=cfg.margin,
-                                       standardization=self.std)
-        # rotations are a no-op in the gauge frame (forward removes them): skip the work
-        self.rotate = cfg.augment_rotations and self.std.frame == "centroid"
-        self._fixed_bins: torch.Tensor | None = None
-        self.D = self.std.n_coords
-
+        self._setup_data(resume)  # standardization, binning, training frames, self.D
         torch.manual_seed(cfg.seed)  # identical init on every rank
-        mcfg = ModelConfig.preset(
-            cfg.preset, self.binning.n_bins,
-            **{
-                "n_atom_types": N_ATOM_TYPES, "n_residue_types": N_RESIDUE_TYPES,
-                "max_atoms": max(256, self.system.n_atoms), **cfg.model_overrides,
-            },
-        )
-        self.model = ARBG(mcfg, default_feats=system_features(self.system, self.std))
+        self.model = self._build_model()
         # targets: bins, or exact bin-unit values for a continuous head (arbg.heads)
         self._encode = encode_values if self.model.head.continuous else encode_frames
-        self.model.set_bin_floor(self.binning.token_floor(self.std))
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
         self.optimizers = build_optimizers(self.model, cfg)
@@ -397,6 +358,64 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
         self._prepare_eval()
+
+    # ---- set-up hooks (overridden by arbg.transferable.TransferableTrainer)
+
+    def _setup_data(self, resume: dict[str, Any] | None) -> None:
+        """Training frames, standardization and binning (fitted, or restored from ``last``)."""
+        cfg, dataset = self.cfg, self.dataset
+        train = dataset.split("train")
+        if len(train) == 0:
+            raise ValueError("the dataset has no training frames")
+        self.train_x = torch.as_tensor(centre_frames(train))  # [F, n, 3] float64 nm
+        if cfg.data_weights not in ("plain", "weighted"):
+            raise ValueError(f"data_weights must be 'plain' or 'weighted', not "
+                             f"{cfg.data_weights!r}")
+        # frame sampling probabilities of weighted cross-entropy (None: uniform)
+        self.train_p: torch.Tensor | None = None
+        if dataset.weighted and cfg.data_weights == "weighted":
+            self.train_p = torch.as_tensor(_normalized(dataset.split_log_weights("train")))
+            logger.info("weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
+                        1.0 / float((self.train_p ** 2).sum()), len(self.train_p))
+        elif dataset.weighted:
+            logger.info("weighted dataset trained plain (data_weights='plain'): the proposal "
+                        "learns the sampled ensemble; SNIS corrects towards the target")
+        if resume is not None:
+            stored = read_config(self.out / "last")
+            self.std = Standardization.from_dict(stored["standardization"])
+            self.binning = Binning.from_dict(stored["binning"])
+        else:
+            gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
+            self.std = fit_standardization(train, frame=cfg.frame, gauge_atoms=gauge)
+            n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
+            z = self.std.forward(train)  # [F, D]
+            self.binning = fit_binning(z, n_bins, self.system.n_atoms, margin=cfg.margin,
+                                       standardization=self.std)
+        # rotations are a no-op in the gauge frame (forward removes them): skip the work
+        self.rotate = cfg.augment_rotations and self.std.frame == "centroid"
+        self._fixed_bins: torch.Tensor | None = None
+        self.D = self.std.n_coords
+
+    def _build_model(self) -> ARBG:
+        """The model (on the CPU) for the fitted standardization and binning."""
+        cfg = self.cfg
+        mcfg = ModelConfig.preset(
+            cfg.preset, self.binning.n_bins,
+            **{
+                "n_atom_types": N_ATOM_TYPES, "n_residue_types": N_RESIDUE_TYPES,
+                "max_atoms": max(256, self.system.n_atoms), **cfg.model_overrides,
+            },
+        )
+        model = ARBG(mcfg, default_feats=system_features(self.system, self.std))
+        model.set_bin_floor(self.binning.token_floor(self.std))
+        return model
+
+    def _write_checkpoint(
+        self, path: Path, training: dict[str, Any], trainer_state: dict[str, Any] | None
+    ) -> None:
+        """Write one checkpoint directory (rank 0 only)."""
+        save_checkpoint(path, self.model, self.binning, self.std, self.system,
+                        training=training, ema_model=self.ema, trainer_state=trainer_state)
 
     # ---- state
 
@@ -561,16 +580,33 @@ class Trainer:
         state = self._trainer_state() if with_state else None
         path = self.out / name
         if self.rank == 0:
-            save_checkpoint(
-                path, self.model, self.binning, self.std, self.system,
-                training=self._summary(), ema_model=self.ema, trainer_state=state,
-            )
+            self._write_checkpoint(path, self._summary(), state)
         return path
 
     # ---- loop
 
     def train_step(self) -> float:
         """One optimizer step; returns the (local) loss."""
+        f = lr_factor(self.step, self.cfg)
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = g["base_lr"] * f
+        loss = self._batch_loss()
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        for o in self.optimizers:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    pe.lerp_(p, 1.0 - self.cfg.ema_decay)
+        self.step += 1
+        return float(loss.detach())
+
+    def _batch_loss(self) -> torch.Tensor:
+        """Draw the next local batch (from ``data_gen``) and return its loss (with grad)."""
         if self.train_p is None:
             pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
         else:  # weighted cross-entropy: frames drawn in proportion to their weights
@@ -587,24 +623,9 @@ class Trainer:
             bins = self._fixed_bins[pick]
         bins = bins.to(self.device)
         tokens = self.model.shift_right(self.model.head.tokens(bins))
-        f = lr_factor(self.step, self.cfg)
-        for o in self.optimizers:
-            for g in o.param_groups:
-                g["lr"] = g["base_lr"] * f
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             _, loss = self.ddp(tokens, None, bins)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        for o in self.optimizers:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            with torch.no_grad():
-                for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    pe.lerp_(p, 1.0 - self.cfg.ema_decay)
-        self.step += 1
-        return float(loss.detach())
+        return loss
 
     def _should_stop(self, t0: float, steps_done: int) -> bool:
         cfg = self.cfg
@@ -627,8 +648,7 @@ class Trainer:
                         self.step, self.last_eval["val_nll"], self.last_eval["val_logq"])
             if self._objective() < self.best_val:
                 self.best_val = self._objective()
-                save_checkpoint(self.out / "best", self.model, self.binning, self.std,
-                                self.system, training=self._summary(), ema_model=self.ema)
+                self._write_checkpoint(self.out / "best", self._summary(), None)
 
     def run(self) -> Path:
         """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``."""
