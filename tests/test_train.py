@@ -231,3 +231,24 @@ def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
     assert ev["val_nll_weighted"] != pytest.approx(ev["val_nll"], rel=1e-9)
     with pytest.raises(ValueError, match="data_weights"):
         Trainer(ds, tmp_path / "x", tiny_config(data_weights="importance"), progress=False)
+
+
+def test_early_stopping_on_patience_and_resume_stays_stopped(tmp_path):
+    ds = synthetic_dataset()
+    cfg = tiny_config(steps=40, eval_every=2, checkpoint_every=0, patience=2)
+    tr = Trainer(ds, tmp_path / "p", cfg, progress=False)
+    calls = iter([5.0, 4.0, 4.5, 4.2, 3.0, 1.0, 1.0])  # val NLLs: best at the 2nd evaluation
+
+    def fake_eval():
+        v = next(calls)
+        return {"val_nll": v, "val_logq": -v}
+
+    tr.evaluate = fake_eval
+    tr.run()
+    assert tr.early_stopped and tr.step == 8  # evaluations at 2, 4 (best), 6, 8 -> stop
+    assert tr.best_val == 4.0
+    st = load_trainer_state(tmp_path / "p" / "last")
+    assert st["early_stopped"] and st["step"] == 8
+    again = Trainer(ds, tmp_path / "p", cfg, progress=False)
+    again.run()
+    assert again.step == 8  # a resumed early-stopped run does not train on

@@ -231,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       optimizer=args.optimizer, ema=args.ema,
                       augment_rotations=not args.no_rotations, bf16=args.bf16,
                       frame=args.frame, data_weights=args.data_weights,
-                      max_minutes=args.max_minutes)
+                      max_minutes=args.max_minutes, patience=args.patience)
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
         value = getattr(args, key)
         if value is not None:
@@ -577,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-adamw", type=float)
     s.add_argument("--lr-muon", type=float)
     s.add_argument("--eval-every", type=int)
+    s.add_argument("--patience", type=int,
+                   help="early stopping: stop after this many evaluations without a better "
+                   "val NLL (default: off)")
     s.add_argument("--ema", action="store_true")
     s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
     s.add_argument("--frame", choices=["gauge", "centroid"], default="gauge",

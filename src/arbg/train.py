@@ -118,6 +118,10 @@ class TrainConfig:
         gradient of the target-ensemble cross-entropy, with lower variance than scaling
         per-frame losses); validation NLL is then weighted as well and picks ``best``.
         Ignored for unweighted data.
+    patience : early stopping: stop (with ``last`` and ``best`` saved) after this many
+        consecutive evaluations without a new best validation objective; None = off. Small
+        single-system datasets overfit within a few epochs (aldp, 4,000 frames: best val NLL
+        at ~4 epochs, then rising), so the demo uses it.
     """
 
     preset: str = "tiny"
@@ -152,6 +156,7 @@ class TrainConfig:
     max_minutes: float | None = None
     stop_after_steps: int | None = None
     data_weights: str = "plain"
+    patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -352,6 +357,8 @@ class Trainer:
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
         self.step = 0
         self.best_val = math.inf
+        self.evals_since_best = 0
+        self.early_stopped = False
         self.last_eval: dict[str, float] = {}
         self.baselines: dict[str, float] = {}
         self.n_clipped = 0
@@ -430,6 +437,8 @@ class Trainer:
             "data_generators": gens,
             "world_size": self.world,
             "best_val": self.best_val,
+            "evals_since_best": self.evals_since_best,
+            "early_stopped": self.early_stopped,
             "n_clipped": self.n_clipped,
             "train_config": self.cfg.to_dict(),
             "rng": {
@@ -464,6 +473,8 @@ class Trainer:
             self.data_gen.manual_seed(seed)
         self.step = int(st["step"])
         self.best_val = float(st["best_val"])
+        self.evals_since_best = int(st.get("evals_since_best", 0))
+        self.early_stopped = bool(st.get("early_stopped", False))
         self.n_clipped = int(st.get("n_clipped", 0))
         rng = st["rng"]
         torch.set_rng_state(rng["torch"])
@@ -572,6 +583,7 @@ class Trainer:
 
     def _summary(self) -> dict[str, Any]:
         return {"step": self.step, **self.last_eval, "best_val_nll": self.best_val,
+                "early_stopped": self.early_stopped,
                 "baselines": self.baselines, "n_clipped_train": self.n_clipped,
                 "world_size": self.world, "train_config": self.cfg.to_dict()}
 
@@ -632,7 +644,13 @@ class Trainer:
         stop = cfg.stop_after_steps is not None and steps_done >= cfg.stop_after_steps
         if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
             stop = True
-        if self.world > 1 and cfg.max_minutes is not None:  # rank 0's clock decides
+        if cfg.patience is not None and self.evals_since_best >= cfg.patience:
+            if not self.early_stopped:
+                logger.info("early stop at step %d: no better val objective in %d evaluations",
+                            self.step, self.evals_since_best)
+            self.early_stopped = stop = True
+        # rank 0's clock and evaluations decide
+        if self.world > 1 and (cfg.max_minutes is not None or cfg.patience is not None):
             flag = torch.tensor([float(stop)], device=self.device)
             dist.broadcast(flag, 0)
             stop = bool(flag.item())
@@ -648,7 +666,10 @@ class Trainer:
                         self.step, self.last_eval["val_nll"], self.last_eval["val_logq"])
             if self._objective() < self.best_val:
                 self.best_val = self._objective()
+                self.evals_since_best = 0
                 self._write_checkpoint(self.out / "best", self._summary(), None)
+            else:
+                self.evals_since_best += 1
 
     def run(self) -> Path:
         """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``."""
@@ -661,7 +682,7 @@ class Trainer:
         self.model.train()
         done, t_win, n_win, loss_win = 0, time.time(), 0, []
         last_saved = last_eval = self.step if self.step else -1
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self.early_stopped:
             loss = self.train_step()
             done += 1
             n_win += 1
