@@ -73,3 +73,14 @@ def test_plots_standalone(tmp_path):
     plots.plot_cost_curve(out, [1e3, 1e4, 1e5], {"e_w2": [3.0, 1.0, 0.5], "t_w2": [1, 0.5, 0.3]},
                           {"e_w2": [5.0, 2.0, 0.8], "t_w2": [2, 1, 0.4]})
     assert out.stat().st_size > 1000
+
+
+def test_log_weight_histogram_keeps_its_range_with_a_clash():
+    lw = np.random.default_rng(0).normal(0.0, 2.0, 500)
+    lw[0] = -4e16  # a proposal with a clash: u ~ 1e16 kT
+    fig, ax = plt.subplots()
+    plots.plot_log_weights(ax, lw, decades=40)
+    lo, hi = ax.get_xlim()
+    assert hi - lo < 45  # not stretched to -1e16
+    assert "below 1e-40 of max=1" in ax.get_title()
+    plt.close(fig)

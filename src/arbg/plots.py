@@ -191,7 +191,9 @@ def plot_tica_fes(
         axes[1].figure.colorbar(mesh, ax=axes[1], label="free energy (kT)")
 
 
-def plot_log_weights(target: Target, log_weights: np.ndarray, bins: int = 80) -> None:
+def plot_log_weights(
+    target: Target, log_weights: np.ndarray, bins: int = 80, decades: float = 40.0
+) -> None:
     """Histogram of normalized log10 importance weights, annotated with the Kish ESS.
 
     Parameters
@@ -199,20 +201,27 @@ def plot_log_weights(target: Target, log_weights: np.ndarray, bins: int = 80) ->
     target : path or Axes
     log_weights : ndarray, shape (N,)
         Log importance weights (natural log; ``-inf`` = zero weight; normalized internally).
+    decades : the x-axis spans this many decades below the largest weight; lighter weights
+        (a proposal with a clash has log10 w ~ -1e16) are counted in the title, not drawn.
     """
     lw = np.asarray(log_weights, dtype=np.float64)
     finite = np.isfinite(lw)
     lw = lw - np.max(lw[finite])
     lw = lw - np.log(np.sum(np.exp(lw[finite])))
     ess = 1.0 / np.sum(np.exp(2 * lw[finite]))
+    l10 = lw[finite] / np.log(10)
+    lo = l10.max() - decades
+    shown = l10 >= lo
     with _axes(target) as (ax,):
-        ax.hist(lw[finite] / np.log(10), bins=bins, color=COLORS["reweighted"], alpha=0.8)
+        ax.hist(l10[shown], bins=bins, range=(lo, l10.max()), color=COLORS["reweighted"],
+                alpha=0.8)
         ax.axvline(-np.log10(lw.size), color="k", ls="--", lw=1, label="uniform 1/N")
         ax.set_xlabel("log10 normalized weight")
         ax.set_ylabel("count")
         ax.set_title(
-            f"Importance weights: N={lw.size}, ESS={ess:.1f} ({100 * ess / lw.size:.2f}%), "
-            f"zero={np.count_nonzero(~finite)}", fontsize=9,
+            f"Importance weights: N={lw.size}, ESS={ess:.1f} ({100 * ess / lw.size:.2f}%)\n"
+            f"zero={np.count_nonzero(~finite)}, below 1e-{decades:.0f} of max="
+            f"{np.count_nonzero(~shown)}", fontsize=9,
         )
         ax.legend(fontsize=8)
 
