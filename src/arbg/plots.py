@@ -310,12 +310,19 @@ def plot_bond_distributions(
         names = labels[row - 1] if labels else [f"{kind[:-1]} {i}" for i in range(z.size)]
         for ax, i in zip(axes[row], np.argsort(-(np.abs(z) + np.abs(lr)))[:n_panels],
                          strict=False):
-            edges = np.histogram_bin_edges(np.concatenate([vr[:, i], vs[:, i]]) * scale, 60)
+            # the reference's range, widened by its span on each side: a broken sample
+            # (a 1 nm "bond") must not squeeze the distributions into one bin
+            q_lo, q_hi = np.percentile(vr[:, i] * scale, [0.1, 99.9])
+            span = max(q_hi - q_lo, 1e-9)
+            edges = np.linspace(q_lo - span, q_hi + span, 61)
+            outside = np.count_nonzero((vs[:, i] * scale < edges[0])
+                                       | (vs[:, i] * scale > edges[-1]))
             ax.hist(vr[:, i] * scale, bins=edges, density=True, histtype="step",
                     color=COLORS["reference"], label="reference")
             ax.hist(vs[:, i] * scale, bins=edges, weights=w, density=True, histtype="step",
                     color=COLORS["reweighted"], label="samples")
-            ax.set_title(f"{names[i]}: z={z[i]:+.2f}", fontsize=9)
+            ax.set_title(f"{names[i]}: z={z[i]:+.2f}" + (f" ({outside} outside)" if outside
+                                                        else ""), fontsize=9)
             ax.set_xlabel(unit)
         axes[row][0].legend(fontsize=7)
     top.axhline(0, color="k", lw=0.5)
