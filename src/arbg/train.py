@@ -275,10 +275,10 @@ def marginal_baseline(
 
 
 def _normalized(log_w: np.ndarray) -> np.ndarray:
-    """Normalized weights [f] float64 from unnormalised log-weights (log space, stable)."""
-    lw = np.asarray(log_w, dtype=np.float64)
-    w = np.exp(lw - lw.max())
-    return w / w.sum()
+    """Normalized weights [f] float64 from unnormalised log-weights."""
+    from arbg.reweight import normalize_log_weights
+
+    return np.exp(normalize_log_weights(log_w))
 
 
 def _dist_info() -> tuple[int, int]:
