@@ -254,7 +254,8 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
                       optimizer=args.optimizer, ema=args.ema, bf16=args.bf16,
                       max_minutes=args.max_minutes)
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
+    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every",
+                "patience"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
@@ -610,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--lr-adamw", float), ("--lr-muon", float), ("--eval-every", int)):
         s.add_argument(flag, type=typ)
     s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
+    s.add_argument("--patience", type=int,
+                   help="early stopping: stop after this many evaluations without a better "
+                   "val NLL (default: off)")
     s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
     s.add_argument("--ema", action="store_true")
@@ -684,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
+    from arbg.zeroshot import add_zero_shot_parser
+
+    add_zero_shot_parser(sub)
     return p
 
 

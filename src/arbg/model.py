@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the paper's Chignolin model
     "medium": dict(n_layer=12, n_embd=512, n_head=8, head_dim=64),
     # the transferable model's size
-    "large": dict(n_layer=16, n_embd=768, n_head=12, head_dim=64),
+    "large": dict(n_layer=16, n_embd=768, n_head=8, head_dim=64),
 }
 
 
