@@ -26,6 +26,7 @@ from arbg.train import TrainConfig, Trainer, init_distributed
 from arbg.transferable import (
     ConditioningConfig,
     TransferableARBG,
+    check_limits,
     collate,
     encode_system,
     save_transferable_checkpoint,
@@ -142,7 +143,16 @@ class TransferableTrainer(Trainer):
             return
         cfg = self.cfg
         sets = self.corpus.datasets("val") if "val" in self.corpus.splits else []
-        pairs = [(d.system, np.asarray(d.split("val"))) for d in sets if len(d.split("val"))]
+        pairs = []
+        for d in sets:
+            if not len(d.split("val")):
+                continue
+            try:  # the model cannot score a sequence beyond what it was built for
+                check_limits(d.system, self.info["limits"])
+            except ValueError as e:
+                logger.warning("val NLL leaves out %s: %s", d.system.name, e)
+                continue
+            pairs.append((d.system, np.asarray(d.split("val"))))
         if not pairs:
             logger.warning("no val sequences: evaluating on the last training frames")
             pairs = [(e.system, self.encs_frames(i)) for i, e in enumerate(self.encs)]
