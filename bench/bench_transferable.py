@@ -35,10 +35,10 @@ Usage: ``python bench/bench_transferable.py [--presets tiny small] [--lengths 2 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from bench_sample import _timed  # bench/ is on sys.path when this script runs
 
 from arbg.binning import Binning
 from arbg.corpus import CorpusConfig, parse_sequences
@@ -52,22 +52,6 @@ from arbg.transferable import BoundModel, ConditioningConfig, TransferableARBG, 
 DEFAULT_MOTIF = "GAVLIFPW"
 STD_NM = 0.35  # the paper's transferable std (Table A.5); any value works with random weights
 MARGIN = 1.2  # bin range: margin times the largest gauge coordinate of the reference structures
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: str, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def default_sequence(length: int) -> str:

@@ -183,17 +183,23 @@ def format_table(rows: Sequence[dict[str, Any]], title: str, notes: Sequence[str
                          for k, _ in columns)
         body.append(f"<tr><td>{html.escape(r['method'])}</td>{hcells}</tr>")
     md += [""] + [f"- {n}" for n in notes] + [""]
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+    return "\n".join(md), html_table_page(title, head, body, notes)
+
+
+def html_table_page(title: str, head: Sequence[str], rows_html: Sequence[str],
+                    notes: Sequence[str] = (), max_width_em: int = 60) -> str:
+    """A self-contained HTML page: heading, one table (``head`` escaped here; ``rows_html`` are
+    finished ``<tr>`` elements) and the notes as a list."""
+    style = (f"body{{font-family:sans-serif;max-width:{max_width_em}em;margin:2em auto}}"
              "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 10px;"
              "text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
             f"<h1>{html.escape(title)}</h1>\n<table>\n<tr>"
             + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n"
-            + "\n".join(body) + "\n</table>\n<ul>\n"
+            + "\n".join(rows_html) + "\n</table>\n<ul>\n"
             + "\n".join(f"<li>{html.escape(n)}</li>" for n in notes)
             + "\n</ul>\n</body></html>\n")
-    return "\n".join(md), page
 
 
 # --------------------------------------------------------------------------------------------------

@@ -183,17 +183,19 @@ def format_zero_shot_table(rows: Sequence[dict[str, Any]], title: str,
                            notes: Sequence[str] = ()) -> tuple[str, str]:
     """Markdown and HTML of the per-sequence table (rows of :func:`evaluate_sequence` and the
     mean row); in each row the better of proposal and reweighted is **bold**."""
-    def cells(r: dict[str, Any], bold: bool) -> list[str]:
+    from arbg.benchmark import html_table_page
+
+    def cells(r: dict[str, Any]) -> list[tuple[str, bool]]:
+        """(text, bold) per column."""
         out = []
         for _, ens, key in _COLUMNS:
             v = r.get(key) if ens is None else r[ens].get(key)
-            text = _fmt(v)
-            if bold and ens in ("proposal", "reweighted_resampled") and v is not None:
+            bold = False
+            if ens in ("proposal", "reweighted_resampled") and v is not None:
                 other = "proposal" if ens == "reweighted_resampled" else "reweighted_resampled"
                 w = r[other].get(key)
-                if w is not None and math.isfinite(v) and v <= w:
-                    text = f"**{text}**"
-            out.append(text)
+                bold = w is not None and math.isfinite(v) and v <= w
+            out.append((_fmt(v), bold))
         return out
 
     head = ["Sequence", *[c[0] for c in _COLUMNS]]
@@ -201,22 +203,14 @@ def format_zero_shot_table(rows: Sequence[dict[str, Any]], title: str,
           "|" + "|".join(["---"] + ["---:"] * len(_COLUMNS)) + "|"]
     body = []
     for r in rows:
-        c = cells(r, True)
-        md.append("| " + " | ".join([r["sequence"], *c]) + " |")
-        hc = "".join("<td>" + html.escape(x).replace("**", "") + "</td>" if "**" not in x else
-                     "<td><b>" + html.escape(x.strip("*")) + "</b></td>" for x in c)
+        c = cells(r)
+        md.append("| " + " | ".join([r["sequence"], *(f"**{t}**" if b else t for t, b in c)])
+                  + " |")
+        hc = "".join(f"<td><b>{html.escape(t)}</b></td>" if b else f"<td>{html.escape(t)}</td>"
+                     for t, b in c)
         body.append(f"<tr><td>{html.escape(r['sequence'])}</td>{hc}</tr>")
     md += [""] + [f"- {n}" for n in notes] + [""]
-    style = ("body{font-family:sans-serif;max-width:80em;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;"
-             "text-align:right}th{background:#eee}td:first-child{text-align:left}")
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
-            f"<h1>{html.escape(title)}</h1>\n<table>\n<tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n"
-            + "\n".join(body) + "\n</table>\n<ul>\n"
-            + "\n".join(f"<li>{html.escape(n)}</li>" for n in notes) + "\n</ul>\n</body></html>\n")
-    return "\n".join(md), page
+    return "\n".join(md), html_table_page(title, head, body, notes, max_width_em=80)
 
 
 def evaluate_zero_shot(checkpoint: str | Path, corpus_dir: str | Path, out_dir: str | Path,
