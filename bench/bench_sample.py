@@ -32,6 +32,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def device_label(device: str) -> str:
+    """The GPU's name, or ``cpu (N threads)``."""
+    return torch.cuda.get_device_name() if device.startswith("cuda") else (
+        f"cpu ({torch.get_num_threads()} threads)")
+
+
 def _timed(fn, device: str, repeats: int) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -68,8 +74,7 @@ def main() -> None:
     )
     T = std.n_coords
     dev = args.device
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else (
-        f"cpu ({torch.get_num_threads()} threads)")
+    name = device_label(dev)
     print(f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
           f"torch {torch.__version__}")
     print(f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "

@@ -38,7 +38,7 @@ import argparse
 
 import numpy as np
 import torch
-from bench_sample import _timed  # bench/ is on sys.path when this script runs
+from bench_sample import _timed, device_label  # bench/ is on sys.path when this script runs
 
 from arbg.binning import Binning
 from arbg.corpus import CorpusConfig, parse_sequences
@@ -99,8 +99,7 @@ def main() -> None:
     systems = [build_peptide(s) for s in seqs]
     binning = shared_binning(systems, args.n_bins)
     dev = args.device
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else (
-        f"cpu ({torch.get_num_threads()} threads)")
+    name = device_label(dev)
     print(f"transferable sampler: sequences {', '.join(seqs)}, {args.n_bins} bins, "
           f"batch {args.batch}, device {name}, torch {torch.__version__}")
     print(f"{'preset':8s} {'params':>8s} {'sequence':>10s} {'res':>4s} {'atoms':>6s} "

@@ -246,8 +246,11 @@ def ensure_trained(data: Dataset, out_dir: str | Path, config: TrainConfig,
 
 def ensure_run(checkpoint: str | Path, run_dir: str | Path, reference: Dataset,
                budget: BudgetConfig, tau: float, seed: int,
-               log: StageLog | None = None) -> dict[str, Any]:
+               log: StageLog | None = None, sequence: str | None = None) -> dict[str, Any]:
     """Sample ``budget.n_samples`` proposals at ``tau`` and evaluate them, reusing what is done.
+
+    ``sequence`` binds a transferable checkpoint to that sequence (zero-shot, the checkpoint's
+    force field); single-system checkpoints take None.
 
     The run (:func:`arbg.runs.run_sampling`) is reused when it has the same checkpoint, tau and
     sample count and is newer than the checkpoint's weights; otherwise it is deleted and redone.
@@ -281,9 +284,14 @@ def ensure_run(checkpoint: str | Path, run_dir: str | Path, reference: Dataset,
     ran = not samples.exists()
     if ran:
         logger.info("sampling %d proposals at tau %g into %s", budget.n_samples, tau, run)
-        run_sampling(str(ckpt), run, n=budget.n_samples, tau=tau, seed=seed,
-                     device=resolve_device(budget.device), clip_fraction=budget.clip_fraction,
-                     chirality=budget.chirality)
+        dev = resolve_device(budget.device)
+        source: Any = str(ckpt)
+        if sequence is not None:
+            from arbg.checkpoint import load_checkpoint
+
+            source = load_checkpoint(ckpt, device=dev, sequence=sequence)
+        run_sampling(source, run, n=budget.n_samples, tau=tau, seed=seed, device=dev,
+                     clip_fraction=budget.clip_fraction, chirality=budget.chirality)
     else:
         logger.info("reusing the samples in %s", run)
     if log is not None:

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -77,33 +75,6 @@ class ZeroShotConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
 
 
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else math.inf
-
-
-def _sample(checkpoint: Path, sequence: str, run: Path, cfg: ZeroShotConfig) -> bool:
-    """Sample into ``run`` unless an identical complete run is there; True when it sampled."""
-    from arbg.checkpoint import load_checkpoint
-    from arbg.runs import run_sampling
-
-    samples, summary = run / "samples.npz", run / "summary.json"
-    if samples.exists() and summary.exists():
-        s = json.loads(summary.read_text())
-        same = (s.get("n_samples") == cfg.n_samples and s.get("checkpoint") == str(checkpoint)
-                and math.isclose(float(s.get("tau", math.nan)), cfg.tau)
-                and _mtime(checkpoint / "model.safetensors") <= _mtime(samples))
-        if same:
-            return False
-        logger.warning("%s: made with other settings or an older checkpoint; sampling again", run)
-        shutil.rmtree(run)
-    elif run.exists():  # interrupted before samples.npz was written
-        shutil.rmtree(run)
-    ck = load_checkpoint(checkpoint, device=cfg.device, sequence=sequence)
-    run_sampling(ck, run, n=cfg.n_samples, tau=cfg.tau, seed=cfg.seed, device=cfg.device,
-                 energy=ck.system)
-    return True
-
-
 def evaluate_sequence(checkpoint: str | Path, corpus: Any, sequence: str, out_dir: str | Path,
                       cfg: ZeroShotConfig) -> dict[str, Any]:
     """Sample, reweight and evaluate one sequence (resumable); its row of the table.
@@ -115,35 +86,21 @@ def evaluate_sequence(checkpoint: str | Path, corpus: Any, sequence: str, out_di
     (MD at the same number of energy evaluations), the metrics of :data:`METRICS` (TICA-W2 is
     not computed for ``md_matched``).
     """
-    from arbg.evaluate import evaluate_run
-    from arbg.stages import md_at_budget, md_steps_per_frame
+    from arbg.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
 
-    ckpt = Path(checkpoint).resolve()
-    run = Path(out_dir) / sequence
     t0 = time.time()
-    sampled = _sample(ckpt, sequence, run, cfg)
     ref = corpus.dataset(sequence)
-    request = {"n_eval": cfg.n_eval, "seed": cfg.seed, "tica_lag": cfg.tica_lag,
-               "reference": f"{corpus.root}:{sequence}", "n_reference_frames": len(ref)}
-    metrics_path = run / "report" / "metrics.json"
-    metrics = None
-    if not sampled and metrics_path.exists() and _mtime(metrics_path) >= _mtime(
-            run / "samples.npz"):
-        metrics = json.loads(metrics_path.read_text())
-        if metrics.get("zero_shot_request") != request:
-            metrics = None
-    if metrics is None:
-        metrics = evaluate_run(run, ref, out_dir=run / "report", n_eval=cfg.n_eval,
-                               seed=cfg.seed, tica_lag=cfg.tica_lag, report=cfg.report,
-                               title=f"arbg zero-shot: {sequence}",
-                               extra_metrics={"zero_shot_request": request})
+    budget = BudgetConfig(n_samples=cfg.n_samples, n_eval=cfg.n_eval, tica_lag=cfg.tica_lag,
+                          device=cfg.device, report=cfg.report, seeds=[cfg.seed])
+    metrics = ensure_run(checkpoint, Path(out_dir) / sequence, ref, budget, cfg.tau, cfg.seed,
+                         sequence=sequence)
     steps = md_steps_per_frame(ref) or 1
-    budget = int(metrics.get("energy_evaluations", cfg.n_samples))
-    md = md_at_budget(ref, ref, budget, [cfg.seed], steps, cfg.n_eval)
+    evals = int(metrics.get("energy_evaluations", cfg.n_samples))
+    md = md_at_budget(ref, ref, evals, [cfg.seed], steps, cfg.n_eval)
     row: dict[str, Any] = {
         "sequence": sequence, "n_atoms": int(ref.system.n_atoms),
         "ess": float(metrics["ess"]), "unique": metrics.get("unique_resampled"),
-        "energy_evaluations": budget, "reference_frames": len(ref),
+        "energy_evaluations": evals, "reference_frames": len(ref),
         "md_matched_frames": md["n_frames"], "wall_s": round(time.time() - t0, 1),
     }
     for ens in ENSEMBLES:
