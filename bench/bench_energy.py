@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from arbg.energy import OpenMMEnergy, choose_platform
-from arbg.systems import build_system
+from arbg.chem.energy import OpenMMEnergy, choose_platform
+from arbg.chem.systems import build_system
 
 
 def main() -> None:
@@ -35,8 +35,10 @@ def main() -> None:
             energy.close()
             assert np.isfinite(u).all()
             platform = choose_platform(system.n_atoms)
-            print(f"{name:10s} atoms={system.n_atoms:4d} platform={platform:9s}"
-                  f" workers={workers}  {n / dt:9.0f} evals/s  {dt / n * 1e6:8.1f} us/eval")
+            print(
+                f"{name:10s} atoms={system.n_atoms:4d} platform={platform:9s}"
+                f" workers={workers}  {n / dt:9.0f} evals/s  {dt / n * 1e6:8.1f} us/eval"
+            )
 
 
 if __name__ == "__main__":

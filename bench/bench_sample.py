@@ -3,7 +3,8 @@
 For each preset, a model with random weights (speed does not depend on them) is built for ``aldp``
 (22 atoms, 63 tokens). Reported per preset:
 
-* ``cached``: samples/s of :func:`arbg.sample.generate` with the KV cache (bins, de-quantization
+* ``cached``: samples/s of :func:`arbg.sampling.sampler.generate` with the KV cache (bins,
+de-quantization
   and exact log q);
 * ``uncached``: the same, recomputing the whole prefix at every token (reference path);
 * ``teacher-forced``: samples/s of one teacher-forced pass (``model.log_prob``) over the same
@@ -20,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from arbg.binning import fit_binning
-from arbg.model import ARBG, ModelConfig, token_features_for_system
-from arbg.sample import generate, teacher_forced_log_pi
-from arbg.standardize import fit_standardization
-from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
+from arbg.nn.binning import fit_binning
+from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.standardize import fit_standardization
+from arbg.sampling.sampler import generate, teacher_forced_log_pi
 
 
 def _sync(device: str) -> None:
@@ -34,8 +35,11 @@ def _sync(device: str) -> None:
 
 def device_label(device: str) -> str:
     """The GPU's name, or ``cpu (N threads)``."""
-    return torch.cuda.get_device_name() if device.startswith("cuda") else (
-        f"cpu ({torch.get_num_threads()} threads)")
+    return (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else (f"cpu ({torch.get_num_threads()} threads)")
+    )
 
 
 def _timed(fn, device: str, repeats: int) -> tuple[float, object]:
@@ -53,8 +57,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--uncached-batch", type=int, default=None,
-                    help="batch of the uncached path (default --batch)")
+    ap.add_argument(
+        "--uncached-batch",
+        type=int,
+        default=None,
+        help="batch of the uncached path (default --batch)",
+    )
     ap.add_argument("--n-bins", type=int, default=4096)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -75,37 +83,61 @@ def main() -> None:
     T = std.n_coords
     dev = args.device
     name = device_label(dev)
-    print(f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
-          f"torch {torch.__version__}")
-    print(f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
-          f"{'teacher-forced/s':>17s} {'cached/TF':>10s}")
+    print(
+        f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
+        f"{'teacher-forced/s':>17s} {'cached/TF':>10s}"
+    )
     for preset in args.presets:
         _bench_preset(preset, args, feats, binning, std, dev)
 
 
 def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, dev: str) -> None:
-    cfg = ModelConfig.preset(preset, n_bins=args.n_bins, max_atoms=64,
-                             n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES)
+    cfg = ModelConfig.preset(
+        preset,
+        n_bins=args.n_bins,
+        max_atoms=64,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
+    )
     torch.manual_seed(0)
     model = ARBG(cfg, default_feats=feats).to(dev).eval()
     b = args.batch
 
     def run(n: int, cache: bool) -> object:
-        return generate(model, binning, std, n, 1.0, seed=0, chirality="none",
-                        batch_size=n, use_cache=cache, device=dev)
+        return generate(
+            model,
+            binning,
+            std,
+            n,
+            1.0,
+            seed=0,
+            chirality="none",
+            batch_size=n,
+            use_cache=cache,
+            device=dev,
+        )
 
     run(min(8, b), True)  # warm-up
     t_c, batch = _timed(lambda: run(b, True), dev, args.repeats)
     bins = torch.as_tensor(batch.bins)  # type: ignore[attr-defined]
-    t_tf, _ = _timed(lambda: teacher_forced_log_pi(model, bins, 1.0, batch_size=b), dev,
-                     args.repeats)
+    t_tf, _ = _timed(
+        lambda: teacher_forced_log_pi(model, bins, 1.0, batch_size=b), dev, args.repeats
+    )
     unc = float("nan")
     if not args.skip_uncached:
         bu = args.uncached_batch or b
         t_u, _ = _timed(lambda: run(bu, False), dev, 1)
         unc = bu / t_u
-    print(f"{preset:8s} {model.num_params() / 1e6:7.2f}M {b:6d} {b / t_c:10.1f} "
-          f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f}", flush=True)
+    print(
+        f"{preset:8s} {model.num_params() / 1e6:7.2f}M {b:6d} {b / t_c:10.1f} "
+        f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f}",
+        flush=True,
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -14,26 +14,37 @@ import time
 import numpy as np
 import torch
 
-from arbg.dataset import Dataset
-from arbg.systems import build_system
-from arbg.train import TrainConfig, Trainer
+from arbg.chem.systems import build_system
+from arbg.data.datasets import Dataset
+from arbg.train.trainer import TrainConfig, Trainer
 
 
 def aldp_like_dataset(n_frames: int = 512) -> Dataset:
     system = build_system("aldp", minimize=False)
     rng = np.random.default_rng(0)
     pos = system.positions[None] + 0.02 * rng.standard_normal((n_frames, system.n_atoms, 3))
-    return Dataset(pos.astype(np.float32), system, {"train": [0, n_frames - 64],
-                                                     "val": [n_frames - 64, n_frames]})
+    return Dataset(
+        pos.astype(np.float32),
+        system,
+        {"train": [0, n_frames - 64], "val": [n_frames - 64, n_frames]},
+    )
 
 
 def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: int) -> float:
     import tempfile
 
     ds = aldp_like_dataset()
-    cfg = TrainConfig(preset=preset, n_bins=4096, steps=steps + warmup, batch_size=batch,
-                      device=device, bf16=bf16, eval_every=0, eval_frames=16,
-                      checkpoint_every=0)
+    cfg = TrainConfig(
+        preset=preset,
+        n_bins=4096,
+        steps=steps + warmup,
+        batch_size=batch,
+        device=device,
+        bf16=bf16,
+        eval_every=0,
+        eval_frames=16,
+        checkpoint_every=0,
+    )
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(ds, out, cfg, progress=False)
         for _ in range(warmup):
@@ -48,9 +59,12 @@ def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: 
         dt = time.perf_counter() - t0
     n_params = tr.model.num_params()
     tps = steps * batch * tr.D / dt
-    print(f"{preset:6s} {device:5s} bf16={int(bf16)} params={n_params / 1e6:5.2f}M "
-          f"batch={batch} tokens/step={batch * tr.D} {dt / steps * 1e3:8.1f} ms/step "
-          f"{tps:10.0f} tokens/s", flush=True)
+    print(
+        f"{preset:6s} {device:5s} bf16={int(bf16)} params={n_params / 1e6:5.2f}M "
+        f"batch={batch} tokens/step={batch * tr.D} {dt / steps * 1e3:8.1f} ms/step "
+        f"{tps:10.0f} tokens/s",
+        flush=True,
+    )
     return tps
 
 

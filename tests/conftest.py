@@ -10,13 +10,13 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def aldp():
-    from arbg.systems import build_system
+    from arbg.chem.systems import build_system
 
     return build_system("aldp")
 
 
 @pytest.fixture(scope="session")
 def aaa():
-    from arbg.systems import build_system
+    from arbg.chem.systems import build_system
 
     return build_system("aaa")

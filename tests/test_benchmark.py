@@ -11,19 +11,29 @@ import numpy as np
 import pytest
 from test_train import synthetic_dataset
 
-from arbg.ablate import ablate_bins, ablate_temperature, check_bins
-from arbg.benchmark import BenchmarkConfig, format_table, rank_marks, run_benchmark
 from arbg.cli import main
-from arbg.stages import BudgetConfig, ensure_trained, make_train_config, stats
+from arbg.experiments.ablations import ablate_bins, ablate_temperature, check_bins
+from arbg.experiments.benchmark import BenchmarkConfig, format_table, rank_marks, run_benchmark
+from arbg.experiments.stages import BudgetConfig, ensure_trained, make_train_config, stats
 
 TINY = dict(n_layer=1, n_embd=32, n_head=1, head_dim=32)
 
 
 def budget(**kw) -> dict:
-    base = dict(preset="tiny", steps=3, batch_size=8, n_bins=64, n_mixtures=2,
-                model_overrides=dict(TINY),
-                train_overrides=dict(eval_every=0, eval_frames=8, checkpoint_every=0),
-                seeds=[0, 1], n_samples=40, n_eval=20, tica_lag=2, device="cpu")
+    base = dict(
+        preset="tiny",
+        steps=3,
+        batch_size=8,
+        n_bins=64,
+        n_mixtures=2,
+        model_overrides=dict(TINY),
+        train_overrides=dict(eval_every=0, eval_frames=8, checkpoint_every=0),
+        seeds=[0, 1],
+        n_samples=40,
+        n_eval=20,
+        tica_lag=2,
+        device="cpu",
+    )
     base.update(kw)
     return base
 
@@ -48,21 +58,38 @@ def _number(cell: str) -> float:
 
 
 def _mtimes(out: Path) -> dict[str, float]:
-    files = [*out.glob("train/*/last/model.safetensors"), *out.glob("runs/*/samples.npz"),
-             *out.glob("runs/*/report/metrics.json"), *out.glob("tune/*.json")]
+    files = [
+        *out.glob("train/*/last/model.safetensors"),
+        *out.glob("runs/*/samples.npz"),
+        *out.glob("runs/*/report/metrics.json"),
+        *out.glob("tune/*.json"),
+    ]
     return {str(f): f.stat().st_mtime_ns for f in files}
 
 
 def test_benchmark_table_and_resume(tmp_path, data, reference):
-    cfg = BenchmarkConfig(**budget(), heads=["bins", "mol", "gmm", "givt"], taus=[0.9, 1.1],
-                          tune_heads=["bins", "gmm"], tune_n=20, tune_n_eval=10)
+    cfg = BenchmarkConfig(
+        **budget(),
+        heads=["bins", "mol", "gmm", "givt"],
+        taus=[0.9, 1.1],
+        tune_heads=["bins", "gmm"],
+        tune_n=20,
+        tune_n_eval=10,
+    )
     res = run_benchmark(data, reference, tmp_path, cfg, command="arbg benchmark test")
     md = (tmp_path / "table.md").read_text()
     page = (tmp_path / "table.html").read_text()
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["command"] == "arbg benchmark test" and "arbg benchmark test" in md
-    methods = ["ARBG (τ = 1)", "MoL-PixelCNN++ (τ = 1)", "GMM-PixelCNN++ (τ = 1)", "GIVT (τ = 1)",
-               "ARBG (tuned τ)", "GMM-PixelCNN++ (tuned τ)", "MD (40 energy evaluations)"]
+    methods = [
+        "ARBG (τ = 1)",
+        "MoL-PixelCNN++ (τ = 1)",
+        "GMM-PixelCNN++ (τ = 1)",
+        "GIVT (τ = 1)",
+        "ARBG (tuned τ)",
+        "GMM-PixelCNN++ (tuned τ)",
+        "MD (40 energy evaluations)",
+    ]
     assert [r["method"] for r in saved["rows"]] == methods
     assert "| Method | E-W2 ↓ (kT) | T-W2 ↓ (rad) |" in md
     rows = _table_rows(md)
@@ -75,7 +102,8 @@ def test_benchmark_table_and_resume(tmp_path, data, reference):
         bold = [i for i, r in enumerate(rows) if r[col].startswith("**")]
         assert bold == best
         assert min(_number(rows[i][col]) for i in range(len(rows))) == pytest.approx(
-            _number(rows[best[0]][col]))
+            _number(rows[best[0]][col])
+        )
         assert all("±" in r[col] for r in rows)  # two seeds: mean ± std
     # every model: 3 steps, 40 proposals = energy evaluations, its seed, tuned tau from the grid
     for head, recs in saved["models"].items():
@@ -110,10 +138,38 @@ def test_benchmark_cli(tmp_path, data, reference, capsys):
     np.save(tmp_path / "data.npy", data.positions)
     np.save(tmp_path / "ref.npy", reference.positions)
     out = tmp_path / "bench"
-    common = ["--topology", str(pdb), "--steps", "2", "--batch-size", "8", "--seeds", "3",
-              "--n-samples", "30", "--n-eval", "15", "--tica-lag", "2", "--device", "cpu"]
-    argv = ["benchmark", str(tmp_path / "data.npy"), "--reference", str(tmp_path / "ref.npy"),
-            "--out", str(out), "--heads", "bins", "--n-bins", "64", "--tune-heads", *common]
+    common = [
+        "--topology",
+        str(pdb),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--seeds",
+        "3",
+        "--n-samples",
+        "30",
+        "--n-eval",
+        "15",
+        "--tica-lag",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    argv = [
+        "benchmark",
+        str(tmp_path / "data.npy"),
+        "--reference",
+        str(tmp_path / "ref.npy"),
+        "--out",
+        str(out),
+        "--heads",
+        "bins",
+        "--n-bins",
+        "64",
+        "--tune-heads",
+        *common,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| ARBG (τ = 1) |" in printed and f"table_md: {out / 'table.md'}" in printed
@@ -121,16 +177,41 @@ def test_benchmark_cli(tmp_path, data, reference, capsys):
     assert saved["command"].startswith("arbg benchmark ") and "--tune-heads" in saved["command"]
     assert [r["method"] for r in saved["rows"]] == ["ARBG (τ = 1)", "MD (30 energy evaluations)"]
     # the bin ablation through the CLI
-    argv = ["ablate", "bins", str(tmp_path / "data.npy"), "--bins", "32", "--out",
-            str(tmp_path / "abl"), "--bound-frames", "20", "--reference",
-            str(tmp_path / "ref.npy"), *common]
+    argv = [
+        "ablate",
+        "bins",
+        str(tmp_path / "data.npy"),
+        "--bins",
+        "32",
+        "--out",
+        str(tmp_path / "abl"),
+        "--bound-frames",
+        "20",
+        "--reference",
+        str(tmp_path / "ref.npy"),
+        *common,
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert f"png: {tmp_path / 'abl' / 'ablate_bins.png'}" in printed
     assert json.loads((tmp_path / "abl" / "ablate_bins.json").read_text())["bins"] == [32]
     # bad input: a clear message and exit status 2, before any work
-    assert main(["benchmark", "nowhere.npy", "--reference", "x", "--out", str(tmp_path / "no"),
-                 "--heads", "bins", "pixelcnn"]) == 2
+    assert (
+        main(
+            [
+                "benchmark",
+                "nowhere.npy",
+                "--reference",
+                "x",
+                "--out",
+                str(tmp_path / "no"),
+                "--heads",
+                "bins",
+                "pixelcnn",
+            ]
+        )
+        == 2
+    )
     assert "unknown head(s) ['pixelcnn']" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
 
@@ -155,17 +236,23 @@ def test_ablate_bins(tmp_path, data, reference):
     again = ablate_bins(data, tmp_path, [32, 64], cfg, reference=reference, bound_frames=50)
     assert [s["key"] for s in again["stages"] if s["ran"] and s["stage"] != "bound"] == []
     # the test block of the data is the default reference
-    res2 = ablate_bins(synthetic_dataset(n_frames=300), tmp_path / "heldout", [32],
-                       BudgetConfig(**budget(seeds=[0])))
+    res2 = ablate_bins(
+        synthetic_dataset(n_frames=300),
+        tmp_path / "heldout",
+        [32],
+        BudgetConfig(**budget(seeds=[0])),
+    )
     assert res2["reference"].endswith("[test]:30")
 
 
 def test_ablate_temperature(tmp_path, data, reference, capsys):
-    ckpt = ensure_trained(data, tmp_path / "model",
-                          make_train_config(BudgetConfig(**budget()), "bins", 0))
+    ckpt = ensure_trained(
+        data, tmp_path / "model", make_train_config(BudgetConfig(**budget()), "bins", 0)
+    )
     taus = [0.9, 1.0, 1.2]
-    res = ablate_temperature(ckpt, reference, tmp_path / "abl", taus, n_samples=20, n_eval=10,
-                             seeds=[0, 1], device="cpu")
+    res = ablate_temperature(
+        ckpt, reference, tmp_path / "abl", taus, n_samples=20, n_eval=10, seeds=[0, 1], device="cpu"
+    )
     assert [r["tau"] for r in res["rows"]] == taus and res["best_tau"] in taus
     for r in res["rows"]:
         assert r["e_w2"]["n"] == 2 and math.isfinite(r["t_w2"]["mean"])
@@ -173,16 +260,39 @@ def test_ablate_temperature(tmp_path, data, reference, capsys):
     for name in ("json", "csv", "png"):
         assert Path(res["paths"][name]).exists()
     assert len((tmp_path / "abl" / "ablate_temperature.csv").read_text().splitlines()) == 4
-    again = ablate_temperature(ckpt, reference, tmp_path / "abl", taus, n_samples=20,
-                               n_eval=10, seeds=[0, 1], device="cpu")
+    again = ablate_temperature(
+        ckpt, reference, tmp_path / "abl", taus, n_samples=20, n_eval=10, seeds=[0, 1], device="cpu"
+    )
     assert again["ran"] == [] and again["rows"] == res["rows"]
     # through the CLI, with the reference from disk
     pdb, ref = tmp_path / "ref.pdb", tmp_path / "ref.npy"
     reference.system.save_pdb(pdb)
     np.save(ref, reference.positions)
-    assert main(["ablate", "temperature", str(ckpt), "--taus", "0.95", "1.05", "--reference",
-                 str(ref), "--topology", str(pdb), "--out", str(tmp_path / "cli"),
-                 "--n-samples", "20", "--n-eval", "10", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "ablate",
+                "temperature",
+                str(ckpt),
+                "--taus",
+                "0.95",
+                "1.05",
+                "--reference",
+                str(ref),
+                "--topology",
+                str(pdb),
+                "--out",
+                str(tmp_path / "cli"),
+                "--n-samples",
+                "20",
+                "--n-eval",
+                "10",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "best tau: " in capsys.readouterr().out
     saved = json.loads((tmp_path / "cli" / "ablate_temperature.json").read_text())
     assert [r["tau"] for r in saved["rows"]] == [0.95, 1.05]
@@ -212,10 +322,12 @@ def test_bad_input(tmp_path, data, reference):
 
 
 def test_format_table_marks():
-    rows = [{"method": "a", "e_w2": stats([1.0, 1.2]), "t_w2": stats([0.5])},
-            {"method": "b", "e_w2": stats([0.4, 0.6]), "t_w2": stats([0.5])},
-            {"method": "c", "e_w2": stats([2.0]), "t_w2": stats([0.7])},
-            {"method": "d", "e_w2": stats([float("nan")]), "t_w2": stats([0.1, 0.3])}]
+    rows = [
+        {"method": "a", "e_w2": stats([1.0, 1.2]), "t_w2": stats([0.5])},
+        {"method": "b", "e_w2": stats([0.4, 0.6]), "t_w2": stats([0.5])},
+        {"method": "c", "e_w2": stats([2.0]), "t_w2": stats([0.7])},
+        {"method": "d", "e_w2": stats([float("nan")]), "t_w2": stats([0.1, 0.3])},
+    ]
     assert rank_marks(rows, "e_w2") == ["second", "best", "", ""]
     assert rank_marks(rows, "t_w2") == ["second", "second", "", "best"]
     md, page = format_table(rows, "t", notes=["note one"])

@@ -1,4 +1,5 @@
-"""Enhanced-sampling MD (arbg.bias through arbg.md.run_md): exact reweighting on a toy torsion.
+"""Enhanced-sampling MD (arbg.chem.bias through arbg.chem.md.run_md): exact reweighting on a toy
+torsion.
 
 The toy is a real OpenMM System: four particles in a chain with harmonic bonds and angles and a
 double-well torsion U(theta) = a (1 + cos 2 theta) / 2 + c sin theta (barriers of ~10 kT). Bonds
@@ -11,8 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from arbg.basins import basin_populations
-from arbg.bias import (
+from arbg.chem.bias import (
     BiasConfig,
     _restore_grid,
     bias_energies,
@@ -21,9 +21,10 @@ from arbg.bias import (
     frozen_bias_force,
     select_bias_dihedrals,
 )
-from arbg.md import MDConfig, load_md_frames, load_md_log_weights, run_md
-from arbg.metrics import dihedrals
-from arbg.systems import BOLTZMANN_KJ_PER_MOL_K
+from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
+from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
+from arbg.eval.basins import basin_populations
+from arbg.eval.metrics import dihedrals
 
 
 class _ToySpec:
@@ -43,15 +44,22 @@ class ToyTorsion:
     psi_indices = np.zeros((0, 4), dtype=np.int64)
     residue_index = np.zeros(4, dtype=np.int64)
 
-    def __init__(self, temperature_k: float = 300.0, barrier_kt: float = 10.0,
-                 tilt_kt: float = 1.0):
+    def __init__(
+        self, temperature_k: float = 300.0, barrier_kt: float = 10.0, tilt_kt: float = 1.0
+    ):
         self.temperature_k = temperature_k
         kT = BOLTZMANN_KJ_PER_MOL_K * temperature_k
         self.a, self.c = barrier_kt * kT, tilt_kt * kT
         self.spec = _ToySpec(temperature_k)
         b, ang = 0.15, np.radians(109.5)  # starts at theta = +90 deg, the upper well
-        self.positions = np.array([[b * np.sin(ang), -b * np.cos(ang), 0.0], [0.0, 0.0, 0.0],
-                                   [0.0, b, 0.0], [0.0, b - b * np.cos(ang), -b * np.sin(ang)]])
+        self.positions = np.array(
+            [
+                [b * np.sin(ang), -b * np.cos(ang), 0.0],
+                [0.0, 0.0, 0.0],
+                [0.0, b, 0.0],
+                [0.0, b - b * np.cos(ang), -b * np.sin(ang)],
+            ]
+        )
 
     def torsion_energy(self, theta: np.ndarray) -> np.ndarray:
         return self.a * (1 + np.cos(2 * theta)) / 2 + self.c * np.sin(theta)
@@ -93,7 +101,8 @@ class ToyTorsion:
         import mdtraj
 
         mdtraj.Trajectory(self.positions[None].astype(np.float32), self.topology).save_pdb(
-            str(path))
+            str(path)
+        )
 
     def exact_p_positive(self) -> float:
         kT = BOLTZMANN_KJ_PER_MOL_K * self.temperature_k
@@ -102,15 +111,22 @@ class ToyTorsion:
         return float(np.trapezoid(p * (th > 0), th) / np.trapezoid(p, th))
 
     def energies_kj(self, x: np.ndarray) -> np.ndarray:
-        from arbg.energy import _energies_kj, make_context
+        from arbg.chem.energy import _energies_kj, make_context
 
         return _energies_kj(make_context(self.create_openmm_system()), x.astype(np.float64))
 
 
 def _config(ns: float = 1.0, **kw) -> MDConfig:
     bias = BiasConfig(build_ns=0.1, deposit_ps=0.2)
-    base = dict(ns=ns, frame_interval_ps=0.2, warmup_ps=5.0, friction_per_ps=1.0,
-                chunk_frames=1000, seed=0, bias=bias)
+    base = dict(
+        ns=ns,
+        frame_interval_ps=0.2,
+        warmup_ps=5.0,
+        friction_per_ps=1.0,
+        chunk_frames=1000,
+        seed=0,
+        bias=bias,
+    )
     base.update(kw)
     return MDConfig(**base)
 
@@ -152,8 +168,9 @@ def test_heated_biased_toy_reweights_to_the_target_temperature(tmp_path):
     # the heated weight term: -(1/kT_t - 1/kT_s) E on the stored frames
     x = load_md_frames(out)
     e = toy.energies_kj(x)
-    v = bias_energies(x, np.array(meta["bias"]["settings"]["dihedrals"]), np.load(
-        out / "bias" / "grid.npy"))
+    v = bias_energies(
+        x, np.array(meta["bias"]["settings"]["dihedrals"]), np.load(out / "bias" / "grid.npy")
+    )
     kb = BOLTZMANN_KJ_PER_MOL_K
     expect = v / (kb * 450.0) - (1 / (kb * 300.0) - 1 / (kb * 450.0)) * e
     np.testing.assert_allclose(load_md_log_weights(out), expect, rtol=1e-9, atol=1e-9)
@@ -185,7 +202,7 @@ def test_frozen_force_equals_openmm_metadynamics_force(n_vars):
     import openmm
     from openmm import app
 
-    from arbg.energy import _energies_kj, make_context
+    from arbg.chem.energy import _energies_kj, make_context
 
     rng = np.random.default_rng(n_vars)
     dih = np.array([[0, 1, 2, 3], [1, 2, 3, 4]])[:n_vars]
@@ -199,16 +216,19 @@ def test_frozen_force_equals_openmm_metadynamics_force(n_vars):
     omm = openmm.System()
     for _ in range(5):
         omm.addParticle(1.0)
-    variables = [app.BiasVariable(openmm.CustomTorsionForce("theta"), -np.pi, np.pi, 0.3,
-                                  True, n) for _ in dih]
+    variables = [
+        app.BiasVariable(openmm.CustomTorsionForce("theta"), -np.pi, np.pi, 0.3, True, n)
+        for _ in dih
+    ]
     for v, d in zip(variables, dih, strict=True):
         v.force.addTorsion(*(int(i) for i in d), [])
     meta = app.Metadynamics(omm, variables, 300.0, 5.0, 1.0, 100)
     ctx = make_context(omm)
     _restore_grid(meta, grid, ctx)
     x = rng.normal(scale=0.2, size=(50, 5, 3))
-    np.testing.assert_allclose(bias_energies(x, dih, grid), _energies_kj(ctx, x), rtol=1e-10,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        bias_energies(x, dih, grid), _energies_kj(ctx, x), rtol=1e-10, atol=1e-9
+    )
     assert frozen_bias_force(dih, grid, 7).getForceGroup() == 7
 
 
@@ -216,22 +236,49 @@ def test_build_resume_is_bit_identical(tmp_path):
     toy = ToyTorsion()
     dih = toy.phi_indices
     kw = dict(seed=2, warmup_ps=1.0, segment_steps=4000)
-    full = build_bias(toy.create_openmm_system(), toy.positions, dih,
-                      BiasConfig(build_ns=0.02, deposit_ps=0.2), 300.0, tmp_path / "a.npz", **kw)
+    full = build_bias(
+        toy.create_openmm_system(),
+        toy.positions,
+        dih,
+        BiasConfig(build_ns=0.02, deposit_ps=0.2),
+        300.0,
+        tmp_path / "a.npz",
+        **kw,
+    )
     # "interrupted" after 0.01 ns, then resumed from the state file to 0.02 ns
-    half = build_bias(toy.create_openmm_system(), toy.positions, dih,
-                      BiasConfig(build_ns=0.01, deposit_ps=0.2), 300.0, tmp_path / "b.npz", **kw)
+    half = build_bias(
+        toy.create_openmm_system(),
+        toy.positions,
+        dih,
+        BiasConfig(build_ns=0.01, deposit_ps=0.2),
+        300.0,
+        tmp_path / "b.npz",
+        **kw,
+    )
     assert half.steps == 10_000 and half.n_gaussians == 50
-    resumed = build_bias(toy.create_openmm_system(), toy.positions, dih,
-                         BiasConfig(build_ns=0.02, deposit_ps=0.2), 300.0, tmp_path / "b.npz",
-                         **kw)
+    resumed = build_bias(
+        toy.create_openmm_system(),
+        toy.positions,
+        dih,
+        BiasConfig(build_ns=0.02, deposit_ps=0.2),
+        300.0,
+        tmp_path / "b.npz",
+        **kw,
+    )
     assert resumed.steps == full.steps == 20_000 and resumed.n_gaussians == 100
     np.testing.assert_array_equal(resumed.grid, full.grid)
     np.testing.assert_array_equal(resumed.positions, full.positions)
     np.testing.assert_array_equal(resumed.velocities, full.velocities)
     # a complete build is returned from the file without running anything
-    again = build_bias(toy.create_openmm_system(), toy.positions, dih,
-                       BiasConfig(build_ns=0.02, deposit_ps=0.2), 300.0, tmp_path / "b.npz", **kw)
+    again = build_bias(
+        toy.create_openmm_system(),
+        toy.positions,
+        dih,
+        BiasConfig(build_ns=0.02, deposit_ps=0.2),
+        300.0,
+        tmp_path / "b.npz",
+        **kw,
+    )
     np.testing.assert_array_equal(again.grid, full.grid)
 
 
@@ -248,8 +295,7 @@ def test_biased_production_resume_loses_and_duplicates_nothing(tmp_path):
         np.save(path, np.concatenate([arr, arr[:3] + 1]))
     run_md(toy, part, cfg, progress=False)
     np.testing.assert_array_equal(load_md_frames(part), load_md_frames(tmp_path / "full"))
-    np.testing.assert_array_equal(load_md_log_weights(part),
-                                  load_md_log_weights(tmp_path / "full"))
+    np.testing.assert_array_equal(load_md_log_weights(part), load_md_log_weights(tmp_path / "full"))
     assert len(load_md_log_weights(part)) == 50
     run_md(toy, part, cfg, progress=False)  # nothing to do: the record of the build stays
     meta = json.loads((part / "metadata.json").read_text())
@@ -277,8 +323,11 @@ def test_bias_selection_and_config_errors(aldp, aaa):
         select_bias_dihedrals(aaa, BiasConfig(variables="phi-psi", residues=(2,)))
     from types import SimpleNamespace
 
-    chain = SimpleNamespace(phi_indices=np.arange(16).reshape(4, 4), psi_indices=np.zeros((0, 4)),
-                            residue_index=np.repeat(np.arange(4), 4))
+    chain = SimpleNamespace(
+        phi_indices=np.arange(16).reshape(4, 4),
+        psi_indices=np.zeros((0, 4)),
+        residue_index=np.repeat(np.arange(4), 4),
+    )
     assert select_bias_dihedrals(chain, BiasConfig())[1] == ["phi2"]
     with pytest.raises(ValueError, match="at most 3"):
         select_bias_dihedrals(chain, BiasConfig(residues=(0, 1, 2, 3)))

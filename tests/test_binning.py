@@ -1,4 +1,4 @@
-"""Tests of arbg.binning: encode/decode, exact density, clipping, range, quantization bound."""
+"""Tests of arbg.nn.binning: encode/decode, exact density, clipping, range, quantization bound."""
 
 import logging
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import (
+from arbg.nn.binning import (
     Binning,
     _w2_1d,
     default_n_bins,
@@ -14,7 +14,7 @@ from arbg.binning import (
     fit_binning,
     quantization_bound,
 )
-from arbg.standardize import fit_standardization
+from arbg.nn.standardize import fit_standardization
 
 torch.set_num_threads(1)
 

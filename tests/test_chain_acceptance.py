@@ -1,6 +1,6 @@
 """Acceptance: SNIS and twisted SMC with a trained ARBG reproduce exact Boltzmann expectations.
 
-A :class:`arbg.target.HarmonicChainTarget` (5 particles, harmonic bonds and angles, one
+A :class:`arbg.sampling.targets.HarmonicChainTarget` (5 particles, harmonic bonds and angles, one
 double-well torsion) goes through the same path as a peptide: exact samples in random
 orientations -> centring + standardization -> binning -> a small ARBG trained with random
 rotation augmentation -> KV-cached sampling with exact log q (uniform in-bin offsets, Jacobians,
@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import fit_binning
-from arbg.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.binning import fit_binning
+from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.standardize import fit_standardization, random_rotations, rotate
 from arbg.reweight import snis, weighted_mean
-from arbg.sample import TransformerProposal, generate, make_generators
-from arbg.smc import smc_repeats
-from arbg.standardize import fit_standardization, random_rotations, rotate
-from arbg.target import HarmonicChainTarget
+from arbg.sampling.sampler import TransformerProposal, generate, make_generators
+from arbg.sampling.smc import smc_repeats
+from arbg.sampling.targets import HarmonicChainTarget
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)
@@ -51,12 +51,22 @@ def fitted(request):
     std = fit_standardization(x_train, frame=request.param, gauge_atoms=gauge)
     binning = fit_binning(std.forward(x_train), n_bins=N_BINS, standardization=std)
     idx = np.arange(N_ATOMS)
-    feats = token_features_for_system(np.zeros(N_ATOMS, int), np.zeros(N_ATOMS, int), idx,
-                                       coord_index=std.coord_index)
+    feats = token_features_for_system(
+        np.zeros(N_ATOMS, int), np.zeros(N_ATOMS, int), idx, coord_index=std.coord_index
+    )
     torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny", n_bins=N_BINS, n_layer=2, n_embd=64, n_head=4,
-                             head_dim=16, max_atoms=16, n_atom_types=2, n_residue_types=2,
-                             max_residues=16)
+    cfg = ModelConfig.preset(
+        "tiny",
+        n_bins=N_BINS,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        head_dim=16,
+        max_atoms=16,
+        n_atom_types=2,
+        n_residue_types=2,
+        max_residues=16,
+    )
     model = ARBG(cfg, default_feats=feats)
     model.set_bin_floor(binning.token_floor(std))
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
@@ -74,8 +84,10 @@ def fitted(request):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    print(f"\ntrained {STEPS} steps in {time.perf_counter() - t0:.1f} s, "
-          f"final loss {loss.item():.3f} nats/coordinate")
+    print(
+        f"\ntrained {STEPS} steps in {time.perf_counter() - t0:.1f} s, "
+        f"final loss {loss.item():.3f} nats/coordinate"
+    )
     return target, model.eval(), binning, std
 
 
@@ -94,8 +106,10 @@ def test_snis_matches_exact(fitted, exact):
     for key in OBSERVABLES:
         m, se = weighted_mean(obs[key], res.log_w)
         m, se = float(m), float(se)
-        print(f"  {key}: exact {exact[key]:.4f}  raw {obs[key].mean():.4f}  "
-              f"SNIS {m:.4f} +- {se:.4f}  ({(m - exact[key]) / se:+.2f} SE)")
+        print(
+            f"  {key}: exact {exact[key]:.4f}  raw {obs[key].mean():.4f}  "
+            f"SNIS {m:.4f} +- {se:.4f}  ({(m - exact[key]) / se:+.2f} SE)"
+        )
         assert abs(m - exact[key]) < 3.0 * se, (key, m, se, exact[key])
 
 
@@ -103,15 +117,28 @@ def test_smc_matches_exact(fitted, exact):
     target, model, binning, std = fitted
     g_bins, g_off = make_generators(3)
     prop = TransformerProposal(model, binning, std, 1.0, g_bins, g_off)
-    rep = smc_repeats(prop, target, 2000, 12, np.random.default_rng(4), resample="systematic",
-                      ess_threshold=0.5, early_reject_kt=None, chirality=False)
+    rep = smc_repeats(
+        prop,
+        target,
+        2000,
+        12,
+        np.random.default_rng(4),
+        resample="systematic",
+        ess_threshold=0.5,
+        early_reject_kt=None,
+        chirality=False,
+    )
     ess = np.array([r.ess for r in rep.results])
     n_res = sum(r.n_resampling_events for r in rep.results)
-    print(f"SMC: 12 x 2000 particles, final ESS median {np.median(ess):.0f}, "
-          f"{n_res} resampling events")
+    print(
+        f"SMC: 12 x 2000 particles, final ESS median {np.median(ess):.0f}, "
+        f"{n_res} resampling events"
+    )
     assert n_res > 0
     for key in OBSERVABLES:
         m, se = rep.estimate(lambda x, key=key: target.sample_observables(x)[key])
-        print(f"  {key}: exact {exact[key]:.4f}  SMC {m:.4f} +- {se:.4f}  "
-              f"({(m - exact[key]) / se:+.2f} SE)")
+        print(
+            f"  {key}: exact {exact[key]:.4f}  SMC {m:.4f} +- {se:.4f}  "
+            f"({(m - exact[key]) / se:+.2f} SE)"
+        )
         assert abs(m - exact[key]) < 3.0 * se, (key, m, se, exact[key])

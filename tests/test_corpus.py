@@ -6,9 +6,9 @@ import tarfile
 import numpy as np
 import pytest
 
-import arbg.corpus as C
+import arbg.data.corpora as C
 from arbg.cli import main
-from arbg.corpus import (
+from arbg.data.corpora import (
     CorpusConfig,
     kmer_sequences,
     load_corpus,
@@ -20,8 +20,9 @@ from arbg.corpus import (
 )
 
 # tiny runs: 4 frames per train/val sequence, 6 per test sequence, 2 frames per chunk
-CFG = CorpusConfig(ns=0.004, test_ns=0.006, fractions=(0.5, 0.0, 0.5), seed=0, warmup_ps=0.2,
-                   chunk_frames=2)
+CFG = CorpusConfig(
+    ns=0.004, test_ns=0.006, fractions=(0.5, 0.0, 0.5), seed=0, warmup_ps=0.2, chunk_frames=2
+)
 SEQS = ["AA", "GA"]
 
 
@@ -72,8 +73,23 @@ def test_bad_input_raises_clear_errors(tmp_path):
     # the command reports them (exit 2) before running anything
     out = tmp_path / "cli"
     assert main(["corpus", "--sequences", "AA,AB", "--out", str(out), "--quiet"]) == 2
-    assert main(["corpus", "--sequences", "AA", "--split", "0.5", "0.5", "0.5",
-                 "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "corpus",
+                "--sequences",
+                "AA",
+                "--split",
+                "0.5",
+                "0.5",
+                "0.5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert main(["corpus", "--out", str(out), "--quiet"]) == 2  # nothing to resume
     assert not (out / "manifest.json").exists()
 
@@ -88,8 +104,14 @@ def test_corpus_layout_kill_and_resume(tmp_path, monkeypatch):
     m = run_corpus(full, SEQS, CFG, progress=False)
     expected = {s: (6 if m["sequences"][s]["split"] == "test" else 4) for s in SEQS}
     assert sorted(m["splits"]["train"] + m["splits"]["test"]) == SEQS and not m["splits"]["val"]
-    assert m["totals"] == {"sequences": 2, "done": 2, "failed": 0, "frames": 10,
-                           "ns_done": 0.01, "ns_total": 0.01}
+    assert m["totals"] == {
+        "sequences": 2,
+        "done": 2,
+        "failed": 0,
+        "frames": 10,
+        "ns_done": 0.01,
+        "ns_total": 0.01,
+    }
     assert m["force_field"]["files"] == ["amber99sbildn.xml", "amber99_obc.xml"]
     assert m["temperature_k"] == 310.0 and m["termini"].startswith("zwitterionic")
     assert json.loads((full / "manifest.json").read_text()) == m
@@ -156,8 +178,24 @@ def test_corpus_layout_kill_and_resume(tmp_path, monkeypatch):
 
 def test_cli_corpus_parallel_workers_and_resume(tmp_path):
     out = tmp_path / "c"
-    args = ["corpus", "--sequences", "GA,AA", "--ns", "0.002", "--warmup-ps", "0.2",
-            "--chunk-frames", "2", "--split", "0.5", "0", "0.5", "--out", str(out), "--quiet"]
+    args = [
+        "corpus",
+        "--sequences",
+        "GA,AA",
+        "--ns",
+        "0.002",
+        "--warmup-ps",
+        "0.2",
+        "--chunk-frames",
+        "2",
+        "--split",
+        "0.5",
+        "0",
+        "0.5",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args + ["--workers", "2"]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["totals"]["done"] == 2 and m["totals"]["frames"] == 4
@@ -200,12 +238,13 @@ def _add(tf, name, data):
 
 
 def test_many_peptides_loader_reads_shards_and_eval_files(tmp_path):
-    from arbg.systems import build_system, make_spec
+    from arbg.chem.systems import build_system, make_spec
 
     system = build_system(make_spec(sequence="AG"))  # the published force field (amber14)
     rng = np.random.default_rng(0)
-    x = (system.positions[None] + rng.normal(scale=0.01, size=(5, system.n_atoms, 3))
-         ).astype(np.float32)  # canonical order
+    x = (system.positions[None] + rng.normal(scale=0.01, size=(5, system.n_atoms, 3))).astype(
+        np.float32
+    )  # canonical order
     root = tmp_path / "mpmd"
     perm = _write_pdb_in_other_order(system, system.positions, root / "pdbs" / "train" / "AG.pdb")
     assert not np.array_equal(perm, np.arange(system.n_atoms))
@@ -239,8 +278,14 @@ def test_many_peptides_loader_reads_shards_and_eval_files(tmp_path):
     _write_pdb_in_other_order(system, system.positions, ev / "pdbs" / "test" / "AG.pdb")
     npz = ev / "trajectories_subsampled" / "test" / "2AA" / "AG_subsampled.npz"
     npz.parent.mkdir(parents=True)
-    np.savez(npz, positions=x_pdb, tica_projection=np.eye(3), tica_mean=np.zeros(3),
-             tica_dim=np.array(2), sequence=np.array("AG"))
+    np.savez(
+        npz,
+        positions=x_pdb,
+        tica_projection=np.eye(3),
+        tica_mean=np.zeros(3),
+        tica_dim=np.array(2),
+        sequence=np.array("AG"),
+    )
     d = load_many_peptides_eval(ev, "AG")
     np.testing.assert_array_equal(d.positions, x)
     assert d.splits == {"test": [0, 5]} and d.metadata["tica"]["tica_dim"] == 2

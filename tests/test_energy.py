@@ -5,8 +5,8 @@ import openmm
 import pytest
 from openmm import app, unit
 
-from arbg.energy import load_forcefield
-from arbg.systems import BOLTZMANN_KJ_PER_MOL_K
+from arbg.chem.energy import load_forcefield
+from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 
 
 def direct_reduced_energy(system, x, topology_pdb=None):
@@ -15,20 +15,23 @@ def direct_reduced_energy(system, x, topology_pdb=None):
     ff = app.ForceField(*system.spec.forcefield)
     kw = {}
     if system.spec.nonbonded == "CutoffNonPeriodic":
-        kw = dict(nonbondedMethod=app.CutoffNonPeriodic,
-                  nonbondedCutoff=system.spec.cutoff_nm * unit.nanometer)
+        kw = dict(
+            nonbondedMethod=app.CutoffNonPeriodic,
+            nonbondedCutoff=system.spec.cutoff_nm * unit.nanometer,
+        )
     else:
         kw = dict(nonbondedMethod=app.NoCutoff)
     omm = ff.createSystem(pdb.topology, constraints=None, **kw)
-    ctx = openmm.Context(omm, openmm.VerletIntegrator(1.0),
-                         openmm.Platform.getPlatformByName("Reference"))
+    ctx = openmm.Context(
+        omm, openmm.VerletIntegrator(1.0), openmm.Platform.getPlatformByName("Reference")
+    )
     kT = (unit.MOLAR_GAS_CONSTANT_R * system.temperature_k * unit.kelvin).value_in_unit(
-        unit.kilojoule_per_mole)
+        unit.kilojoule_per_mole
+    )
     out = []
     for xi in x:
         ctx.setPositions(xi * unit.nanometer)
-        e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(
-            unit.kilojoule_per_mole)
+        e = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
         out.append(e / kT)
     return np.array(out)
 
@@ -60,7 +63,7 @@ def test_nonfinite_energy_is_inf(aldp):
 
 
 def test_parallel_equals_serial(aldp):
-    from arbg.energy import OpenMMEnergy
+    from arbg.chem.energy import OpenMMEnergy
 
     rng = np.random.default_rng(2)
     x = aldp.positions[None] + rng.normal(scale=0.003, size=(16, aldp.n_atoms, 3))
@@ -78,8 +81,8 @@ def test_shape_mismatch(aldp):
 
 @pytest.mark.parametrize("name", ["ace-aaa-nme", "aaa"])
 def test_prefix_energy_matches_capped_fragment(name):
-    from arbg.energy import fragment_topology
-    from arbg.systems import build_system
+    from arbg.chem.energy import fragment_topology
+    from arbg.chem.systems import build_system
 
     s = build_system(name)
     for i, (blk, m) in enumerate(zip(s.boundary_blocks, s.boundaries, strict=False)):

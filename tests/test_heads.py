@@ -1,4 +1,5 @@
-"""Tests of arbg.heads: bins / MoL / GMM / GIVT heads, exact sampling, log q, training, loading."""
+"""Tests of arbg.nn.heads: bins / MoL / GMM / GIVT heads, exact sampling, log q, training,
+loading."""
 
 from __future__ import annotations
 
@@ -9,21 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import Binning, fit_binning
-from arbg.checkpoint import load_checkpoint, save_checkpoint
-from arbg.dataset import Dataset
-from arbg.heads import HEADS, GIVTHead, GMMHead, MoLHead, log1mexp, values_to_z, z_to_values
-from arbg.model import ARBG, ModelConfig, token_features_for_system
-from arbg.sample import (
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
+from arbg.data.datasets import Dataset
+from arbg.nn.binning import Binning, fit_binning
+from arbg.nn.heads import HEADS, GIVTHead, GMMHead, MoLHead, log1mexp, values_to_z, z_to_values
+from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.standardize import fit_standardization
+from arbg.sampling.sampler import (
     TransformerProposal,
     generate,
     log_q_offset,
     make_generators,
     sample_bins,
 )
-from arbg.standardize import fit_standardization
-from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
-from arbg.train import TrainConfig, Trainer
+from arbg.train.checkpoints import load_checkpoint, save_checkpoint
+from arbg.train.trainer import TrainConfig, Trainer
 
 torch.set_num_threads(1)
 
@@ -42,13 +43,27 @@ def _feats():
     )
 
 
-def _model(head: str, n_bins: int = 32, seed: int = 0, perturb: float = 0.05,
-           dtype: torch.dtype = torch.float64) -> ARBG:
+def _model(
+    head: str,
+    n_bins: int = 32,
+    seed: int = 0,
+    perturb: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+) -> ARBG:
     """A tiny model with random (perturbed) weights."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        n_bins=n_bins, n_layer=2, n_embd=32, n_head=2, head_dim=16, max_atoms=8,
-        n_atom_types=8, n_residue_types=4, max_residues=4, value_fourier=4, head=head,
+        n_bins=n_bins,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        head_dim=16,
+        max_atoms=8,
+        n_atom_types=8,
+        n_residue_types=4,
+        max_residues=4,
+        value_fourier=4,
+        head=head,
         head_kwargs={} if head == "bins" else {"n_mixtures": K},
     )
     model = ARBG(cfg, default_feats=_feats())
@@ -84,13 +99,15 @@ def test_discretized_mass_sums_to_one(name, tau):
     params = _random_params(head, (3, 5))
     lp = _all_bins_log_prob(head, params, tau)  # [3, 5, L]
     assert torch.isfinite(lp).all()
-    torch.testing.assert_close(torch.logsumexp(lp, -1), torch.zeros(3, 5, dtype=torch.float64),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.logsumexp(lp, -1), torch.zeros(3, 5, dtype=torch.float64), atol=1e-12, rtol=0
+    )
     # a floor: bins below it have zero mass, the floor bin takes the lower tail
     floored = head.apply_floor(params, torch.tensor([0, 5, 17, 40, 63]))
     lpf = _all_bins_log_prob(head, floored, tau)
-    torch.testing.assert_close(torch.logsumexp(lpf, -1), torch.zeros(3, 5, dtype=torch.float64),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        torch.logsumexp(lpf, -1), torch.zeros(3, 5, dtype=torch.float64), atol=1e-12, rtol=0
+    )
     assert torch.isneginf(lpf[:, 2, :17]).all() and torch.isfinite(lpf[:, 2, 17:]).all()
 
 
@@ -106,13 +123,15 @@ def test_givt_density_integrates_to_one(tau):
         assert not torch.isnan(lp).any()
         return torch.trapezoid(lp.exp(), u, dim=-1)
 
-    torch.testing.assert_close(integral(params), torch.ones(3, dtype=torch.float64),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        integral(params), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     # floor 0 restricts nothing (bin 0 reaches -inf); floors > 0 truncate and renormalise
     floored = head.apply_floor(params, torch.tensor([0, 30, 45]))
     assert torch.isneginf(floored[0, 0, -1])
-    torch.testing.assert_close(integral(floored), torch.ones(3, dtype=torch.float64),
-                               atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        integral(floored), torch.ones(3, dtype=torch.float64), atol=2e-3, rtol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["bins", "mol", "gmm"])
@@ -162,8 +181,7 @@ def test_sample_then_score_same_log_likelihood(head, tau):
     model = _model(head)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     bins, lp, values = sample_bins(model, 12, tau, g1, batch_size=5, return_values=True)
-    b2, lp2, v2 = sample_bins(model, 12, tau, g2, batch_size=5, use_cache=False,
-                              return_values=True)
+    b2, lp2, v2 = sample_bins(model, 12, tau, g2, batch_size=5, use_cache=False, return_values=True)
     assert bins.shape == (12, T) and lp.dtype == torch.float64
     assert torch.equal(bins, b2)
     np.testing.assert_allclose(lp.numpy(), lp2.numpy(), rtol=1e-9)
@@ -224,8 +242,13 @@ def test_extreme_parameters_are_finite(head):
 
 def test_log1mexp_accuracy():
     x = -torch.logspace(-20, 3, 200, dtype=torch.float64)
-    ref = torch.tensor([math.log(-math.expm1(v)) if v > -math.log(2) else math.log1p(-math.exp(v))
-                        for v in x.tolist()], dtype=torch.float64)
+    ref = torch.tensor(
+        [
+            math.log(-math.expm1(v)) if v > -math.log(2) else math.log1p(-math.exp(v))
+            for v in x.tolist()
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(log1mexp(x), ref, rtol=1e-13, atol=0)
     assert torch.isfinite(log1mexp(torch.zeros(1, dtype=torch.float64))).all()
 
@@ -262,19 +285,31 @@ def test_tiny_model_trains(head):
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
 
 
-@pytest.mark.parametrize("head,frame", [("gmm", "centroid"), ("givt", "centroid"),
-                                        ("mol", "gauge"), ("givt", "gauge")])
+@pytest.mark.parametrize(
+    "head,frame", [("gmm", "centroid"), ("givt", "centroid"), ("mol", "gauge"), ("givt", "gauge")]
+)
 def test_trainer_and_checkpoint_with_mixture_head(tmp_path, head, frame):
     system = build_system("aldp", minimize=False)
     rng = np.random.default_rng(0)
     pos = system.positions[None] + 0.01 * rng.standard_normal((60, system.n_atoms, 3))
-    ds = Dataset(pos.astype(np.float32), system, {"train": [0, 48], "val": [48, 54],
-                                                  "test": [54, 60]})
+    ds = Dataset(
+        pos.astype(np.float32), system, {"train": [0, 48], "val": [48, 54], "test": [54, 60]}
+    )
     cfg = TrainConfig(
-        preset="tiny", model_overrides=dict(n_layer=1, n_embd=32, n_head=2, head_dim=16,
-                                            head=head, head_kwargs={"n_mixtures": 4}),
-        n_bins=128, steps=8, batch_size=8, eval_every=4, eval_frames=6, checkpoint_every=0,
-        log_every=4, seed=1, device="cpu", frame=frame,
+        preset="tiny",
+        model_overrides=dict(
+            n_layer=1, n_embd=32, n_head=2, head_dim=16, head=head, head_kwargs={"n_mixtures": 4}
+        ),
+        n_bins=128,
+        steps=8,
+        batch_size=8,
+        eval_every=4,
+        eval_frames=6,
+        checkpoint_every=0,
+        log_every=4,
+        seed=1,
+        device="cpu",
+        frame=frame,
     )
     tr = Trainer(ds, tmp_path, cfg, progress=False)
     last = tr.run()
@@ -283,8 +318,7 @@ def test_trainer_and_checkpoint_with_mixture_head(tmp_path, head, frame):
     assert stored["head"] == head and stored["head_kwargs"] == {"n_mixtures": 4}
     ck = load_checkpoint(last, system=system)
     assert ck.model.config.head == head and type(ck.model.head) is HEADS[head]
-    batch = generate(ck.model, ck.binning, ck.standardization, 6, tau=0.9, seed=0,
-                     chirality="none")
+    batch = generate(ck.model, ck.binning, ck.standardization, 6, tau=0.9, seed=0, chirality="none")
     assert np.isfinite(batch.log_q).all() and batch.coords.shape == (6, system.n_atoms, 3)
     if frame == "gauge":  # the floored gauge tokens (a, c > 0) hold with every head
         floor = ck.binning.token_floor(ck.standardization)
@@ -304,10 +338,19 @@ def test_old_checkpoint_without_head_loads_as_bins(tmp_path):
     frames = system.positions[None] + 0.01 * rng.standard_normal((16, system.n_atoms, 3))
     std = fit_standardization(frames)
     binning = fit_binning(std.forward(frames), n_bins=16, n_atoms=system.n_atoms)
-    feats = token_features_for_system(system.atom_type_id, system.residue_type_id,
-                                      system.residue_index)
-    cfg = ModelConfig(n_bins=16, n_layer=1, n_embd=16, n_head=1, head_dim=16, max_atoms=32,
-                      n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES)
+    feats = token_features_for_system(
+        system.atom_type_id, system.residue_type_id, system.residue_index
+    )
+    cfg = ModelConfig(
+        n_bins=16,
+        n_layer=1,
+        n_embd=16,
+        n_head=1,
+        head_dim=16,
+        max_atoms=32,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
+    )
     path = save_checkpoint(tmp_path / "ck", ARBG(cfg, default_feats=feats), binning, std, system)
     config = json.loads((path / "config.json").read_text())
     del config["model"]["head"], config["model"]["head_kwargs"]
@@ -327,12 +370,22 @@ def givt_parts():
     frames = system.positions[None] + 0.02 * rng.standard_normal((32, system.n_atoms, 3))
     std = fit_standardization(frames)
     binning = fit_binning(std.forward(frames), n_bins=64, n_atoms=system.n_atoms)
-    feats = token_features_for_system(system.atom_type_id, system.residue_type_id,
-                                      system.residue_index)
+    feats = token_features_for_system(
+        system.atom_type_id, system.residue_type_id, system.residue_index
+    )
     torch.manual_seed(0)
-    cfg = ModelConfig(n_bins=64, n_layer=1, n_embd=32, n_head=2, head_dim=16, max_atoms=32,
-                      n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES,
-                      head="givt", head_kwargs={"n_mixtures": 3})
+    cfg = ModelConfig(
+        n_bins=64,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        head_dim=16,
+        max_atoms=32,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
+        head="givt",
+        head_kwargs={"n_mixtures": 3},
+    )
     model = ARBG(cfg, default_feats=feats)
     with torch.no_grad():
         for p in model.parameters():
@@ -349,15 +402,23 @@ def _givt_log_q(model, binning: Binning, std, coords: np.ndarray, tau: float) ->
 
 def test_generate_givt_exact_log_q(givt_parts):
     model, binning, std, system = givt_parts
-    batch = generate(model, binning, std, 8, tau=0.8, seed=2, chirality="zero",
-                     chirality_atoms=system.chirality_atoms)
-    np.testing.assert_allclose(batch.log_q, _givt_log_q(model, binning, std, batch.coords, 0.8),
-                               rtol=1e-6)
+    batch = generate(
+        model,
+        binning,
+        std,
+        8,
+        tau=0.8,
+        seed=2,
+        chirality="zero",
+        chirality_atoms=system.chirality_atoms,
+    )
+    np.testing.assert_allclose(
+        batch.log_q, _givt_log_q(model, binning, std, batch.coords, 0.8), rtol=1e-6
+    )
     bins, _ = binning.encode(std.forward(batch.coords))
     assert np.array_equal(bins, batch.bins)
     with pytest.raises(ValueError, match="mirror"):
-        generate(model, binning, std, 2, chirality="mirror",
-                 chirality_atoms=system.chirality_atoms)
+        generate(model, binning, std, 2, chirality="mirror", chirality_atoms=system.chirality_atoms)
     u = torch.tensor([[0.0, 10.5, 63.9]], dtype=torch.float64)
     torch.testing.assert_close(z_to_values(values_to_z(u, binning), binning), u)
 
@@ -365,8 +426,9 @@ def test_generate_givt_exact_log_q(givt_parts):
 def test_transformer_proposal_givt_exact_log_q(givt_parts):
     model, binning, std, _ = givt_parts
     g_bins, g_off = make_generators(7)
-    prop = TransformerProposal(model, binning, std, tau=0.9, generator=g_bins,
-                               offset_generator=g_off)
+    prop = TransformerProposal(
+        model, binning, std, tau=0.9, generator=g_bins, offset_generator=g_off
+    )
     state = prop.start(5)
     total = np.zeros(5)
     for _ in range(prop.n_units // 3):
@@ -381,8 +443,9 @@ def test_transformer_proposal_givt_exact_log_q(givt_parts):
 def test_cli_train_head_flags():
     from arbg.cli import build_parser
 
-    args = build_parser().parse_args(["train", "data", "--out", "o", "--head", "givt",
-                                      "--n-mixtures", "5"])
+    args = build_parser().parse_args(
+        ["train", "data", "--out", "o", "--head", "givt", "--n-mixtures", "5"]
+    )
     assert args.head == "givt" and args.n_mixtures == 5
     args = build_parser().parse_args(["train", "data", "--out", "o"])
     assert args.head == "bins" and args.n_mixtures == 10

@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from arbg.chem.md import MDConfig, contiguous_splits, load_md_frames, run_md
 from arbg.cli import main
-from arbg.dataset import load_dataset
-from arbg.md import MDConfig, contiguous_splits, load_md_frames, run_md
+from arbg.data.datasets import load_dataset
 
 
 def test_contiguous_splits():
@@ -90,7 +90,7 @@ def test_loader_errors(tmp_path, aldp):
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path / "absent")
     # a topology of another peptide cannot be matched
-    from arbg.systems import build_system
+    from arbg.chem.systems import build_system
 
     other = build_system("aaa")
     with pytest.raises(ValueError, match="cannot match atom"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arbg.basins import DEFAULT_BASINS, basin_populations, free_energy_differences
-from arbg.metrics import (
+from arbg.eval.basins import DEFAULT_BASINS, basin_populations, free_energy_differences
+from arbg.eval.metrics import (
     dihedrals,
     energy_w2,
     evaluate_ensemble,
@@ -172,12 +172,25 @@ def test_evaluate_ensemble_small():
     log_w = -u - np.logaddexp.reduce(-u[1:])
     phi, psi = np.array([[0, 1, 2, 3]]), np.array([[1, 2, 3, 4]])
     res = evaluate_ensemble(
-        ref, u_ref, prop, u, log_w, phi_indices=phi, psi_indices=psi,
-        omega_indices=np.array([[2, 3, 4, 5]]), backbone_indices=np.arange(6),
-        n_eval=200, tica_lag=5, seed=0, n_repeats=2,
+        ref,
+        u_ref,
+        prop,
+        u,
+        log_w,
+        phi_indices=phi,
+        psi_indices=psi,
+        omega_indices=np.array([[2, 3, 4, 5]]),
+        backbone_indices=np.arange(6),
+        n_eval=200,
+        tica_lag=5,
+        seed=0,
+        n_repeats=2,
     )
     assert set(res["metrics"]) == {
-        "proposal", "reweighted_resampled", "reweighted_weighted", "md_floor"
+        "proposal",
+        "reweighted_resampled",
+        "reweighted_weighted",
+        "md_floor",
     }
     for ens in res["metrics"].values():
         for m in ("e_w2", "t_w2", "tica_w2"):
@@ -188,5 +201,15 @@ def test_evaluate_ensemble_small():
 
     json.dumps(res)
     with pytest.raises(ValueError, match="at least 1000 frames"):
-        evaluate_ensemble(ref, u_ref, prop, u, log_w, phi_indices=phi, psi_indices=psi,
-                          omega_indices=None, backbone_indices=np.arange(6), n_eval=500)
+        evaluate_ensemble(
+            ref,
+            u_ref,
+            prop,
+            u,
+            log_w,
+            phi_indices=phi,
+            psi_indices=psi,
+            omega_indices=None,
+            backbone_indices=np.arange(6),
+            n_eval=500,
+        )

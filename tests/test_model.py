@@ -1,10 +1,10 @@
-"""Tests of arbg.model: KV cache, causality, reorder, overfitting, parameter counts."""
+"""Tests of arbg.nn.model: KV cache, causality, reorder, overfitting, parameter counts."""
 
 import numpy as np
 import pytest
 import torch
 
-from arbg.model import (
+from arbg.nn.model import (
     ARBG,
     PRESETS,
     BinHead,
@@ -32,8 +32,16 @@ def _feats() -> TokenFeatures:
 def _model(n_bins: int = 64, **kw) -> ARBG:
     torch.manual_seed(0)
     cfg = ModelConfig(
-        n_bins=n_bins, n_layer=2, n_embd=48, n_head=2, head_dim=16, max_atoms=16,
-        n_atom_types=8, n_residue_types=4, max_residues=4, **kw,
+        n_bins=n_bins,
+        n_layer=2,
+        n_embd=48,
+        n_head=2,
+        head_dim=16,
+        max_atoms=16,
+        n_atom_types=8,
+        n_residue_types=4,
+        max_residues=4,
+        **kw,
     )  # attention width 32 != n_embd 48 on purpose
     model = ARBG(cfg, default_feats=_feats())
     # perturb the zero-initialised projections so the test is not trivial
@@ -134,7 +142,12 @@ def test_head_sample_and_log_prob() -> None:
 def test_overfit_few_frames() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig.preset(
-        "tiny", n_bins=256, n_layer=2, max_atoms=16, n_atom_types=8, n_residue_types=4,
+        "tiny",
+        n_bins=256,
+        n_layer=2,
+        max_atoms=16,
+        n_atom_types=8,
+        n_residue_types=4,
         max_residues=4,
     )
     model = ARBG(cfg, default_feats=_feats())

@@ -10,9 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from arbg import plots  # noqa: E402
-from arbg.metrics import evaluate_ensemble  # noqa: E402
-from arbg.report import write_report  # noqa: E402
+from arbg.eval import plots  # noqa: E402
+from arbg.eval.metrics import evaluate_ensemble  # noqa: E402
+from arbg.eval.report import write_report  # noqa: E402
 
 PHI = np.array([[0, 1, 2, 3]])
 PSI = np.array([[1, 2, 3, 4]])
@@ -44,14 +44,34 @@ def _data():
 def test_write_report(tmp_path):
     ref, u_ref, prop, u, log_w = _data()
     metrics = evaluate_ensemble(
-        ref, u_ref, prop, u, log_w, phi_indices=PHI, psi_indices=PSI, omega_indices=OMEGA,
-        backbone_indices=np.arange(6), n_eval=150, tica_lag=5, seed=0,
+        ref,
+        u_ref,
+        prop,
+        u,
+        log_w,
+        phi_indices=PHI,
+        psi_indices=PSI,
+        omega_indices=OMEGA,
+        backbone_indices=np.arange(6),
+        n_eval=150,
+        tica_lag=5,
+        seed=0,
     )
     path = write_report(
-        tmp_path, reference_positions=ref, reference_energies=u_ref, proposal_positions=prop,
-        proposal_energies=u, log_weights=log_w, metrics=metrics, phi_indices=PHI,
-        psi_indices=PSI, omega_indices=OMEGA, backbone_indices=np.arange(6), bonds=BONDS,
-        angles=ANGLES, tica_lag=5,
+        tmp_path,
+        reference_positions=ref,
+        reference_energies=u_ref,
+        proposal_positions=prop,
+        proposal_energies=u,
+        log_weights=log_w,
+        metrics=metrics,
+        phi_indices=PHI,
+        psi_indices=PSI,
+        omega_indices=OMEGA,
+        backbone_indices=np.arange(6),
+        bonds=BONDS,
+        angles=ANGLES,
+        tica_lag=5,
     )
     assert path == tmp_path / "report.html" and path.exists()
     text = path.read_text()
@@ -70,8 +90,12 @@ def test_plots_standalone(tmp_path):
     plots.plot_ramachandran(axes[1:], np.zeros(10), np.ones(10), np.zeros(5), np.ones(5))
     plt.close(fig)
     out = tmp_path / "cost.png"
-    plots.plot_cost_curve(out, [1e3, 1e4, 1e5], {"e_w2": [3.0, 1.0, 0.5], "t_w2": [1, 0.5, 0.3]},
-                          {"e_w2": [5.0, 2.0, 0.8], "t_w2": [2, 1, 0.4]})
+    plots.plot_cost_curve(
+        out,
+        [1e3, 1e4, 1e5],
+        {"e_w2": [3.0, 1.0, 0.5], "t_w2": [1, 0.5, 0.3]},
+        {"e_w2": [5.0, 2.0, 0.8], "t_w2": [2, 1, 0.4]},
+    )
     assert out.stat().st_size > 1000
 
 

@@ -17,7 +17,7 @@ from arbg.reweight import (
     systematic_resample,
     weighted_mean,
 )
-from arbg.target import ChainProposal, HarmonicChainTarget
+from arbg.sampling.targets import ChainProposal, HarmonicChainTarget
 
 
 def _log(w: np.ndarray) -> np.ndarray:

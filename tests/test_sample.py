@@ -1,4 +1,5 @@
-"""Tests of arbg.sample: cached sampling, exact log q, chirality, run dirs, SMC adapter."""
+"""Tests of arbg.sampling.sampler: cached sampling, exact log q, chirality, run dirs, SMC
+adapter."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import fit_binning
-from arbg.model import ARBG, ModelConfig, token_features_for_system
-from arbg.runs import SamplerParts, run_sampling
-from arbg.sample import (
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
+from arbg.nn.binning import fit_binning
+from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.standardize import fit_standardization
+from arbg.sampling.runs import SamplerParts, run_sampling
+from arbg.sampling.sampler import (
     TransformerProposal,
     apply_chirality,
     bins_to_positions,
@@ -21,10 +24,8 @@ from arbg.sample import (
     sample_bins,
     teacher_forced_log_pi,
 )
-from arbg.smc import AutoregressiveProposal, twisted_smc
-from arbg.standardize import fit_standardization
-from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
-from arbg.target import chirality_signs
+from arbg.sampling.smc import AutoregressiveProposal, twisted_smc
+from arbg.sampling.targets import chirality_signs
 
 torch.set_num_threads(1)
 N_BINS = 256
@@ -40,13 +41,19 @@ def _parts(system, seed: int = 0, frame: str = "centroid") -> SamplerParts:
     # margin 2: the gauge range is per coordinate, and the mirror test encodes -x
     binning = fit_binning(std.forward(frames), n_bins=N_BINS, margin=2.0, standardization=std)
     feats = token_features_for_system(
-        system.atom_type_id, system.residue_type_id, system.residue_index,
+        system.atom_type_id,
+        system.residue_type_id,
+        system.residue_index,
         coord_index=std.coord_index,
     )
     torch.manual_seed(seed)
     cfg = ModelConfig.preset(
-        "tiny", n_bins=N_BINS, n_layer=2, max_atoms=64,
-        n_atom_types=N_ATOM_TYPES, n_residue_types=N_RESIDUE_TYPES,
+        "tiny",
+        n_bins=N_BINS,
+        n_layer=2,
+        max_atoms=64,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
     )
     model = ARBG(cfg, default_feats=feats)
     model.set_bin_floor(binning.token_floor(std))
@@ -89,8 +96,16 @@ def test_cached_equals_uncached(parts, tau):
 
 @pytest.mark.parametrize("tau", [1.0, 0.8])
 def test_log_likelihood_consistency_and_reencode(parts, tau):
-    batch = generate(parts.model, parts.binning, parts.standardization, 24, tau, seed=11,
-                     chirality="none", batch_size=16)
+    batch = generate(
+        parts.model,
+        parts.binning,
+        parts.standardization,
+        24,
+        tau,
+        seed=11,
+        chirality="none",
+        batch_size=16,
+    )
     assert batch.coords.dtype == np.float64 and batch.coords_f32.dtype == np.float32
     assert batch.coords.shape == (24, parts.standardization.n_atoms, 3)
     # 1e-6 relative to the categorical part: the total log q of this toy setup is close to zero
@@ -110,8 +125,16 @@ def test_log_likelihood_consistency_and_reencode(parts, tau):
         assert np.all(batch.coords[:, c, 2] == 0)
     assert batch.n_tokens == 24 * parts.standardization.n_coords
     # same seed -> same samples
-    again = generate(parts.model, parts.binning, parts.standardization, 24, tau, seed=11,
-                     chirality="none", batch_size=16)
+    again = generate(
+        parts.model,
+        parts.binning,
+        parts.standardization,
+        24,
+        tau,
+        seed=11,
+        chirality="none",
+        batch_size=16,
+    )
     np.testing.assert_array_equal(again.coords, batch.coords)
 
 
@@ -119,8 +142,9 @@ def test_point_mass_decoding_has_no_log_q(parts):
     bins = torch.zeros(2, parts.standardization.n_coords, dtype=torch.long)
     x, off = bins_to_positions(bins, parts.binning, parts.standardization, mode="centre")
     assert off is None and x.shape == (2, parts.standardization.n_atoms, 3)
-    x, off = bins_to_positions(bins, parts.binning, parts.standardization,
-                               torch.Generator().manual_seed(0))
+    x, off = bins_to_positions(
+        bins, parts.binning, parts.standardization, torch.Generator().manual_seed(0)
+    )
     z = parts.standardization.forward(x)
     np.testing.assert_allclose(off, log_q_offset(parts.binning, parts.standardization, z))
 
@@ -167,8 +191,16 @@ def test_chirality_partially_wrong_gets_zero_weight(aaa, frame):
     xs = np.concatenate([x, part, -x])
     bins = _encode(p, xs)
     lq = _tf_log_q(p, bins, 1.0, xs)
-    mir = apply_chirality(xs, bins, lq, chir, "mirror", model=p.model, binning=p.binning,
-                          standardization=p.standardization)
+    mir = apply_chirality(
+        xs,
+        bins,
+        lq,
+        chir,
+        "mirror",
+        model=p.model,
+        binning=p.binning,
+        standardization=p.standardization,
+    )
     assert mir.wrong.tolist() == [False, True, False]
     assert mir.mirrored.tolist() == [False, False, True]
     assert mir.log_q[1] == lq[1]  # zero weight anyway
@@ -179,8 +211,7 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
     import mdtraj
 
     out = tmp_path / "run"
-    s1 = run_sampling(parts, out, n=12, tau=1.0, seed=0, energy=aldp, batch_size=8,
-                      ensemble_size=5)
+    s1 = run_sampling(parts, out, n=12, tau=1.0, seed=0, energy=aldp, batch_size=8, ensemble_size=5)
     for name in ("topology.pdb", "proposals.dcd", "samples.npz", "ensemble.dcd", "summary.json"):
         assert (out / name).exists(), name
     with np.load(out / "samples.npz") as f:
@@ -211,10 +242,20 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
 
 def test_transformer_proposal_matches_generate(parts):
     m = 8
-    batch = generate(parts.model, parts.binning, parts.standardization, m, 0.9, seed=0,
-                     chirality="none", batch_size=m, generators=make_generators(5))
-    prop = TransformerProposal(parts.model, parts.binning, parts.standardization, 0.9,
-                               *make_generators(5))
+    batch = generate(
+        parts.model,
+        parts.binning,
+        parts.standardization,
+        m,
+        0.9,
+        seed=0,
+        chirality="none",
+        batch_size=m,
+        generators=make_generators(5),
+    )
+    prop = TransformerProposal(
+        parts.model, parts.binning, parts.standardization, 0.9, *make_generators(5)
+    )
     assert isinstance(prop, AutoregressiveProposal)
     state = prop.start(m)
     inc = prop.extend(state, prop.n_units)  # one call: same offset stream as generate()
@@ -224,11 +265,12 @@ def test_transformer_proposal_matches_generate(parts):
     np.testing.assert_array_equal(pos, batch.coords)
 
     # in pieces, with a reordering in between: consistent with teacher forcing
-    prop = TransformerProposal(parts.model, parts.binning, parts.standardization, 0.9,
-                               *make_generators(5))
+    prop = TransformerProposal(
+        parts.model, parts.binning, parts.standardization, 0.9, *make_generators(5)
+    )
     state = prop.start(m)
     total = prop.extend(state, 21)
-    np.testing.assert_array_equal(prop.bins(state), batch.bins[:, :state.n_done])  # same stream
+    np.testing.assert_array_equal(prop.bins(state), batch.bins[:, : state.n_done])  # same stream
     prefix = prop.coords(state)
     idx = np.array([3, 3, 0, 1, 7, 7, 7, 2])
     prop.reorder(state, idx)
@@ -246,11 +288,13 @@ def test_transformer_proposal_matches_generate(parts):
 def test_twisted_smc_with_transformer_proposal(aaa, frame):
     p = _parts(aaa, frame=frame)
     prop = TransformerProposal(p.model, p.binning, p.standardization, 1.0, *make_generators(2))
-    res = twisted_smc(prop, aaa, 8, np.random.default_rng(0), resample=None,
-                      early_reject_kt=None, chirality=False)
+    res = twisted_smc(
+        prop, aaa, 8, np.random.default_rng(0), resample=None, early_reject_kt=None, chirality=False
+    )
     bins = _encode(p, res.positions)
     tf_pi = teacher_forced_log_pi(p.model, torch.as_tensor(bins), 1.0).numpy()
-    assert np.all(np.abs(res.log_q - _tf_log_q(p, bins, 1.0, res.positions))
-                  <= 1e-6 * np.abs(tf_pi))
+    assert np.all(
+        np.abs(res.log_q - _tf_log_q(p, bins, 1.0, res.positions)) <= 1e-6 * np.abs(tf_pi)
+    )
     ok = np.isfinite(res.u)
     np.testing.assert_allclose(res.log_w[ok], -res.u[ok] - res.log_q[ok], rtol=1e-9)

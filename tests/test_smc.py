@@ -1,4 +1,4 @@
-"""Tests for arbg.smc: twisted SMC on the exactly solvable harmonic chain."""
+"""Tests for arbg.sampling.smc: twisted SMC on the exactly solvable harmonic chain."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from arbg.reweight import snis
-from arbg.smc import AutoregressiveProposal, smc_repeats, twisted_smc
-from arbg.target import ChainProposal, HarmonicChainTarget, chirality_signs
+from arbg.sampling.smc import AutoregressiveProposal, smc_repeats, twisted_smc
+from arbg.sampling.targets import ChainProposal, HarmonicChainTarget, chirality_signs
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,9 @@ def test_proposal_protocol(target):
 
 def test_no_resampling_equals_snis(target):
     prop = ChainProposal(target, rng=np.random.default_rng(0))
-    res = twisted_smc(prop, target, 500, np.random.default_rng(1), resample=None,
-                      early_reject_kt=None)
+    res = twisted_smc(
+        prop, target, 500, np.random.default_rng(1), resample=None, early_reject_kt=None
+    )
     assert res.n_resampling_events == 0
     np.testing.assert_allclose(res.u, target.reduced_energy(res.positions), rtol=0, atol=1e-12)
     s = snis(res.u, res.log_q, clip_mode=None)
@@ -41,8 +42,15 @@ def test_no_resampling_equals_snis(target):
 @pytest.mark.parametrize("ess_threshold", [None, 0.8])
 def test_smc_matches_exact_within_3se(target, exact, ess_threshold):
     prop = ChainProposal(target, rng=np.random.default_rng(10))
-    rep = smc_repeats(prop, target, 300, 30, np.random.default_rng(11),
-                      ess_threshold=ess_threshold, early_reject_kt=None)
+    rep = smc_repeats(
+        prop,
+        target,
+        300,
+        30,
+        np.random.default_rng(11),
+        ess_threshold=ess_threshold,
+        early_reject_kt=None,
+    )
     if ess_threshold is None:
         assert all(r.n_resampling_events == len(target.boundaries) for r in rep.results)
     assert any(r.n_unique_ancestors < 300 for r in rep.results)
@@ -56,8 +64,9 @@ def test_smc_matches_exact_within_3se(target, exact, ess_threshold):
 
 def test_early_rejection_counts_tokens(target):
     prop = ChainProposal(target, rng=np.random.default_rng(20))
-    res = twisted_smc(prop, target, 400, np.random.default_rng(21), resample=None,
-                      early_reject_kt=3.0)
+    res = twisted_smc(
+        prop, target, 400, np.random.default_rng(21), resample=None, early_reject_kt=3.0
+    )
     dead = ~np.isfinite(res.log_w)
     assert res.n_killed_early == dead.sum() > 0
     assert 0 < res.tokens_saved < res.tokens_total
@@ -74,15 +83,23 @@ def test_chirality_kills_wrong_handed_particles():
     # treat atoms (0, 1, 2, 3) as (N, CA, C, CB): handedness = sign of the first torsion
     target.chirality_atoms = np.array([[0, 1, 2, 3]])
     prop = ChainProposal(target, rng=np.random.default_rng(30))
-    res = twisted_smc(prop, target, 400, np.random.default_rng(31), resample=None,
-                      early_reject_kt=None)
+    res = twisted_smc(
+        prop, target, 400, np.random.default_rng(31), resample=None, early_reject_kt=None
+    )
     alive = np.isfinite(res.log_w)
     assert res.n_killed_chirality == (~alive).sum() > 0
     assert np.all(chirality_signs(res.positions[alive], target.chirality_atoms) == 1)
     # killed at boundary index 2 (4 atoms): 3 remaining tokens each
     assert res.tokens_saved == 3 * res.n_killed_chirality
-    off = twisted_smc(prop, target, 400, np.random.default_rng(31), resample=None,
-                      early_reject_kt=None, chirality=False)
+    off = twisted_smc(
+        prop,
+        target,
+        400,
+        np.random.default_rng(31),
+        resample=None,
+        early_reject_kt=None,
+        chirality=False,
+    )
     assert off.n_killed_chirality == 0 and np.all(np.isfinite(off.log_w))
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import fit_binning
-from arbg.model import ARBG, ModelConfig, token_features_for_system
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
+from arbg.nn.binning import fit_binning
+from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.standardize import fit_standardization
 from arbg.reweight import normalize_log_weights, snis
-from arbg.runs import RUN_FILES, SamplerParts, run_smc
-from arbg.sample import TransformerProposal, make_generators
-from arbg.smc import twisted_smc
-from arbg.standardize import fit_standardization
-from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
+from arbg.sampling.runs import RUN_FILES, SamplerParts, run_smc
+from arbg.sampling.sampler import TransformerProposal, make_generators
+from arbg.sampling.smc import twisted_smc
 
 torch.set_num_threads(1)
 N_BINS = 512
@@ -25,7 +25,7 @@ NOISE_NM = 0.01
 
 @pytest.fixture(scope="module")
 def capped():
-    from arbg.systems import build_system
+    from arbg.chem.systems import build_system
 
     return build_system("ace-aaa-nme")
 
@@ -43,9 +43,17 @@ def _trained_parts(system, steps: int = 120, seed: int = 0) -> SamplerParts:
         system.atom_type_id, system.residue_type_id, system.residue_index
     )
     torch.manual_seed(seed)
-    cfg = ModelConfig.preset("tiny", n_bins=N_BINS, n_layer=1, n_embd=64, n_head=2,
-                             head_dim=32, max_atoms=64, n_atom_types=N_ATOM_TYPES,
-                             n_residue_types=N_RESIDUE_TYPES)
+    cfg = ModelConfig.preset(
+        "tiny",
+        n_bins=N_BINS,
+        n_layer=1,
+        n_embd=64,
+        n_head=2,
+        head_dim=32,
+        max_atoms=64,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
+    )
     model = ARBG(cfg, default_feats=feats)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(seed)
@@ -67,10 +75,18 @@ def test_no_resampling_equals_snis_on_peptide(capped, parts):
     assert capped.boundaries and len(capped.boundaries) == 2
     m = 48
     g_bins, g_off = make_generators(5)
-    prop = TransformerProposal(parts.model, parts.binning, parts.standardization, 1.0,
-                               g_bins, g_off)
-    res = twisted_smc(prop, capped, m, np.random.default_rng(6), resample=None,
-                      early_reject_kt=None, chirality=True)
+    prop = TransformerProposal(
+        parts.model, parts.binning, parts.standardization, 1.0, g_bins, g_off
+    )
+    res = twisted_smc(
+        prop,
+        capped,
+        m,
+        np.random.default_rng(6),
+        resample=None,
+        early_reject_kt=None,
+        chirality=True,
+    )
     assert res.n_resampling_events == 0
     # every boundary's partial energy and the full energy were evaluated for live particles
     alive_end = np.isfinite(res.log_w)
@@ -94,8 +110,16 @@ def test_no_resampling_equals_snis_on_peptide(capped, parts):
 
 def test_run_smc_writes_run_dir(capped, parts, tmp_path):
     out = tmp_path / "smc"
-    summary = run_smc(parts, out, n_particles=24, tau=1.0, seed=3, repeats=2,
-                      early_reject_kt=100.0, ensemble_size=16)
+    summary = run_smc(
+        parts,
+        out,
+        n_particles=24,
+        tau=1.0,
+        seed=3,
+        repeats=2,
+        early_reject_kt=100.0,
+        ensemble_size=16,
+    )
     for name in RUN_FILES:
         assert (out / name).exists(), name
     with np.load(out / "samples.npz") as f:

@@ -1,4 +1,4 @@
-"""Tests of arbg.standardize: centring, last-atom constraint, Jacobian, rotations."""
+"""Tests of arbg.nn.standardize: centring, last-atom constraint, Jacobian, rotations."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.standardize import (
+from arbg.nn.standardize import (
     Standardization,
     centre_frames,
     fit_standardization,
@@ -129,8 +129,13 @@ def test_gauge_jacobian_against_analytic_gaussian() -> None:
     assert st.n_coords == 3
 
     def log_pg(a, b, c):  # density of (a, b, c) in nm
-        return (math.log(8 * math.pi**2) + 2 * np.log(a) + np.log(c)
-                - 3 * math.log(2 * math.pi) - 0.5 * (a**2 + b**2 + c**2))
+        return (
+            math.log(8 * math.pi**2)
+            + 2 * np.log(a)
+            + np.log(c)
+            - 3 * math.log(2 * math.pi)
+            - 0.5 * (a**2 + b**2 + c**2)
+        )
 
     total = integrate.tplquad(lambda c, b, a: np.exp(log_pg(a, b, c)), 0, 8, -8, 8, 0, 8)[0]
     assert total == pytest.approx(1.0, abs=1e-6)

@@ -4,8 +4,8 @@ import mdtraj
 import numpy as np
 import pytest
 
-from arbg import residues as R
-from arbg.systems import build_system, make_spec, system_from_pdb
+from arbg.chem import residues as R
+from arbg.chem.systems import build_system, make_spec, system_from_pdb
 
 
 def test_aldp_atoms_and_blocks(aldp):
@@ -48,7 +48,7 @@ def test_descriptors(aaa):
     assert (aaa.atom_type_id > 0).all() and (aaa.residue_type_id > 0).all()
     assert set(aaa.residue_index.tolist()) == {0, 1, 2}
     assert aaa.atom_names[:4] == ["N", "H1", "H2", "H3"]  # zwitterion N-terminus
-    assert "OXT" in aaa.atom_names[aaa.residue_blocks[2][0]:]
+    assert "OXT" in aaa.atom_names[aaa.residue_blocks[2][0] :]
 
 
 @pytest.mark.parametrize("name", ["aldp", "ace-aaa-nme", "aaa"])
@@ -74,7 +74,7 @@ def test_histidine_fixed_by_sequence():
     a = build_system(make_spec(sequence="AHA"), minimize=False)
     b = build_system(make_spec(sequence="AHA"), minimize=False)
     assert a.atom_names == b.atom_names
-    his = a.atom_names[a.residue_blocks[1][0]:a.residue_blocks[1][1]]
+    his = a.atom_names[a.residue_blocks[1][0] : a.residue_blocks[1][1]]
     assert "HE2" in his and "HD1" not in his  # HIE
     c = build_system(make_spec(sequence="AHA", histidine="HIP"), minimize=False)
     assert c.n_atoms == a.n_atoms + 1
@@ -89,14 +89,17 @@ def test_all_twenty_residues_build():
 def test_pdb_round_trip(tmp_path, aldp):
     pdb = tmp_path / "in.pdb"
     aldp.save_pdb(pdb)
-    s = system_from_pdb(pdb, forcefield=aldp.spec.forcefield, nonbonded="NoCutoff",
-                        temperature_k=300.0)
+    s = system_from_pdb(
+        pdb, forcefield=aldp.spec.forcefield, nonbonded="NoCutoff", temperature_k=300.0
+    )
     assert s.atom_names == aldp.atom_names
     np.testing.assert_allclose(s.positions, aldp.positions, atol=1e-3)
 
 
-@pytest.mark.parametrize("seq,msg", [("AXA", "unknown residue letter"), ("", "empty sequence"),
-                                     ("A1", "unknown residue letter")])
+@pytest.mark.parametrize(
+    "seq,msg",
+    [("AXA", "unknown residue letter"), ("", "empty sequence"), ("A1", "unknown residue letter")],
+)
 def test_bad_sequences(seq, msg):
     with pytest.raises(ValueError, match=msg):
         make_spec(sequence=seq)
@@ -112,8 +115,9 @@ def test_unknown_preset_and_forcefield():
 def test_pdb_errors(tmp_path, aldp):
     text = aldp.to_pdb_string()
     # missing heavy atom: drop CB
-    lines = [ln for ln in text.splitlines() if not (ln.startswith("ATOM") and ln[12:16].strip()
-                                                   == "CB")]
+    lines = [
+        ln for ln in text.splitlines() if not (ln.startswith("ATOM") and ln[12:16].strip() == "CB")
+    ]
     p = tmp_path / "missing.pdb"
     p.write_text("\n".join(lines))
     with pytest.raises(ValueError, match="missing heavy atom.*CB"):
@@ -133,16 +137,19 @@ def test_pdb_errors(tmp_path, aldp):
 
 
 def test_spec_round_trip(aaa):
-    from arbg.systems import SystemSpec
+    from arbg.chem.systems import SystemSpec
 
     assert SystemSpec.from_dict(aaa.spec.to_dict()) == aaa.spec
     assert io.StringIO(aaa.to_pdb_string()).read().count("ATOM") == aaa.n_atoms
 
 
 def test_pdb_without_hydrogens_gets_them(tmp_path, aaa):
-    heavy = [ln for ln in aaa.to_pdb_string().splitlines()
-             if not (ln.startswith(("ATOM", "HETATM")) and ln[76:78].strip() == "H")
-             and not ln.startswith("CONECT")]
+    heavy = [
+        ln
+        for ln in aaa.to_pdb_string().splitlines()
+        if not (ln.startswith(("ATOM", "HETATM")) and ln[76:78].strip() == "H")
+        and not ln.startswith("CONECT")
+    ]
     p = tmp_path / "heavy.pdb"
     p.write_text("\n".join(heavy) + "\n")
     s = system_from_pdb(p)
@@ -150,6 +157,6 @@ def test_pdb_without_hydrogens_gets_them(tmp_path, aaa):
 
 
 def test_systems_implement_the_target_protocol(aldp):
-    from arbg.target import Target
+    from arbg.sampling.targets import Target
 
     assert isinstance(aldp, Target)

@@ -1,4 +1,4 @@
-"""Tests for arbg.target: chirality convention, the harmonic-chain toy target and its
+"""Tests for arbg.sampling.targets: chirality convention, the harmonic-chain toy target and its
 analytic proposal."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from arbg.target import (
+from arbg.sampling.targets import (
     ChainProposal,
     HarmonicChainTarget,
     Target,
@@ -21,10 +21,17 @@ from arbg.target import (
 )
 
 # L-alanine (N, CA, C, CB), Angstrom, from pdbfixer's ALA template
-L_ALA = np.array(
-    [[-1.444, -0.596, 0.968], [-0.194, -0.546, 0.198], [0.716, 0.684, 0.478],
-     [-0.584, -0.626, -1.282]]
-) / 10.0
+L_ALA = (
+    np.array(
+        [
+            [-1.444, -0.596, 0.968],
+            [-0.194, -0.546, 0.198],
+            [0.716, 0.684, 0.478],
+            [-0.584, -0.626, -1.282],
+        ]
+    )
+    / 10.0
+)
 
 
 def test_chirality_l_alanine_is_positive_and_mirror_negative():

@@ -1,4 +1,5 @@
-"""Tests of arbg.train and arbg.checkpoint: Muon, loss decrease, checkpoints, resume, DDP."""
+"""Tests of arbg.train.trainer and arbg.train.checkpoints: Muon, loss decrease, checkpoints,
+resume, DDP."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import Binning
-from arbg.checkpoint import CheckpointMismatchError, load_checkpoint, load_trainer_state
-from arbg.dataset import Dataset
-from arbg.systems import build_system
-from arbg.train import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
+from arbg.chem.systems import build_system
+from arbg.data.datasets import Dataset
+from arbg.nn.binning import Binning
+from arbg.train.checkpoints import CheckpointMismatchError, load_checkpoint, load_trainer_state
+from arbg.train.trainer import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
 
 torch.set_num_threads(1)
 
@@ -34,8 +35,17 @@ def synthetic_dataset(n_frames: int = 120, noise_nm: float = 0.01, seed: int = 0
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(
-        preset="tiny", model_overrides=dict(TINY), n_bins=256, steps=20, batch_size=8,
-        eval_every=0, eval_frames=8, checkpoint_every=0, log_every=5, seed=3, device="cpu",
+        preset="tiny",
+        model_overrides=dict(TINY),
+        n_bins=256,
+        steps=20,
+        batch_size=8,
+        eval_every=0,
+        eval_frames=8,
+        checkpoint_every=0,
+        log_every=5,
+        seed=3,
+        device="cpu",
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -167,16 +177,16 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         ds = synthetic_dataset()
         cfg = tiny_config(steps=4, batch_size=8, eval_every=2, checkpoint_every=2)
         tr = Trainer(ds, Path(out) / "run", cfg, progress=False)
         state0 = tr.data_gen.get_state()
         tr.run()
-        torch.save({"weights": tr.model.state_dict(), "gen0": state0},
-                   Path(out) / f"rank{rank}.pt")
+        torch.save({"weights": tr.model.state_dict(), "gen0": state0}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -196,8 +206,12 @@ def test_ddp_two_processes_identical_weights(tmp_path):
     assert not torch.equal(init.model.state_dict()[q], r0["weights"][q])  # it did train
     # only rank 0 wrote files, and the checkpoint records the world size
     assert (tmp_path / "run" / "last" / "model.safetensors").exists()
-    assert json.loads((tmp_path / "run" / "last" / "config.json").read_text())[
-        "training"]["world_size"] == 2
+    assert (
+        json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"][
+            "world_size"
+        ]
+        == 2
+    )
 
 
 def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
@@ -215,8 +229,7 @@ def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(torch, "multinomial", spy)
-    tr = Trainer(ds, tmp_path / "w", tiny_config(steps=6, data_weights="weighted"),
-                 progress=False)
+    tr = Trainer(ds, tmp_path / "w", tiny_config(steps=6, data_weights="weighted"), progress=False)
     assert torch.all(tr.train_p[:48] == 0) and abs(float(tr.train_p.sum()) - 1) < 1e-12
     tr.run()
     drawn = torch.cat(picks)

@@ -1,4 +1,4 @@
-"""Tests of arbg.transferable: conditioning cache, padding invariance, exact sampler log q,
+"""Tests of arbg.nn.conditioning: conditioning cache, padding invariance, exact sampler log q,
 training on a synthetic corpus (loss, resume), zero-shot binding and its errors, and that
 single-system checkpoints are unchanged."""
 
@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.binning import Binning
-from arbg.checkpoint import load_checkpoint
-from arbg.corpus import Corpus
-from arbg.dataset import Dataset
-from arbg.model import ModelConfig
-from arbg.sample import TransformerProposal, generate, log_q_offset
-from arbg.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system, make_spec
-from arbg.train import TrainConfig
-from arbg.transferable import (
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system, make_spec
+from arbg.data.corpora import Corpus
+from arbg.data.datasets import Dataset
+from arbg.nn.binning import Binning
+from arbg.nn.conditioning import (
     BoundModel,
     ConditioningConfig,
     TransferableARBG,
     encode_system,
 )
-from arbg.transferable_train import TransferableTrainer
+from arbg.nn.model import ModelConfig
+from arbg.sampling.sampler import TransformerProposal, generate, log_q_offset
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import TrainConfig
+from arbg.train.transferable import TransferableTrainer
 
 torch.set_num_threads(1)
 
@@ -42,8 +42,13 @@ def peptide(seq: str):
 def random_net(seed: int = 0, n_bins: int = 256) -> TransferableARBG:
     """A tiny transferable model with all weights perturbed (the init is uniform/identity)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(n_bins=n_bins, max_atoms=40, n_atom_types=N_ATOM_TYPES,
-                      n_residue_types=N_RESIDUE_TYPES, **TINY)
+    cfg = ModelConfig(
+        n_bins=n_bins,
+        max_atoms=40,
+        n_atom_types=N_ATOM_TYPES,
+        n_residue_types=N_RESIDUE_TYPES,
+        **TINY,
+    )
     net = TransferableARBG(cfg, COND)
     with torch.no_grad():
         for p in net.parameters():
@@ -73,8 +78,9 @@ def test_encoder_runs_once_per_sequence():
     enc = encode_system(peptide("AS"), STD, BINNING)
     bound = BoundModel(net, enc)
     assert len(calls) == 1
-    batch = generate(bound, BINNING, enc.standardization, n=6, seed=1, batch_size=4,
-                     chirality="none")  # two chunks, KV cache
+    batch = generate(
+        bound, BINNING, enc.standardization, n=6, seed=1, batch_size=4, chirality="none"
+    )  # two chunks, KV cache
     assert batch.bins.shape == (6, enc.n_tokens)
     prop = TransformerProposal(bound, BINNING, enc.standardization, generator=None)
     st = prop.start(3)
@@ -84,8 +90,10 @@ def test_encoder_runs_once_per_sequence():
 
 def test_padding_never_changes_real_likelihoods():
     net = random_net(1)
-    short, long_ = encode_system(peptide("GA"), STD, BINNING), encode_system(peptide("SA"),
-                                                                              STD, BINNING)
+    short, long_ = (
+        encode_system(peptide("GA"), STD, BINNING),
+        encode_system(peptide("SA"), STD, BINNING),
+    )
     assert short.n_tokens < long_.n_tokens
     g = torch.Generator().manual_seed(0)
     b_short = torch.randint(128, 200, (short.n_tokens,), generator=g)
@@ -96,6 +104,7 @@ def test_padding_never_changes_real_likelihoods():
         long_alone = net.batch_log_prob([long_], [b_long])
         # the conditioning does depend on the sequence (AG has GA's atom count)
         other = net.batch_log_prob([encode_system(peptide("AG"), STD, BINNING)], [b_short])
+
     # float32 sums over ~100 tokens whose matmuls are blocked differently at another batch
     # shape: the rounding scales with the magnitude (2.6e-6 at -328 nats was seen), so the
     # tolerance is relative. Padding that leaked into real tokens would move log q by >1e-3.
@@ -121,15 +130,26 @@ def test_sampler_log_q_equals_teacher_forced(seq):
     with torch.no_grad():
         tf = net.batch_log_prob([enc] * 5, list(torch.as_tensor(batch.bins)))
     np.testing.assert_allclose(batch.log_pi, tf.numpy(), atol=1e-4)
-    np.testing.assert_allclose(batch.log_q, tf.numpy() + log_q_offset(BINNING,
-                                                                     enc.standardization, z),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        batch.log_q, tf.numpy() + log_q_offset(BINNING, enc.standardization, z), atol=1e-4
+    )
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(preset="tiny", model_overrides=dict(TINY), n_bins=256, steps=16, batch_size=8,
-                eval_every=0, eval_frames=8, checkpoint_every=0, log_every=4, seed=3,
-                device="cpu", lr_adamw=5e-3)
+    base = dict(
+        preset="tiny",
+        model_overrides=dict(TINY),
+        n_bins=256,
+        steps=16,
+        batch_size=8,
+        eval_every=0,
+        eval_frames=8,
+        checkpoint_every=0,
+        log_every=4,
+        seed=3,
+        device="cpu",
+        lr_adamw=5e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -146,13 +166,15 @@ def test_train_on_corpus_resume_and_zero_shot(tmp_path):
     ev = [r for r in recs if r.get("event") == "eval"][-1]
     assert ev["val_nll"] < np.log(256)
     # interrupted after 8 steps and resumed: the same weights as the uninterrupted run
-    TransferableTrainer(corpus, tmp_path / "res", _cfg(stop_after_steps=8), COND,
-                        progress=False).run()
+    TransferableTrainer(
+        corpus, tmp_path / "res", _cfg(stop_after_steps=8), COND, progress=False
+    ).run()
     res = TransferableTrainer(corpus, tmp_path / "res", _cfg(), COND, progress=False)
     assert res.step == 8
     res.run()
-    for (k, a), b in zip(full.model.state_dict().items(), res.model.state_dict().values(),
-                         strict=True):
+    for (k, a), b in zip(
+        full.model.state_dict().items(), res.model.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-6), k
 
     cfg = json.loads((tmp_path / "full" / "last" / "config.json").read_text())
@@ -166,13 +188,17 @@ def test_train_on_corpus_resume_and_zero_shot(tmp_path):
     ck = load_checkpoint(tmp_path / "full" / "best", sequence="SG")
     assert ck.system.spec.forcefield == ("amber99sbildn.xml", "amber99_obc.xml")
     assert ck.system.temperature_k == 310.0
-    from arbg.runs import run_sampling
+    from arbg.sampling.runs import run_sampling
 
     summary = run_sampling(ck, tmp_path / "run", n=8, seed=0, chirality="zero")
     assert summary["n_samples"] == 8 and summary["system"] == "SG"
     with pytest.raises(ValueError, match="system"):  # one run directory, one sequence
-        run_sampling(load_checkpoint(tmp_path / "full" / "best", sequence="GS"),
-                     tmp_path / "run", n=4, seed=1)
+        run_sampling(
+            load_checkpoint(tmp_path / "full" / "best", sequence="GS"),
+            tmp_path / "run",
+            n=4,
+            seed=1,
+        )
 
     last = tmp_path / "full" / "last"
     with pytest.raises(ValueError, match="give a sequence"):
@@ -192,13 +218,16 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
 
     with pytest.raises(ValueError, match="transferable checkpoint"):
         load_checkpoint(ASSET, sequence="AA")
-    assert main(["sample", str(ASSET), "--sequence", "AA", "--n", "2",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["sample", str(ASSET), "--sequence", "AA", "--n", "2", "--out", str(tmp_path / "r")])
+        == 2
+    )
     ck = load_checkpoint(ASSET)  # strict load: no new parameters or buffers
     m = ck.model
     z = ck.standardization.forward(
         np.asarray(build_system("aldp", minimize=False).positions)[None].repeat(3, 0)
-        + 0.01 * np.random.default_rng(0).standard_normal((3, 22, 3)))
+        + 0.01 * np.random.default_rng(0).standard_normal((3, 22, 3))
+    )
     bins, _ = ck.binning.encode(z)
     bins = torch.as_tensor(bins).long()
     with torch.no_grad():
@@ -207,8 +236,14 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
         tok = m.shift_right(bins)
         f = m.default_features()
         x = m.wte(tok) + m.value_proj(m._value_features(tok))
-        x = (x + m.axis_emb(f.axis) + m.atom_emb(f.atom_index) + m.atom_type_emb(f.atom_type)
-             + m.residue_type_emb(f.residue_type) + m.residue_index_emb(f.residue_index))
+        x = (
+            x
+            + m.axis_emb(f.axis)
+            + m.atom_emb(f.atom_index)
+            + m.atom_type_emb(f.atom_type)
+            + m.residue_type_emb(f.residue_type)
+            + m.residue_index_emb(f.residue_index)
+        )
         T = tok.shape[1]
         rot = (m.rope_cos[:T], m.rope_sin[:T])
         for block in m.blocks:
@@ -219,8 +254,8 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
 
 
 def test_smc_with_a_bound_model(tmp_path):
-    from arbg.runs import SamplerParts, run_smc
-    from arbg.sample import teacher_forced_log_pi
+    from arbg.sampling.runs import SamplerParts, run_smc
+    from arbg.sampling.sampler import teacher_forced_log_pi
 
     net = random_net(4)
     calls = []
@@ -229,14 +264,14 @@ def test_smc_with_a_bound_model(tmp_path):
     enc = encode_system(system, STD, BINNING)
     bound = BoundModel(net, enc)
     parts = SamplerParts(bound, BINNING, enc.standardization, system, None, "toy")
-    summary = run_smc(parts, tmp_path / "smc", n_particles=6, tau=1.0, seed=0,
-                      early_reject_kt=None)
+    summary = run_smc(parts, tmp_path / "smc", n_particles=6, tau=1.0, seed=0, early_reject_kt=None)
     assert summary["n_samples"] == 6 and len(calls) == 1
     with np.load(tmp_path / "smc" / "samples.npz") as f:
         bins, log_q, coords = f["bins"].astype(np.int64), f["log_q"], f["coords"]
     z = enc.standardization.forward(coords.astype(np.float64))
-    expect = (teacher_forced_log_pi(bound, bins).numpy()
-              + log_q_offset(BINNING, enc.standardization, z))
+    expect = teacher_forced_log_pi(bound, bins).numpy() + log_q_offset(
+        BINNING, enc.standardization, z
+    )
     np.testing.assert_allclose(log_q, expect, atol=2e-3)
 
 
@@ -244,12 +279,49 @@ def test_cli_train_transferable_and_sample(tmp_path, monkeypatch, capsys):
     from arbg.cli import main
 
     corpus = synthetic_corpus({"AA": "train", "GS": "train"}, n_frames=12)
-    monkeypatch.setattr("arbg.corpus.load_corpus", lambda path: corpus)
+    monkeypatch.setattr("arbg.data.corpora.load_corpus", lambda path: corpus)
     out = tmp_path / "t"
-    assert main(["train-transferable", "CORPUS", "--out", str(out), "--steps", "3",
-                 "--batch-size", "4", "--n-bins", "256", "--eval-every", "0", "--cond-layers",
-                 "1", "--device", "cpu", "--quiet"]) == 0
-    assert main(["sample", str(out / "last"), "--sequence", "SG", "--n", "4", "--batch-size",
-                 "4", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-transferable",
+                "CORPUS",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--n-bins",
+                "256",
+                "--eval-every",
+                "0",
+                "--cond-layers",
+                "1",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "sample",
+                str(out / "last"),
+                "--sequence",
+                "SG",
+                "--n",
+                "4",
+                "--batch-size",
+                "4",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["sample", str(out / "last"), "--n", "4", "--out", str(tmp_path / "r2")]) == 2
     assert "give a sequence" in capsys.readouterr().err

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 import arbg
-from arbg.checkpoint import read_config
 from arbg.cli import main
-from arbg.corpus import load_corpus
-from arbg.evaluate import evaluate_run
+from arbg.data.corpora import load_corpus
+from arbg.eval.evaluate import evaluate_run
+from arbg.train.checkpoints import read_config
 
 torch.set_num_threads(1)
 
@@ -26,8 +26,22 @@ def test_shipped_checkpoint_zero_shot_on_a_held_out_dipeptide(tmp_path):
     assert heldout.splits["test"] == ["GA", "MR", "NG", "PA", "RD", "YK"]
     assert not set(heldout.splits["test"]) & set(config["corpus"]["train_sequences"])
     run = tmp_path / "ga"
-    assert main(["sample", str(ASSETS / "checkpoint"), "--sequence", "ga", "--n", "2000",
-                 "--out", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(ASSETS / "checkpoint"),
+                "--sequence",
+                "ga",
+                "--n",
+                "2000",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["system"] == "GA" and summary["n_samples"] == 2000
     assert summary["system_spec"]["forcefield"] == ["amber99sbildn.xml", "amber99_obc.xml"]

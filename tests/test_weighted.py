@@ -5,24 +5,40 @@ import json
 import numpy as np
 import pytest
 
-from arbg.basins import basin_populations
+from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 from arbg.cli import main
-from arbg.dataset import Dataset, load_dataset
-from arbg.metrics import dihedrals, energy_w2
-from arbg.systems import BOLTZMANN_KJ_PER_MOL_K
+from arbg.data.datasets import Dataset, load_dataset
+from arbg.eval.basins import basin_populations
+from arbg.eval.metrics import dihedrals, energy_w2
 
 
 @pytest.fixture(scope="module")
 def biased_aldp(tmp_path_factory):
     out = tmp_path_factory.mktemp("biased") / "md"
-    rc = main(["md", "aldp", "--ns", "0.02", "--warmup-ps", "0.5", "--out", str(out), "--quiet",
-               "--bias", "dihedrals", "--bias-build-ns", "0.01", "--bias-psi"])
+    rc = main(
+        [
+            "md",
+            "aldp",
+            "--ns",
+            "0.02",
+            "--warmup-ps",
+            "0.5",
+            "--out",
+            str(out),
+            "--quiet",
+            "--bias",
+            "dihedrals",
+            "--bias-build-ns",
+            "0.01",
+            "--bias-psi",
+        ]
+    )
     assert rc == 0
     return out
 
 
 def test_cli_biased_md_loader_and_splits(biased_aldp):
-    from arbg.bias import bias_energies
+    from arbg.chem.bias import bias_energies
 
     out = biased_aldp
     ds = load_dataset(out)
@@ -48,8 +64,21 @@ def test_cli_biased_md_loader_and_splits(biased_aldp):
 
 def test_cli_heated_md_log_weights(tmp_path, aldp):
     out = tmp_path / "hot"
-    rc = main(["md", "aldp", "--ns", "0.005", "--warmup-ps", "0.2", "--out", str(out), "--quiet",
-               "--sampling-temperature-k", "400"])
+    rc = main(
+        [
+            "md",
+            "aldp",
+            "--ns",
+            "0.005",
+            "--warmup-ps",
+            "0.2",
+            "--out",
+            str(out),
+            "--quiet",
+            "--sampling-temperature-k",
+            "400",
+        ]
+    )
     assert rc == 0
     ds = load_dataset(out)
     assert ds.metadata["target_temperature_k"] == 300.0
@@ -72,7 +101,7 @@ def test_unweighted_data_has_zero_log_weights_and_npz_weights_load(tmp_path, ald
     np.savez(tmp_path / "x.npz", log_weights=lw, positions=x)
     ds = load_dataset(tmp_path / "x.npz", topology=pdb, system=aldp)
     np.testing.assert_array_equal(ds.log_weights, lw)
-    np.testing.assert_array_equal(ds.split_log_weights("test"), lw[ds.splits["test"][0]:])
+    np.testing.assert_array_equal(ds.split_log_weights("test"), lw[ds.splits["test"][0] :])
     with pytest.raises(ValueError, match="log-weights for"):
         Dataset(x, aldp, {"train": [0, 5]}, {}, np.zeros(4))
 
@@ -85,7 +114,7 @@ def _mirrored_frames(system, n: int, rng) -> np.ndarray:
 
 
 def test_weighted_reference_in_evaluate(aldp):
-    from arbg.evaluate import evaluate_samples
+    from arbg.eval.evaluate import evaluate_samples
 
     rng = np.random.default_rng(0)
     ref_x = _mirrored_frames(aldp, 400, rng)
@@ -93,16 +122,17 @@ def test_weighted_reference_in_evaluate(aldp):
     reference = Dataset(ref_x, aldp, {"test": [0, 400]}, {"source": "synthetic"}, ref_lw)
     x = _mirrored_frames(aldp, 100, rng)
     u = aldp.reduced_energy(x)
-    m = evaluate_samples(aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5,
-                         seed=1)
+    m = evaluate_samples(aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5, seed=1)
     # hand computation of the weighted reference populations
     w = np.exp(ref_lw - ref_lw.max())
     w /= w.sum()
     phi = np.degrees(dihedrals(ref_x, aldp.phi_indices)[:, 0])
     psi = np.degrees(dihedrals(ref_x, aldp.psi_indices)[:, 0])
-    hand = {"alphaL_C7ax": w[phi >= 0].sum(),
-            "alphaR": w[(phi < 0) & (psi >= -120) & (psi < 50)].sum(),
-            "beta_C7eq_PII": w[(phi < 0) & ((psi >= 50) | (psi < -120))].sum()}
+    hand = {
+        "alphaL_C7ax": w[phi >= 0].sum(),
+        "alphaR": w[(phi < 0) & (psi >= -120) & (psi < 50)].sum(),
+        "beta_C7eq_PII": w[(phi < 0) & ((psi >= 50) | (psi < -120))].sum(),
+    }
     assert hand["alphaL_C7ax"] == pytest.approx(w[1::2].sum())  # the mirrored frames
     table = {r["basin"]: r for r in m["basin_table"]}
     pops = m["populations"]["ALA1 / reference MD"]["populations"]
@@ -120,13 +150,15 @@ def test_weighted_reference_in_evaluate(aldp):
     e = energy_w2(u, ref_u[idx], None, w[idx] / w[idx].sum())
     assert m["metrics"]["proposal"]["e_w2"]["values"][0] == pytest.approx(e, rel=1e-9)
     # ignoring the weights gives the frame fractions; resampling runs
-    m0 = evaluate_samples(aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5,
-                          reference_weights="ignore")
+    m0 = evaluate_samples(
+        aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5, reference_weights="ignore"
+    )
     t0 = {r["basin"]: r for r in m0["basin_table"]}
     assert t0["alphaL_C7ax"]["reference"] == pytest.approx(0.5)
     assert not m0["reference_weighted"] and m0["reference_ess"] == 400
-    mr = evaluate_samples(aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5,
-                          reference_weights="resample")
+    mr = evaluate_samples(
+        aldp, x, u, np.zeros(100), reference, n_eval=100, tica_lag=5, reference_weights="resample"
+    )
     assert mr["reference_weight_mode"] == "resample"
     assert np.isfinite(mr["metrics"]["md_floor"]["e_w2"]["mean"])
 
@@ -146,8 +178,11 @@ def test_weighted_block_jackknife_standard_error():
     w = rng.exponential(size=1000)
     got = basin_populations(phi, psi, weights=w, n_blocks=4)["basins"]["alphaL_C7ax"]
     ind = (phi >= 0).astype(float)
-    p_minus = [np.sum(np.delete(w * ind, np.s_[k * 250:(k + 1) * 250]))
-               / np.sum(np.delete(w, np.s_[k * 250:(k + 1) * 250])) for k in range(4)]
+    p_minus = [
+        np.sum(np.delete(w * ind, np.s_[k * 250 : (k + 1) * 250]))
+        / np.sum(np.delete(w, np.s_[k * 250 : (k + 1) * 250]))
+        for k in range(4)
+    ]
     se = np.sqrt(3 / 4 * np.sum((np.array(p_minus) - np.mean(p_minus)) ** 2))
     assert got["p"] == pytest.approx(np.sum(w * ind) / np.sum(w))
     assert got["se"] == pytest.approx(se)
@@ -160,13 +195,30 @@ def test_cli_evaluate_against_a_weighted_reference(biased_aldp, tmp_path, aldp, 
     rng = np.random.default_rng(1)
     run = tmp_path / "run"
     x = _mirrored_frames(aldp, 30, rng)
-    atomic_save_npz(run / "samples.npz", coords=x, u=aldp.reduced_energy(x),
-                    log_w=np.full(30, -np.log(30.0)), log_q=np.zeros(30))
-    atomic_write_json(run / "summary.json", {"system_spec": aldp.spec.to_dict(),
-                                             "n_samples": 30})
+    atomic_save_npz(
+        run / "samples.npz",
+        coords=x,
+        u=aldp.reduced_energy(x),
+        log_w=np.full(30, -np.log(30.0)),
+        log_q=np.zeros(30),
+    )
+    atomic_write_json(run / "summary.json", {"system_spec": aldp.spec.to_dict(), "n_samples": 30})
     aldp.save_pdb(run / "topology.pdb")
-    assert main(["evaluate", str(run), "--reference", str(biased_aldp), "--n-eval", "8",
-                 "--tica-lag", "2"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--reference",
+                str(biased_aldp),
+                "--n-eval",
+                "8",
+                "--tica-lag",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "reference: weighted (transport), Kish ESS" in capsys.readouterr().out
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     ref = load_dataset(biased_aldp)
@@ -177,13 +229,21 @@ def test_cli_evaluate_against_a_weighted_reference(biased_aldp, tmp_path, aldp, 
 
 
 def test_md_cost_curve_transports_md_frame_weights(biased_aldp):
-    from arbg.evaluate import md_cost_curve
+    from arbg.eval.evaluate import md_cost_curve
 
     ds = load_dataset(biased_aldp)
     x = ds.positions.astype(np.float64)
     u = ds.system.reduced_energy(x)
-    common = dict(system=ds.system, md_frames=x, steps_per_frame=1000, positions=x,
-                  energies=u, log_w_raw=-u, reference=ds, budgets=[5000, 20000])
+    common = dict(
+        system=ds.system,
+        md_frames=x,
+        steps_per_frame=1000,
+        positions=x,
+        energies=u,
+        log_w_raw=-u,
+        reference=ds,
+        budgets=[5000, 20000],
+    )
     plain = md_cost_curve(**common)
     flat = md_cost_curve(**common, md_log_weights=np.zeros(len(x)))
     weighted = md_cost_curve(**common, md_log_weights=ds.log_weights)

@@ -1,4 +1,5 @@
-"""Tests of arbg.zeroshot: a real (tiny) corpus, a briefly trained transferable model, the
+"""Tests of arbg.experiments.zeroshot: a real (tiny) corpus, a briefly trained transferable model,
+the
 per-sequence table, resume, and the errors."""
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ import torch
 from test_transferable import ASSET, COND, _cfg
 
 from arbg.cli import main
-from arbg.corpus import CorpusConfig, load_corpus, run_corpus
-from arbg.transferable_train import TransferableTrainer
-from arbg.zeroshot import ZeroShotConfig, evaluate_zero_shot
+from arbg.data.corpora import CorpusConfig, load_corpus, run_corpus
+from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot
+from arbg.train.transferable import TransferableTrainer
 
 torch.set_num_threads(1)
 
 # 20 frames per train sequence, 100 per test sequence, one frame per 100 MD steps
-CORPUS = CorpusConfig(ns=0.002, test_ns=0.01, fractions=(0.5, 0.0, 0.5), seed=0,
-                      warmup_ps=0.2, frame_interval_ps=0.1)
+CORPUS = CorpusConfig(
+    ns=0.002, test_ns=0.01, fractions=(0.5, 0.0, 0.5), seed=0, warmup_ps=0.2, frame_interval_ps=0.1
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,8 @@ def test_zero_shot_table_resume_and_errors(trained, tmp_path):
     table = (tmp_path / "zs" / "table.md").read_text()
     assert all(f"| {s} |" in table for s in test) and f"| mean ({len(test)}) |" in table
     assert json.loads((tmp_path / "zs" / "zero_shot.json").read_text())["rows"] == json.loads(
-        json.dumps(res["rows"]))
+        json.dumps(res["rows"])
+    )
 
     # a second call reuses the runs and metrics
     samples = tmp_path / "zs" / test[0] / "samples.npz"
@@ -55,21 +58,27 @@ def test_zero_shot_table_resume_and_errors(trained, tmp_path):
     assert samples.stat().st_mtime_ns == before
     assert again["rows"][0]["proposal"] == res["rows"][0]["proposal"]
     # other settings: sampled again
-    evaluate_zero_shot(ckpt, root / "corpus", tmp_path / "zs",
-                       ZeroShotConfig(n_samples=200, n_eval=20, tica_lag=2, sequences=test[:1]))
-    assert json.loads((tmp_path / "zs" / test[0] / "summary.json").read_text())[
-        "n_samples"] == 200
+    evaluate_zero_shot(
+        ckpt,
+        root / "corpus",
+        tmp_path / "zs",
+        ZeroShotConfig(n_samples=200, n_eval=20, tica_lag=2, sequences=test[:1]),
+    )
+    assert json.loads((tmp_path / "zs" / test[0] / "summary.json").read_text())["n_samples"] == 200
 
     # training sequences are flagged
-    seen = evaluate_zero_shot(ckpt, root / "corpus", tmp_path / "seen",
-                              ZeroShotConfig(n_samples=50, n_eval=10, tica_lag=2, split="train"))
+    seen = evaluate_zero_shot(
+        ckpt,
+        root / "corpus",
+        tmp_path / "seen",
+        ZeroShotConfig(n_samples=50, n_eval=10, tica_lag=2, split="train"),
+    )
     assert seen["seen_in_training"] == corpus.splits["train"]
 
     with pytest.raises(ValueError, match="single-system checkpoint"):
         evaluate_zero_shot(ASSET, root / "corpus", tmp_path / "x", cfg)
     with pytest.raises(ValueError, match="no MD in"):
-        evaluate_zero_shot(ckpt, root / "corpus", tmp_path / "x",
-                           ZeroShotConfig(sequences=["WW"]))
+        evaluate_zero_shot(ckpt, root / "corpus", tmp_path / "x", ZeroShotConfig(sequences=["WW"]))
     with pytest.raises(ValueError, match="no finished sequences to evaluate"):
         evaluate_zero_shot(ckpt, root / "corpus", tmp_path / "x", ZeroShotConfig(split="val"))
 
@@ -77,9 +86,24 @@ def test_zero_shot_table_resume_and_errors(trained, tmp_path):
 def test_cli_zero_shot(trained, tmp_path, capsys):
     root, corpus = trained
     seq = corpus.splits["test"][0]
-    rc = main(["zero-shot", str(root / "train" / "last"), "--corpus", str(root / "corpus"),
-               "--out", str(tmp_path / "cli"), "--sequences", seq.lower(), "--n", "64",
-               "--n-eval", "10", "--tica-lag", "2"])
+    rc = main(
+        [
+            "zero-shot",
+            str(root / "train" / "last"),
+            "--corpus",
+            str(root / "corpus"),
+            "--out",
+            str(tmp_path / "cli"),
+            "--sequences",
+            seq.lower(),
+            "--n",
+            "64",
+            "--n-eval",
+            "10",
+            "--tica-lag",
+            "2",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert f"| {seq} |" in out and "mean over 1 sequences" in out

@@ -19,79 +19,122 @@ def default_cache_dir() -> Path:
 
 def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
-        p.add_argument("system", nargs="?", default=None,
-                       help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)")
+        p.add_argument(
+            "system",
+            nargs="?",
+            default=None,
+            help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)",
+        )
     p.add_argument("--sequence", help="one-letter sequence (20 standard amino acids)")
     p.add_argument("--pdb", help="a PDB file with one peptide chain")
-    p.add_argument("--capped", action=argparse.BooleanOptionalAction, default=None,
-                   help="ACE/NME caps (default: zwitterionic for sequences)")
-    p.add_argument("--forcefield", nargs="+", default=None,
-                   help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)")
+    p.add_argument(
+        "--capped",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ACE/NME caps (default: zwitterionic for sequences)",
+    )
+    p.add_argument(
+        "--forcefield",
+        nargs="+",
+        default=None,
+        help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
+    )
     p.add_argument("--nonbonded", choices=["NoCutoff", "CutoffNonPeriodic"], default=None)
     p.add_argument("--cutoff-nm", type=float, default=None)
-    p.add_argument("--temperature-k", type=float, default=None,
-                   help="physical temperature of the target in K (not the sampling --tau)")
-    p.add_argument("--fast-implicit", action="store_true",
-                   help="amber99sbildn + amber99_obc, NoCutoff, 310 K (fast on CPUs)")
+    p.add_argument(
+        "--temperature-k",
+        type=float,
+        default=None,
+        help="physical temperature of the target in K (not the sampling --tau)",
+    )
+    p.add_argument(
+        "--fast-implicit",
+        action="store_true",
+        help="amber99sbildn + amber99_obc, NoCutoff, 310 K (fast on CPUs)",
+    )
     p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
 
 
 def system_from_args(args: argparse.Namespace, n_workers: int = 1):
-    from arbg.systems import build_system, make_spec
+    from arbg.chem.systems import build_system, make_spec
 
     system = getattr(args, "system", None)
     if system is None and args.sequence is None and args.pdb is None:
         system = "aldp"
-    spec = make_spec(system, sequence=args.sequence, pdb=args.pdb, capped=args.capped,
-                     forcefield=tuple(args.forcefield) if args.forcefield else None,
-                     nonbonded=args.nonbonded, cutoff_nm=args.cutoff_nm,
-                     temperature_k=args.temperature_k, fast_implicit=args.fast_implicit,
-                     histidine=args.histidine)
+    spec = make_spec(
+        system,
+        sequence=args.sequence,
+        pdb=args.pdb,
+        capped=args.capped,
+        forcefield=tuple(args.forcefield) if args.forcefield else None,
+        nonbonded=args.nonbonded,
+        cutoff_nm=args.cutoff_nm,
+        temperature_k=args.temperature_k,
+        fast_implicit=args.fast_implicit,
+        histidine=args.histidine,
+    )
     return build_system(spec, minimize=args.pdb is None, n_workers=n_workers)
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-    from arbg.bias import BiasConfig
-    from arbg.md import MDConfig, run_md
+    from arbg.chem.bias import BiasConfig
+    from arbg.chem.md import MDConfig, run_md
 
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
     bias = None
     if args.bias == "dihedrals":
-        bias = BiasConfig(variables="phi-psi" if args.bias_psi else "phi",
-                          residues=None if args.bias_residues is None else tuple(
-                              r - 1 for r in args.bias_residues),
-                          build_ns=args.bias_build_ns, bias_factor=args.bias_factor,
-                          height_kt=args.bias_height_kt, width_deg=args.bias_width_deg,
-                          deposit_ps=args.bias_deposit_ps, grid_points=args.bias_grid)
+        bias = BiasConfig(
+            variables="phi-psi" if args.bias_psi else "phi",
+            residues=None
+            if args.bias_residues is None
+            else tuple(r - 1 for r in args.bias_residues),
+            build_ns=args.bias_build_ns,
+            bias_factor=args.bias_factor,
+            height_kt=args.bias_height_kt,
+            width_deg=args.bias_width_deg,
+            deposit_ps=args.bias_deposit_ps,
+            grid_points=args.bias_grid,
+        )
     elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
         raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
-    cfg = MDConfig(ns=args.ns, step_fs=args.step_fs, friction_per_ps=args.friction,
-                   frame_interval_ps=args.frame_interval_ps, warmup_ps=args.warmup_ps,
-                   seed=args.seed, temperature_k=args.md_temperature_k, bias=bias)
+    cfg = MDConfig(
+        ns=args.ns,
+        step_fs=args.step_fs,
+        friction_per_ps=args.friction,
+        frame_interval_ps=args.frame_interval_ps,
+        warmup_ps=args.warmup_ps,
+        seed=args.seed,
+        temperature_k=args.md_temperature_k,
+        bias=bias,
+    )
     run_md(system, out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
 
-        from arbg.dataset import load_dataset
+        from arbg.data.datasets import load_dataset
         from arbg.reweight import kish_ess
 
         data = load_dataset(out, system=system)
         phi = _phi_of(data)
         w = np.exp(data.log_weights - data.log_weights.max())
-        print(f"weighted frames: sampled at {cfg.temperature_k or system.temperature_k:g} K "
-              f"for {system.temperature_k:g} K{' under a dihedral bias' if bias else ''}; "
-              f"Kish ESS {kish_ess(data.log_weights):.1f} of {len(data)}; "
-              f"log-weights in {out / 'log_weights.npy'} (unnormalised)")
+        print(
+            f"weighted frames: sampled at {cfg.temperature_k or system.temperature_k:g} K "
+            f"for {system.temperature_k:g} K{' under a dihedral bias' if bias else ''}; "
+            f"Kish ESS {kish_ess(data.log_weights):.1f} of {len(data)}; "
+            f"log-weights in {out / 'log_weights.npy'} (unnormalised)"
+        )
         if phi is not None:
-            print(f"P(phi1 > 0): raw {np.mean(phi > 0):.4f}, reweighted "
-                  f"{np.sum(w * (phi > 0)) / np.sum(w):.4f}")
+            print(
+                f"P(phi1 > 0): raw {np.mean(phi > 0):.4f}, reweighted "
+                f"{np.sum(w * (phi > 0)) / np.sum(w):.4f}"
+            )
     return 0
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from arbg.corpus import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
+    from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
 
     if args.sequences is not None and args.length is not None:
         raise ValueError("give --sequences or --length, not both")
@@ -99,42 +142,64 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         raise ValueError("--sample needs --length")
     if args.sequences is None and args.length is None:  # resume a corpus from its manifest
         if args.out is None or not (Path(args.out) / "manifest.json").exists():
-            raise ValueError("give --sequences AA,AG,... or --length L (or --out DIR of an "
-                             "existing corpus to resume it)")
+            raise ValueError(
+                "give --sequences AA,AG,... or --length L (or --out DIR of an "
+                "existing corpus to resume it)"
+            )
         seqs, cfg = None, None
     else:
         if args.sequences is not None:
             seqs = parse_sequences(args.sequences)
         else:
             seqs = kmer_sequences(args.length, args.sample, args.seed)
-        cfg = CorpusConfig(ns=args.ns, test_ns=args.test_ns, fractions=tuple(args.split),
-                           seed=args.seed, force_field=args.force_field, capped=args.capped,
-                           temperature_k=args.temperature_k, histidine=args.histidine,
-                           step_fs=args.step_fs, friction_per_ps=args.friction,
-                           frame_interval_ps=args.frame_interval_ps, warmup_ps=args.warmup_ps,
-                           chunk_frames=args.chunk_frames)
+        cfg = CorpusConfig(
+            ns=args.ns,
+            test_ns=args.test_ns,
+            fractions=tuple(args.split),
+            seed=args.seed,
+            force_field=args.force_field,
+            capped=args.capped,
+            temperature_k=args.temperature_k,
+            histidine=args.histidine,
+            step_fs=args.step_fs,
+            friction_per_ps=args.friction,
+            frame_interval_ps=args.frame_interval_ps,
+            warmup_ps=args.warmup_ps,
+            chunk_frames=args.chunk_frames,
+        )
     if args.out is not None:
         out = Path(args.out)
     elif args.length is not None:
-        out = default_cache_dir() / "corpus" / (
-            f"{args.length}mers-{args.sample or 'all'}-seed{args.seed}-{args.force_field}")
+        out = (
+            default_cache_dir()
+            / "corpus"
+            / (f"{args.length}mers-{args.sample or 'all'}-seed{args.seed}-{args.force_field}")
+        )
     else:
         import hashlib
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    manifest = run_corpus(out, seqs, cfg, workers=args.workers, progress=not args.quiet,
-                          max_sequences=args.max_sequences)
+    manifest = run_corpus(
+        out,
+        seqs,
+        cfg,
+        workers=args.workers,
+        progress=not args.quiet,
+        max_sequences=args.max_sequences,
+    )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
-    print(f"corpus {out}: {t['done']}/{t['sequences']} sequences done ({sizes}), "
-          f"{t['ns_done']:.3f}/{t['ns_total']:.3f} ns, {t['frames']} frames"
-          + (f"; {t['failed']} failed (re-run to retry)" if t["failed"] else ""))
+    print(
+        f"corpus {out}: {t['done']}/{t['sequences']} sequences done ({sizes}), "
+        f"{t['ns_done']:.3f}/{t['ns_total']:.3f} ns, {t['frames']} frames"
+        + (f"; {t['failed']} failed (re-run to retry)" if t["failed"] else "")
+    )
     return 1 if t["failed"] else 0
 
 
 def _phi_of(data):
-    from arbg.metrics import dihedrals
+    from arbg.eval.metrics import dihedrals
 
     if not len(data.system.phi_indices):
         return None
@@ -156,16 +221,21 @@ def cmd_system(args: argparse.Namespace) -> int:
 def cmd_bound(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from arbg.binning import quantization_bound
-    from arbg.dataset import load_dataset
-    from arbg.standardize import fit_standardization
+    from arbg.data.datasets import load_dataset
+    from arbg.nn.binning import quantization_bound
+    from arbg.nn.standardize import fit_standardization
 
     data = load_dataset(args.data, topology=args.topology)
     frames = data.split("train")
     if args.frames and len(frames) > args.frames:
         frames = frames[:: len(frames) // args.frames][: args.frames]
-    rows = quantization_bound(frames, fit_standardization(data.split("train")), args.bins,
-                              data.system.reduced_energy, np.random.default_rng(args.seed))
+    rows = quantization_bound(
+        frames,
+        fit_standardization(data.split("train")),
+        args.bins,
+        data.system.reduced_energy,
+        np.random.default_rng(args.seed),
+    )
     print(f"{'bins':>6s} {'width (pm)':>11s} {'E-W2 (kT)':>10s} {'clipped':>8s}")
     for r in rows:
         print(f"{r['n_bins']:6d} {r['bin_width_pm']:11.3f} {r['e_w2']:10.3f} {r['n_clipped']:8d}")
@@ -177,12 +247,20 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from arbg.evaluate import evaluate_run
+    from arbg.eval.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.reference, out_dir=args.out, n_eval=args.n_eval,
-                           seed=args.seed, repeats=args.repeats, tica_lag=args.tica_lag,
-                           topology=args.topology, report=not args.no_report,
-                           reference_weights=args.reference_weights)
+    metrics = evaluate_run(
+        args.run_dir,
+        args.reference,
+        out_dir=args.out,
+        n_eval=args.n_eval,
+        seed=args.seed,
+        repeats=args.repeats,
+        tica_lag=args.tica_lag,
+        topology=args.topology,
+        report=not args.no_report,
+        reference_weights=args.reference_weights,
+    )
     print(format_metrics(metrics))
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
     print(f"metrics: {out / 'metrics.json'}")
@@ -209,29 +287,43 @@ def format_metrics(metrics: dict) -> str:
         if key in metrics:
             rows.append(f"{key}: {metrics[key]}")
     if metrics.get("reference_weighted"):
-        rows.append(f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
-                    f"{metrics.get('reference_ess', float('nan')):.1f} of "
-                    f"{metrics.get('n_reference_frames')} frames")
+        rows.append(
+            f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
+            f"{metrics.get('reference_ess', float('nan')):.1f} of "
+            f"{metrics.get('n_reference_frames')} frames"
+        )
     if metrics.get("basin_table"):
-        rows.append(f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
-                    f"{'reweighted':>16s}")
+        rows.append(
+            f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
+            f"{'reweighted':>16s}"
+        )
         for r in metrics["basin_table"]:
-            rows.append(f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
-                        f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
-                        f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}")
+            rows.append(
+                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
+                f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
+                f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}"
+            )
     return "\n".join(rows)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from arbg.dataset import load_dataset
-    from arbg.train import TrainConfig, train
+    from arbg.data.datasets import load_dataset
+    from arbg.train.trainer import TrainConfig, train
 
     data = load_dataset(args.data, topology=args.topology)
-    cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
-                      optimizer=args.optimizer, ema=args.ema,
-                      augment_rotations=not args.no_rotations, bf16=args.bf16,
-                      frame=args.frame, data_weights=args.data_weights,
-                      max_minutes=args.max_minutes, patience=args.patience)
+    cfg = TrainConfig(
+        preset=args.preset,
+        seed=args.seed,
+        device=args.device,
+        optimizer=args.optimizer,
+        ema=args.ema,
+        augment_rotations=not args.no_rotations,
+        bf16=args.bf16,
+        frame=args.frame,
+        data_weights=args.data_weights,
+        max_minutes=args.max_minutes,
+        patience=args.patience,
+    )
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
         value = getattr(args, key)
         if value is not None:
@@ -245,17 +337,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_transferable(args: argparse.Namespace) -> int:
-    from arbg.corpus import load_corpus
-    from arbg.train import TrainConfig
-    from arbg.transferable import ConditioningConfig
-    from arbg.transferable_train import train_transferable
+    from arbg.data.corpora import load_corpus
+    from arbg.nn.conditioning import ConditioningConfig
+    from arbg.train.trainer import TrainConfig
+    from arbg.train.transferable import train_transferable
 
     corpus = load_corpus(args.corpus)
-    cfg = TrainConfig(preset=args.preset, seed=args.seed, device=args.device,
-                      optimizer=args.optimizer, ema=args.ema, bf16=args.bf16,
-                      max_minutes=args.max_minutes)
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every",
-                "patience"):
+    cfg = TrainConfig(
+        preset=args.preset,
+        seed=args.seed,
+        device=args.device,
+        optimizer=args.optimizer,
+        ema=args.ema,
+        bf16=args.bf16,
+        max_minutes=args.max_minutes,
+    )
+    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every", "patience"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
@@ -265,53 +362,84 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from arbg.checkpoint import load_checkpoint
-    from arbg.runs import run_sampling
+    from arbg.sampling.runs import run_sampling
+    from arbg.train.checkpoints import load_checkpoint
 
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_sampling(ck, args.out, n=args.n, tau=args.tau, seed=args.seed,
-                           device=args.device, energy=ck.system, clip_fraction=args.clip,
-                           clip_mode=None if args.clip_mode == "off" else args.clip_mode,
-                           chirality=args.chirality, ensemble_size=args.ensemble_size,
-                           batch_size=args.batch_size, progress=not args.quiet)
-    print(f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
-          f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
-          f"{summary['n_nonfinite_energy']} non-finite energies")
+    summary = run_sampling(
+        ck,
+        args.out,
+        n=args.n,
+        tau=args.tau,
+        seed=args.seed,
+        device=args.device,
+        energy=ck.system,
+        clip_fraction=args.clip,
+        clip_mode=None if args.clip_mode == "off" else args.clip_mode,
+        chirality=args.chirality,
+        ensemble_size=args.ensemble_size,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(
+        f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
+        f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
+        f"{summary['n_nonfinite_energy']} non-finite energies"
+    )
     return 0
 
 
 def cmd_smc(args: argparse.Namespace) -> int:
-    from arbg.checkpoint import load_checkpoint
-    from arbg.runs import run_smc
+    from arbg.sampling.runs import run_smc
+    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_smc(ck, args.out, n_particles=args.particles, tau=args.tau, seed=args.seed,
-                      repeats=args.repeats,
-                      resample=None if args.resample == "off" else args.resample,
-                      ess_threshold=args.ess_threshold, early_reject_kt=args.early_reject_kt,
-                      device=args.device, ensemble_size=args.ensemble_size)
-    print(json.dumps({k: summary[k] for k in ("n_samples", "ess", "energy_evaluations")
-                      if k in summary}))
+    summary = run_smc(
+        ck,
+        args.out,
+        n_particles=args.particles,
+        tau=args.tau,
+        seed=args.seed,
+        repeats=args.repeats,
+        resample=None if args.resample == "off" else args.resample,
+        ess_threshold=args.ess_threshold,
+        early_reject_kt=args.early_reject_kt,
+        device=args.device,
+        ensemble_size=args.ensemble_size,
+    )
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("n_samples", "ess", "energy_evaluations") if k in summary}
+        )
+    )
     print(f"run: {args.out} (summary.json has the SMC counts)")
     return 0
 
 
 def cmd_tune_temperature(args: argparse.Namespace) -> int:
-    from arbg.checkpoint import load_checkpoint
-    from arbg.dataset import load_dataset
+    from arbg.data.datasets import load_dataset
+    from arbg.experiments.tuning import tune_temperature
     from arbg.io import atomic_write_json
-    from arbg.tune import tune_temperature
+    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
-    result = tune_temperature(ck, data.split(args.split), args.taus, n=args.n,
-                              n_eval=args.n_eval, seed=args.seed, device=args.device,
-                              validation_log_weights=data.split_log_weights(args.split))
+    result = tune_temperature(
+        ck,
+        data.split(args.split),
+        args.taus,
+        n=args.n,
+        n_eval=args.n_eval,
+        seed=args.seed,
+        device=args.device,
+        validation_log_weights=data.split_log_weights(args.split),
+    )
     print(f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}")
     for r in result["rows"]:
-        print(f"{r['tau']:6.3f} {r['e_w2']:8.3f} {r['t_w2']:8.3f} {r['score']:8.3f} "
-              f"{r['ess']:8.1f}")
+        print(
+            f"{r['tau']:6.3f} {r['e_w2']:8.3f} {r['t_w2']:8.3f} {r['score']:8.3f} {r['ess']:8.1f}"
+        )
     print(f"best tau: {result['best_tau']}")
     if args.json:
         atomic_write_json(args.json, result)
@@ -319,10 +447,15 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from arbg.demo import DemoConfig, run_demo
+    from arbg.experiments.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(quick=args.quick, seed=args.seed, progress=not args.quiet,
-                     plain_md=args.plain_md, data_weights=args.data_weights)
+    cfg = DemoConfig(
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.quiet,
+        plain_md=args.plain_md,
+        data_weights=args.data_weights,
+    )
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
@@ -346,12 +479,22 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
     p.add_argument("--steps", type=int, default=1600, help="training steps of every model")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-mixtures", type=int, default=10,
-                   help="mixture components K of the mol/gmm/givt heads")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="one model per seed; tables give mean +- std over seeds")
-    p.add_argument("--n-samples", type=int, default=10_000,
-                   help="proposals (= energy evaluations) per sampling run")
+    p.add_argument(
+        "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one model per seed; tables give mean +- std over seeds",
+    )
+    p.add_argument(
+        "--n-samples",
+        type=int,
+        default=10_000,
+        help="proposals (= energy evaluations) per sampling run",
+    )
     p.add_argument("--n-eval", type=int, default=5_000, help="samples per W2")
     p.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
     p.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
@@ -360,40 +503,68 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-                n_mixtures=args.n_mixtures, seeds=list(args.seeds), n_samples=args.n_samples,
-                n_eval=args.n_eval, tica_lag=args.tica_lag, chirality=args.chirality,
-                device=args.device, report=args.report)
+    return dict(
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        n_mixtures=args.n_mixtures,
+        seeds=list(args.seeds),
+        n_samples=args.n_samples,
+        n_eval=args.n_eval,
+        tica_lag=args.tica_lag,
+        chirality=args.chirality,
+        device=args.device,
+        report=args.report,
+    )
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:
-    from arbg.ablate import ablate_bins
-    from arbg.stages import BudgetConfig
+    from arbg.experiments.ablations import ablate_bins
+    from arbg.experiments.stages import BudgetConfig
 
-    res = ablate_bins(args.data, args.out, args.bins, BudgetConfig(**budget_kwargs(args)),
-                      reference=args.reference, topology=args.topology,
-                      bound_frames=args.bound_frames, command=_command_line(args))
+    res = ablate_bins(
+        args.data,
+        args.out,
+        args.bins,
+        BudgetConfig(**budget_kwargs(args)),
+        reference=args.reference,
+        topology=args.topology,
+        bound_frames=args.bound_frames,
+        command=_command_line(args),
+    )
     print(f"{'bins':>6s} {'E-W2':>16s} {'T-W2':>16s} {'bound E-W2':>11s}")
     for r in res["rows"]:
-        print(f"{r['n_bins']:6d} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
-              f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} {r['bound_e_w2']:11.4f}")
+        print(
+            f"{r['n_bins']:6d} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
+            f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} {r['bound_e_w2']:11.4f}"
+        )
     for key, path in res["paths"].items():
         print(f"{key}: {path}")
     return 0
 
 
 def cmd_ablate_temperature(args: argparse.Namespace) -> int:
-    from arbg.ablate import ablate_temperature
+    from arbg.experiments.ablations import ablate_temperature
 
-    res = ablate_temperature(args.checkpoint, args.reference, args.out, args.taus,
-                             n_samples=args.n_samples, n_eval=args.n_eval, seeds=args.seeds,
-                             device=args.device, topology=args.topology,
-                             command=_command_line(args))
+    res = ablate_temperature(
+        args.checkpoint,
+        args.reference,
+        args.out,
+        args.taus,
+        n_samples=args.n_samples,
+        n_eval=args.n_eval,
+        seeds=args.seeds,
+        device=args.device,
+        topology=args.topology,
+        command=_command_line(args),
+    )
     print(f"{'tau':>6s} {'E-W2':>16s} {'T-W2':>16s} {'rel. ESS':>9s}")
     for r in res["rows"]:
-        print(f"{r['tau']:6.3f} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
-              f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} "
-              f"{r['relative_ess']['mean']:9.4f}")
+        print(
+            f"{r['tau']:6.3f} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
+            f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} "
+            f"{r['relative_ess']['mean']:9.4f}"
+        )
     print(f"best tau: {res['best_tau']}")
     for key, path in res["paths"].items():
         print(f"{key}: {path}")
@@ -401,14 +572,26 @@ def cmd_ablate_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from arbg.benchmark import BenchmarkConfig, run_benchmark
+    from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 
-    cfg = BenchmarkConfig(**budget_kwargs(args), n_bins=args.n_bins, heads=list(args.heads),
-                          taus=list(args.taus), tune_n=args.tune_n, tune_n_eval=args.tune_n_eval,
-                          tune_heads=None if args.tune_heads is None else list(args.tune_heads),
-                          md_steps_per_frame=args.md_steps_per_frame)
-    res = run_benchmark(args.data, args.reference, args.out, cfg, topology=args.topology,
-                        command=_command_line(args))
+    cfg = BenchmarkConfig(
+        **budget_kwargs(args),
+        n_bins=args.n_bins,
+        heads=list(args.heads),
+        taus=list(args.taus),
+        tune_n=args.tune_n,
+        tune_n_eval=args.tune_n_eval,
+        tune_heads=None if args.tune_heads is None else list(args.tune_heads),
+        md_steps_per_frame=args.md_steps_per_frame,
+    )
+    res = run_benchmark(
+        args.data,
+        args.reference,
+        args.out,
+        cfg,
+        topology=args.topology,
+        command=_command_line(args),
+    )
     print(Path(res["paths"]["table_md"]).read_text())
     for key, path in res["paths"].items():
         print(f"{key}: {path}")
@@ -416,18 +599,21 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
-    """`arbg ablate bins|temperature` and `arbg benchmark` (see arbg.ablate, arbg.benchmark)."""
-    s = sub.add_parser("ablate", help="ablations: bin count (train per L) or sampling "
-                                      "temperature (one checkpoint)")
+    """`arbg ablate bins|temperature` and `arbg benchmark` (see arbg.experiments.ablations,
+    arbg.experiments.benchmark)."""
+    s = sub.add_parser(
+        "ablate", help="ablations: bin count (train per L) or sampling temperature (one checkpoint)"
+    )
     asub = s.add_subparsers(dest="ablation", required=True)
-    a = asub.add_parser("bins", help="train, sample and evaluate per bin count L, beside the "
-                                     "discretization bound")
+    a = asub.add_parser(
+        "bins", help="train, sample and evaluate per bin count L, beside the discretization bound"
+    )
     a.add_argument("data", help="training MD (arbg md dir, published layout, array/trajectory)")
     a.add_argument("--bins", type=int, nargs="+", required=True, help="bin counts L")
-    a.add_argument("--reference", help="independent reference MD (default: the test block of "
-                   "DATA)")
-    a.add_argument("--bound-frames", type=int, default=5000,
-                   help="training frames in the quantization bound")
+    a.add_argument("--reference", help="independent reference MD (default: the test block of DATA)")
+    a.add_argument(
+        "--bound-frames", type=int, default=5000, help="training frames in the quantization bound"
+    )
     add_budget_args(a)
     a.set_defaults(func=cmd_ablate_bins)
     a = asub.add_parser("temperature", help="E-W2, T-W2 and ESS after reweighting against tau")
@@ -442,20 +628,32 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a.set_defaults(func=cmd_ablate_temperature)
 
-    s = sub.add_parser("benchmark", help="train, tune, sample and evaluate every head with one "
-                                         "budget; Table-1-style table.md / table.html")
+    s = sub.add_parser(
+        "benchmark",
+        help="train, tune, sample and evaluate every head with one "
+        "budget; Table-1-style table.md / table.html",
+    )
     s.add_argument("data", help="training MD (its val split tunes tau)")
     s.add_argument("--reference", required=True, help="independent reference MD")
     s.add_argument("--heads", nargs="+", default=["bins", "mol", "gmm", "givt"])
     s.add_argument("--n-bins", type=int, help="bins L of every head (default: by atom count)")
-    s.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
-                   help="tau grid of the tuning (val split)")
-    s.add_argument("--tune-heads", nargs="*",
-                   help="heads whose tau is tuned (default: all; no names: none)")
+    s.add_argument(
+        "--taus",
+        type=float,
+        nargs="+",
+        default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
+        help="tau grid of the tuning (val split)",
+    )
+    s.add_argument(
+        "--tune-heads", nargs="*", help="heads whose tau is tuned (default: all; no names: none)"
+    )
     s.add_argument("--tune-n", type=int, default=2000, help="proposals per tau when tuning")
     s.add_argument("--tune-n-eval", type=int, default=1000)
-    s.add_argument("--md-steps-per-frame", type=int,
-                   help="MD steps per training frame (default: from arbg md metadata, else 1)")
+    s.add_argument(
+        "--md-steps-per-frame",
+        type=int,
+        help="MD steps per training frame (default: from arbg md metadata, else 1)",
+    )
     add_budget_args(s)
     s.set_defaults(func=cmd_benchmark)
 
@@ -479,69 +677,121 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
     s.add_argument("--frame-interval-ps", type=float, default=1.0)
     s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument("--md-temperature-k", "--sampling-temperature-k", type=float, default=None,
-                   dest="md_temperature_k",
-                   help="sampling temperature of the MD data (heated data; default: the "
-                   "system's). --temperature-k stays the target's temperature; frames get "
-                   "log-weights -(1/kT_target - 1/kT_sampling) E")
+    s.add_argument(
+        "--md-temperature-k",
+        "--sampling-temperature-k",
+        type=float,
+        default=None,
+        dest="md_temperature_k",
+        help="sampling temperature of the MD data (heated data; default: the "
+        "system's). --temperature-k stays the target's temperature; frames get "
+        "log-weights -(1/kT_target - 1/kT_sampling) E",
+    )
     b = s.add_argument_group("enhanced sampling (weighted data; see README)")
-    b.add_argument("--bias", choices=["none", "dihedrals"], default="none",
-                   help="dihedrals: well-tempered metadynamics on backbone phi (OpenMM's "
-                   "Metadynamics) for --bias-build-ns, then production under the frozen bias; "
-                   "frames get log-weights +V/kT")
+    b.add_argument(
+        "--bias",
+        choices=["none", "dihedrals"],
+        default="none",
+        help="dihedrals: well-tempered metadynamics on backbone phi (OpenMM's "
+        "Metadynamics) for --bias-build-ns, then production under the frozen bias; "
+        "frames get log-weights +V/kT",
+    )
     b.add_argument("--bias-psi", action="store_true", help="bias psi as well as phi")
-    b.add_argument("--bias-residues", type=int, nargs="+",
-                   help="residues (1-based) whose dihedrals are biased (default: the central "
-                   "one; at most 3 biased dihedrals in all)")
-    b.add_argument("--bias-build-ns", type=float, default=1.0,
-                   help="metadynamics build time in ns (before production)")
+    b.add_argument(
+        "--bias-residues",
+        type=int,
+        nargs="+",
+        help="residues (1-based) whose dihedrals are biased (default: the central "
+        "one; at most 3 biased dihedrals in all)",
+    )
+    b.add_argument(
+        "--bias-build-ns",
+        type=float,
+        default=1.0,
+        help="metadynamics build time in ns (before production)",
+    )
     b.add_argument("--bias-factor", type=float, default=10.0, help="well-tempered bias factor")
-    b.add_argument("--bias-height-kt", type=float, default=0.5,
-                   help="initial Gaussian height in kT")
+    b.add_argument(
+        "--bias-height-kt", type=float, default=0.5, help="initial Gaussian height in kT"
+    )
     b.add_argument("--bias-width-deg", type=float, default=20.0, help="Gaussian width, degrees")
-    b.add_argument("--bias-deposit-ps", type=float, default=0.5,
-                   help="Gaussian deposition interval, ps")
+    b.add_argument(
+        "--bias-deposit-ps", type=float, default=0.5, help="Gaussian deposition interval, ps"
+    )
     b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 
-    s = sub.add_parser("corpus", help="MD corpus over many sequences (transferable ARBG; "
-                                      "resumable, parallel, split by sequence)")
+    s = sub.add_parser(
+        "corpus",
+        help="MD corpus over many sequences (transferable ARBG; "
+        "resumable, parallel, split by sequence)",
+    )
     g = s.add_mutually_exclusive_group()
     g.add_argument("--sequences", help="comma-separated one-letter sequences, e.g. AA,AG,GYD")
-    g.add_argument("--length", type=int, help="all sequences of this many residues over the "
-                   "20 standard amino acids (or --sample K of them)")
+    g.add_argument(
+        "--length",
+        type=int,
+        help="all sequences of this many residues over the "
+        "20 standard amino acids (or --sample K of them)",
+    )
     s.add_argument("--sample", type=int, help="with --length: a random sample of K sequences")
-    s.add_argument("--seed", type=int, default=0,
-                   help="seed of the sample, the split and (hashed per sequence) the MD")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the sample, the split and (hashed per sequence) the MD",
+    )
     s.add_argument("--ns", type=float, default=1.0, help="MD per train/val sequence, ns")
-    s.add_argument("--test-ns", type=float, default=None,
-                   help="MD per held-out test sequence, ns (default: --ns)")
-    s.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1],
-                   metavar=("TRAIN", "VAL", "TEST"), help="fractions of the sequences")
+    s.add_argument(
+        "--test-ns",
+        type=float,
+        default=None,
+        help="MD per held-out test sequence, ns (default: --ns)",
+    )
+    s.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=[0.8, 0.1, 0.1],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of the sequences",
+    )
     s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
-    s.add_argument("--force-field", choices=["fast-implicit", "amber14-obc1"],
-                   default="fast-implicit",
-                   help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
-                   "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K")
-    s.add_argument("--capped", action="store_true",
-                   help="ACE/NME caps (default: zwitterionic termini)")
+    s.add_argument(
+        "--force-field",
+        choices=["fast-implicit", "amber14-obc1"],
+        default="fast-implicit",
+        help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
+        "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K",
+    )
+    s.add_argument(
+        "--capped", action="store_true", help="ACE/NME caps (default: zwitterionic termini)"
+    )
     s.add_argument("--temperature-k", type=float, default=None)
     s.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default="HIE")
     s.add_argument("--step-fs", type=float, default=1.0)
     s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
     s.add_argument("--frame-interval-ps", type=float, default=1.0)
     s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument("--chunk-frames", type=int, default=1000,
-                   help="frames per resumable chunk of a sequence's run")
-    s.add_argument("--max-sequences", type=int,
-                   help="stop after running this many sequences (resumable)")
+    s.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=1000,
+        help="frames per resumable chunk of a sequence's run",
+    )
+    s.add_argument(
+        "--max-sequences", type=int, help="stop after running this many sequences (resumable)"
+    )
     s.add_argument("--out", help="corpus directory (default: cache dir); re-run to resume")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_corpus)
 
-    s = sub.add_parser("bound", help="discretization bound: E-W2 of de-quantized training data "
-                                     "for a list of bin counts (how many bins a system needs)")
+    s = sub.add_parser(
+        "bound",
+        help="discretization bound: E-W2 of de-quantized training data "
+        "for a list of bin counts (how many bins a system needs)",
+    )
     s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--bins", type=int, nargs="+", default=[256, 1024, 4096, 8192])
@@ -560,10 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-report", action="store_true", help="metrics.json only")
-    s.add_argument("--reference-weights", choices=["transport", "resample", "ignore"],
-                   default="transport",
-                   help="a weighted reference (biased/heated MD): transport its frame weights "
-                   "into the W2 problems, resample it by weight (seeded), or ignore them")
+    s.add_argument(
+        "--reference-weights",
+        choices=["transport", "resample", "ignore"],
+        default="transport",
+        help="a weighted reference (biased/heated MD): transport its frame weights "
+        "into the W2 problems, resample it by weight (seeded), or ignore them",
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
@@ -578,23 +831,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-adamw", type=float)
     s.add_argument("--lr-muon", type=float)
     s.add_argument("--eval-every", type=int)
-    s.add_argument("--patience", type=int,
-                   help="early stopping: stop after this many evaluations without a better "
-                   "val NLL (default: off)")
+    s.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: stop after this many evaluations without a better "
+        "val NLL (default: off)",
+    )
     s.add_argument("--ema", action="store_true")
     s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
-    s.add_argument("--frame", choices=["gauge", "centroid"], default="gauge",
-                   help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
-                   "default); centroid: the published centring + rotation augmentation")
-    s.add_argument("--head", default="bins", choices=["bins", "mol", "gmm", "givt"],
-                   help="output head: bins (categorical, ARBG), mol / gmm (discretized mixture "
-                   "of logistics / Gaussians, PixelCNN++ baselines), givt (continuous Gaussian "
-                   "mixture)")
-    s.add_argument("--n-mixtures", type=int, default=10,
-                   help="mixture components K of the mol/gmm/givt heads")
-    s.add_argument("--data-weights", choices=["plain", "weighted"], default="plain",
-                   help="frame weights of biased/heated data: plain (every frame once; broad "
-                   "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)")
+    s.add_argument(
+        "--frame",
+        choices=["gauge", "centroid"],
+        default="gauge",
+        help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
+        "default); centroid: the published centring + rotation augmentation",
+    )
+    s.add_argument(
+        "--head",
+        default="bins",
+        choices=["bins", "mol", "gmm", "givt"],
+        help="output head: bins (categorical, ARBG), mol / gmm (discretized mixture "
+        "of logistics / Gaussians, PixelCNN++ baselines), givt (continuous Gaussian "
+        "mixture)",
+    )
+    s.add_argument(
+        "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
+    )
+    s.add_argument(
+        "--data-weights",
+        choices=["plain", "weighted"],
+        default="plain",
+        help="frame weights of biased/heated data: plain (every frame once; broad "
+        "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)",
+    )
     s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
     s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     s.add_argument("--device", default="auto")
@@ -602,18 +871,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("train-transferable", help="train a transferable model on an `arbg "
-                                                  "corpus` directory (resumable)")
+    s = sub.add_parser(
+        "train-transferable",
+        help="train a transferable model on an `arbg corpus` directory (resumable)",
+    )
     s.add_argument("corpus", help="corpus directory (train split; val split for val NLL)")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
     s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    for flag, typ in (("--steps", int), ("--batch-size", int), ("--n-bins", int),
-                      ("--lr-adamw", float), ("--lr-muon", float), ("--eval-every", int)):
+    for flag, typ in (
+        ("--steps", int),
+        ("--batch-size", int),
+        ("--n-bins", int),
+        ("--lr-adamw", float),
+        ("--lr-muon", float),
+        ("--eval-every", int),
+    ):
         s.add_argument(flag, type=typ)
     s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument("--patience", type=int,
-                   help="early stopping: stop after this many evaluations without a better "
-                   "val NLL (default: off)")
+    s.add_argument(
+        "--patience",
+        type=int,
+        help="early stopping: stop after this many evaluations without a better "
+        "val NLL (default: off)",
+    )
     s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
     s.add_argument("--ema", action="store_true")
@@ -640,22 +920,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("smc", help="autoregressive twisted SMC (peptides with residue "
-                                   "boundaries, e.g. aaa, ace-aaa-nme)")
+    s = sub.add_parser(
+        "smc",
+        help="autoregressive twisted SMC (peptides with residue boundaries, e.g. aaa, ace-aaa-nme)",
+    )
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (new)")
     s.add_argument("--sequence", help="for transferable checkpoints only")
     s.add_argument("--particles", type=int, default=1000, help="particles per population")
-    s.add_argument("--repeats", type=int, default=1,
-                   help="independent populations, combined through their evidence")
+    s.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="independent populations, combined through their evidence",
+    )
     s.add_argument("--tau", type=float, default=1.0)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resample", default="systematic",
-                   choices=["systematic", "multinomial", "off"])
-    s.add_argument("--ess-threshold", type=float,
-                   help="resample only when ESS/M falls below this (default: always)")
-    s.add_argument("--early-reject-kt", type=float, default=100.0,
-                   help="kill particles above min(u_k) + this at a boundary")
+    s.add_argument("--resample", default="systematic", choices=["systematic", "multinomial", "off"])
+    s.add_argument(
+        "--ess-threshold",
+        type=float,
+        help="resample only when ESS/M falls below this (default: always)",
+    )
+    s.add_argument(
+        "--early-reject-kt",
+        type=float,
+        default=100.0,
+        help="kill particles above min(u_k) + this at a boundary",
+    )
     s.add_argument("--ensemble-size", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.set_defaults(func=cmd_smc)
@@ -665,8 +957,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="the training dataset (its val split is used)")
     s.add_argument("--topology")
     s.add_argument("--split", default="val")
-    s.add_argument("--taus", type=float, nargs="+",
-                   default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
+    s.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
     s.add_argument("--n", type=int, default=2000)
     s.add_argument("--n-eval", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
@@ -675,20 +966,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune_temperature)
 
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
-    s.add_argument("--quick", action="store_true",
-                   help="use the shipped checkpoint and reference (under 3 minutes)")
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="use the shipped checkpoint and reference (under 3 minutes)",
+    )
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     s.add_argument("--train-minutes", type=float)
-    s.add_argument("--plain-md", action="store_true",
-                   help="unbiased MD for training and reference (default: phi-biased MD with "
-                   "exact frame weights, which covers the alpha-L basin)")
-    s.add_argument("--data-weights", choices=["plain", "weighted"], default="plain",
-                   help="how the biased training frames' weights enter training")
+    s.add_argument(
+        "--plain-md",
+        action="store_true",
+        help="unbiased MD for training and reference (default: phi-biased MD with "
+        "exact frame weights, which covers the alpha-L basin)",
+    )
+    s.add_argument(
+        "--data-weights",
+        choices=["plain", "weighted"],
+        default="plain",
+        help="how the biased training frames' weights enter training",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
-    from arbg.zeroshot import add_zero_shot_parser
+    from arbg.experiments.zeroshot import add_zero_shot_parser
 
     add_zero_shot_parser(sub)
     return p
@@ -698,8 +999,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

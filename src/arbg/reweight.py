@@ -312,9 +312,7 @@ class SNISResult:
         """Weighted mean and delta-method SE of ``values`` (see `weighted_mean`)."""
         return weighted_mean(values, self.log_w)
 
-    def resample(
-        self, n: int, rng: np.random.Generator, method: str = "multinomial"
-    ) -> np.ndarray:
+    def resample(self, n: int, rng: np.random.Generator, method: str = "multinomial") -> np.ndarray:
         """Indices of an equally weighted ensemble of size ``n``."""
         return resample(self.log_w, n, rng, method)
 
@@ -376,6 +374,10 @@ def snis(
     )
     logger.info(
         "SNIS: n=%d ess=%.1f (%.3f) nonfinite=%d clipped=%d",
-        result.n, result.ess, result.relative_ess, n_nonfinite, n_clipped,
+        result.n,
+        result.ess,
+        result.relative_ess,
+        n_nonfinite,
+        n_clipped,
     )
     return result

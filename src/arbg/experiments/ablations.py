@@ -1,0 +1,469 @@
+"""`arbg ablate bins|temperature`: the paper's bin-count and sampling-temperature ablations.
+
+- :func:`ablate_bins`: for every bin count ``L``, train an ARBG model (``bins`` head) with the
+  same budget (:class:`arbg.experiments.stages.BudgetConfig`), sample ``n_samples`` proposals at
+  tau = 1,
+  reweight and evaluate against the reference (E-W2, T-W2 of the resampled reweighted ensemble),
+  beside the discretize / de-quantize bound E-W2 of the same ``L``
+  (:func:`arbg.nn.binning.quantization_bound` with the trained model's own standardization and bin
+  range). Writes ``ablate_bins.json``, ``ablate_bins.csv`` and ``ablate_bins.png``. Layout:
+  ``DIR/train/bins{L}-seed{s}/`` and ``DIR/runs/bins{L}-seed{s}-tau1/``, reused when complete.
+- :func:`ablate_temperature`: the temperature curve of one checkpoint against the reference MD
+  by :func:`arbg.experiments.tuning.tune_temperature` (proposals at each tau, SNIS, resampled E-W2
+  and T-W2,
+  ESS), repeated over seeds. Writes ``ablate_temperature.json``, ``.csv`` and ``.png``; each
+  seed's curve is cached in ``DIR/curves/seed{s}.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arbg.data.datasets import Dataset
+from arbg.experiments.stages import (
+    RESAMPLED,
+    BudgetConfig,
+    StageLog,
+    as_dataset,
+    dataset_id,
+    ensure_run,
+    ensure_trained,
+    ensure_tuned,
+    held_out_reference,
+    make_train_config,
+    stats,
+    tau_name,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def check_bins(bins: Sequence[int]) -> list[int]:
+    """Validate a list of bin counts (non-empty, distinct integers >= 2), sorted.
+
+    Raises
+    ------
+    ValueError
+    """
+    bins = list(bins)
+    if not bins:
+        raise ValueError("the bin ablation needs at least one bin count (e.g. --bins 256 1024)")
+    if any(int(b) != b or b < 2 for b in bins):
+        raise ValueError(f"bin counts must be integers >= 2, got {bins}")
+    if len(set(bins)) != len(bins):
+        raise ValueError(f"bin counts must be distinct, got {bins}")
+    return sorted(int(b) for b in bins)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from arbg.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plot(
+    path: Path,
+    x: Sequence[float],
+    panels: Sequence[tuple[str, list[dict[str, Any]]]],
+    xlabel: str,
+    log2x: bool = False,
+) -> None:
+    """One panel per ``(ylabel, series)``; a series is ``{label, y, yerr?, style}``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.5), squeeze=False)
+    try:
+        for ax, (ylabel, series) in zip(axes[0], panels, strict=True):
+            positive = True
+            for s in series:
+                y = np.asarray(s["y"], dtype=np.float64)
+                yerr = s.get("yerr")
+                ax.errorbar(x, y, yerr=yerr, fmt=s.get("style", "o-"), capsize=3, label=s["label"])
+                positive &= bool(np.all(y[np.isfinite(y)] > 0))
+            if log2x:
+                ax.set_xscale("log", base=2)
+            if positive and len(series) > 1:
+                ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def ablate_bins(
+    data: str | Path | Dataset,
+    out_dir: str | Path,
+    bins: Sequence[int],
+    config: BudgetConfig | None = None,
+    *,
+    reference: str | Path | Dataset | None = None,
+    topology: str | Path | None = None,
+    bound_frames: int = 5000,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Bin-count ablation: metrics after reweighting and the quantization bound against ``L``.
+
+    Parameters
+    ----------
+    data : training MD (path or Dataset).
+    out_dir : output directory (module docstring); re-running resumes.
+    bins : bin counts ``L`` (distinct, >= 2).
+    config : the budget of every model (``n_bins`` and ``heads`` are ignored: the head is
+        ``bins``); defaults if None.
+    reference : independent reference MD (default: the test block of ``data``, with a warning).
+    topology : PDB for array/trajectory inputs.
+    bound_frames : training frames (stride-subsampled) in the quantization bound.
+    command : the command line to record.
+
+    Returns
+    -------
+    dict: the content of ``ablate_bins.json``; ``rows[i]`` has ``n_bins``, ``e_w2`` and
+    ``t_w2`` (stats over seeds of the resampled reweighted ensemble), ``proposal_e_w2``,
+    ``ess``, ``bound_e_w2`` and ``bin_width_pm``.
+    """
+    from arbg.io import atomic_write_json
+    from arbg.nn.binning import quantization_bound
+    from arbg.train.checkpoints import load_checkpoint
+
+    bins = check_bins(bins)
+    cfg = config or BudgetConfig()
+    cfg.validate()
+    t_start = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = as_dataset(data, topology)
+    ref = (
+        held_out_reference(data)
+        if reference is None
+        else as_dataset(reference, topology, system=data.system)
+    )
+    log = StageLog()
+    frames = data.split("train")
+    if bound_frames and len(frames) > bound_frames:
+        frames = frames[:: len(frames) // bound_frames][:bound_frames]
+    rows = []
+    for n_bins in bins:
+        runs, ckpts = [], []
+        for seed in cfg.seeds:
+            key = f"bins{n_bins}-seed{seed}"
+            logger.info("bin ablation: L = %d, seed %d", n_bins, seed)
+            ckpt = ensure_trained(
+                data, out / "train" / key, make_train_config(cfg, "bins", seed, n_bins=n_bins), log
+            )
+            ckpts.append(ckpt)
+            run_dir = out / "runs" / f"{key}-{tau_name(1.0)}"
+            m = ensure_run(ckpt, run_dir, ref, cfg, 1.0, seed, log)
+            runs.append(
+                {
+                    "seed": seed,
+                    "run": str(run_dir),
+                    "checkpoint": str(ckpt),
+                    "metrics": {
+                        ens: {k: v["mean"] for k, v in vals.items()}
+                        for ens, vals in m["metrics"].items()
+                    },
+                    "ess": m.get("ess"),
+                }
+            )
+        t0 = time.time()
+        ck = load_checkpoint(ckpts[0])  # the model's own standardization and bin range
+        bound = quantization_bound(
+            frames,
+            ck.standardization,
+            [n_bins],
+            data.system.reduced_energy,
+            np.random.default_rng(cfg.seeds[0]),
+            binning_range=(ck.binning.low, ck.binning.high),
+        )[0]
+        log.add("bound", f"bins{n_bins}", True, time.time() - t0)
+        logger.info(
+            "bin ablation: L = %d, quantization bound E-W2 %.4f kT (%.2f pm bins)",
+            n_bins,
+            bound["e_w2"],
+            bound["bin_width_pm"],
+        )
+
+        def col(ens: str, key: str, runs: list[dict[str, Any]] = runs) -> dict[str, Any]:
+            return stats([r["metrics"].get(ens, {}).get(key, math.nan) for r in runs])
+
+        rows.append(
+            {
+                "n_bins": n_bins,
+                "e_w2": col(RESAMPLED, "e_w2"),
+                "t_w2": col(RESAMPLED, "t_w2"),
+                "proposal_e_w2": col("proposal", "e_w2"),
+                "proposal_t_w2": col("proposal", "t_w2"),
+                "ess": stats([r["ess"] if r["ess"] is not None else math.nan for r in runs]),
+                "bound_e_w2": bound["e_w2"],
+                "bin_width_pm": bound["bin_width_pm"],
+                "bound": bound,
+                "runs": runs,
+            }
+        )
+
+    paths = {
+        "json": str(out / "ablate_bins.json"),
+        "csv": str(out / "ablate_bins.csv"),
+        "png": str(out / "ablate_bins.png"),
+    }
+    _write_csv(
+        out / "ablate_bins.csv",
+        [
+            "n_bins",
+            "e_w2_mean",
+            "e_w2_std",
+            "t_w2_mean",
+            "t_w2_std",
+            "bound_e_w2",
+            "bin_width_pm",
+            "n_seeds",
+        ],
+        [
+            [
+                r["n_bins"],
+                r["e_w2"]["mean"],
+                r["e_w2"]["std"],
+                r["t_w2"]["mean"],
+                r["t_w2"]["std"],
+                r["bound_e_w2"],
+                r["bin_width_pm"],
+                r["e_w2"]["n"],
+            ]
+            for r in rows
+        ],
+    )
+    x = [r["n_bins"] for r in rows]
+    _plot(
+        out / "ablate_bins.png",
+        x,
+        [
+            (
+                "E-W2 (kT)",
+                [
+                    {
+                        "label": "ARBG, reweighted",
+                        "y": [r["e_w2"]["mean"] for r in rows],
+                        "yerr": [r["e_w2"]["std"] for r in rows],
+                    },
+                    {
+                        "label": "discretization bound",
+                        "y": [r["bound_e_w2"] for r in rows],
+                        "style": "s--",
+                    },
+                ],
+            ),
+            (
+                "T-W2 (rad)",
+                [
+                    {
+                        "label": "ARBG, reweighted",
+                        "y": [r["t_w2"]["mean"] for r in rows],
+                        "yerr": [r["t_w2"]["std"] for r in rows],
+                    }
+                ],
+            ),
+        ],
+        "bins L",
+        log2x=True,
+    )
+    result = {
+        "command": command,
+        "system": data.system.name,
+        "data": dataset_id(data),
+        "reference": dataset_id(ref),
+        "bins": bins,
+        "config": asdict(cfg),
+        "bound_frames": int(len(frames)),
+        "rows": rows,
+        "paths": paths,
+        "stages": log.records,
+        "stage_wall_s": log.wall_s(),
+        "ran": log.ran(),
+        "wall_s": time.time() - t_start,
+    }
+    atomic_write_json(out / "ablate_bins.json", result)
+    logger.info("bin ablation: wrote %s", out / "ablate_bins.json")
+    return result
+
+
+def ablate_temperature(
+    checkpoint: str | Path,
+    reference: str | Path | Dataset,
+    out_dir: str | Path,
+    taus: Sequence[float],
+    *,
+    n_samples: int = 2000,
+    n_eval: int = 1000,
+    seeds: Sequence[int] = (0,),
+    device: str = "auto",
+    topology: str | Path | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Sampling-temperature ablation of one checkpoint against reference MD.
+
+    For every seed ``s``, :func:`arbg.experiments.tuning.tune_temperature` (seed ``1000 s``) draws
+    ``n_samples`` proposals at each tau, reweights them (SNIS) and measures E-W2 and T-W2 of
+    ``n_eval`` resampled conformations against the reference (stride-subsampled to ``n_eval``
+    frames, its frame weights carried when it is weighted), and the ESS.
+
+    Parameters
+    ----------
+    checkpoint : checkpoint directory.
+    reference : reference MD (path or Dataset) of the checkpoint's system.
+    out_dir : output directory (module docstring); cached curves are reused.
+    taus : sampling temperatures (positive).
+    n_samples, n_eval : proposals per tau; resampled conformations per metric.
+    seeds : repeats (mean +- std over them).
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    topology : PDB for an array/trajectory reference.
+    command : the command line to record.
+
+    Returns
+    -------
+    dict: the content of ``ablate_temperature.json``; ``rows[i]`` has ``tau`` and stats of
+    ``e_w2``, ``t_w2``, ``score`` (their sum), ``ess``, ``relative_ess``; ``best_tau`` has the
+    lowest mean score.
+    """
+    from arbg.chem.systems import SystemSpec, build_system
+    from arbg.io import atomic_write_json
+    from arbg.train.checkpoints import read_config
+
+    taus = [float(t) for t in taus]
+    if not taus or any(not t > 0 for t in taus):
+        raise ValueError(f"taus must be a non-empty list of positive numbers, got {taus}")
+    if len(set(taus)) != len(taus):
+        raise ValueError(f"taus must be distinct, got {taus}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    t_start = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    system = (
+        build_system(
+            SystemSpec.from_dict(read_config(checkpoint)["system"]["spec"]), minimize=False
+        )
+        if not isinstance(reference, Dataset)
+        else None
+    )
+    ref = as_dataset(reference, topology, system=system)
+    log = StageLog()
+    curves = []
+    for seed in seeds:
+        logger.info("temperature ablation: seed %d, taus %s", seed, taus)
+        curves.append(
+            ensure_tuned(
+                checkpoint,
+                ref.positions,
+                ref.log_weights,
+                out / "curves" / f"seed{seed}.json",
+                taus,
+                n=n_samples,
+                n_eval=n_eval,
+                seed=1000 * int(seed),
+                device=device,
+                log=log,
+            )
+        )
+    rows = []
+    for i, tau in enumerate(taus):
+        rows.append(
+            {
+                "tau": tau,
+                **{
+                    k: stats([c["rows"][i][k] for c in curves])
+                    for k in ("e_w2", "t_w2", "score", "ess", "relative_ess")
+                },
+            }
+        )
+    best = min(
+        rows, key=lambda r: r["score"]["mean"] if math.isfinite(r["score"]["mean"]) else math.inf
+    )
+    paths = {
+        "json": str(out / "ablate_temperature.json"),
+        "csv": str(out / "ablate_temperature.csv"),
+        "png": str(out / "ablate_temperature.png"),
+    }
+    _write_csv(
+        out / "ablate_temperature.csv",
+        ["tau", "e_w2_mean", "e_w2_std", "t_w2_mean", "t_w2_std", "relative_ess_mean", "n_seeds"],
+        [
+            [
+                r["tau"],
+                r["e_w2"]["mean"],
+                r["e_w2"]["std"],
+                r["t_w2"]["mean"],
+                r["t_w2"]["std"],
+                r["relative_ess"]["mean"],
+                r["e_w2"]["n"],
+            ]
+            for r in rows
+        ],
+    )
+
+    def series(key: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "label": "reweighted (resampled)",
+                "y": [r[key]["mean"] for r in rows],
+                "yerr": [r[key]["std"] for r in rows],
+            }
+        ]
+
+    _plot(
+        out / "ablate_temperature.png",
+        taus,
+        [
+            ("E-W2 (kT)", series("e_w2")),
+            ("T-W2 (rad)", series("t_w2")),
+            ("relative ESS", series("relative_ess")),
+        ],
+        "sampling temperature tau",
+    )
+    result = {
+        "command": command,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "reference": dataset_id(ref),
+        "taus": taus,
+        "seeds": list(seeds),
+        "n_samples": n_samples,
+        "n_eval": n_eval,
+        "rows": rows,
+        "best_tau": best["tau"],
+        "curves": [{k: c[k] for k in ("rows", "best_tau")} for c in curves],
+        "paths": paths,
+        "stages": log.records,
+        "ran": log.ran(),
+        "wall_s": time.time() - t_start,
+    }
+    atomic_write_json(out / "ablate_temperature.json", result)
+    logger.info(
+        "temperature ablation: best tau %g; wrote %s", best["tau"], out / "ablate_temperature.json"
+    )
+    return result
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read back an ablation or benchmark JSON."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,518 @@
+"""Resumable stages shared by `arbg benchmark` and `arbg ablate`: train, sample + evaluate, tune.
+
+Each stage reuses its output when it is complete and was made with the same settings:
+
+- :func:`ensure_trained`: :func:`arbg.train.trainer.train` into a directory (a run that reached its
+  steps is reused; an incomplete one resumes from ``last``).
+- :func:`ensure_run`: :func:`arbg.sampling.runs.run_sampling` (``n_samples`` proposals = energy
+  evaluations at one tau, SNIS) and :func:`arbg.eval.evaluate.evaluate_run`
+  (``report/metrics.json``).
+- :func:`ensure_tuned`: :func:`arbg.experiments.tuning.tune_temperature`, cached as JSON.
+- :func:`md_at_budget`: MD with the same number of energy evaluations
+  (:func:`arbg.eval.evaluate.md_cost_curve`).
+
+:class:`BudgetConfig` is the budget every trained model gets; :class:`StageLog` records what each
+stage did (ran or reused, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from arbg.data.datasets import Dataset
+
+if TYPE_CHECKING:
+    from arbg.train.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+RESAMPLED = "reweighted_resampled"
+
+
+@dataclass
+class BudgetConfig:
+    """The budget every trained model gets (shared by the benchmark and the bin ablation).
+
+    Attributes
+    ----------
+    preset : model size preset of :class:`arbg.nn.model.ModelConfig`.
+    steps, batch_size : optimizer steps and global batch of every training run.
+    n_bins : bins ``L`` (None: :func:`arbg.nn.binning.default_n_bins`).
+    n_mixtures : mixture components of the ``mol``/``gmm``/``givt`` heads.
+    model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
+    train_overrides : extra :class:`arbg.train.trainer.TrainConfig` fields (e.g. ``eval_every``).
+    seeds : one training seed per repeat; the same seed samples and evaluates.
+    n_samples : proposals per sampling run (= energy evaluations).
+    n_eval : samples per W2 (capped at half the reference frames by the MD floor).
+    tica_lag : TICA lag in reference frames.
+    chirality, clip_fraction : see :func:`arbg.sampling.runs.run_sampling`.
+    device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    report : also write the HTML report of every run (slower).
+    """
+
+    preset: str = "tiny"
+    steps: int = 1600
+    batch_size: int = 32
+    n_bins: int | None = None
+    n_mixtures: int = 10
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_samples: int = 10_000
+    n_eval: int = 5_000
+    tica_lag: int = 100
+    chirality: str = "zero"
+    clip_fraction: float = 0.002
+    device: str = "auto"
+    report: bool = False
+
+    def validate(self) -> None:
+        """Raise ValueError for budgets that cannot run."""
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
+            )
+        if self.n_samples < 2 or self.n_eval < 2:
+            raise ValueError(
+                f"n_samples and n_eval must be >= 2, got {self.n_samples}, {self.n_eval}"
+            )
+        if self.n_bins is not None and self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+
+
+# --------------------------------------------------------------------------------------------------
+# stage log and small helpers
+
+
+class StageLog:
+    """What each stage did: ``records`` of ``{stage, key, ran, wall_s}`` (ran False: reused)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, stage: str, key: str, ran: bool, wall_s: float) -> None:
+        self.records.append({"stage": stage, "key": key, "ran": ran, "wall_s": wall_s})
+
+    def ran(self, stage: str | None = None) -> list[str]:
+        """Keys of the stages that did work (not reused), optionally of one stage kind."""
+        return [r["key"] for r in self.records if r["ran"] and stage in (None, r["stage"])]
+
+    def wall_s(self) -> dict[str, float]:
+        """Seconds spent per stage kind."""
+        out: dict[str, float] = {}
+        for r in self.records:
+            out[r["stage"]] = out.get(r["stage"], 0.0) + r["wall_s"]
+        return out
+
+
+def stats(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, std (ddof=1; 0 for one value) and the values; non-finite values are left out."""
+    vals = [float(v) for v in values]
+    ok = [v for v in vals if math.isfinite(v)]
+    mean = float(np.mean(ok)) if ok else float("nan")
+    std = float(np.std(ok, ddof=1)) if len(ok) > 1 else (0.0 if ok else float("nan"))
+    return {"mean": mean, "std": std, "n": len(ok), "values": vals}
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else -math.inf
+
+
+def tau_name(tau: float) -> str:
+    """Directory-name form of a tau (``1.0`` -> ``tau1``, ``1.03`` -> ``tau1.03``)."""
+    return f"tau{float(tau):g}"
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def as_dataset(
+    source: str | Path | Dataset, topology: str | Path | None = None, system: Any = None
+) -> Dataset:
+    """A Dataset as it is, or :func:`arbg.data.datasets.load_dataset` of a path."""
+    if isinstance(source, Dataset):
+        return source
+    from arbg.data.datasets import load_dataset
+
+    ds = load_dataset(source, topology=topology, system=system)
+    ds.metadata.setdefault("source", str(source))
+    return ds
+
+
+def dataset_id(ds: Dataset) -> str:
+    """A short identity of a dataset for the resume checks (source and frame count)."""
+    return f"{ds.metadata.get('source', ds.system.name)}:{len(ds)}"
+
+
+def held_out_reference(data: Dataset) -> Dataset:
+    """The ``test`` block of ``data`` as a reference (used when no independent one is given)."""
+    lo, hi = data.splits.get("test", [len(data), len(data)])
+    if hi - lo < 4:
+        raise ValueError("no reference given and the data has no test block to evaluate on")
+    logger.warning(
+        "no reference MD given: evaluating against the test block of the training "
+        "data (%d frames; correlated with the training frames)",
+        hi - lo,
+    )
+    return Dataset(
+        data.positions[lo:hi],
+        data.system,
+        {"test": [0, hi - lo]},
+        {"source": f"{data.metadata.get('source', data.system.name)}[test]"},
+        data.log_weights[lo:hi],
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# stages
+
+
+def make_train_config(
+    budget: BudgetConfig, head: str, seed: int, n_bins: int | None = None
+) -> TrainConfig:
+    """The :class:`arbg.train.trainer.TrainConfig` of one training run of the budget.
+
+    Parameters
+    ----------
+    budget : the shared budget.
+    head : output head (``model_overrides["head"]``).
+    seed : training seed.
+    n_bins : bins, overriding ``budget.n_bins`` (bin ablation).
+    """
+    from arbg.train.trainer import TrainConfig
+
+    overrides = {**budget.model_overrides, "head": head}
+    if head != "bins":
+        overrides.setdefault("head_kwargs", {"n_mixtures": budget.n_mixtures})
+    cfg = TrainConfig(
+        preset=budget.preset,
+        model_overrides=overrides,
+        n_bins=n_bins if n_bins is not None else budget.n_bins,
+        steps=budget.steps,
+        batch_size=budget.batch_size,
+        seed=seed,
+        device=budget.device,
+    )
+    for key, value in budget.train_overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown TrainConfig field {key!r} in train_overrides")
+        setattr(cfg, key, value)
+    return cfg
+
+
+def ensure_trained(
+    data: Dataset, out_dir: str | Path, config: TrainConfig, log: StageLog | None = None
+) -> Path:
+    """Train into ``out_dir`` unless a complete run is there; returns the checkpoint to sample.
+
+    A run is complete when ``out_dir/last`` reached ``config.steps``; an incomplete one is
+    resumed by :func:`arbg.train.trainer.train` from ``last``. A directory trained with another
+    head or
+    bin count is refused.
+
+    Returns
+    -------
+    Path: ``out_dir/best`` (lowest val NLL; ``last`` when there is no ``best``), resolved.
+    """
+    from arbg.train.checkpoints import read_config
+    from arbg.train.trainer import train
+
+    out = Path(out_dir)
+    t0 = time.time()
+    ran = True
+    if (out / "last" / "config.json").exists():
+        stored = read_config(out / "last")
+        head = config.model_overrides.get("head", "bins")
+        if stored["model"].get("head", "bins") != head or (
+            config.n_bins is not None and stored["binning"]["n_bins"] != config.n_bins
+        ):
+            raise ValueError(
+                f"{out} holds a model with head {stored['model'].get('head')!r} "
+                f"and {stored['binning']['n_bins']} bins, not {head!r} with "
+                f"{config.n_bins}: use another output directory"
+            )
+        if int(stored.get("training", {}).get("step", 0)) >= config.steps:
+            ran = False
+            logger.info("reusing the trained model in %s (%d steps)", out, config.steps)
+    if ran:
+        logger.info(
+            "training %s (head %s, seed %d, %d steps, batch %d)",
+            out,
+            config.model_overrides.get("head", "bins"),
+            config.seed,
+            config.steps,
+            config.batch_size,
+        )
+        train(data, out, config, progress=False)
+    if log is not None:
+        log.add("train", out.name, ran, time.time() - t0)
+    best = out / "best"
+    return (best if (best / "config.json").exists() else out / "last").resolve()
+
+
+def ensure_run(
+    checkpoint: str | Path,
+    run_dir: str | Path,
+    reference: Dataset,
+    budget: BudgetConfig,
+    tau: float,
+    seed: int,
+    log: StageLog | None = None,
+    sequence: str | None = None,
+) -> dict[str, Any]:
+    """Sample ``budget.n_samples`` proposals at ``tau`` and evaluate them, reusing what is done.
+
+    ``sequence`` binds a transferable checkpoint to that sequence (zero-shot, the checkpoint's
+    force field); single-system checkpoints take None.
+
+    The run (:func:`arbg.sampling.runs.run_sampling`) is reused when it has the same checkpoint,
+    tau and
+    sample count and is newer than the checkpoint's weights; otherwise it is deleted and redone.
+    ``run_dir/report/metrics.json`` (:func:`arbg.eval.evaluate.evaluate_run`) is reused when it is
+    newer than the samples and was made with the same ``n_eval``, seed, TICA lag and reference.
+
+    Returns
+    -------
+    dict: the content of metrics.json (``metrics[ensemble][e_w2|t_w2|tica_w2]``, ESS, ...).
+    """
+    from arbg.eval.evaluate import evaluate_run
+    from arbg.sampling.runs import run_sampling
+
+    ckpt = Path(checkpoint).resolve()
+    run = Path(run_dir)
+    samples, summary_path = run / "samples.npz", run / "summary.json"
+    t0 = time.time()
+    if samples.exists() and summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        problems = [
+            name
+            for name, bad in (
+                ("sample count", s.get("n_samples") != budget.n_samples),
+                ("tau", not math.isclose(float(s.get("tau", math.nan)), float(tau))),
+                ("checkpoint", s.get("checkpoint") != str(ckpt)),
+                ("stale (checkpoint newer)", _mtime(ckpt / "model.safetensors") > _mtime(samples)),
+            )
+            if bad
+        ]
+        if problems:
+            logger.warning("%s: redoing the run (%s differ)", run, ", ".join(problems))
+            shutil.rmtree(run)
+    elif run.exists():  # interrupted before samples.npz was written
+        shutil.rmtree(run)
+    ran = not samples.exists()
+    if ran:
+        logger.info("sampling %d proposals at tau %g into %s", budget.n_samples, tau, run)
+        dev = resolve_device(budget.device)
+        source: Any = str(ckpt)
+        if sequence is not None:
+            from arbg.train.checkpoints import load_checkpoint
+
+            source = load_checkpoint(ckpt, device=dev, sequence=sequence)
+        run_sampling(
+            source,
+            run,
+            n=budget.n_samples,
+            tau=tau,
+            seed=seed,
+            device=dev,
+            clip_fraction=budget.clip_fraction,
+            chirality=budget.chirality,
+        )
+    else:
+        logger.info("reusing the samples in %s", run)
+    if log is not None:
+        log.add("sample", run.name, ran, time.time() - t0)
+
+    t0 = time.time()
+    metrics_path = run / "report" / "metrics.json"
+    request = {
+        "n_eval": budget.n_eval,
+        "seed": seed,
+        "tica_lag": budget.tica_lag,
+        "reference": dataset_id(reference),
+    }
+    ran = True
+    if metrics_path.exists() and _mtime(metrics_path) >= _mtime(samples):
+        if json.loads(metrics_path.read_text()).get("benchmark_request") == request:
+            ran = False
+    if ran:
+        logger.info(
+            "evaluating %s against %s (n_eval %d)", run, request["reference"], budget.n_eval
+        )
+        evaluate_run(
+            run,
+            reference,
+            out_dir=run / "report",
+            n_eval=budget.n_eval,
+            seed=seed,
+            tica_lag=budget.tica_lag,
+            report=budget.report,
+            extra_metrics={"benchmark_request": request},
+        )
+    else:
+        logger.info("reusing the metrics in %s", metrics_path)
+    if log is not None:
+        log.add("evaluate", run.name, ran, time.time() - t0)
+    return json.loads(metrics_path.read_text())
+
+
+def ensure_tuned(
+    checkpoint: str | Path,
+    positions: np.ndarray,
+    log_weights: np.ndarray | None,
+    path: str | Path,
+    taus: Sequence[float],
+    *,
+    n: int,
+    n_eval: int,
+    seed: int,
+    device: str = "auto",
+    log: StageLog | None = None,
+) -> dict[str, Any]:
+    """:func:`arbg.experiments.tuning.tune_temperature` on ``positions``, cached in the JSON file
+    ``path``.
+
+    The cache is reused when it was made from the same checkpoint (and is newer than its
+    weights) with the same taus, ``n``, ``n_eval`` and seed.
+
+    Returns
+    -------
+    dict: the tune result (``rows`` with ``tau``, ``e_w2``, ``t_w2``, ``score``, ``ess``,
+    ``best_tau``) plus ``request``.
+    """
+    from arbg.experiments.tuning import tune_temperature
+    from arbg.io import atomic_write_json
+    from arbg.train.checkpoints import load_checkpoint
+
+    ckpt, path = Path(checkpoint).resolve(), Path(path)
+    request = {
+        "checkpoint": str(ckpt),
+        "taus": [float(t) for t in taus],
+        "n": n,
+        "n_eval": n_eval,
+        "seed": seed,
+        "n_positions": int(len(positions)),
+    }
+    t0 = time.time()
+    if path.exists() and _mtime(path) >= _mtime(ckpt / "model.safetensors"):
+        cached = json.loads(path.read_text())
+        if cached.get("request") == request:
+            logger.info("reusing the temperature curve %s (best tau %g)", path, cached["best_tau"])
+            if log is not None:
+                log.add("tune", path.stem, False, time.time() - t0)
+            return cached
+    dev = resolve_device(device)
+    logger.info("tuning tau over %s for %s (%d proposals each)", list(taus), ckpt, n)
+    lw = None
+    if log_weights is not None and np.ptp(np.asarray(log_weights)) > 0:
+        lw = np.asarray(log_weights)
+    result = tune_temperature(
+        load_checkpoint(ckpt, device=dev),
+        positions,
+        list(taus),
+        n=n,
+        n_eval=n_eval,
+        seed=seed,
+        device=dev,
+        validation_log_weights=lw,
+    )
+    result["request"] = request
+    atomic_write_json(path, result)
+    if log is not None:
+        log.add("tune", path.stem, True, time.time() - t0)
+    return result
+
+
+def md_steps_per_frame(data: Dataset) -> int | None:
+    """Integration steps per saved frame recorded by ``arbg md`` (None when unknown)."""
+    meta = data.metadata
+    if "frame_interval_ps" in meta and "step_fs" in meta:
+        return max(1, int(round(float(meta["frame_interval_ps"]) * 1000 / float(meta["step_fs"]))))
+    return None
+
+
+def md_at_budget(
+    data: Dataset,
+    reference: Dataset,
+    budget: int,
+    seeds: Sequence[int],
+    steps_per_frame: int,
+    n_eval: int,
+) -> dict[str, Any]:
+    """E-W2 and T-W2 of MD that spent ``budget`` energy evaluations, one block per seed.
+
+    Repeat ``i`` takes the ``i``-th block of ``budget // steps_per_frame`` consecutive frames of
+    ``data`` (time order) and evaluates it with :func:`arbg.eval.evaluate.md_cost_curve` (at most
+    ``n_eval`` frames per side); weighted (biased or heated) data transport their frame
+    weights. Blocks with fewer than 2 frames, or beyond the data, are left out (a NaN row when
+    none is left).
+    """
+    from arbg.eval.evaluate import md_cost_curve
+
+    n_md = budget // steps_per_frame
+    empty = np.zeros((0, data.system.n_atoms, 3))
+    e, t, blocks = [], [], []
+    for i, seed in enumerate(seeds):
+        start = i * n_md
+        if n_md < 2 or start + n_md > len(data):
+            logger.warning(
+                "MD at %d energy evaluations: block %d (%d frames from frame %d) "
+                "is not available in %d frames",
+                budget,
+                i,
+                n_md,
+                start,
+                len(data),
+            )
+            continue
+        # weighted (biased/heated) MD transports its exact frame weights
+        weights = {"md_log_weights": data.log_weights[start:]} if data.weighted else {}
+        curve = md_cost_curve(
+            data.system,
+            data.positions[start:],
+            steps_per_frame,
+            empty,
+            np.zeros(0),
+            np.zeros(0),
+            reference,
+            [budget],
+            n_max=n_eval,
+            seed=seed,
+            **weights,
+        )
+        e.append(curve["md"]["e_w2"][0])
+        t.append(curve["md"]["t_w2"][0])
+        blocks.append([start, start + n_md])
+    if data.weighted:
+        logger.info(
+            "MD at %d energy evaluations: weighted training MD, its frame weights are transported",
+            budget,
+        )
+    return {
+        "budget": int(budget),
+        "steps_per_frame": int(steps_per_frame),
+        "n_frames": int(n_md),
+        "blocks": blocks,
+        "e_w2": stats(e),
+        "t_w2": stats(t),
+    }

@@ -1,0 +1,625 @@
+"""The ARBG model: a decoder-only causal transformer over binned Cartesian coordinates.
+
+One token per modelled coordinate (``D = 3(n-1)`` per conformation, see :mod:`arbg.nn.standardize`).
+Position ``j`` receives the bin of coordinate ``j-1`` (a start token, id ``n_bins``, at ``j=0``)
+plus embeddings of the axis, atom index, atom type, residue type and residue index of the
+coordinate ``j`` it *predicts*, and outputs the parameters of ``p(b_j | b_<j)`` (logits over the
+``L`` bins for the categorical :class:`BinHead`).
+
+The recipe follows the paper (``../shared/seeds/arbg-paper.txt``, Sec. E.1 and Table A.5) in the
+nanoGPT / nanochat style: pre-norm RMSNorm, SwiGLU MLP, causal scaled-dot-product attention
+(``F.scaled_dot_product_attention``, flash kernels on a GPU), no biases, rotary position embeddings
+over the token index (or learned positions). The attention width ``n_head * head_dim`` is
+independent of the channel width ``n_embd``.
+
+"Expansion 4" (Table A.5) is implemented as a fused gate+up projection of width ``4 * n_embd``
+split into two halves, i.e. a SwiGLU hidden width of ``2 * n_embd``; with untied bin embedding and
+output head this gives the paper's ~7.4M parameters for the ``small`` preset at 4096 bins.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from arbg.nn.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # trains on a 2-core CPU in minutes
+    "tiny": dict(n_layer=4, n_embd=128, n_head=4, head_dim=32),
+    # the paper's single-system model (aldp, aaa): 7.4M parameters at 4096 bins
+    "small": dict(n_layer=8, n_embd=256, n_head=8, head_dim=32),
+    # the paper's Chignolin model
+    "medium": dict(n_layer=12, n_embd=512, n_head=8, head_dim=64),
+    # the transferable model's size
+    "large": dict(n_layer=16, n_embd=768, n_head=8, head_dim=64),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of :class:`ARBG`.
+
+    Attributes
+    ----------
+    n_bins : int
+        Number of bins ``L`` (the start token has id ``L``, so the input vocabulary is ``L + 1``).
+    n_layer, n_head, head_dim, n_embd : int
+        Depth, attention heads, per-head width and residual channel width.
+    mlp_ratio : float
+        Width of the fused SwiGLU gate+up projection in units of ``n_embd`` (hidden width is
+        ``mlp_ratio * n_embd / 2``) unless ``mlp_hidden`` is given.
+    mlp_hidden : int or None
+        Explicit SwiGLU hidden width.
+    max_atoms : int
+        Size of the atom-index embedding; ``max_tokens`` defaults to ``3 * (max_atoms - 1)``.
+    max_tokens : int or None
+        Longest sequence (rotary table / learned positions / KV cache default).
+    n_atom_types, n_residue_types, max_residues : int
+        Vocabulary sizes of the atom-type, residue-type and residue-index embeddings.
+    head : str
+        Output head, a key of :data:`arbg.nn.heads.HEADS`: ``"bins"`` (categorical over the bins,
+        default), ``"mol"`` / ``"gmm"`` (discretized mixtures of logistics / Gaussians over the
+        bins), ``"givt"`` (continuous Gaussian mixture). Configs without it load as ``"bins"``.
+    rope : bool
+        Rotary position embeddings (True) or a learned absolute position embedding (False).
+    rope_base : float
+        Rotary frequency base.
+    head_kwargs : dict
+        Extra keyword arguments of the head (``{"n_mixtures": K}`` for the mixture heads).
+    value_fourier : int
+        Number of Fourier octaves of the previous coordinate's *value* added to its bin
+        embedding (0 = off). A bin-id embedding alone must learn from data that neighbouring bins
+        are neighbouring numbers; the value features give that for free, which makes training
+        far cheaper (an arbg addition, not in the paper).
+    """
+
+    n_bins: int = 4096
+    n_layer: int = 8
+    n_head: int = 8
+    head_dim: int = 32
+    n_embd: int = 256
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None
+    max_atoms: int = 256
+    max_tokens: int | None = None
+    n_atom_types: int = 64
+    n_residue_types: int = 32
+    max_residues: int = 64
+    head: str = "bins"
+    rope: bool = True
+    rope_base: float = 10000.0
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    value_fourier: int = 12
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is None:
+            self.max_tokens = 3 * (self.max_atoms - 1)
+        if self.mlp_hidden is None:
+            self.mlp_hidden = int(round(self.mlp_ratio * self.n_embd / 2))
+        if self.rope and self.head_dim % 2:
+            raise ValueError("rotary embeddings need an even head_dim")
+
+    @classmethod
+    def preset(cls, name: str, n_bins: int, **overrides: Any) -> ModelConfig:
+        """Build a config from :data:`PRESETS` (``tiny``, ``small``, ``medium``, ``large``).
+
+        Parameters
+        ----------
+        name : str
+        n_bins : int
+        **overrides
+            Any other :class:`ModelConfig` field (e.g. ``max_atoms``, ``n_atom_types``).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(n_bins=n_bins, **{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable representation."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are rejected)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token conditioning features
+
+
+@dataclass
+class TokenFeatures:
+    """Features of the coordinate predicted at each position; long tensors of shape [T] or [B, T].
+
+    Attributes
+    ----------
+    axis : 0/1/2 for x/y/z
+    atom_index : index of the atom in canonical order
+    atom_type : atom-type id (``arbg.chem.systems`` vocabulary)
+    residue_type : residue-type id
+    residue_index : 0-based residue index
+    """
+
+    axis: torch.Tensor
+    atom_index: torch.Tensor
+    atom_type: torch.Tensor
+    residue_type: torch.Tensor
+    residue_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.axis.shape[-1])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Name -> tensor."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def slice(self, start: int, stop: int) -> TokenFeatures:
+        """Positions ``start:stop`` along the last (token) dimension."""
+        return TokenFeatures(**{k: v[..., start:stop] for k, v in self.tensors().items()})
+
+    def to(self, device: torch.device | str) -> TokenFeatures:
+        """Move all tensors to ``device``."""
+        return TokenFeatures(**{k: v.to(device) for k, v in self.tensors().items()})
+
+
+def token_features_for_system(
+    atom_type_id: np.ndarray,
+    residue_type_id: np.ndarray,
+    residue_index: np.ndarray,
+    n_coords: int | None = None,
+    coord_index: tuple[np.ndarray, np.ndarray] | None = None,
+) -> TokenFeatures:
+    """Token features of one system from per-atom arrays.
+
+    By default coordinate ``j`` belongs to atom ``j // 3`` and axis ``j % 3`` (atom-major
+    flattening, as in :meth:`arbg.nn.standardize.Standardization.forward`); ``coord_index`` gives
+    the (atom, axis) of each token explicitly (the gauge frame skips six coordinates).
+
+    Parameters
+    ----------
+    atom_type_id, residue_type_id, residue_index : np.ndarray, shape [n], int
+    n_coords : int, optional
+        Number of modelled coordinates, default ``3(n-1)``.
+    coord_index : (atom [T], axis [T]) int arrays, optional
+        :attr:`arbg.nn.standardize.Standardization.coord_index`; overrides ``n_coords``.
+
+    Returns
+    -------
+    TokenFeatures with [T] long tensors, ``T = n_coords``.
+    """
+    n = len(atom_type_id)
+    if coord_index is not None:
+        atom, axis = (np.asarray(a, dtype=np.int64) for a in coord_index)
+    else:
+        if n_coords is None:
+            n_coords = 3 * (n - 1)
+        j = np.arange(n_coords)
+        atom, axis = j // 3, j % 3
+    if atom.size and atom.max() >= n:
+        raise ValueError(f"{atom.size} coordinates need more than the {n} atoms given")
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+    return TokenFeatures(
+        axis=t(axis),
+        atom_index=t(atom),
+        atom_type=t(np.asarray(atom_type_id)[atom]),
+        residue_type=t(np.asarray(residue_type_id)[atom]),
+        residue_index=t(np.asarray(residue_index)[atom]),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for incremental decoding.
+
+    ``k`` and ``v`` have shape [n_layer, B, n_head, max_T, head_dim]; ``pos`` is the number of
+    positions already filled (the next token is at position ``pos``).
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        batch: int,
+        n_head: int,
+        max_T: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (n_layer, batch, n_head, max_T, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_T(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget all positions (the buffers are reused)."""
+        self.pos = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Gather the batch dimension by ``index`` [B'] (e.g. after SMC resampling).
+
+        ``B'`` may differ from ``B``; the buffers are replaced.
+        """
+        index = index.to(self.k.device).long()
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Write k, v [B, H, T, Dh] at ``pos`` for ``layer``; return the keys/values so far."""
+        t0, t1 = self.pos, self.pos + k.shape[2]
+        if t1 > self.max_T:
+            raise ValueError(f"KV cache overflow: {t1} > {self.max_T}")
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]  # [B, H, t1, Dh]
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer
+
+
+def _rotary_tables(max_T: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [max_T, head_dim/2] (float32)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.arange(max_T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [T, Dh/2]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of ``x`` [B, H, T, Dh] by cos/sin [T, Dh/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        width = config.n_head * config.head_dim  # may differ from n_embd
+        self.q = nn.Linear(config.n_embd, width, bias=False)
+        self.k = nn.Linear(config.n_embd, width, bias=False)
+        self.v = nn.Linear(config.n_embd, width, bias=False)
+        self.o = nn.Linear(width, config.n_embd, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Dh = self.n_head, self.head_dim
+        q = self.q(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.k(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        v = self.v(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        pos0 = 0
+        if kv_cache is not None:
+            pos0 = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k.to(kv_cache.k.dtype), v.to(kv_cache.v.dtype))
+            k, v = k.to(q.dtype), v.to(q.dtype)  # [B, H, pos0+T, Dh]
+        if pos0 == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v)  # one query attends to all cached keys
+        else:
+            # query i (absolute position pos0+i) sees keys 0..pos0+i
+            key_pos = torch.arange(pos0 + T, device=x.device)
+            mask = key_pos[None, :] <= (pos0 + torch.arange(T, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
+        y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, T, H*Dh]
+        return self.o(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = int(config.mlp_hidden)  # type: ignore[arg-type]
+        self.up = nn.Linear(config.n_embd, 2 * hidden, bias=False)  # fused gate + value
+        self.down = nn.Linear(hidden, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, val = self.up(x).chunk(2, dim=-1)  # 2 x [B, T, hidden]
+        return self.down(F.silu(gate) * val)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.norm2 = nn.RMSNorm(config.n_embd)
+        self.mlp = SwiGLU(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rotary, kv_cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class ARBG(nn.Module):
+    """Autoregressive Boltzmann generator over binned coordinates.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    default_feats : TokenFeatures, optional
+        [T] features of a single system, stored as buffers so that ``forward(tokens)`` works
+        without passing features (single-system models).
+    """
+
+    def __init__(self, config: ModelConfig, default_feats: TokenFeatures | None = None) -> None:
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.start_id = config.n_bins
+        self.wte = nn.Embedding(config.n_bins + 1, C)  # previous bin (+ start token)
+        K = config.value_fourier
+        self.value_proj = nn.Linear(2 * K + 1, C, bias=False) if K > 0 else None
+        self.axis_emb = nn.Embedding(3, C)
+        self.atom_emb = nn.Embedding(config.max_atoms, C)
+        self.atom_type_emb = nn.Embedding(config.n_atom_types, C)
+        self.residue_type_emb = nn.Embedding(config.n_residue_types, C)
+        self.residue_index_emb = nn.Embedding(config.max_residues, C)
+        self.wpe = None if config.rope else nn.Embedding(int(config.max_tokens), C)  # type: ignore[arg-type]
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.norm_f = nn.RMSNorm(C)
+        self.head = build_head(config)
+        if config.rope:
+            cos, sin = _rotary_tables(int(config.max_tokens), config.head_dim, config.rope_base)  # type: ignore[arg-type]
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        # per-token lowest allowed bin (gauge frame: a, c > 0); empty = no constraint
+        self.register_buffer("bin_floor", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.has_default_feats = default_feats is not None
+        if default_feats is not None:
+            for name, t in default_feats.tensors().items():
+                self.register_buffer(f"feat_{name}", t.long().clone())
+        self._init_weights()
+
+    # ---- initialisation / bookkeeping
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=m.in_features**-0.5)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        for block in self.blocks:  # residual branches start as identity (nanochat)
+            nn.init.zeros_(block.attn.o.weight)
+            nn.init.zeros_(block.mlp.down.weight)
+        self.head.init_weights()  # e.g. uniform initial distribution over the bins
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (optionally without the embedding tables)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def default_features(self) -> TokenFeatures | None:
+        """The registered single-system features ([T] tensors), if any."""
+        if not self.has_default_feats:
+            return None
+        return TokenFeatures(
+            **{f.name: getattr(self, f"feat_{f.name}") for f in fields(TokenFeatures)}
+        )
+
+    def new_kv_cache(
+        self, batch: int, max_T: int | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """A KV cache for ``batch`` sequences on this model's device."""
+        c = self.config
+        p = next(self.parameters())
+        return KVCache(
+            c.n_layer,
+            batch,
+            c.n_head,
+            max_T or int(c.max_tokens),
+            c.head_dim,  # type: ignore[arg-type]
+            device=p.device,
+            dtype=dtype or p.dtype,
+        )
+
+    def shift_right(self, bins: torch.Tensor) -> torch.Tensor:
+        """Inputs for teacher forcing: [start, b_0, ..., b_{T-2}] from targets bins [B, T]."""
+        start = torch.full_like(bins[:, :1], self.start_id)
+        return torch.cat([start, bins[:, :-1]], dim=1)  # [B, T]
+
+    # ---- forward
+
+    def _features(self, feats: TokenFeatures | None, pos0: int, T: int) -> TokenFeatures:
+        if feats is None:
+            feats = self.default_features()
+            if feats is None:
+                raise ValueError("this model has no default features; pass feats")
+        if len(feats) == T:
+            return feats
+        if len(feats) >= pos0 + T:
+            return feats.slice(pos0, pos0 + T)
+        raise ValueError(
+            f"features of length {len(feats)} do not cover positions {pos0}..{pos0 + T}"
+        )
+
+    def set_bin_floor(self, floor: torch.Tensor | np.ndarray | None) -> None:
+        """Restrict token ``j`` to bins ``>= floor[j]`` (the sampled and scored distribution).
+
+        The gauge frame of :mod:`arbg.nn.standardize` needs ``a > 0`` and ``c > 0``; the floor is
+        built by :meth:`arbg.nn.binning.Binning.token_floor` and set by whoever builds the model
+        (trainer, checkpoint loader); it is derived from the stored standardization and binning,
+        not saved. ``None`` removes it.
+        """
+        t = torch.zeros(0, dtype=torch.long) if floor is None else torch.as_tensor(floor).long()
+        self.bin_floor = t.to(self.wte.weight.device)
+
+    def _apply_bin_floor(self, out: torch.Tensor, pos0: int) -> torch.Tensor:
+        floor = self.bin_floor[pos0 : pos0 + out.shape[-2]]  # [T]
+        return self.head.apply_floor(out, floor)  # every head (arbg.nn.heads.Head.apply_floor)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        feats: TokenFeatures | None = None,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        extra: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head parameters for every position and optionally the loss.
+
+        Parameters
+        ----------
+        tokens : LongTensor [B, T]
+            Bin of the previous coordinate (``n_bins`` = start token at absolute position 0).
+        feats : TokenFeatures, optional
+            Features of the predicted coordinates, [T] or [B, T] tensors, either for exactly the
+            ``T`` positions fed or for the whole sequence (then positions ``pos .. pos+T`` are
+            taken). Defaults to the registered single-system features.
+        targets : Tensor [B, T], optional
+            Bins to predict (int64, -1 = ignore), or for a continuous head (``head.continuous``)
+            real values in bin units (float64, non-finite = ignore); gives the mean negative
+            log-likelihood (nats per coordinate, a log-density in bin units for every head).
+        kv_cache : KVCache, optional
+            The tokens occupy absolute positions ``kv_cache.pos .. pos+T``; their keys/values are
+            appended and ``pos`` advances by ``T``.
+        extra : Tensor [B or 1, T, n_embd], optional
+            Added to the input embeddings of the ``T`` positions fed (the per-token
+            conditioning of :mod:`arbg.nn.conditioning`); None (single-system models) adds nothing.
+
+        Returns
+        -------
+        out : head parameters [B, T, n_outputs] (logits [B, T, L] for :class:`BinHead`,
+            ``3K + 1`` mixture numbers for the mixture heads of :mod:`arbg.nn.heads`)
+        loss : scalar tensor or None
+        """
+        B, T = tokens.shape
+        pos0 = kv_cache.pos if kv_cache is not None else 0
+        if pos0 + T > int(self.config.max_tokens):  # type: ignore[arg-type]
+            raise ValueError(f"sequence of {pos0 + T} tokens > max_tokens {self.config.max_tokens}")
+        f = self._features(feats, pos0, T)
+        x = self.wte(tokens)  # [B, T, C]
+        if self.value_proj is not None:
+            x = x + self.value_proj(self._value_features(tokens))
+        x = (
+            x
+            + self.axis_emb(f.axis)
+            + self.atom_emb(f.atom_index)
+            + self.atom_type_emb(f.atom_type)
+            + self.residue_type_emb(f.residue_type)
+            + self.residue_index_emb(f.residue_index)
+        )  # [T, C] features broadcast over the batch
+        if extra is not None:
+            x = x + extra
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=tokens.device))
+        else:
+            rotary = (self.rope_cos[pos0 : pos0 + T], self.rope_sin[pos0 : pos0 + T])
+        for block in self.blocks:
+            x = block(x, rotary, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        out = self.head(self.norm_f(x))
+        if self.bin_floor.numel():
+            out = self._apply_bin_floor(out, pos0)
+        loss = self.head.loss(out, targets) if targets is not None else None
+        return out, loss
+
+    def _value_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Fourier features [B, T, 2K+1] of the previous coordinate's bin centre, scaled to
+        [-1, 1] over the bin range; zero for the start token."""
+        L = self.config.n_bins
+        is_start = tokens == self.start_id
+        dtype = self.value_proj.weight.dtype if self.value_proj is not None else torch.float32
+        v = ((tokens.clamp(max=L - 1).to(dtype) + 0.5) / L) * 2.0 - 1.0  # [B, T]
+        freqs = math.pi * (2.0 ** torch.arange(self.config.value_fourier, device=tokens.device))
+        ang = v.unsqueeze(-1) * freqs  # [B, T, K]
+        feats = torch.cat([v.unsqueeze(-1), torch.sin(ang), torch.cos(ang)], dim=-1)
+        return feats.masked_fill(is_start.unsqueeze(-1), 0.0)
+
+    def log_prob(
+        self,
+        bins: torch.Tensor,
+        feats: TokenFeatures | None = None,
+        tau: float = 1.0,
+    ) -> torch.Tensor:
+        """Teacher-forced log-probability of whole sequences.
+
+        Parameters
+        ----------
+        bins : Tensor [B, T]
+            Targets of all ``T`` coordinates: bins (int64), or real values in bin units (float)
+            for a continuous head; the inputs are ``shift_right(head.tokens(bins))``.
+        feats : TokenFeatures, optional
+        tau : float
+            Temperature of the conditionals.
+
+        Returns
+        -------
+        Tensor [B], float64: ``sum_j log p(x_j | x_<j)`` in nats, the log-density in bin units
+        for every head (add ``Binning.log_density`` and the standardization's Jacobian for the
+        density in nm).
+        """
+        out, _ = self.forward(self.shift_right(self.head.tokens(bins)), feats)
+        lp = self.head.log_prob(out, bins, tau)  # [B, T]
+        return lp.to(torch.float64).sum(dim=-1)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a dict (for checkpoints)."""
+        return self.config.to_dict()
+
+
+def count_params(config: ModelConfig) -> int:
+    """Parameter count of :class:`ARBG` with ``config`` (built on the meta device)."""
+    with torch.device("meta"):
+        model = ARBG(config)
+    return model.num_params()
+
+
+def describe(config: ModelConfig) -> str:
+    """One-line summary of a config."""
+    n = count_params(config)
+    return (
+        f"{config.n_layer} layers, {config.n_embd} ch, {config.n_head}x{config.head_dim} heads, "
+        f"{config.n_bins} bins, {config.head} head: {n / 1e6:.2f}M parameters"
+    )

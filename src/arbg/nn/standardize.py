@@ -1,0 +1,420 @@
+"""Per-frame preprocessing: translation removal, scalar standardization and random rotations.
+
+Translation treatment
+---------------------
+The Boltzmann density of a peptide in vacuum or implicit solvent is invariant under global
+translations, so it is not normalisable over all 3n Cartesian coordinates. ARBG therefore models
+the *centred* configuration space, a 3(n-1)-dimensional linear subspace of R^{3n}:
+
+1. Each frame is centred on its centre of **geometry** (the unweighted mean of the atom positions),
+   not its centre of mass. With mass weights the last atom would be placed from
+   ``x_n = -(sum_i m_i x_i) / m_n``; if that atom is a hydrogen (mass ~1) and the others carry
+   masses ~12-16, every error made on the modelled coordinates is multiplied by the mass ratio
+   (~12-fold in distance, ~144-fold in squared error for C vs H), which ruins the placement of
+   light atoms.
+   With unweighted centring the error is spread evenly, ``x_n = -sum_{i<n} x_i``.
+2. Only the first ``3(n-1)`` centred coordinates are modelled (flattened atom-major:
+   atom 0 x, y, z, atom 1 x, y, z, ...). The last atom is *not* a model output: it is placed
+   deterministically by the centring constraint ``sum_i x_i = 0``.
+3. The map from the modelled coordinates to the centred conformation is linear and bijective onto
+   the centred subspace, so ``log q`` of the model (after the constant Jacobian of the scalar
+   standardization, :attr:`Standardization.log_det_forward`) is a proper density on the centred
+   configuration space and self-normalised importance weights ``-u(x) - log q(x)`` are correct up
+   to a constant.
+
+Two tempting alternatives are wrong and are not supported:
+
+* Modelling all ``3n`` centred coordinates. The last three are (almost) a deterministic function
+  of the others, so the model has to put a near-delta conditional on them; its log-density then
+  contains a large, conformation-dependent term (the log-probability of hitting the constraint to
+  within a bin) that has nothing to do with the Boltzmann density and biases the weights.
+* Modelling the raw (uncentred) coordinates and re-centring a sample after drawing it while keeping
+  its ``log q``. Re-centring is a projection (many-to-one), so the density of the re-centred sample
+  is the marginal of ``q`` along the translation direction, not ``q`` evaluated at the drawn point:
+  the reported ``log q`` does not belong to the sample that is returned.
+
+After centring, each coordinate is divided by one scalar standard deviation ``std_nm`` fitted on
+the training frames (following the published preprocessing, see ``../shared/seeds/arbg-paper.txt``,
+Table A.5 "Std"), and during training frames are randomly rotated (the target is rotation
+invariant, so rotation is a free data augmentation).
+
+The gauge frame (``frame="gauge"``, an arbg addition)
+-----------------------------------------------------
+Rotation augmentation makes the model learn rotational equivariance from data, which a small model
+trained briefly does poorly. The gauge frame removes the six external degrees of freedom exactly
+instead. Three *gauge atoms* (A, B, C), by default N, CA, C of the central residue, fix the frame:
+A at the origin, B on the +x axis, C in the xy half-plane with y > 0. The six fixed coordinates
+(A's x, y, z; B's y, z; C's z) are not modelled, so the model sees ``D = 3n - 6`` coordinates (in
+canonical atom order, atom-major) and needs no augmentation.
+
+Density. Write a conformation as ``x_i = R g_i + t`` with gauge coordinates ``g`` (``g_A = 0``,
+``g_B = (a, 0, 0)``, ``g_C = (b, c, 0)``, ``a, c > 0``), a rotation ``R`` and a translation ``t``.
+The Lebesgue measure factorises as ``dx = a^2 c dg dR dt`` with the Haar measure ``dR`` of total
+mass ``8 pi^2`` (``x_B - x_A = a u`` in spherical coordinates about A; ``x_C`` in cylindrical
+coordinates about the axis ``u``). A sample ``g ~ q_g`` composed with a Haar-uniform rotation
+therefore has the density
+
+    q(x) = q_g(g) / (8 pi^2 a^2 c)
+
+on the translation-reduced space (Lebesgue measure on the 3(n-1) coordinates ``x_i - x_A``,
+``i != A``; a constant factor away from the centred-space convention above, irrelevant for
+self-normalised weights). :meth:`Standardization.log_det` returns this conformation-dependent
+Jacobian; the rotation itself is never drawn because every quantity arbg computes from a sample
+(energy, dihedrals, distances) is rotation invariant. Mirror images stay in the gauge (``-x``
+re-canonicalises to ``z -> -z``), so the chirality policies of :mod:`arbg.sampling.sampler` apply
+unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+FRAMES = ("centroid", "gauge")
+_LOG_HAAR = math.log(8 * math.pi**2)
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Removal of the external degrees of freedom and scalar scaling.
+
+    Parameters
+    ----------
+    std_nm : float
+        Scalar standard deviation (nm) of the centred training coordinates.
+    n_atoms : int
+        Number of atoms ``n``.
+    frame : {"centroid", "gauge"}
+        ``"centroid"`` (published): centre of geometry removed, the last atom dropped, ``3(n-1)``
+        coordinates, rotations by augmentation. ``"gauge"``: translation and rotation fixed by
+        ``gauge_atoms``, ``3n - 6`` coordinates (module docstring).
+    gauge_atoms : (A, B, C) atom indices (canonical order), required for ``frame="gauge"``.
+    """
+
+    std_nm: float
+    n_atoms: int
+    frame: str = "centroid"
+    gauge_atoms: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame not in FRAMES:
+            raise ValueError(f"unknown frame {self.frame!r}; choose from {FRAMES}")
+        if self.frame == "gauge":
+            g = self.gauge_atoms
+            if g is None or len(g) != 3 or len(set(g)) != 3:
+                raise ValueError(f"frame='gauge' needs three distinct gauge atoms, got {g}")
+            if not all(0 <= int(i) < self.n_atoms for i in g):
+                raise ValueError(f"gauge atoms {g} out of range for {self.n_atoms} atoms")
+            object.__setattr__(self, "gauge_atoms", tuple(int(i) for i in g))
+            if self.n_atoms < 3:
+                raise ValueError("the gauge frame needs at least 3 atoms")
+
+    @property
+    def n_coords(self) -> int:
+        """Number of modelled coordinates: ``3(n-1)`` (centroid) or ``3n - 6`` (gauge)."""
+        return 3 * (self.n_atoms - 1) if self.frame == "centroid" else 3 * self.n_atoms - 6
+
+    @property
+    def coord_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(atom, axis) of each modelled coordinate, int arrays [D], atom-major order."""
+        atom = np.repeat(np.arange(self.n_atoms), 3)
+        axis = np.tile(np.arange(3), self.n_atoms)
+        keep = np.ones(3 * self.n_atoms, dtype=bool)
+        if self.frame == "centroid":
+            keep[-3:] = False
+        else:
+            a, b, c = self.gauge_atoms  # type: ignore[misc]
+            keep[[3 * a, 3 * a + 1, 3 * a + 2, 3 * b + 1, 3 * b + 2, 3 * c + 2]] = False
+        return atom[keep], axis[keep]
+
+    def coords_before_atom(self, k: int) -> int:
+        """Number of modelled coordinates that belong to atoms ``0 .. k-1``."""
+        atom, _ = self.coord_index
+        return int(np.count_nonzero(atom < int(k)))
+
+    @property
+    def log_det_forward(self) -> float:
+        """Constant part of the log-Jacobian: ``-D log(std)``.
+
+        With this, ``log q_x(x) = log q_z(z) + log_det_forward`` for the density of the centred
+        conformation in nm (with respect to the Lebesgue measure on the first ``3(n-1)`` centred
+        coordinates). In the gauge frame add the conformation-dependent part, see :meth:`log_det`.
+        """
+        return -self.n_coords * math.log(self.std_nm)
+
+    def log_det(self, z: ArrayLike | None = None) -> Any:
+        """Full log-Jacobian ``log q_x(x) - log q_z(z)`` per conformation.
+
+        Parameters
+        ----------
+        z : [B, D] standardized coordinates; needed for the gauge frame.
+
+        Returns
+        -------
+        float (centroid frame, or no ``z``) or np.ndarray [B] float64 (gauge frame):
+        ``-D log(std) - log(8 pi^2) - 2 log(a) - log(c)`` with ``a, c`` in nm (module docstring).
+        """
+        if self.frame == "centroid":
+            return self.log_det_forward
+        if z is None:
+            raise ValueError("the gauge-frame Jacobian depends on the conformation: pass z")
+        zz = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
+        ia, ic = self.gauge_token_index
+        a = np.abs(zz[..., ia]) * self.std_nm
+        c = np.abs(zz[..., ic]) * self.std_nm
+        with np.errstate(divide="ignore"):
+            return self.log_det_forward - _LOG_HAAR - 2 * np.log(a) - np.log(c)
+
+    @property
+    def gauge_token_index(self) -> tuple[int, int]:
+        """Token indices of ``a`` (B's x) and ``c`` (C's y) in the gauge frame."""
+        _, b, c = self.gauge_atoms  # type: ignore[misc]
+        atom, axis = self.coord_index
+        ia = int(np.flatnonzero((atom == b) & (axis == 0))[0])
+        ic = int(np.flatnonzero((atom == c) & (axis == 1))[0])
+        return ia, ic
+
+    def to_gauge(self, x: ArrayLike) -> ArrayLike:
+        """Translate and rotate frames into the gauge (A at 0, B on +x, C in the y > 0 plane).
+
+        Parameters
+        ----------
+        x : [B, n, 3] nm (numpy or torch)
+
+        Returns
+        -------
+        [B, n, 3] float64 nm (same library); a frame whose gauge atoms are collinear gets NaN.
+        """
+        a, b, c = self.gauge_atoms  # type: ignore[misc]
+        if isinstance(x, torch.Tensor):
+            return torch.as_tensor(self.to_gauge(x.detach().cpu().numpy()), device=x.device)
+        x64 = np.asarray(x, dtype=np.float64)
+        xr = x64 - x64[..., a : a + 1, :]  # [B, n, 3]
+        e1 = xr[..., b, :] / np.linalg.norm(xr[..., b, :], axis=-1, keepdims=True)  # [B, 3]
+        v = xr[..., c, :] - np.sum(xr[..., c, :] * e1, axis=-1, keepdims=True) * e1
+        e2 = v / np.linalg.norm(v, axis=-1, keepdims=True)
+        e3 = np.cross(e1, e2)
+        R = np.stack([e1, e2, e3], axis=-2)  # [B, 3, 3], rows = new axes
+        g = np.einsum("...ij,...nj->...ni", R, xr)
+        # exact zeros on the fixed coordinates (rounding leaves ~1e-17)
+        g[..., a, :] = 0.0
+        g[..., b, 1:] = 0.0
+        g[..., c, 2] = 0.0
+        return g
+
+    def forward(self, x: ArrayLike) -> ArrayLike:
+        """Remove the external degrees of freedom, scale and flatten frames.
+
+        Parameters
+        ----------
+        x : np.ndarray or torch.Tensor, shape [B, n, 3], nm
+
+        Returns
+        -------
+        z : same library as ``x``, shape [B, D], standardized units
+            Computed in float64; numpy output is float64, torch output keeps ``x.dtype``
+            (float64 in, float64 out).
+        """
+        if x.shape[-2:] != (self.n_atoms, 3):
+            raise ValueError(f"expected frames [B, {self.n_atoms}, 3], got {tuple(x.shape)}")
+        if self.frame == "gauge":
+            atom, axis = self.coord_index
+            if isinstance(x, torch.Tensor):
+                dtype = x.dtype if x.is_floating_point() else torch.float64
+                g = torch.as_tensor(self.to_gauge(x.detach().cpu().numpy()))
+                return (g[..., atom, axis] / self.std_nm).to(dtype=dtype, device=x.device)
+            return self.to_gauge(x)[..., atom, axis] / self.std_nm
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float64
+            x64 = x.to(torch.float64)
+            xc = x64 - x64.mean(dim=-2, keepdim=True)  # [B, n, 3]
+            z = xc[..., :-1, :].reshape(*x.shape[:-2], self.n_coords) / self.std_nm  # [B, 3(n-1)]
+            return z.to(dtype)
+        x64 = np.asarray(x, dtype=np.float64)
+        xc = x64 - x64.mean(axis=-2, keepdims=True)  # [B, n, 3]
+        return xc[..., :-1, :].reshape(*x64.shape[:-2], self.n_coords) / self.std_nm
+
+    def inverse(self, z: ArrayLike) -> ArrayLike:
+        """Undo :meth:`forward`.
+
+        Centroid frame: the last atom is placed from the centring constraint. Gauge frame: the
+        modelled coordinates are scattered into the gauge (fixed coordinates are zero).
+
+        Parameters
+        ----------
+        z : np.ndarray or torch.Tensor, shape [B, D], standardized units
+
+        Returns
+        -------
+        x : same library as ``z``, shape [B, n, 3], nm, centred on the centre of geometry
+            (centroid) or in the gauge (float64 for numpy; torch keeps ``z.dtype``, computed in
+            float64).
+        """
+        if z.shape[-1] != self.n_coords:
+            raise ValueError(f"expected [B, {self.n_coords}] coordinates, got {tuple(z.shape)}")
+        if self.frame == "gauge":
+            atom, axis = self.coord_index
+            if isinstance(z, torch.Tensor):
+                dtype = z.dtype if z.is_floating_point() else torch.float64
+                x = torch.zeros(
+                    *z.shape[:-1], self.n_atoms, 3, dtype=torch.float64, device=z.device
+                )
+                x[..., atom, axis] = z.to(torch.float64) * self.std_nm
+                return x.to(dtype)
+            zz = np.asarray(z, dtype=np.float64)
+            x = np.zeros((*zz.shape[:-1], self.n_atoms, 3))
+            x[..., atom, axis] = zz * self.std_nm
+            return x
+        if isinstance(z, torch.Tensor):
+            dtype = z.dtype if z.is_floating_point() else torch.float64
+            head = z.to(torch.float64).reshape(*z.shape[:-1], self.n_atoms - 1, 3)  # [B, n-1, 3]
+            last = -head.sum(dim=-2, keepdim=True)  # [B, 1, 3]
+            return (torch.cat([head, last], dim=-2) * self.std_nm).to(dtype)
+        head = np.asarray(z, dtype=np.float64).reshape(*z.shape[:-1], self.n_atoms - 1, 3)
+        last = -head.sum(axis=-2, keepdims=True)  # [B, 1, 3]
+        return np.concatenate([head, last], axis=-2) * self.std_nm
+
+    def atom_radius(self, z: np.ndarray) -> float:
+        """Largest ``|coordinate|`` range needed for bins, std units (see ``fit_binning``).
+
+        Centroid frame: the largest atom distance from the centre (any axis can point anywhere
+        after rotation). Gauge frame: the largest absolute modelled coordinate (no rotations;
+        ``-x`` maps to ``z -> -z``, covered by a symmetric range).
+        """
+        zz = np.asarray(z, dtype=np.float64)
+        if self.frame == "gauge":
+            return float(np.abs(zz).max())
+        x = self.inverse(zz) / self.std_nm  # [F, n, 3]
+        return float(np.linalg.norm(x, axis=-1).max())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable representation."""
+        d = asdict(self)
+        d["gauge_atoms"] = None if self.gauge_atoms is None else list(self.gauge_atoms)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Standardization:
+        """Inverse of :meth:`to_dict` (old records without ``frame`` are centroid frames)."""
+        g = d.get("gauge_atoms")
+        return cls(
+            std_nm=float(d["std_nm"]),
+            n_atoms=int(d["n_atoms"]),
+            frame=str(d.get("frame", "centroid")),
+            gauge_atoms=None if g is None else tuple(int(i) for i in g),
+        )
+
+
+def centre_frames(x: np.ndarray) -> np.ndarray:
+    """Subtract the centre of geometry of each frame.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape [F, n, 3], nm
+
+    Returns
+    -------
+    np.ndarray, shape [F, n, 3], float64 nm
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    return x64 - x64.mean(axis=-2, keepdims=True)
+
+
+def fit_standardization(
+    frames: np.ndarray, frame: str = "centroid", gauge_atoms: tuple[int, int, int] | None = None
+) -> Standardization:
+    """Fit one scalar standard deviation of the centred training coordinates.
+
+    Parameters
+    ----------
+    frames : np.ndarray, shape [F, n, 3], nm
+    frame, gauge_atoms : see :class:`Standardization`
+
+    Returns
+    -------
+    Standardization
+        ``std_nm`` is the root mean square of all centred coordinates (the mean is zero by
+        construction), pooled over frames, atoms and axes (the same in both frames, so bin
+        widths in nm are comparable).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 3 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [F, n, 3], got {frames.shape}")
+    xc = centre_frames(frames)
+    std = float(np.sqrt(np.mean(xc**2)))
+    if not np.isfinite(std) or std <= 0:
+        raise ValueError(f"cannot standardize: std = {std}")
+    logger.info(
+        "standardization: std = %.4f nm over %d frames (%s frame)", std, frames.shape[0], frame
+    )
+    return Standardization(
+        std_nm=std, n_atoms=int(frames.shape[1]), frame=frame, gauge_atoms=gauge_atoms
+    )
+
+
+def random_rotations(
+    batch: int, generator: torch.Generator | np.random.Generator | None = None
+) -> ArrayLike:
+    """Draw rotation matrices uniformly (Haar) on SO(3).
+
+    A unit quaternion drawn as a normalised 4-D standard Gaussian is uniform on S^3, and the
+    double cover S^3 -> SO(3) maps it to the Haar measure.
+
+    Parameters
+    ----------
+    batch : int
+    generator : torch.Generator or np.random.Generator
+        A torch generator gives a float64 torch tensor on the generator's device; a numpy
+        generator (or None, a fresh default one) gives a float64 numpy array.
+
+    Returns
+    -------
+    R : shape [B, 3, 3], orthonormal with det +1
+    """
+    if isinstance(generator, torch.Generator):
+        q = torch.randn(batch, 4, generator=generator, dtype=torch.float64, device=generator.device)
+        q = q / q.norm(dim=-1, keepdim=True)
+        return _quat_to_matrix(q, torch.stack)
+    rng = generator if generator is not None else np.random.default_rng()
+    q = rng.standard_normal((batch, 4))
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    return _quat_to_matrix(q, np.stack)
+
+
+def _quat_to_matrix(q: ArrayLike, stack: Any) -> ArrayLike:
+    """Unit quaternions [B, 4] (w, x, y, z) -> rotation matrices [B, 3, 3]."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    rows = [
+        stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ]
+    return stack(rows, -2)  # [B, 3, 3]
+
+
+def rotate(x: ArrayLike, R: ArrayLike) -> ArrayLike:
+    """Rotate each frame: ``x_b @ R_b^T``.
+
+    Parameters
+    ----------
+    x : shape [B, n, 3]
+    R : shape [B, 3, 3] (numpy or torch, matching ``x``)
+
+    Returns
+    -------
+    shape [B, n, 3]; rotation is about the origin, so centred frames stay centred.
+    """
+    if isinstance(x, torch.Tensor):
+        R = torch.as_tensor(R, dtype=x.dtype, device=x.device)
+        return torch.einsum("bij,bnj->bni", R, x)
+    return np.einsum("bij,bnj->bni", np.asarray(R), np.asarray(x))

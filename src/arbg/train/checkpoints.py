@@ -1,0 +1,424 @@
+"""Model checkpoints: one self-contained directory per checkpoint.
+
+Layout of a checkpoint directory::
+
+    CHECKPOINT/
+        config.json         schema version, model config, binning, standardization, system
+                            (spec, atom names, force-field sha256, temperature), versions
+                            (arbg, torch, OpenMM) and a training summary (step, val NLL)
+        model.safetensors   the trained weights
+        ema.safetensors     EMA of the weights (only when training used EMA)
+        trainer_state.pt    optional: optimizer, schedule, step, RNG states, data position
+                            (everything :mod:`arbg.train.trainer` needs to resume bit-exactly)
+
+``arbg sample CHECKPOINT`` needs nothing else: the system is rebuilt from its spec and the
+preprocessing (standardization, binning) is undone exactly. A checkpoint is written into a
+temporary sibling directory and renamed into place, so a reader never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
+from arbg.nn.binning import Binning
+from arbg.nn.model import ARBG, ModelConfig, TokenFeatures, token_features_for_system
+from arbg.nn.standardize import Standardization
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the system or binning it is loaded with."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint.
+
+    Attributes
+    ----------
+    path : Path
+        The checkpoint directory.
+    model : ARBG
+        In eval mode, on the requested device (EMA weights if present and asked for).
+    binning, standardization : the preprocessing fitted on the training data.
+    system : PeptideSystem
+        The system the model was trained on (rebuilt from its spec, or the one passed in).
+    config : dict
+        The parsed ``config.json``.
+    used_ema : bool
+        Whether the model holds the EMA weights.
+    """
+
+    path: Path
+    model: ARBG
+    binning: Binning
+    standardization: Standardization
+    system: PeptideSystem
+    config: dict[str, Any] = field(default_factory=dict)
+    used_ema: bool = False
+
+    @property
+    def feats(self) -> TokenFeatures:
+        """Token features of the system ([T] long tensors on the model's device)."""
+        return system_features(self.system, self.standardization).to(
+            next(self.model.parameters()).device
+        )
+
+    @property
+    def n_coords(self) -> int:
+        """Number of modelled coordinates ``3(n-1)``."""
+        return self.standardization.n_coords
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The training summary recorded with the checkpoint (step, val NLL, ...)."""
+        return dict(self.config.get("training", {}))
+
+
+def system_features(
+    system: PeptideSystem, n_coords: int | Standardization | None = None
+) -> TokenFeatures:
+    """Token features ([T] tensors) of ``system``.
+
+    ``n_coords`` is a token count (atom-major, ``3(n-1)`` by default) or the
+    :class:`Standardization` whose modelled coordinates the tokens are (gauge frames skip six).
+    """
+    if isinstance(n_coords, Standardization):
+        return token_features_for_system(
+            system.atom_type_id,
+            system.residue_type_id,
+            system.residue_index,
+            coord_index=n_coords.coord_index,
+        )
+    return token_features_for_system(
+        system.atom_type_id, system.residue_type_id, system.residue_index, n_coords
+    )
+
+
+def _versions() -> dict[str, str]:
+    import arbg
+
+    out = {"arbg": arbg.__version__, "torch": torch.__version__}
+    try:
+        import openmm
+
+        out["openmm"] = openmm.__version__
+    except ImportError:  # pragma: no cover - openmm is a hard dependency of arbg
+        out["openmm"] = "unavailable"
+    return out
+
+
+def _system_record(system: PeptideSystem) -> dict[str, Any]:
+    try:
+        hashes = system.forcefield_hashes()
+    except Exception as exc:  # unresolvable user force-field file: record, don't fail
+        logger.warning("could not hash the force-field files: %s", exc)
+        hashes = {}
+    return {
+        "spec": system.spec.to_dict(),
+        "n_atoms": int(system.n_atoms),
+        "atom_names": list(system.atom_names),
+        "forcefield_sha256": hashes,
+        "temperature_k": float(system.temperature_k),
+    }
+
+
+def _state_dict_for_safetensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: ARBG,
+    binning: Binning,
+    standardization: Standardization,
+    system: PeptideSystem,
+    training: dict[str, Any] | None = None,
+    ema_model: torch.nn.Module | None = None,
+    trainer_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (temporary sibling directory, then rename).
+
+    Parameters
+    ----------
+    path : directory to create or replace.
+    model : ARBG (a DDP wrapper's ``.module``; weights are copied to the CPU).
+    binning, standardization : the preprocessing the model was trained with.
+    system : PeptideSystem
+    training : dict, optional
+        Summary stored under ``"training"`` in config.json (step, val NLL, train config ...).
+    ema_model : module, optional
+        EMA copy of ``model`` (saved as ``ema.safetensors``).
+    trainer_state : dict, optional
+        Saved with ``torch.save`` as ``trainer_state.pt`` (for resuming).
+    extra : dict, optional
+        More JSON entries for config.json.
+
+    Returns
+    -------
+    Path of the checkpoint directory.
+    """
+    path = Path(path)
+    n_bins = int(model.config.n_bins)
+    if binning.n_bins != n_bins:
+        raise CheckpointMismatchError(
+            f"binning has {binning.n_bins} bins, the model predicts {n_bins}"
+        )
+    if standardization.n_atoms != system.n_atoms:
+        raise CheckpointMismatchError(
+            f"standardization is for {standardization.n_atoms} atoms, the system "
+            f"{system.name!r} has {system.n_atoms}"
+        )
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "format": "arbg-checkpoint",
+        "model": model.config.to_dict(),
+        "binning": binning.to_dict(),
+        "standardization": standardization.to_dict(),
+        "system": _system_record(system),
+        "versions": _versions(),
+        "training": training or {},
+        "ema": ema_model is not None,
+        **(extra or {}),
+    }
+    return write_checkpoint_dir(path, config, model, ema_model, trainer_state)
+
+
+def write_checkpoint_dir(
+    path: str | Path,
+    config: dict[str, Any],
+    model: torch.nn.Module,
+    ema_model: torch.nn.Module | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json``, the weights and optional EMA / trainer state atomically.
+
+    The directory is assembled in a temporary sibling and renamed into place (shared by
+    :func:`save_checkpoint` and :func:`arbg.nn.conditioning.save_transferable_checkpoint`).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
+        if ema_model is not None:
+            save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move directory ``src`` to ``dst``, replacing an existing ``dst`` (rename based)."""
+    os.chmod(src, 0o755)  # mkdtemp creates 0700
+    for f in src.iterdir():
+        os.chmod(f, 0o644)
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
+        os.replace(dst, old / "x")  # dst disappears here; src is renamed right after
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path, with_trainer_state: bool = False) -> Path:
+    """Copy a checkpoint directory atomically (e.g. ``last`` -> ``best``)."""
+    src, dst = Path(src), Path(dst)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    try:
+        for f in src.iterdir():
+            if f.name == TRAINER_STATE_FILE and not with_trainer_state:
+                continue
+            shutil.copy2(f, tmp / f.name)
+        _replace_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Parse and validate ``config.json`` of a checkpoint directory."""
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{path} is not an arbg checkpoint (no {CONFIG_FILE})")
+    config = json.loads(cfg_path.read_text())
+    version = config.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{cfg_path}: checkpoint schema version {version}, this arbg reads {SCHEMA_VERSION}"
+        )
+    return config
+
+
+def _check_system(record: dict[str, Any], system: PeptideSystem) -> None:
+    spec = SystemSpec.from_dict(record["spec"])
+    problems = []
+    if system.n_atoms != record["n_atoms"]:
+        problems.append(f"n_atoms: checkpoint {record['n_atoms']}, system {system.n_atoms}")
+    if system.spec.sequence != spec.sequence or system.spec.capped != spec.capped:
+        problems.append(
+            f"sequence: checkpoint {spec.sequence!r} (capped={spec.capped}), system "
+            f"{system.spec.sequence!r} (capped={system.spec.capped})"
+        )
+    names = list(system.atom_names)
+    if names != list(record["atom_names"]):
+        diff = [
+            f"{i}: {a!r} vs {b!r}"
+            for i, (a, b) in enumerate(zip(record["atom_names"], names, strict=False))
+            if a != b
+        ]
+        problems.append("atom names (checkpoint vs system) differ at " + ", ".join(diff[:5]))
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint was trained on system {spec.name!r}, cannot load it into "
+            f"{system.name!r}: " + "; ".join(problems)
+        )
+    if tuple(system.spec.forcefield) != tuple(spec.forcefield):
+        logger.warning(
+            "force field differs: checkpoint %s, system %s", spec.forcefield, system.spec.forcefield
+        )
+    if abs(system.temperature_k - record["temperature_k"]) > 1e-9:
+        logger.warning(
+            "temperature differs: checkpoint %.2f K, system %.2f K",
+            record["temperature_k"],
+            system.temperature_k,
+        )
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    system: PeptideSystem | None = None,
+    use_ema: bool = True,
+    binning: Binning | None = None,
+    sequence: str | None = None,
+) -> Checkpoint:
+    """Load a checkpoint directory written by :func:`save_checkpoint`.
+
+    A transferable checkpoint (``"transferable": true``, :mod:`arbg.nn.conditioning`) is bound to
+    ``system`` or to a peptide built from ``sequence`` with the checkpoint's force field and
+    temperature; a single-system checkpoint refuses ``sequence``.
+
+    Parameters
+    ----------
+    path : checkpoint directory.
+    device : where to put the model.
+    system : PeptideSystem, optional
+        Load into this system (must match the checkpoint's atom names, atom count and
+        sequence); default: rebuild it from the stored spec (``minimize=False``).
+    use_ema : bool
+        Use the EMA weights when the checkpoint has them.
+    binning : Binning, optional
+        An expected binning; it must equal the stored one.
+
+    Returns
+    -------
+    Checkpoint (model in eval mode).
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If the system or the binning does not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_config(path)
+    if config.get("transferable"):
+        from arbg.nn.conditioning import load_transferable
+
+        return load_transferable(
+            path, device=device, system=system, sequence=sequence, use_ema=use_ema, binning=binning
+        )
+    if sequence is not None:
+        name = config.get("system", {}).get("spec", {}).get("name")
+        raise ValueError(
+            f"a sequence needs a transferable checkpoint; {path} was trained on "
+            f"the single system {name!r}"
+        )
+    model_config = ModelConfig.from_dict(config["model"])
+    stored_binning = Binning.from_dict(config["binning"])
+    standardization = Standardization.from_dict(config["standardization"])
+    if stored_binning.n_bins != model_config.n_bins:
+        raise CheckpointMismatchError(
+            f"{path}: binning has {stored_binning.n_bins} bins but the model predicts "
+            f"{model_config.n_bins}"
+        )
+    if binning is not None and binning != stored_binning:
+        raise CheckpointMismatchError(
+            f"{path}: binning mismatch: checkpoint {stored_binning}, given {binning}"
+        )
+    record = config["system"]
+    if system is None:
+        system = build_system(SystemSpec.from_dict(record["spec"]), minimize=False)
+    _check_system(record, system)
+    if standardization.n_atoms != system.n_atoms:
+        raise CheckpointMismatchError(
+            f"{path}: standardization is for {standardization.n_atoms} atoms, the system has "
+            f"{system.n_atoms}"
+        )
+    feats = system_features(system, standardization)
+    model = ARBG(model_config, default_feats=feats)
+    model.set_bin_floor(stored_binning.token_floor(standardization))
+    weights_file = path / WEIGHTS_FILE
+    used_ema = bool(use_ema and (path / EMA_FILE).exists())
+    if used_ema:
+        weights_file = path / EMA_FILE
+    state = load_file(str(weights_file))
+    for name, t in feats.tensors().items():
+        stored = state.get(f"feat_{name}")
+        if stored is not None and not torch.equal(stored, t):
+            raise CheckpointMismatchError(
+                f"{path}: token feature {name!r} of the system differs from the checkpoint's"
+            )
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return Checkpoint(
+        path=path,
+        model=model,
+        binning=stored_binning,
+        standardization=standardization,
+        system=system,
+        config=config,
+        used_ema=used_ema,
+    )
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
+    """The ``trainer_state.pt`` of a checkpoint directory (None if absent)."""
+    f = Path(path) / TRAINER_STATE_FILE
+    if not f.exists():
+        return None
+    return torch.load(f, map_location="cpu", weights_only=False)

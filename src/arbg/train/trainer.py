@@ -1,0 +1,805 @@
+"""Training of the ARBG model: teacher-forced cross-entropy on binned, standardized coordinates.
+
+Recipe (the paper, ``../shared/seeds/arbg-paper.txt`` Sec. E.1, and ``../shared/reference.md``):
+Muon (lr 0.02, Nesterov momentum 0.95, 5 Newton-Schulz steps) for the 2-D weight matrices of the
+transformer blocks, AdamW (lr 2e-3, betas 0.9/0.999) for embeddings, output head and norms,
+weight decay 0.01, cosine schedule with 5% linear warm-up, gradient clipping, optional EMA and
+optional bf16 autocast on a GPU.
+
+Data: standardization (centre of geometry, one scalar std) and binning (symmetric range covering
+the largest atom distance from the centre times a margin) are fitted on the *training* split.
+Each step draws a random batch of training frames (with replacement, from a seeded generator per
+rank, whose state is the data position), rotates each centred frame by a uniform random rotation,
+standardizes and bins it; inputs are ``shift_right(bins)``.
+
+Validation (rank 0): a fixed subset of the val split, randomly rotated with a fixed seed so
+numbers are comparable between evaluations and runs, scored as NLL per coordinate (nats) and as
+the exact continuous log-likelihood per frame ``log q(x) = sum log p - D log(width) +
+log_det_forward`` (nats, density of the centred conformation in nm). Two baselines are reported at
+the start: uniform bins (``log L`` per coordinate) and a per-coordinate marginal histogram of the
+(augmented) training data with add-one smoothing.
+
+Output directory::
+
+    out_dir/last/          checkpoint with trainer_state.pt (resume point; written every
+                           ``checkpoint_every`` steps and at the end or on a graceful stop)
+    out_dir/best/          checkpoint with the lowest val NLL so far (no trainer state)
+    out_dir/train_log.jsonl  JSON lines: training records (step, loss, lr, tokens_per_s, wall_s)
+                           and evaluation records (step, val_nll, val_logq, ...), appended
+
+Running :func:`train` again on the same ``out_dir`` resumes from ``last`` (optimizer, schedule,
+step, RNG and data position), and reaches the same weights as an uninterrupted run.
+
+Distributed: under ``torchrun`` (or any initialised ``torch.distributed`` group) the model is
+wrapped in DistributedDataParallel; ``batch_size`` is the *global* batch, split across ranks;
+each rank draws its own data (seed depends on the rank); gradients are averaged by DDP, so every
+rank takes the identical AdamW/Muon step. Only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
+from arbg.data.datasets import Dataset
+from arbg.nn.binning import Binning, default_n_bins, fit_binning
+from arbg.nn.heads import z_to_values
+from arbg.nn.model import ARBG, ModelConfig
+from arbg.nn.standardize import (
+    Standardization,
+    centre_frames,
+    fit_standardization,
+    random_rotations,
+    rotate,
+)
+from arbg.train.checkpoints import (
+    copy_checkpoint,
+    load_trainer_state,
+    read_config,
+    save_checkpoint,
+    system_features,
+)
+from arbg.train.optim import Muon, newton_schulz  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters.
+
+    Defaults: the paper's optimizer recipe; ``steps=1600, batch_size=32`` were tuned for the
+    ``tiny`` preset on aldp on one CPU core (~10 minutes, val NLL ~6.10 nats/coord against a
+    marginal baseline of ~7.67). The paper trains single systems with batches of 512-1024 on a
+    GPU: raise ``batch_size`` (and lower ``steps``) there.
+
+    Attributes
+    ----------
+    preset : model size preset (``tiny``, ``small``, ``medium``, ``large``).
+    model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
+    n_bins : bins ``L``; default :func:`arbg.nn.binning.default_n_bins` of the atom count.
+    steps : total optimizer steps (defines the schedule).
+    batch_size : global batch (frames per step, split across ranks).
+    optimizer : ``"muon"`` (Muon for block matrices + AdamW for the rest) or ``"adamw"``.
+    lr_adamw, lr_muon, momentum_muon, ns_steps, betas, weight_decay : optimizer settings.
+    warmup_frac, min_lr_frac : linear warm-up fraction of ``steps``; cosine floor.
+    grad_clip : max global gradient norm (0 = off).
+    ema, ema_decay : keep an exponential moving average of the weights (saved, used for eval).
+    frame : ``"centroid"`` (published: centre of geometry removed, rotation augmentation) or
+        ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
+        augmentation needed); see :mod:`arbg.nn.standardize`.
+    augment_rotations : random 3-D rotation of every training frame (centroid frame only).
+    bf16 : bf16 autocast (CUDA only; ignored on the CPU).
+    seed : seed of the model init and the data stream.
+    eval_every, eval_frames, eval_batch, eval_seed : validation cadence / size / fixed rotations.
+    checkpoint_every, log_every : cadence of ``last`` checkpoints and log records.
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
+    margin : multiplicative margin of the bin range over the largest atom radius.
+    max_minutes : stop gracefully (checkpoint saved) after this wall time in one invocation.
+    stop_after_steps : stop gracefully after this many steps in one invocation (preemption).
+    data_weights : how frame weights of a weighted dataset (biased or heated MD,
+        :attr:`arbg.data.datasets.Dataset.log_weights`) enter training. ``"plain"``: every frame
+        counts once, so the proposal learns the broad biased ensemble and over-covers rare
+        modes; SNIS corrects the rest. ``"weighted"``: weighted cross-entropy, with minibatches
+        drawn with probability proportional to the frame weights (an unbiased stochastic
+        gradient of the target-ensemble cross-entropy, with lower variance than scaling
+        per-frame losses); validation NLL is then weighted as well and picks ``best``.
+        Ignored for unweighted data.
+    patience : early stopping: stop (with ``last`` and ``best`` saved) after this many
+        consecutive evaluations without a new best validation objective; None = off. Small
+        single-system datasets overfit within a few epochs (aldp, 4,000 frames: best val NLL
+        at ~4 epochs, then rising), so the demo uses it.
+    """
+
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    n_bins: int | None = None
+    steps: int = 1600
+    batch_size: int = 32
+    optimizer: str = "muon"
+    lr_adamw: float = 2e-3
+    lr_muon: float = 0.02
+    momentum_muon: float = 0.95
+    ns_steps: int = 5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.0
+    grad_clip: float = 1.0
+    ema: bool = False
+    ema_decay: float = 0.999
+    frame: str = "gauge"
+    augment_rotations: bool = True
+    bf16: bool = False
+    seed: int = 0
+    eval_every: int = 250
+    eval_frames: int = 1000
+    eval_batch: int = 250
+    eval_seed: int = 1234
+    checkpoint_every: int = 500
+    log_every: int = 10
+    device: str = "auto"
+    margin: float = 1.1
+    max_minutes: float | None = None
+    stop_after_steps: int | None = None
+    data_weights: str = "plain"
+    patience: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def build_optimizers(model: ARBG, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Muon for the 2-D matrices of the blocks, AdamW for the rest (or AdamW for everything).
+
+    AdamW applies weight decay to matrices/embeddings (ndim >= 2) but not to norm gains.
+    Every param group carries ``base_lr`` for the schedule.
+    """
+    muon_params: list[torch.nn.Parameter] = []
+    if cfg.optimizer == "muon":
+        muon_params = [p for p in model.blocks.parameters() if p.ndim == 2]
+    elif cfg.optimizer != "adamw":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'muon' or 'adamw'")
+    muon_ids = {id(p) for p in muon_params}
+    rest = [p for p in model.parameters() if id(p) not in muon_ids]
+    decay = [p for p in rest if p.ndim >= 2]
+    no_decay = [p for p in rest if p.ndim < 2]
+    adamw = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr_adamw},
+            {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr_adamw},
+        ],
+        lr=cfg.lr_adamw,
+        betas=tuple(cfg.betas),
+        eps=1e-8,
+    )
+    opts: list[torch.optim.Optimizer] = [adamw]
+    if muon_params:
+        muon = Muon(
+            [{"params": muon_params, "base_lr": cfg.lr_muon}],
+            lr=cfg.lr_muon,
+            momentum=cfg.momentum_muon,
+            ns_steps=cfg.ns_steps,
+            weight_decay=cfg.weight_decay,
+        )
+        opts.append(muon)
+    return opts
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Schedule multiplier at (0-based) ``step``: linear warm-up, then cosine to ``min_lr_frac``."""
+    warm = max(1, int(round(cfg.warmup_frac * cfg.steps)))
+    if step < warm:
+        return (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------------------
+# Data and baselines
+
+
+def encode_frames(
+    x_centred: torch.Tensor,
+    standardization: Standardization,
+    binning: Binning,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, int]:
+    """Rotate (if ``generator``), standardize and bin centred frames.
+
+    Parameters
+    ----------
+    x_centred : Tensor [B, n, 3] float64, nm, centred on the centre of geometry
+    generator : torch.Generator for the random rotations, or None for no rotation
+
+    Returns
+    -------
+    bins : LongTensor [B, 3(n-1)]
+    n_clipped : int
+    """
+    if generator is not None:
+        x_centred = rotate(x_centred, random_rotations(x_centred.shape[0], generator))
+    z = standardization.forward(x_centred)  # [B, D] float64
+    return binning.encode(z)  # type: ignore[return-value]
+
+
+def encode_values(
+    x_centred: torch.Tensor,
+    standardization: Standardization,
+    binning: Binning,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, int]:
+    """:func:`encode_frames` for a continuous head (GIVT): exact values in bin units, not bins.
+
+    Returns
+    -------
+    values : float64 Tensor [B, D], ``(z - low) / width`` (not clipped)
+    n_outside : int, values outside the bin range (their input tokens are the end bins)
+    """
+    if generator is not None:
+        x_centred = rotate(x_centred, random_rotations(x_centred.shape[0], generator))
+    z = torch.as_tensor(standardization.forward(x_centred))  # [B, D] float64
+    values = z_to_values(z, binning)
+    return values, int(((values < 0) | (values >= binning.n_bins)).sum())
+
+
+def marginal_baseline(train_bins: torch.Tensor, val_bins: torch.Tensor, n_bins: int) -> float:
+    """NLL (nats per coordinate) on ``val_bins`` of per-coordinate histograms of ``train_bins``.
+
+    Parameters
+    ----------
+    train_bins : LongTensor [N, D]; val_bins : LongTensor [V, D]
+
+    Returns
+    -------
+    float: ``-mean log((count + 1) / (N + L))`` (add-one smoothing).
+    """
+    N, D = train_bins.shape
+    counts = torch.zeros(D, n_bins, dtype=torch.float64)
+    counts.scatter_add_(1, train_bins.T.contiguous(), torch.ones(D, N, dtype=torch.float64))
+    logp = torch.log((counts + 1.0) / (N + n_bins))  # [D, L]
+    lp = logp.gather(1, val_bins.T.contiguous())  # [D, V]
+    return float(-lp.mean())
+
+
+def _normalized(log_w: np.ndarray) -> np.ndarray:
+    """Normalized weights [f] float64 from unnormalised log-weights."""
+    from arbg.reweight import normalize_log_weights
+
+    return np.exp(normalize_log_weights(log_w))
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment (no-op for single processes).
+
+    Returns (rank, world_size); gloo on the CPU, NCCL when CUDA is available.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return _dist_info()
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    """Training loop state (see the module docstring); :func:`train` is the usual entry point.
+
+    Parameters
+    ----------
+    dataset : Dataset with ``train`` and ``val`` splits.
+    out_dir : directory for checkpoints and the log (resumed from ``out_dir/last``).
+    config : TrainConfig
+    progress : show a tqdm progress bar (rank 0).
+    """
+
+    def __init__(
+        self, dataset: Dataset, out_dir: str | Path, config: TrainConfig, progress: bool = True
+    ) -> None:
+        self.cfg = cfg = config
+        self.out = Path(out_dir)
+        self.dataset, self.system = dataset, getattr(dataset, "system", None)
+        self.progress = progress
+        self.rank, self.world = _dist_info()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} not divisible by {self.world} ranks")
+        self.local_batch = cfg.batch_size // self.world
+        dev = cfg.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if dev == "cuda" and self.world > 1:
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank))}"
+        self.device = torch.device(dev)
+        self.autocast = cfg.bf16 and self.device.type == "cuda"
+
+        resume = load_trainer_state(self.out / "last")
+        self._setup_data(resume)  # standardization, binning, training frames, self.D
+        torch.manual_seed(cfg.seed)  # identical init on every rank
+        self.model = self._build_model()
+        # targets: bins, or exact bin-unit values for a continuous head (arbg.nn.heads)
+        self._encode = encode_values if self.model.head.continuous else encode_frames
+        self.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
+        self.optimizers = build_optimizers(self.model, cfg)
+        self.ddp: torch.nn.Module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            import inspect
+
+            # buffers are constant (token features, rotary tables): no per-forward syncing
+            sync = (
+                "forward_sync_buffers"
+                if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                else "broadcast_buffers"
+            )
+            self.ddp = DDP(self.model, device_ids=ids, **{sync: False})
+        self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
+        self.step = 0
+        self.best_val = math.inf
+        self.evals_since_best = 0
+        self.early_stopped = False
+        self.last_eval: dict[str, float] = {}
+        self.baselines: dict[str, float] = {}
+        self.n_clipped = 0
+        if resume is not None:
+            self._restore(resume)
+        self._prepare_eval()
+
+    # ---- set-up hooks (overridden by arbg.nn.conditioning.TransferableTrainer)
+
+    def _setup_data(self, resume: dict[str, Any] | None) -> None:
+        """Training frames, standardization and binning (fitted, or restored from ``last``)."""
+        cfg, dataset = self.cfg, self.dataset
+        train = dataset.split("train")
+        if len(train) == 0:
+            raise ValueError("the dataset has no training frames")
+        self.train_x = torch.as_tensor(centre_frames(train))  # [F, n, 3] float64 nm
+        if cfg.data_weights not in ("plain", "weighted"):
+            raise ValueError(
+                f"data_weights must be 'plain' or 'weighted', not {cfg.data_weights!r}"
+            )
+        # frame sampling probabilities of weighted cross-entropy (None: uniform)
+        self.train_p: torch.Tensor | None = None
+        if dataset.weighted and cfg.data_weights == "weighted":
+            self.train_p = torch.as_tensor(_normalized(dataset.split_log_weights("train")))
+            logger.info(
+                "weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
+                1.0 / float((self.train_p**2).sum()),
+                len(self.train_p),
+            )
+        elif dataset.weighted:
+            logger.info(
+                "weighted dataset trained plain (data_weights='plain'): the proposal "
+                "learns the sampled ensemble; SNIS corrects towards the target"
+            )
+        if resume is not None:
+            stored = read_config(self.out / "last")
+            self.std = Standardization.from_dict(stored["standardization"])
+            self.binning = Binning.from_dict(stored["binning"])
+        else:
+            gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
+            self.std = fit_standardization(train, frame=cfg.frame, gauge_atoms=gauge)
+            n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
+            z = self.std.forward(train)  # [F, D]
+            self.binning = fit_binning(
+                z, n_bins, self.system.n_atoms, margin=cfg.margin, standardization=self.std
+            )
+        # rotations are a no-op in the gauge frame (forward removes them): skip the work
+        self.rotate = cfg.augment_rotations and self.std.frame == "centroid"
+        self._fixed_bins: torch.Tensor | None = None
+        self.D = self.std.n_coords
+
+    def _build_model(self) -> ARBG:
+        """The model (on the CPU) for the fitted standardization and binning."""
+        cfg = self.cfg
+        mcfg = ModelConfig.preset(
+            cfg.preset,
+            self.binning.n_bins,
+            **{
+                "n_atom_types": N_ATOM_TYPES,
+                "n_residue_types": N_RESIDUE_TYPES,
+                "max_atoms": max(256, self.system.n_atoms),
+                **cfg.model_overrides,
+            },
+        )
+        model = ARBG(mcfg, default_feats=system_features(self.system, self.std))
+        model.set_bin_floor(self.binning.token_floor(self.std))
+        return model
+
+    def _write_checkpoint(
+        self, path: Path, training: dict[str, Any], trainer_state: dict[str, Any] | None
+    ) -> None:
+        """Write one checkpoint directory (rank 0 only)."""
+        save_checkpoint(
+            path,
+            self.model,
+            self.binning,
+            self.std,
+            self.system,
+            training=training,
+            ema_model=self.ema,
+            trainer_state=trainer_state,
+        )
+
+    # ---- state
+
+    def _trainer_state(self) -> dict[str, Any]:
+        gens = [self.data_gen.get_state()]
+        if self.world > 1:
+            gens = [None] * self.world  # type: ignore[list-item]
+            dist.all_gather_object(gens, self.data_gen.get_state())
+        return {
+            "step": self.step,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "data_generators": gens,
+            "world_size": self.world,
+            "best_val": self.best_val,
+            "evals_since_best": self.evals_since_best,
+            "early_stopped": self.early_stopped,
+            "n_clipped": self.n_clipped,
+            "train_config": self.cfg.to_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        last = self.out / "last"
+        self.model.load_state_dict(load_file(str(last / "model.safetensors")))
+        if self.ema is not None:
+            ema_file = last / "ema.safetensors"
+            src = ema_file if ema_file.exists() else last / "model.safetensors"
+            self.ema.load_state_dict(load_file(str(src)))
+        for o, s in zip(self.optimizers, st["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for o in self.optimizers:  # base_lr is config, not state
+            for g, base in zip(o.param_groups, self._base_lrs(o), strict=True):
+                g["base_lr"] = base
+        gens = st["data_generators"]
+        if len(gens) == self.world:
+            self.data_gen.set_state(gens[self.rank])
+        else:
+            logger.warning(
+                "resuming %d ranks from a %d-rank run: data streams reseeded", self.world, len(gens)
+            )
+            seed = self.cfg.seed * 1_000_003 + 7919 * self.rank + 17 + int(st["step"])
+            self.data_gen.manual_seed(seed)
+        self.step = int(st["step"])
+        self.best_val = float(st["best_val"])
+        self.evals_since_best = int(st.get("evals_since_best", 0))
+        self.early_stopped = bool(st.get("early_stopped", False))
+        self.n_clipped = int(st.get("n_clipped", 0))
+        rng = st["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        old = st.get("train_config", {})
+        changed = {
+            k: (old.get(k), v)
+            for k, v in self.cfg.to_dict().items()
+            if k in old and old[k] != v and k not in ("max_minutes", "stop_after_steps")
+        }
+        if changed:
+            logger.warning("resuming with changed settings (old, new): %s", changed)
+        logger.info("resumed from %s at step %d", last, self.step)
+
+    def _base_lrs(self, opt: torch.optim.Optimizer) -> list[float]:
+        if isinstance(opt, Muon):
+            return [self.cfg.lr_muon] * len(opt.param_groups)
+        return [self.cfg.lr_adamw] * len(opt.param_groups)
+
+    # ---- evaluation
+
+    def _prepare_eval(self) -> None:
+        """Fixed, rotated val set and the two baselines (rank 0 only)."""
+        if self.rank != 0:
+            return
+        cfg = self.cfg
+        val = self.dataset.split("val")
+        if len(val) == 0:
+            logger.warning("no val frames: evaluating on the last training frames")
+            val = self.dataset.split("train")[-max(1, len(self.train_x) // 10) :]
+        idx = np.linspace(0, len(val) - 1, min(cfg.eval_frames, len(val))).round().astype(int)
+        g = torch.Generator().manual_seed(cfg.eval_seed)
+        xv = torch.as_tensor(centre_frames(val[idx]))
+        val_lw = (
+            self.dataset.split_log_weights("val")[idx]
+            if len(self.dataset.split("val"))
+            else np.zeros(len(idx))
+        )
+        self.val_w = torch.as_tensor(_normalized(val_lw)) if self.dataset.weighted else None
+        self.val_bins, n_clip = self._encode(xv, self.std, self.binning, g if self.rotate else None)
+        # conformation-dependent Jacobian (gauge frame); rotation invariant, so unrotated frames
+        self.val_logdet = torch.as_tensor(
+            np.broadcast_to(self.std.log_det(self.std.forward(xv.numpy())), (len(xv),)).copy()
+        )
+        if n_clip:
+            logger.warning("%d val coordinates fall outside the bin range", n_clip)
+        # marginal histogram of the augmented training data (enough rotated copies)
+        passes = min(50, max(1, -(-200_000 // len(self.train_x))))
+        if not self.rotate:
+            passes = 1
+        gm = torch.Generator().manual_seed(cfg.eval_seed + 1)
+        parts = [
+            encode_frames(self.train_x, self.std, self.binning, gm if self.rotate else None)[0]
+            for _ in range(passes)
+        ]
+        L = self.binning.n_bins
+        self.baselines = {
+            "uniform_nll": math.log(L),
+            "marginal_nll": marginal_baseline(
+                torch.cat(parts), self.model.head.tokens(self.val_bins), L
+            ),
+            "n_val_frames": int(len(idx)),
+        }
+        logger.info(
+            "baselines (nats/coord on %d val frames): uniform %.4f, marginal histogram %.4f",
+            len(idx),
+            self.baselines["uniform_nll"],
+            self.baselines["marginal_nll"],
+        )
+        if (self.out / "last").exists():
+            return
+        self._log({"event": "baselines", **self.baselines})
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Val NLL per coordinate (nats) and mean exact ``log q(x)`` per frame (nats, nm)."""
+        model = self.ema if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        logp = []
+        for s in range(0, len(self.val_bins), self.cfg.eval_batch):
+            bins = self.val_bins[s : s + self.cfg.eval_batch].to(self.device)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+                logp.append(model.log_prob(bins).cpu())  # [b] float64
+        model.train(was_training)
+        lp = torch.cat(logp)  # [V]
+        logq = lp - self.D * math.log(self.binning.width) + self.val_logdet
+        out = {"val_nll": float(-lp.mean() / self.D), "val_logq": float(logq.mean())}
+        if self.val_w is not None:  # target-ensemble (weighted) versions
+            out["val_nll_weighted"] = float(-(self.val_w * lp).sum() / self.D)
+            out["val_logq_weighted"] = float((self.val_w * logq).sum())
+        return out
+
+    def _objective(self) -> float:
+        """The val number that picks ``best``: weighted NLL under weighted cross-entropy."""
+        if self.train_p is not None and "val_nll_weighted" in self.last_eval:
+            return self.last_eval["val_nll_weighted"]
+        return self.last_eval["val_nll"]
+
+    # ---- io
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _summary(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            **self.last_eval,
+            "best_val_nll": self.best_val,
+            "early_stopped": self.early_stopped,
+            "baselines": self.baselines,
+            "n_clipped_train": self.n_clipped,
+            "world_size": self.world,
+            "train_config": self.cfg.to_dict(),
+        }
+
+    def save(self, name: str = "last", with_state: bool = True) -> Path:
+        """Write ``out_dir/name`` (collective under DDP: every rank must call it)."""
+        state = self._trainer_state() if with_state else None
+        path = self.out / name
+        if self.rank == 0:
+            self._write_checkpoint(path, self._summary(), state)
+        return path
+
+    # ---- loop
+
+    def train_step(self) -> float:
+        """One optimizer step; returns the (local) loss."""
+        f = lr_factor(self.step, self.cfg)
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = g["base_lr"] * f
+        loss = self._batch_loss()
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        for o in self.optimizers:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                    pe.lerp_(p, 1.0 - self.cfg.ema_decay)
+        self.step += 1
+        return float(loss.detach())
+
+    def _batch_loss(self) -> torch.Tensor:
+        """Draw the next local batch (from ``data_gen``) and return its loss (with grad)."""
+        if self.train_p is None:
+            pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
+        else:  # weighted cross-entropy: frames drawn in proportion to their weights
+            pick = torch.multinomial(
+                self.train_p, self.local_batch, replacement=True, generator=self.data_gen
+            )
+        if self.rotate:
+            bins, n_clip = self._encode(self.train_x[pick], self.std, self.binning, self.data_gen)
+            self.n_clipped += n_clip
+        else:  # fixed frames: encoded once
+            if self._fixed_bins is None:
+                self._fixed_bins, n_clip = self._encode(self.train_x, self.std, self.binning, None)
+                if n_clip:
+                    logger.warning("%d training coordinates fall outside the bin range", n_clip)
+            bins = self._fixed_bins[pick]
+        bins = bins.to(self.device)
+        tokens = self.model.shift_right(self.model.head.tokens(bins))
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+            _, loss = self.ddp(tokens, None, bins)
+        return loss
+
+    def _should_stop(self, t0: float, steps_done: int) -> bool:
+        cfg = self.cfg
+        stop = cfg.stop_after_steps is not None and steps_done >= cfg.stop_after_steps
+        if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
+            stop = True
+        if cfg.patience is not None and self.evals_since_best >= cfg.patience:
+            if not self.early_stopped:
+                logger.info(
+                    "early stop at step %d: no better val objective in %d evaluations",
+                    self.step,
+                    self.evals_since_best,
+                )
+            self.early_stopped = stop = True
+        # rank 0's clock and evaluations decide
+        if self.world > 1 and (cfg.max_minutes is not None or cfg.patience is not None):
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _eval_and_best(self) -> None:
+        if self.rank == 0:
+            self.last_eval = self.evaluate()
+            rec = {
+                "event": "eval",
+                "step": self.step,
+                **self.last_eval,
+                "wall_s": time.time() - self._t_start,
+            }
+            self._log(rec)
+            logger.info(
+                "step %d: val NLL %.4f nats/coord, val log q %.2f nats/frame",
+                self.step,
+                self.last_eval["val_nll"],
+                self.last_eval["val_logq"],
+            )
+            if self._objective() < self.best_val:
+                self.best_val = self._objective()
+                self.evals_since_best = 0
+                self._write_checkpoint(self.out / "best", self._summary(), None)
+            else:
+                self.evals_since_best += 1
+
+    def run(self) -> Path:
+        """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self._t_start = t0 = time.time()
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not self.progress or self.rank,
+            dynamic_ncols=True,
+            desc="train",
+        )
+        self.model.train()
+        done, t_win, n_win, loss_win = 0, time.time(), 0, []
+        last_saved = last_eval = self.step if self.step else -1
+        while self.step < cfg.steps and not self.early_stopped:
+            loss = self.train_step()
+            done += 1
+            n_win += 1
+            loss_win.append(loss)
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                dt = time.time() - t_win
+                tps = n_win * cfg.batch_size * self.D / max(dt, 1e-9)
+                lr = self.optimizers[0].param_groups[0]["lr"]
+                mean_loss = float(np.mean(loss_win))
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
+                self._log(
+                    {
+                        "event": "train",
+                        "step": self.step,
+                        "loss": mean_loss,
+                        "lr": lr,
+                        "lr_factor": lr_factor(self.step - 1, cfg),
+                        "tokens_per_s": tps,
+                        "wall_s": time.time() - t0,
+                    }
+                )
+                t_win, n_win, loss_win = time.time(), 0, []
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._eval_and_best()
+                last_eval = self.step
+            stop = self._should_stop(t0, done)
+            if (
+                cfg.checkpoint_every
+                and self.step % cfg.checkpoint_every == 0
+                and not stop
+                and self.step < cfg.steps
+            ):
+                self.save("last")
+                last_saved = self.step
+            if stop:
+                logger.info("stopping at step %d (time or step budget)", self.step)
+                break
+        bar.close()
+        if last_eval != self.step:
+            self._eval_and_best()
+        if last_saved != self.step or not (self.out / "last").exists():
+            self.save("last")
+        if self.rank == 0 and not (self.out / "best").exists():
+            copy_checkpoint(self.out / "last", self.out / "best")
+        return self.out / "last"
+
+
+def train(
+    dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None, progress: bool = True
+) -> Path:
+    """Train (or resume) an ARBG model on ``dataset``; returns the final checkpoint directory.
+
+    Parameters
+    ----------
+    dataset : Dataset with ``train`` and ``val`` splits (positions in nm).
+    out_dir : output directory (module docstring); an existing ``out_dir/last`` with a trainer
+        state is resumed.
+    config : TrainConfig (defaults if None).
+    progress : tqdm progress bar on rank 0.
+
+    Returns
+    -------
+    Path of ``out_dir/last`` (``out_dir/best`` holds the lowest val NLL).
+    """
+    init_distributed()
+    return Trainer(dataset, out_dir, config or TrainConfig(), progress=progress).run()
