@@ -9,6 +9,29 @@ import os
 import sys
 from pathlib import Path
 
+from arbg.chem.bias import BiasConfig
+from arbg.chem.md import MDConfig, run_md
+from arbg.chem.systems import build_system, make_spec
+from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
+from arbg.data.datasets import load_dataset
+from arbg.eval.evaluate import evaluate_run
+from arbg.eval.metrics import dihedrals
+from arbg.experiments.ablations import ablate_bins, ablate_temperature
+from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
+from arbg.experiments.demo import DemoConfig, run_demo
+from arbg.experiments.stages import BudgetConfig
+from arbg.experiments.tuning import tune_temperature
+from arbg.experiments.zeroshot import add_zero_shot_parser
+from arbg.io import atomic_write_json
+from arbg.nn.binning import quantization_bound
+from arbg.nn.conditioning import ConditioningConfig
+from arbg.nn.standardize import fit_standardization
+from arbg.reweight import kish_ess
+from arbg.sampling.runs import run_sampling, run_smc
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import TrainConfig, train
+from arbg.train.transferable import train_transferable
+
 log = logging.getLogger("arbg")
 
 
@@ -56,7 +79,6 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
 
 
 def system_from_args(args: argparse.Namespace, n_workers: int = 1):
-    from arbg.chem.systems import build_system, make_spec
 
     system = getattr(args, "system", None)
     if system is None and args.sequence is None and args.pdb is None:
@@ -77,8 +99,6 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-    from arbg.chem.bias import BiasConfig
-    from arbg.chem.md import MDConfig, run_md
 
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
@@ -113,9 +133,6 @@ def cmd_md(args: argparse.Namespace) -> int:
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
 
-        from arbg.data.datasets import load_dataset
-        from arbg.reweight import kish_ess
-
         data = load_dataset(out, system=system)
         phi = _phi_of(data)
         w = np.exp(data.log_weights - data.log_weights.max())
@@ -134,7 +151,6 @@ def cmd_md(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
 
     if args.sequences is not None and args.length is not None:
         raise ValueError("give --sequences or --length, not both")
@@ -199,7 +215,6 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def _phi_of(data):
-    from arbg.eval.metrics import dihedrals
 
     if not len(data.system.phi_indices):
         return None
@@ -221,10 +236,6 @@ def cmd_system(args: argparse.Namespace) -> int:
 def cmd_bound(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from arbg.data.datasets import load_dataset
-    from arbg.nn.binning import quantization_bound
-    from arbg.nn.standardize import fit_standardization
-
     data = load_dataset(args.data, topology=args.topology)
     frames = data.split("train")
     if args.frames and len(frames) > args.frames:
@@ -240,14 +251,11 @@ def cmd_bound(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['n_bins']:6d} {r['bin_width_pm']:11.3f} {r['e_w2']:10.3f} {r['n_clipped']:8d}")
     if args.json:
-        from arbg.io import atomic_write_json
-
         atomic_write_json(args.json, rows)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from arbg.eval.evaluate import evaluate_run
 
     metrics = evaluate_run(
         args.run_dir,
@@ -307,8 +315,6 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from arbg.data.datasets import load_dataset
-    from arbg.train.trainer import TrainConfig, train
 
     data = load_dataset(args.data, topology=args.topology)
     cfg = TrainConfig(
@@ -337,10 +343,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_transferable(args: argparse.Namespace) -> int:
-    from arbg.data.corpora import load_corpus
-    from arbg.nn.conditioning import ConditioningConfig
-    from arbg.train.trainer import TrainConfig
-    from arbg.train.transferable import train_transferable
 
     corpus = load_corpus(args.corpus)
     cfg = TrainConfig(
@@ -362,8 +364,6 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from arbg.sampling.runs import run_sampling
-    from arbg.train.checkpoints import load_checkpoint
 
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
@@ -391,8 +391,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_smc(args: argparse.Namespace) -> int:
-    from arbg.sampling.runs import run_smc
-    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
     summary = run_smc(
@@ -418,10 +416,6 @@ def cmd_smc(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_temperature(args: argparse.Namespace) -> int:
-    from arbg.data.datasets import load_dataset
-    from arbg.experiments.tuning import tune_temperature
-    from arbg.io import atomic_write_json
-    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
@@ -447,7 +441,6 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from arbg.experiments.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         quick=args.quick,
@@ -519,8 +512,6 @@ def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:
-    from arbg.experiments.ablations import ablate_bins
-    from arbg.experiments.stages import BudgetConfig
 
     res = ablate_bins(
         args.data,
@@ -544,7 +535,6 @@ def cmd_ablate_bins(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate_temperature(args: argparse.Namespace) -> int:
-    from arbg.experiments.ablations import ablate_temperature
 
     res = ablate_temperature(
         args.checkpoint,
@@ -572,7 +562,6 @@ def cmd_ablate_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 
     cfg = BenchmarkConfig(
         **budget_kwargs(args),
@@ -989,7 +978,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
-    from arbg.experiments.zeroshot import add_zero_shot_parser
 
     add_zero_shot_parser(sub)
     return p

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from arbg.chem.energy import _energies_kj, make_context
+from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 from arbg.io import atomic_save_npz
 
 log = logging.getLogger(__name__)
@@ -247,8 +249,6 @@ def bias_energies(positions: np.ndarray, dihedrals: np.ndarray, grid: np.ndarray
     """
     import openmm
 
-    from arbg.chem.energy import _energies_kj, make_context
-
     x = np.asarray(positions, dtype=np.float64)
     if x.ndim == 2:
         x = x[None]
@@ -377,9 +377,6 @@ def build_bias(
     """
     import openmm
     from openmm import app, unit
-
-    from arbg.chem.energy import make_context
-    from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 
     state_path = Path(state_path)
     deposit_steps = max(1, int(round(config.deposit_ps * 1000.0 / step_fs)))

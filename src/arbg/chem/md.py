@@ -42,7 +42,17 @@ from pathlib import Path
 
 import numpy as np
 
-from arbg.chem.bias import BiasConfig
+import arbg
+from arbg.chem.bias import (
+    BiasConfig,
+    build_bias,
+    frame_log_weights,
+    free_force_group,
+    frozen_bias_force,
+    grid_sha256,
+    select_bias_dihedrals,
+)
+from arbg.chem.energy import _energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
 from arbg.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
 
@@ -110,8 +120,6 @@ def contiguous_splits(
 
 def _versions() -> dict[str, str]:
     import openmm
-
-    import arbg
 
     return {"arbg": arbg.__version__, "openmm": openmm.__version__}
 
@@ -182,15 +190,6 @@ def run_md(
     ``topology``, and for a bias ``phi_indices``, ``psi_indices``, ``residue_index``).
     """
     import openmm
-
-    from arbg.chem.bias import (
-        build_bias,
-        free_force_group,
-        frozen_bias_force,
-        grid_sha256,
-        select_bias_dihedrals,
-    )
-    from arbg.chem.energy import make_context
 
     out = Path(out_dir)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -357,7 +356,6 @@ def _frame_terms(
     context, frames: np.ndarray, bias_group: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Physical and bias energies (kJ/mol) of stored frames [F, n, 3] (as float32 -> float64)."""
-    from arbg.chem.energy import _energies_kj
 
     x = frames.astype(np.float64)
     if bias_group is None:
@@ -389,7 +387,6 @@ def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
     Zeros for unweighted (equilibrium) runs; for weighted runs computed from the per-chunk terms
     (``chunks/energy_*.npy``, ``chunks/bias_*.npy``) by :func:`arbg.chem.bias.frame_log_weights`.
     """
-    from arbg.chem.bias import frame_log_weights
 
     out = Path(out_dir)
     meta = json.loads((out / "metadata.json").read_text())

@@ -61,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+import arbg
 from arbg.chem.md import MDConfig, load_md_frames, run_md
 from arbg.chem.systems import (
     AMBER14_OBC1,
@@ -453,8 +454,6 @@ def _totals(entries: dict[str, dict], config: CorpusConfig) -> dict:
 
 def _versions() -> dict:
     import openmm
-
-    import arbg
 
     return {"arbg": arbg.__version__, "openmm": openmm.__version__}
 

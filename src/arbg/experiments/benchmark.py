@@ -56,6 +56,8 @@ from arbg.experiments.stages import (
     stats,
     tau_name,
 )
+from arbg.io import atomic_write_json, atomic_write_text
+from arbg.nn.heads import HEADS
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +112,6 @@ def check_heads(heads: Sequence[str], allow_empty: bool = False) -> list[str]:
     ValueError
         For an empty list (unless ``allow_empty``), an unknown head or a repeated head.
     """
-    from arbg.nn.heads import HEADS
 
     heads = list(heads)
     if not heads and not allow_empty:
@@ -278,7 +279,6 @@ def run_benchmark(
     ValueError
         Unknown or repeated heads, bad taus or budgets, or a reference of another system.
     """
-    from arbg.io import atomic_write_json, atomic_write_text
 
     cfg = config or BenchmarkConfig()
     cfg.validate()

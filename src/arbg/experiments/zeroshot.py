@@ -34,6 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from arbg.data.corpora import load_corpus
+from arbg.experiments.benchmark import html_table_page
+from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
+from arbg.io import atomic_write_json, atomic_write_text
+from arbg.train.checkpoints import read_config
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("e_w2", "t_w2", "tica_w2")
@@ -88,7 +94,6 @@ def evaluate_sequence(
     (MD at the same number of energy evaluations), the metrics of :data:`METRICS` (TICA-W2 is
     not computed for ``md_matched``).
     """
-    from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
 
     t0 = time.time()
     ref = corpus.dataset(sequence)
@@ -161,7 +166,6 @@ def format_zero_shot_table(
 ) -> tuple[str, str]:
     """Markdown and HTML of the per-sequence table (rows of :func:`evaluate_sequence` and the
     mean row); in each row the better of proposal and reweighted is **bold**."""
-    from arbg.experiments.benchmark import html_table_page
 
     def cells(r: dict[str, Any]) -> list[tuple[str, bool]]:
         """(text, bold) per column."""
@@ -222,9 +226,6 @@ def evaluate_zero_shot(
     ValueError
         Not a transferable checkpoint, an unknown split or sequence, or bad settings.
     """
-    from arbg.data.corpora import load_corpus
-    from arbg.io import atomic_write_json, atomic_write_text
-    from arbg.train.checkpoints import read_config
 
     cfg = config or ZeroShotConfig()
     cfg.validate()

@@ -26,6 +26,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from scipy import integrate, stats
 
+from arbg.nn.standardize import random_rotations as _rotations
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -121,7 +123,6 @@ def nerf_place(
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
     """Haar-uniform rotation matrices [n, 3, 3] (see
     :func:`arbg.nn.standardize.random_rotations`)."""
-    from arbg.nn.standardize import random_rotations as _rotations
 
     return np.asarray(_rotations(n, rng))
 

@@ -56,6 +56,7 @@ import torch.distributed as dist
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
 from arbg.nn.binning import Binning, default_n_bins, fit_binning
+from arbg.nn.conditioning import system_features
 from arbg.nn.heads import z_to_values
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.nn.standardize import (
@@ -65,12 +66,12 @@ from arbg.nn.standardize import (
     random_rotations,
     rotate,
 )
+from arbg.reweight import normalize_log_weights
 from arbg.train.checkpoints import (
     copy_checkpoint,
     load_trainer_state,
     read_config,
     save_checkpoint,
-    system_features,
 )
 from arbg.train.optim import Muon, newton_schulz  # noqa: F401  (re-exported)
 
@@ -279,7 +280,6 @@ def marginal_baseline(train_bins: torch.Tensor, val_bins: torch.Tensor, n_bins: 
 
 def _normalized(log_w: np.ndarray) -> np.ndarray:
     """Normalized weights [f] float64 from unnormalised log-weights."""
-    from arbg.reweight import normalize_log_weights
 
     return np.exp(normalize_log_weights(log_w))
 
