@@ -252,6 +252,7 @@ def test_transformer_proposal_matches_generate(parts):
         chirality="none",
         batch_size=m,
         generators=make_generators(5),
+        engine="eager",  # the proposal decodes with the model's forward, as the eager path
     )
     prop = TransformerProposal(
         parts.model, parts.binning, parts.standardization, 0.9, *make_generators(5)

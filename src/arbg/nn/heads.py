@@ -70,6 +70,7 @@ __all__ = [
     "MixtureHead",
     "MoLHead",
     "build_head",
+    "draw_categorical",
     "log1mexp",
     "values_to_z",
     "z_to_values",
@@ -160,6 +161,41 @@ def _categorical(logits: torch.Tensor, generator: torch.Generator | None) -> tor
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
+def draw_categorical(
+    logits: torch.Tensor, tau: float, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draw from ``softmax(logits / tau)`` and the log-probability of the draw.
+
+    The one place where bins are drawn (eager, static-cache and CUDA-graph decoding, SMC): the
+    log-probability is the float32 log-softmax of the very logits the bin was drawn from, so a
+    low-precision (bf16) forward still gives the exact log-density of the draw that was made.
+    No host synchronisation (no ``.item()``, no branch on tensor values).
+
+    Parameters
+    ----------
+    logits : Tensor [..., L], any float dtype (``-inf`` = excluded bin)
+    tau : float, temperature
+    u : float64 Tensor [...], uniforms in [0, 1)
+
+    Returns
+    -------
+    bins : LongTensor [...], never a bin of probability zero
+    log_p : float32 Tensor [...], ``log softmax(logits / tau)[bins]`` (nats)
+    """
+    lg = logits.float()
+    if tau != 1.0:
+        lg = lg / tau
+    m = lg.amax(dim=-1, keepdim=True)  # [..., 1]
+    e = torch.exp(lg - m)  # [..., L] float32, zero for excluded bins
+    cdf = torch.cumsum(e, dim=-1, dtype=torch.float64)  # [..., L]
+    v = (u.to(torch.float64) * cdf[..., -1]).unsqueeze(-1)  # [..., 1]
+    # first bin whose cdf exceeds v: zero-probability bins (flat cdf) are never chosen
+    bins = torch.searchsorted(cdf, v, right=True).clamp_(max=lg.shape[-1] - 1)  # [..., 1]
+    lse = m + torch.log(e.sum(dim=-1, keepdim=True))  # [..., 1]
+    log_p = (lg.gather(-1, bins) - lse).squeeze(-1)
+    return bins.squeeze(-1), log_p
+
+
 # --------------------------------------------------------------------------------------------------
 # interface
 
@@ -245,10 +281,11 @@ class BinHead(Head):
     def sample(
         self, params: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        probs = F.softmax(params.float() / tau, dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])  # [B*T, L]
-        out = torch.multinomial(flat, 1, generator=generator)  # [B*T, 1]
-        return out.reshape(probs.shape[:-1])  # [B, T]
+        """Inverse-CDF draws (:func:`draw_categorical`), one float64 uniform per coordinate."""
+        u = torch.rand(
+            params.shape[:-1], generator=generator, dtype=torch.float64, device=params.device
+        )
+        return draw_categorical(params, tau, u)[0]
 
     def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(

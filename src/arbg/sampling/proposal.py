@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from arbg.nn.binning import Binning
-from arbg.nn.heads import values_to_z
+from arbg.nn.heads import BinHead, draw_categorical, values_to_z
 from arbg.nn.model import ARBG, KVCache, TokenFeatures
 from arbg.nn.standardize import Standardization
 
@@ -147,14 +147,23 @@ class TransformerProposal:
         m = state.bins.shape[0]
         lp = torch.zeros(m, dtype=torch.float64, device=self.device)
         head = self.model.head
+        u = None  # bins head: the uniforms of these tokens in one call (sample_bins' stream)
+        if isinstance(head, BinHead) and j1 > j0:
+            u = torch.rand(
+                j1 - j0, m, generator=self.generator, dtype=torch.float64, device=self.device
+            )
         for j in range(j0, j1):
             if j == 0:
                 tok = torch.full((m, 1), self.model.start_id, dtype=torch.long, device=self.device)
             else:
                 tok = state.bins[:, j - 1 : j]
             out, _ = self.model(tok, self.feats, kv_cache=state.cache)  # [M, 1, L]
-            xj = head.sample(out, self.tau, self.generator)  # [M, 1] bins or values
-            lp += head.log_prob(out, xj, self.tau)[:, 0].to(torch.float64)
+            if u is not None:
+                b, lpj = draw_categorical(out[:, 0], self.tau, u[j - j0])
+                xj, lp = b[:, None], lp + lpj.to(torch.float64)
+            else:
+                xj = head.sample(out, self.tau, self.generator)  # [M, 1] bins or values
+                lp += head.log_prob(out, xj, self.tau)[:, 0].to(torch.float64)
             state.bins[:, j] = head.tokens(xj)[:, 0]
             if head.continuous:  # the value is the coordinate: no in-bin offset
                 state.z[:, j] = values_to_z(xj[:, 0].cpu(), self.binning)

@@ -57,7 +57,8 @@ import numpy as np
 import torch
 
 from arbg.nn.binning import Binning
-from arbg.nn.heads import values_to_z
+from arbg.nn.decode import StaticDecoder, auto_batch_size, static_supported
+from arbg.nn.heads import BinHead, draw_categorical, values_to_z
 from arbg.nn.model import ARBG, KVCache, TokenFeatures
 from arbg.nn.standardize import Standardization
 from arbg.sampling.targets import chirality_signs
@@ -75,6 +76,7 @@ __all__ = [
     "generate",
     "log_q_offset",
     "make_generators",
+    "resolve_batch_size",
     "sample_bins",
     "teacher_forced_log_pi",
     "values_to_positions",
@@ -125,6 +127,23 @@ def make_generators(
 # bins
 
 
+def _autocast(dev: torch.device, dtype: torch.dtype) -> Any:
+    """bf16 autocast on ``dev`` when ``dtype`` is bf16 (a no-op context otherwise)."""
+    return torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
+        names["bfloat16"] = torch.bfloat16
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    return dtype
+
+
 @torch.no_grad()
 def _sample_chunk(
     model: ARBG,
@@ -134,31 +153,66 @@ def _sample_chunk(
     generator: torch.Generator,
     feats: TokenFeatures,
     cache: KVCache | None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """bins [b, T], log_pi [b] float64 and, for a continuous head, the values [b, T] float64
-    (bin units; None otherwise)."""
+    """Eager reference path: bins [b, T], log_pi [b] float64 and, for a continuous head, the
+    values [b, T] float64 (bin units; None otherwise). The bins head draws from the same
+    [T, b] uniforms as :class:`arbg.nn.decode.StaticDecoder`."""
     dev = _model_device(model)
     head = model.head
     bins = torch.empty(b, T, dtype=torch.long, device=dev)
     values = torch.empty(b, T, dtype=torch.float64, device=dev) if head.continuous else None
     log_pi = torch.zeros(b, dtype=torch.float64, device=dev)
     start = torch.full((b, 1), model.start_id, dtype=torch.long, device=dev)
+    u = None
+    if isinstance(head, BinHead):
+        u = torch.rand(T, b, generator=generator, dtype=torch.float64, device=dev)
     if cache is not None:
         cache.reset()
     for j in range(T):
-        if cache is not None:
-            tok = start if j == 0 else bins[:, j - 1 : j]  # [b, 1]
-            out, _ = model(tok, feats, kv_cache=cache)  # [b, 1, L]
+        with _autocast(dev, dtype):
+            if cache is not None:
+                tok = start if j == 0 else bins[:, j - 1 : j]  # [b, 1]
+                out, _ = model(tok, feats, kv_cache=cache)  # [b, 1, L]
+            else:
+                tok = torch.cat([start, bins[:, :j]], dim=1)  # [b, j+1], whole prefix recomputed
+                out, _ = model(tok, feats.slice(0, j + 1))
+                out = out[:, -1:]  # [b, 1, L]
+        if u is not None:  # log pi from the very logits drawn from (float32 log-softmax)
+            xj, lp = draw_categorical(out[:, 0], tau, u[j])
+            xj, lp = xj[:, None], lp[:, None]
         else:
-            tok = torch.cat([start, bins[:, :j]], dim=1)  # [b, j+1], whole prefix recomputed
-            out, _ = model(tok, feats.slice(0, j + 1))
-            out = out[:, -1:]  # [b, 1, L]
-        xj = head.sample(out, tau, generator)  # [b, 1] bins, or values (continuous head)
-        log_pi += head.log_prob(out, xj, tau)[:, 0].to(torch.float64)
+            xj = head.sample(out, tau, generator)  # [b, 1] bins, or values (continuous head)
+            lp = head.log_prob(out, xj, tau)
+        log_pi += lp[:, 0].to(torch.float64)
         bins[:, j] = head.tokens(xj)[:, 0]
         if values is not None:
             values[:, j] = xj[:, 0]
     return bins, log_pi, values
+
+
+def resolve_batch_size(
+    model: ARBG,
+    batch_size: int | str,
+    n_tokens: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+) -> int:
+    """``batch_size`` as an int: ``"auto"`` is the largest decode batch that fits the free
+    memory of the model's device (:func:`arbg.nn.decode.auto_batch_size`; capped at
+    :data:`arbg.nn.decode.CPU_MAX_AUTO_BATCH` on the CPU)."""
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            if not batch_size.isdigit():
+                raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+            batch_size = int(batch_size)
+        else:
+            dev = torch.device(device) if device is not None else _model_device(model)
+            T = n_tokens if n_tokens is not None else len(_features(model, None))
+            return auto_batch_size(model.config, T, dev, _as_dtype(dtype))
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return int(batch_size)
 
 
 def sample_bins(
@@ -167,19 +221,23 @@ def sample_bins(
     tau: float = 1.0,
     generator: torch.Generator | None = None,
     feats: TokenFeatures | None = None,
-    batch_size: int = 1024,
+    batch_size: int | str = 1024,
     use_cache: bool = True,
     device: torch.device | str | None = None,
     progress: bool = False,
     return_values: bool = False,
+    engine: str = "auto",
+    dtype: torch.dtype | str = torch.float32,
 ) -> tuple[torch.Tensor, ...]:
     """Draw ``n`` bin sequences autoregressively from the tempered model.
 
     Token ``j`` is drawn from the tempered conditional (``softmax(logits_j / tau)`` for the bins
-    head; see :mod:`arbg.nn.heads` for the mixture heads) with the head's ``sample`` and the given
-    generator; its log-probability under that tempered conditional is accumulated in float64.
-    A continuous head (``model.head.continuous``, GIVT) draws real values in bin units; their
-    bins are the next tokens, and ``return_values=True`` is required to get the values.
+    head, by inverse CDF from one float64 uniform, :func:`arbg.nn.heads.draw_categorical`; see
+    :mod:`arbg.nn.heads` for the mixture heads) with the given generator; its log-probability
+    under that tempered conditional (float32 log-softmax of the very logits drawn from) is
+    accumulated in float64. A continuous head (``model.head.continuous``, GIVT) draws real
+    values in bin units; their bins are the next tokens, and ``return_values=True`` is required
+    to get the values.
 
     Parameters
     ----------
@@ -193,8 +251,8 @@ def sample_bins(
         On the model's device; chunks consume it in order, so results depend on ``batch_size``.
     feats : TokenFeatures, optional
         [T] (shared) or [n, T] features; default the model's single-system features.
-    batch_size : int
-        Internal chunk size (rows sampled in lock-step).
+    batch_size : int or "auto"
+        Internal chunk size (rows sampled in lock-step); ``"auto"``: :func:`resolve_batch_size`.
     use_cache : bool
         Incremental decoding with a preallocated KV cache (True) or recomputation of the whole
         prefix at every step (reference path, ~T/2 times more compute, same draws).
@@ -203,6 +261,13 @@ def sample_bins(
         tqdm progress bar over samples.
     return_values : bool
         Also return the drawn values (continuous heads; None for the discrete ones).
+    engine : {"auto", "static", "eager"}
+        ``static``: :class:`arbg.nn.decode.StaticDecoder` (static KV cache, sync-free token loop,
+        CUDA graphs on a GPU; bins head with shared features only); ``eager``: the model's own
+        forward per token (every head); ``auto``: static where supported.
+    dtype : torch.float32 or torch.bfloat16 (or "float32" / "bf16")
+        Precision of the matrix work (bf16: autocast on the eager path); log pi is exact for the
+        draws made either way.
 
     Returns
     -------
@@ -218,25 +283,38 @@ def sample_bins(
             f"the {model.config.head!r} head is continuous: its bins do not carry "
             "the samples; call sample_bins(..., return_values=True)"
         )
+    if engine not in ("auto", "static", "eager"):
+        raise ValueError(f"engine must be 'auto', 'static' or 'eager', got {engine!r}")
+    dtype = _as_dtype(dtype)
     if device is not None:
         model.to(device)
     dev = _model_device(model)
     f = _features(model, feats).to(dev)
     T = len(f)
+    batch_size = resolve_batch_size(model, batch_size, T, dev, dtype)
     if generator is None:
         generator = torch.Generator(device=dev).manual_seed(0)
+    static = use_cache and engine != "eager" and static_supported(model, f)
+    if engine == "static" and not static:
+        raise ValueError("engine='static' needs the bins head, shared [T] features and use_cache")
     from tqdm.auto import tqdm
 
     out_bins, out_lp, out_val = [], [], []
-    cache: KVCache | None = None
+    cache: KVCache | StaticDecoder | None = None
     with tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
-            if use_cache and (cache is None or cache.batch != b):
-                cache = model.new_kv_cache(b, max_T=T)
-            bins, lp, val = _sample_chunk(
-                model, b, T, tau, generator, _rows(f, s, s + b), cache if use_cache else None
-            )
+            if static:
+                if cache is None or cache.B != b:
+                    cache = StaticDecoder(model, b, f, tau, dtype)
+                bins, lp = cache.run(generator)
+                val = None
+            else:
+                if use_cache and (cache is None or cache.batch != b):
+                    cache = model.new_kv_cache(b, max_T=T)
+                bins, lp, val = _sample_chunk(
+                    model, b, T, tau, generator, _rows(f, s, s + b), cache, dtype
+                )
             out_bins.append(bins.cpu())
             out_lp.append(lp.cpu())
             if val is not None:
@@ -258,17 +336,21 @@ def teacher_forced_log_pi(
     tau: float = 1.0,
     feats: TokenFeatures | None = None,
     batch_size: int = 1024,
+    dtype: torch.dtype | str = torch.float32,
 ) -> torch.Tensor:
-    """``model.log_prob`` of stored bins [n, T] in chunks; float64 [n] on the CPU (nats)."""
+    """``model.log_prob`` of stored bins [n, T] in chunks; float64 [n] on the CPU (nats).
+
+    ``dtype=torch.bfloat16`` runs the pass under bf16 autocast (float32 log-softmax)."""
     dev = _model_device(model)
     f = _features(model, feats).to(dev)
     bins = torch.as_tensor(np.asarray(bins) if not isinstance(bins, torch.Tensor) else bins)
-    out = [
-        model.log_prob(
-            bins[s : s + batch_size].to(dev).long(), _rows(f, s, s + batch_size), tau
-        ).cpu()
-        for s in range(0, bins.shape[0], batch_size)
-    ]
+    out = []
+    for s in range(0, bins.shape[0], batch_size):
+        with _autocast(dev, _as_dtype(dtype)):
+            lp = model.log_prob(
+                bins[s : s + batch_size].to(dev).long(), _rows(f, s, s + batch_size), tau
+            )
+        out.append(lp.cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
 
 
@@ -532,11 +614,13 @@ def generate(
     feats: TokenFeatures | None = None,
     chirality_atoms: np.ndarray | None = None,
     chirality: str = "zero",
-    batch_size: int = 1024,
+    batch_size: int | str = 1024,
     use_cache: bool = True,
     device: torch.device | str | None = None,
     progress: bool = False,
     generators: tuple[torch.Generator, torch.Generator] | None = None,
+    engine: str = "auto",
+    dtype: torch.dtype | str = torch.float32,
 ) -> SampleBatch:
     """Draw ``n`` conformations with their exact log q.
 
@@ -552,8 +636,8 @@ def generate(
     chirality_atoms : [r, 4], optional
         (N, CA, C, CB) rows; without them no chirality check is done.
     chirality : {"zero", "mirror", "none"}
-    batch_size, use_cache, device, progress
-        See :func:`sample_bins`.
+    batch_size, use_cache, device, progress, engine, dtype
+        See :func:`sample_bins` (``batch_size="auto"`` fits the free device memory).
     generators : (bins generator on the model's device, CPU offset generator), optional
 
     Returns
@@ -565,6 +649,7 @@ def generate(
         model.to(device)
     dev = _model_device(model)
     g_bins, g_off = generators if generators is not None else make_generators(seed, dev)
+    batch_size = resolve_batch_size(model, batch_size, standardization.n_coords, dev, dtype)
     if model.head.continuous and chirality == "mirror":
         raise ValueError(
             f"chirality='mirror' re-scores bins: not available for the continuous "
@@ -580,6 +665,8 @@ def generate(
         use_cache,
         progress=progress,
         return_values=True,
+        engine=engine,
+        dtype=dtype,
     )
     t1 = time.perf_counter()
     if values is None:

@@ -1,0 +1,338 @@
+"""Decoding at graph speed: a static KV cache and a one-token step that CUDA graphs can replay.
+
+:class:`StaticDecoder` turns an :class:`arbg.nn.model.ARBG` with the categorical ``bins`` head
+(or a :class:`arbg.nn.conditioning.BoundModel` around one) into a fixed-shape decode step:
+
+* the keys/values of every layer live in one preallocated buffer [B, H, max_T, Dh] per layer,
+  written in place at the current position (``index_copy_`` with a device position tensor);
+* the per-token input embeddings (axis, atom, atom type, residue type and index, the transferable
+  model's sequence conditioning, learned positions) are computed once per decoder and gathered
+  at the current position;
+* the uniforms of a whole chunk are drawn up front from an explicit ``torch.Generator``; a step
+  draws its bin by inverse CDF (:func:`arbg.nn.heads.draw_categorical`), takes ``log pi`` as the
+  float32 log-softmax of the very logits the bin was drawn from, accumulates it in float64, and
+  feeds the bin back as the next token, all on the device: no ``.item()``, no Python branch on a
+  tensor value, so the token loop never synchronises with the host;
+* on CUDA the step is captured once per key-length bucket into a ``torch.cuda.CUDAGraph`` and
+  replayed; attention reads the keys of the bucket (a multiple of ``bucket`` positions) under a
+  mask ``key <= pos``. On the CPU the same step runs eagerly (bucket 1: exactly the keys so far).
+
+Precision: ``dtype=torch.bfloat16`` runs the matrix work in bf16 (weights cast once; the
+residual stream, norms, softmax and cache-free bookkeeping stay float32, the log-probabilities
+float64), like ``torch.autocast``. ``float32`` reproduces the eager path.
+
+:func:`auto_batch_size` sizes the batch from the free device memory (KV cache + logits +
+activations per row).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from arbg.nn.heads import BinHead, draw_categorical
+from arbg.nn.model import ARBG, TokenFeatures, apply_rotary
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CPU_MAX_AUTO_BATCH",
+    "StaticDecoder",
+    "auto_batch_size",
+    "decode_bytes_per_row",
+    "free_memory_bytes",
+    "static_supported",
+]
+
+#: the CPU gains nothing from larger batches; ``auto`` stops here
+CPU_MAX_AUTO_BATCH = 1024
+
+
+def _unwrap(model: Any) -> tuple[ARBG, torch.Tensor | None, torch.Tensor | None]:
+    """(decoder network, conditioning [1, T, C] or None, floor [T] or None) of a model.
+
+    A :class:`arbg.nn.conditioning.BoundModel` carries ``net``, ``cond`` and ``floor``; a
+    single-system :class:`ARBG` its ``bin_floor`` buffer.
+    """
+    if hasattr(model, "net") and hasattr(model, "cond"):
+        return model.net, model.cond, getattr(model, "floor", None)
+    floor = model.bin_floor if model.bin_floor.numel() else None
+    return model, None, floor
+
+
+def static_supported(model: Any, feats: TokenFeatures | None) -> bool:
+    """Whether :class:`StaticDecoder` covers this model: a ``bins`` head, float32 weights,
+    shared [T] features."""
+    net = _unwrap(model)[0]
+    shared = feats is None or feats.axis.dim() == 1
+    cond = getattr(model, "cond", None)
+    fp32 = next(net.parameters()).dtype == torch.float32
+    return (
+        isinstance(net.head, BinHead) and shared and fp32 and (cond is None or cond.shape[0] == 1)
+    )
+
+
+class StaticDecoder:
+    """Fixed-shape, sync-free autoregressive decoding of ``batch`` sequences of ``n_tokens``.
+
+    Parameters
+    ----------
+    model : ARBG (``bins`` head) or BoundModel
+    batch : int, rows decoded in lock-step
+    feats : TokenFeatures with [T] tensors (default: the model's own)
+    tau : float, temperature of the conditionals
+    dtype : torch.float32 or torch.bfloat16, dtype of the matrix work and the KV cache
+    graphs : capture CUDA graphs (default: on CUDA)
+    bucket : attention reads keys in multiples of this many positions (default 64 with
+        graphs, else 1)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        batch: int,
+        feats: TokenFeatures | None = None,
+        tau: float = 1.0,
+        dtype: torch.dtype = torch.float32,
+        graphs: bool | None = None,
+        bucket: int | None = None,
+    ) -> None:
+        net, cond, floor = _unwrap(model)
+        if not isinstance(net.head, BinHead):
+            raise ValueError(f"StaticDecoder needs the 'bins' head, not {net.config.head!r}")
+        f = feats if feats is not None else model.default_features()
+        if f is None or f.axis.dim() != 1:
+            raise ValueError("StaticDecoder needs shared [T] token features")
+        self.net, self.cfg = net, net.config
+        self.device = dev = next(net.parameters()).device
+        self.B, self.T = int(batch), len(f)
+        self.tau, self.dtype = float(tau), dtype
+        self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs)
+        self.bucket = int(bucket or (64 if self.graphs else 1))
+        with torch.no_grad():
+            self._prepare_weights(f.to(dev), cond, floor)
+        self._alloc_state()
+        self._graphs: dict[int, Any] = {}
+
+    # ---- set-up
+
+    def _prepare_weights(
+        self, f: TokenFeatures, cond: torch.Tensor | None, floor: torch.Tensor | None
+    ) -> None:
+        net, cd, T = self.net, self.dtype, self.T
+        x = (
+            net.axis_emb(f.axis)
+            + net.atom_emb(f.atom_index)
+            + net.atom_type_emb(f.atom_type)
+            + net.residue_type_emb(f.residue_type)
+            + net.residue_index_emb(f.residue_index)
+        )  # [T, C]
+        if cond is not None:
+            x = x + cond[0, :T].to(x.dtype)
+        if net.wpe is not None:
+            x = x + net.wpe(torch.arange(T, device=self.device))
+        self.pos_emb = x.float().contiguous()  # [T, C] per-token conditioning, computed once
+        self.rope = None
+        if net.wpe is None:
+            self.rope = (net.rope_cos[:T].contiguous(), net.rope_sin[:T].contiguous())
+        self.layers = []
+        for blk in net.blocks:
+            a = blk.attn
+            wqkv = torch.cat([a.q.weight, a.k.weight, a.v.weight]).to(cd).contiguous()
+            self.layers.append(
+                dict(
+                    n1=blk.norm1,
+                    n2=blk.norm2,
+                    qkv=wqkv,  # [3 H Dh, C]
+                    o=a.o.weight.to(cd),
+                    up=blk.mlp.up.weight.to(cd),
+                    down=blk.mlp.down.weight.to(cd),
+                )
+            )
+        self.head_w = net.head.proj.weight.to(cd)  # [L, C]
+        L = self.cfg.n_bins
+        self.floor = None
+        if floor is not None and floor.numel():
+            fl = floor.reshape(-1)[:T].to(self.device)
+            self.floor = torch.arange(L, device=self.device)[None, :] < fl[:, None]  # [T, L]
+
+    def _alloc_state(self) -> None:
+        c, B, T, dev = self.cfg, self.B, self.T, self.device
+        shape = (B, c.n_head, T, c.head_dim)
+        self.k = [torch.zeros(shape, device=dev, dtype=self.dtype) for _ in range(c.n_layer)]
+        self.v = [torch.zeros(shape, device=dev, dtype=self.dtype) for _ in range(c.n_layer)]
+        self.pos = torch.zeros((), dtype=torch.long, device=dev)
+        self.tok = torch.full((B, 1), self.net.start_id, dtype=torch.long, device=dev)
+        self.u = torch.zeros(T, B, dtype=torch.float64, device=dev)
+        self.bins = torch.zeros(B, T, dtype=torch.long, device=dev)
+        self.log_pi = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.key_pos = torch.arange(T, device=dev)
+
+    # ---- the step
+
+    def _attend(self, i: int, x: torch.Tensor, n_keys: int) -> torch.Tensor:
+        """Attention of layer ``i`` for the token at ``self.pos``: [B, C] -> [B, C]."""
+        c, lay = self.cfg, self.layers[i]
+        B, H, Dh = self.B, c.n_head, c.head_dim
+        h = F.rms_norm(x, (c.n_embd,), lay["n1"].weight, lay["n1"].eps).to(self.dtype)
+        q, k, v = F.linear(h, lay["qkv"]).view(B, 3, H, 1, Dh).unbind(1)  # [B, H, 1, Dh] each
+        if self.rope is not None:
+            cos, sin = (t.index_select(0, self.pos.view(1)) for t in self.rope)  # [1, Dh/2]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        self.k[i].index_copy_(2, self.pos.view(1), k)
+        self.v[i].index_copy_(2, self.pos.view(1), v)
+        keys, vals = self.k[i][:, :, :n_keys], self.v[i][:, :, :n_keys]  # [B, H, n_keys, Dh]
+        mask = (self.key_pos[:n_keys] <= self.pos).view(1, 1, 1, n_keys)
+        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)  # [B, H, 1, Dh]
+        return F.linear(y.reshape(B, H * Dh), lay["o"]).float()
+
+    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        lay = self.layers[i]
+        h = F.rms_norm(x, (self.cfg.n_embd,), lay["n2"].weight, lay["n2"].eps).to(self.dtype)
+        gate, val = F.linear(h, lay["up"]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * val, lay["down"]).float()
+
+    def _step(self, n_keys: int) -> None:
+        """Decode the token at ``self.pos`` in place: bins, log_pi, tok and pos advance."""
+        net, tok = self.net, self.tok
+        x = net.wte(tok[:, 0]).float() + self.pos_emb.index_select(0, self.pos.view(1))  # [B, C]
+        if net.value_proj is not None:
+            x = x + net.value_proj(net._value_features(tok))[:, 0].float()
+        for i in range(len(self.layers)):
+            x = x + self._attend(i, x, n_keys)
+            x = x + self._mlp(i, x)
+        h = F.rms_norm(x, (self.cfg.n_embd,), net.norm_f.weight, net.norm_f.eps).to(self.dtype)
+        logits = F.linear(h, self.head_w)  # [B, L]
+        if self.floor is not None:
+            logits = logits.masked_fill(self.floor.index_select(0, self.pos.view(1)), -math.inf)
+        u = self.u.index_select(0, self.pos.view(1))[0]  # [B]
+        b, lp = draw_categorical(logits, self.tau, u)
+        self.bins.index_copy_(1, self.pos.view(1), b.view(-1, 1))
+        self.log_pi.add_(lp.to(torch.float64))
+        self.tok.copy_(b.view(-1, 1))
+        self.pos.add_(1)
+
+    def _n_keys(self, j: int) -> int:
+        return min(self.T, -(-(j + 1) // self.bucket) * self.bucket)
+
+    def _graph_for(self, n_keys: int) -> Any:
+        g = self._graphs.get(n_keys)
+        if g is None:
+            saved = [t.clone() for t in (self.pos, self.tok, self.bins, self.log_pi)]
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph (allocator, kernels)
+                    self._step(n_keys)
+                    self.pos.sub_(1)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                self._step(n_keys)
+            for t, s in zip((self.pos, self.tok, self.bins, self.log_pi), saved, strict=True):
+                t.copy_(s)
+            self._graphs[n_keys] = g
+        return g
+
+    # ---- public
+
+    @torch.no_grad()
+    def run(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode one chunk of ``batch`` sequences.
+
+        The ``[T, batch]`` float64 uniforms are drawn first, in one call (the same stream as
+        the eager path of :func:`arbg.sampling.sampler.sample_bins`).
+
+        Returns
+        -------
+        bins : LongTensor [batch, T] (device), log_pi : float64 Tensor [batch] (device, nats)
+        """
+        self.u.copy_(
+            torch.rand(self.T, self.B, generator=generator, dtype=torch.float64, device=self.device)
+        )
+        self.pos.zero_()
+        self.log_pi.zero_()
+        self.tok.fill_(self.net.start_id)
+        for j in range(self.T):
+            n_keys = self._n_keys(j)
+            if self.graphs:
+                self._graph_for(n_keys).replay()
+            else:
+                self._step(n_keys)
+        return self.bins.clone(), self.log_pi.clone()
+
+
+# --------------------------------------------------------------------------------------------------
+# batch sizing
+
+
+def decode_bytes_per_row(config: Any, n_tokens: int, dtype: torch.dtype = torch.float32) -> int:
+    """Device bytes one sequence needs in :class:`StaticDecoder`.
+
+    KV cache (``2 n_layer H Dh T`` elements of ``dtype``), the logits and the sampling temporaries
+    (``dtype`` logits, float32 tempered logits and exponentials, float64 CDF: ~20 bytes per bin),
+    the step's activations (~24 float32 vectors of ``n_embd`` / SwiGLU width) and the bins,
+    uniforms and log-probabilities (~24 bytes per token).
+    """
+    item = torch.empty(0, dtype=dtype).element_size()
+    kv = 2 * config.n_layer * config.n_head * config.head_dim * n_tokens * item
+    logits = config.n_bins * (item + 4 + 4 + 8 + 4)
+    act = 4 * (16 * config.n_embd + 6 * int(config.mlp_hidden))
+    return int(kv + logits + act + 24 * n_tokens)
+
+
+def free_memory_bytes(device: torch.device | str) -> int:
+    """Free memory of ``device``: ``cudaMemGetInfo`` on CUDA, available RAM on the CPU."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover (non-POSIX)
+        return 4 << 30
+
+
+def auto_batch_size(
+    config: Any,
+    n_tokens: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    free_bytes: int | None = None,
+    fraction: float = 0.8,
+    max_batch: int | None = None,
+    multiple: int = 64,
+) -> int:
+    """Largest decode batch whose KV cache, logits and activations fit ``fraction`` of the free
+    device memory.
+
+    Parameters
+    ----------
+    config : ModelConfig of the decoder
+    n_tokens : int, tokens per sequence
+    device : where the decoding runs
+    dtype : matrix / KV-cache dtype
+    free_bytes : int, optional, the memory budget (default :func:`free_memory_bytes`)
+    fraction : share of ``free_bytes`` to use
+    max_batch : cap (default :data:`CPU_MAX_AUTO_BATCH` on the CPU, 65536 on a GPU)
+    multiple : round down to a multiple of this (when the batch is at least that large)
+
+    Returns
+    -------
+    int >= 1
+    """
+    dev = torch.device(device)
+    free = free_memory_bytes(dev) if free_bytes is None else int(free_bytes)
+    if free <= 0:
+        raise ValueError(f"free_bytes must be positive, got {free}")
+    if max_batch is None:
+        max_batch = CPU_MAX_AUTO_BATCH if dev.type == "cpu" else 65536
+    per_row = decode_bytes_per_row(config, n_tokens, dtype)
+    b = min(int(fraction * free) // per_row, int(max_batch))
+    if b >= multiple:
+        b -= b % multiple
+    return max(1, b)
