@@ -155,6 +155,7 @@ class StaticDecoder:
                 )
             )
         self.head_w = net.head.proj.weight.to(cd)  # [L, C]
+        self.value_w = net.value_proj.weight.to(cd) if net.value_proj is not None else None
         L = self.cfg.n_bins
         self.floor = None
         if floor is not None and floor.numel():
@@ -201,8 +202,9 @@ class StaticDecoder:
         """Decode the token at ``self.pos`` in place: bins, log_pi, tok and pos advance."""
         net, tok = self.net, self.tok
         x = net.wte(tok[:, 0]).float() + self.pos_emb.index_select(0, self.pos.view(1))  # [B, C]
-        if net.value_proj is not None:
-            x = x + net.value_proj(net._value_features(tok))[:, 0].float()
+        if net.value_proj is not None:  # as autocast: a matrix product in the compute dtype
+            vf = net._value_features(tok)[:, 0].to(self.dtype)  # [B, 2K+1]
+            x = x + F.linear(vf, self.value_w).float()
         for i in range(len(self.layers)):
             x = x + self._attend(i, x, n_keys)
             x = x + self._mlp(i, x)
