@@ -10,7 +10,12 @@ de-quantization
 * ``teacher-forced``: samples/s of one teacher-forced pass (``model.log_prob``) over the same
   tokens, the floor an autoregressive sampler can approach.
 
-Usage: ``python bench/bench_sample.py [--presets tiny small] [--batch 256] [--device cuda]``
+``passes`` is the cost of sampling with exact log q in teacher-forced passes (time of
+``generate`` / time of one teacher-forced pass); issue 14 bounds it by 2 on the CPU (tiny and
+small, batch 256, 1 and 2 threads): ``python bench/bench_sample.py --threads 1 2 --skip-uncached``.
+
+Usage: ``python bench/bench_sample.py [--presets tiny small] [--batch 256] [--device cuda]
+[--threads 1 2] [--engine static|eager]``
 """
 
 from __future__ import annotations
@@ -65,12 +70,11 @@ def main() -> None:
     )
     ap.add_argument("--n-bins", type=int, default=4096)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, nargs="+", default=[None], help="torch CPU threads")
+    ap.add_argument("--engine", default="auto", choices=["auto", "static", "eager"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-uncached", action="store_true")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     system = build_system("aldp")
     rng = np.random.default_rng(0)
@@ -82,17 +86,20 @@ def main() -> None:
     )
     T = std.n_coords
     dev = args.device
-    name = device_label(dev)
-    print(
-        f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
-        f"torch {torch.__version__}"
-    )
-    print(
-        f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
-        f"{'teacher-forced/s':>17s} {'cached/TF':>10s}"
-    )
-    for preset in args.presets:
-        _bench_preset(preset, args, feats, binning, std, dev)
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        name = device_label(dev)
+        print(
+            f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
+            f"torch {torch.__version__}, engine {args.engine}"
+        )
+        print(
+            f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
+            f"{'teacher-forced/s':>17s} {'cached/TF':>10s} {'passes':>7s}"
+        )
+        for preset in args.presets:
+            _bench_preset(preset, args, feats, binning, std, dev)
 
 
 def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, dev: str) -> None:
@@ -119,6 +126,7 @@ def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, de
             batch_size=n,
             use_cache=cache,
             device=dev,
+            engine=args.engine,
         )
 
     run(min(8, b), True)  # warm-up
@@ -134,7 +142,7 @@ def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, de
         unc = bu / t_u
     print(
         f"{preset:8s} {model.num_params() / 1e6:7.2f}M {b:6d} {b / t_c:10.1f} "
-        f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f}",
+        f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f} {t_c / t_tf:7.2f}",
         flush=True,
     )
 

@@ -219,3 +219,20 @@ def test_resolve_batch_size():
         resolve_batch_size(model, 0)
     bins, lp = sample_bins(model, 3, 1.0, torch.Generator().manual_seed(0), batch_size="auto")
     assert bins.shape == (3, len(model.default_features())) and torch.isfinite(lp).all()
+
+
+def test_cli_sample_auto_batch_bf16(tmp_path, capsys):
+    from pathlib import Path
+
+    from arbg.cli import main
+
+    asset = Path(__file__).resolve().parents[1] / "src" / "arbg" / "assets" / "aldp" / "checkpoint"
+    out = tmp_path / "run"
+    argv = ["sample", str(asset), "--out", str(out), "--n", "6", "--batch-size", "auto"]
+    assert main([*argv, "--dtype", "bf16", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "batch size (auto, bf16 on cpu): " in text
+    with np.load(out / "samples.npz") as z:
+        assert z["coords"].shape[0] == 6 and np.isfinite(z["log_q"]).all()
+    with pytest.raises(SystemExit):
+        main(["sample", str(asset), "--out", str(out), "--batch-size", "lots"])

@@ -28,6 +28,7 @@ from arbg.nn.conditioning import ConditioningConfig
 from arbg.nn.standardize import fit_standardization
 from arbg.reweight import kish_ess
 from arbg.sampling.runs import run_sampling, run_smc
+from arbg.sampling.sampler import resolve_batch_size
 from arbg.train.checkpoints import load_checkpoint
 from arbg.train.trainer import TrainConfig, train
 from arbg.train.transferable import train_transferable
@@ -363,10 +364,30 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive int or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"--batch-size must be an int or 'auto', not {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--batch-size must be >= 1, got {value}")
+    return value
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
 
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
+    batch_size = args.batch_size
+    if batch_size == "auto":
+        batch_size = resolve_batch_size(
+            ck.model, "auto", ck.standardization.n_coords, args.device, args.dtype
+        )
+        print(f"batch size (auto, {args.dtype} on {args.device}): {batch_size}")
     summary = run_sampling(
         ck,
         args.out,
@@ -379,8 +400,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         clip_mode=None if args.clip_mode == "off" else args.clip_mode,
         chirality=args.chirality,
         ensemble_size=args.ensemble_size,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         progress=not args.quiet,
+        dtype=args.dtype,
     )
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
@@ -901,7 +923,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sequence", help="for transferable checkpoints only")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1024,
+        help="rows decoded in lock-step, or 'auto': the largest that fits the free device "
+        "memory (KV cache + logits; capped at 1024 on the CPU)",
+    )
+    s.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bf16"],
+        help="matrix precision of the sampler; log q is the exact density of the draws either way",
+    )
     s.add_argument("--clip", type=float, default=0.002, help="fraction of log-weights clipped")
     s.add_argument("--clip-mode", default="drop", choices=["drop", "cap", "off"])
     s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])

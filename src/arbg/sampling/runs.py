@@ -103,8 +103,9 @@ def run_sampling(
     clip_mode: str | None = "drop",
     chirality: str = "zero",
     ensemble_size: int | None = None,
-    batch_size: int = 1024,
+    batch_size: int | str = 1024,
     progress: bool = False,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Sample into (or extend) a run directory and reweight all its samples.
 
@@ -139,7 +140,9 @@ def run_sampling(
     clip_fraction, clip_mode : see :func:`arbg.reweight.snis`
     chirality : {"zero", "mirror", "none"}
     ensemble_size : frames of ``ensemble.dcd`` (default: all samples)
-    batch_size, progress : see :func:`sample_bins`
+    batch_size, progress : see :func:`sample_bins` (``"auto"``: the largest batch that fits the
+        free device memory)
+    dtype : ``"float32"`` or ``"bf16"`` matrix work of the sampler (log q exact either way)
 
     Returns
     -------
@@ -189,6 +192,7 @@ def run_sampling(
         batch_size=batch_size,
         device=device,
         progress=progress and rank == 0,
+        dtype=dtype,
     )
     t_e = time.perf_counter()
     u = (
