@@ -339,12 +339,13 @@ class TransferableARBG(ARBG):
         atoms: AtomBatch | None = None,
         token_atom: torch.Tensor | None = None,
         floor: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """:meth:`ARBG.forward` with conditioning.
 
         Parameters
         ----------
-        tokens, feats, targets, kv_cache : as :meth:`ARBG.forward` (``feats`` required)
+        tokens, feats, targets, kv_cache, logits : as :meth:`ARBG.forward` (``feats`` required)
         cond : Tensor [B or 1, T or T_full, C], precomputed :meth:`condition` (sampling)
         atoms, token_atom : or the atoms [B, N] and token atoms [B, T] to encode (training)
         floor : LongTensor [T_full] or [B, T_full], lowest allowed bin per token
@@ -362,11 +363,14 @@ class TransferableARBG(ARBG):
             )
         if cond.shape[-2] != T:
             cond = cond[..., pos0 : pos0 + T, :]
+        if floor is not None and floor.shape[-1] != T:
+            floor = floor[..., pos0 : pos0 + T]
+        if not logits and self.fused_loss_ok(targets):
+            h = self.hidden(tokens, feats, kv_cache, extra=cond)
+            return None, self.fused_loss(h, targets, floor)  # type: ignore[arg-type]
         out, _ = super().forward(tokens, feats, None, kv_cache, extra=cond)
         if floor is not None:
-            out = self.head.apply_floor(
-                out, floor[..., pos0 : pos0 + T] if floor.shape[-1] != T else floor
-            )
+            out = self.head.apply_floor(out, floor)
         loss = self.head.loss(out, targets) if targets is not None else None
         return out, loss
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from arbg.nn.fused_ce import linear_cross_entropy
 from arbg.nn.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -504,7 +505,8 @@ class ARBG(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         extra: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Head parameters for every position and optionally the loss.
 
         Parameters
@@ -525,13 +527,53 @@ class ARBG(nn.Module):
         extra : Tensor [B or 1, T, n_embd], optional
             Added to the input embeddings of the ``T`` positions fed (the per-token
             conditioning of :mod:`arbg.nn.conditioning`); None (single-system models) adds nothing.
+        logits : bool
+            False (training): with ``targets`` and the ``bins`` head, return ``(None, loss)`` from
+            the chunked fused cross-entropy (:func:`arbg.nn.fused_ce.linear_cross_entropy`),
+            never materialising the [B, T, L] logits.
 
         Returns
         -------
         out : head parameters [B, T, n_outputs] (logits [B, T, L] for :class:`BinHead`,
-            ``3K + 1`` mixture numbers for the mixture heads of :mod:`arbg.nn.heads`)
+            ``3K + 1`` mixture numbers for the mixture heads of :mod:`arbg.nn.heads`), or None
+            (``logits=False``)
         loss : scalar tensor or None
         """
+        pos0 = kv_cache.pos if kv_cache is not None else 0
+        h = self.hidden(tokens, feats, kv_cache, extra)
+        if not logits and self.fused_loss_ok(targets):
+            floor = self.bin_floor[pos0 : pos0 + h.shape[1]] if self.bin_floor.numel() else None
+            return None, self.fused_loss(h, targets, floor)  # type: ignore[arg-type]
+        out = self.head(h)
+        if self.bin_floor.numel():
+            out = self._apply_bin_floor(out, pos0)
+        loss = self.head.loss(out, targets) if targets is not None else None
+        return out, loss
+
+    def fused_loss_ok(self, targets: torch.Tensor | None) -> bool:
+        """Whether :meth:`fused_loss` applies: bin targets and the ``bins`` head."""
+        return (
+            targets is not None
+            and not targets.is_floating_point()
+            and isinstance(self.head, BinHead)
+        )
+
+    def fused_loss(
+        self, h: torch.Tensor, targets: torch.Tensor, floor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean cross-entropy (nats per valid target) of the ``bins`` head from the final hidden
+        states ``h`` [B, T, C], chunked (:func:`arbg.nn.fused_ce.linear_cross_entropy`).
+        ``floor`` [T] or [B, T]: lowest allowed bin per token."""
+        return linear_cross_entropy(h, self.head.proj.weight, targets, floor)
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        feats: TokenFeatures | None = None,
+        kv_cache: KVCache | None = None,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [B, T, n_embd] (after the last norm); advances ``kv_cache``."""
         B, T = tokens.shape
         pos0 = kv_cache.pos if kv_cache is not None else 0
         if pos0 + T > int(self.config.max_tokens):  # type: ignore[arg-type]
@@ -559,11 +601,7 @@ class ARBG(nn.Module):
             x = block(x, rotary, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
-        out = self.head(self.norm_f(x))
-        if self.bin_floor.numel():
-            out = self._apply_bin_floor(out, pos0)
-        loss = self.head.loss(out, targets) if targets is not None else None
-        return out, loss
+        return self.norm_f(x)
 
     def _value_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Fourier features [B, T, 2K+1] of the previous coordinate's bin centre, scaled to

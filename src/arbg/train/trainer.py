@@ -38,6 +38,7 @@ rank takes the identical AdamW/Muon step. Only rank 0 writes files and logs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -103,7 +104,16 @@ class TrainConfig:
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
         augmentation needed); see :mod:`arbg.nn.standardize`.
     augment_rotations : random 3-D rotation of every training frame (centroid frame only).
-    bf16 : bf16 autocast (CUDA only; ignored on the CPU).
+    bf16 : bf16 autocast (CUDA only; ignored on the CPU); the weights and optimizer state stay
+        float32 (master weights).
+    grad_accum : micro-batches per optimizer step (``batch_size / world`` must divide by it):
+        large effective batches in bounded memory.
+    compile : ``torch.compile`` the model on CUDA (falls back to eager, with a warning, if
+        compilation fails); ignored on the CPU.
+    fused_ce : chunked cross-entropy of the ``bins`` head (:mod:`arbg.nn.fused_ce`), never
+        materialising the float32 [batch, tokens, bins] logits.
+    peak_tflops : the device's peak dense bf16 TFLOP/s for the MFU in the log (default: a table of
+        known GPUs; no MFU where unknown, e.g. on the CPU).
     seed : seed of the model init and the data stream.
     eval_every, eval_frames, eval_batch, eval_seed : validation cadence / size / fixed rotations.
     checkpoint_every, log_every : cadence of ``last`` checkpoints and log records.
@@ -158,6 +168,10 @@ class TrainConfig:
     stop_after_steps: int | None = None
     data_weights: str = "plain"
     patience: int | None = None
+    grad_accum: int = 1
+    compile: bool = True
+    fused_ce: bool = True
+    peak_tflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -329,6 +343,11 @@ class Trainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} not divisible by {self.world} ranks")
         self.local_batch = cfg.batch_size // self.world
+        if cfg.grad_accum < 1 or self.local_batch % cfg.grad_accum:
+            raise ValueError(
+                f"grad_accum {cfg.grad_accum} must divide the per-rank batch {self.local_batch}"
+            )
+        self.micro_batch = self.local_batch // cfg.grad_accum
         dev = cfg.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -360,6 +379,12 @@ class Trainer:
                 else "broadcast_buffers"
             )
             self.ddp = DDP(self.model, device_ids=ids, **{sync: False})
+        self._eager_ddp = self.ddp
+        if cfg.compile and self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matrix work
+            self.ddp = torch.compile(self.ddp)
+        self.flops_per_token = model_flops_per_token(self.model, self.D)
+        self.peak_flops = peak_flops(self.device, cfg.peak_tflops)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
         self.step = 0
         self.best_val = math.inf
@@ -634,13 +659,12 @@ class Trainer:
     # ---- loop
 
     def train_step(self) -> float:
-        """One optimizer step; returns the (local) loss."""
+        """One optimizer step (``grad_accum`` micro-batches); returns the (local) loss."""
         f = lr_factor(self.step, self.cfg)
         for o in self.optimizers:
             for g in o.param_groups:
                 g["lr"] = g["base_lr"] * f
-        loss = self._batch_loss()
-        loss.backward()
+        loss = self.accumulate_gradients()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         for o in self.optimizers:
@@ -651,29 +675,56 @@ class Trainer:
                 for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                     pe.lerp_(p, 1.0 - self.cfg.ema_decay)
         self.step += 1
-        return float(loss.detach())
+        return loss
+
+    def accumulate_gradients(self) -> float:
+        """Backward of ``grad_accum`` micro-batches (gradients summed into ``.grad``, DDP syncing
+        only the last); returns the mean loss."""
+        n = self.cfg.grad_accum
+        total = torch.zeros((), device=self.device)
+        for i in range(n):
+            sync = i == n - 1 or self.world == 1
+            ctx = contextlib.nullcontext() if sync else self._eager_ddp.no_sync()
+            with ctx:
+                loss = self._micro_loss() / n
+                loss.backward()
+            total += loss.detach()
+        return float(total)  # one host sync per optimizer step
+
+    def _micro_loss(self) -> torch.Tensor:
+        """:meth:`_batch_loss`; a failing ``torch.compile`` falls back to the eager model once."""
+        try:
+            return self._batch_loss()
+        except Exception as err:  # noqa: BLE001  (compiler errors have no common type)
+            if self.ddp is self._eager_ddp:
+                raise
+            logger.warning("torch.compile failed (%s); training eagerly", err)
+            self.ddp = self._eager_ddp
+            return self._batch_loss()
 
     def _batch_loss(self) -> torch.Tensor:
-        """Draw the next local batch (from ``data_gen``) and return its loss (with grad)."""
+        """Draw the next micro-batch (from ``data_gen``) and return its loss (with grad)."""
+        B = self.micro_batch
         if self.train_p is None:
-            pick = torch.randint(len(self.train_x), (self.local_batch,), generator=self.data_gen)
+            pick = torch.randint(len(self.train_x), (B,), generator=self.data_gen)
         else:  # weighted cross-entropy: frames drawn in proportion to their weights
-            pick = torch.multinomial(
-                self.train_p, self.local_batch, replacement=True, generator=self.data_gen
-            )
+            pick = torch.multinomial(self.train_p, B, replacement=True, generator=self.data_gen)
         if self.rotate:
             bins, n_clip = self._encode(self.train_x[pick], self.std, self.binning, self.data_gen)
             self.n_clipped += n_clip
-        else:  # fixed frames: encoded once
+            if self.device.type == "cuda":
+                bins = bins.pin_memory()
+            bins = bins.to(self.device, non_blocking=True)
+        else:  # fixed frames: encoded once, kept on the device
             if self._fixed_bins is None:
-                self._fixed_bins, n_clip = self._encode(self.train_x, self.std, self.binning, None)
+                fixed, n_clip = self._encode(self.train_x, self.std, self.binning, None)
                 if n_clip:
                     logger.warning("%d training coordinates fall outside the bin range", n_clip)
-            bins = self._fixed_bins[pick]
-        bins = bins.to(self.device)
+                self._fixed_bins = fixed.to(self.device)
+            bins = self._fixed_bins[pick.to(self.device)]
         tokens = self.model.shift_right(self.model.head.tokens(bins))
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
-            _, loss = self.ddp(tokens, None, bins)
+            _, loss = self.ddp(tokens, None, bins, logits=not self.cfg.fused_ce)
         return loss
 
     def _should_stop(self, t0: float, steps_done: int) -> bool:
@@ -744,6 +795,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 dt = time.time() - t_win
                 tps = n_win * cfg.batch_size * self.D / max(dt, 1e-9)
+                flops = tps * self.flops_per_token  # model FLOP/s of all ranks
                 lr = self.optimizers[0].param_groups[0]["lr"]
                 mean_loss = float(np.mean(loss_win))
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}")
@@ -755,6 +807,10 @@ class Trainer:
                         "lr": lr,
                         "lr_factor": lr_factor(self.step - 1, cfg),
                         "tokens_per_s": tps,
+                        "model_flops_per_token": self.flops_per_token,
+                        "mfu": (
+                            flops / (self.peak_flops * self.world) if self.peak_flops else None
+                        ),
                         "wall_s": time.time() - t0,
                     }
                 )
@@ -782,6 +838,41 @@ class Trainer:
         if self.rank == 0 and not (self.out / "best").exists():
             copy_checkpoint(self.out / "last", self.out / "best")
         return self.out / "last"
+
+
+#: peak dense bf16 FLOP/s of known GPUs (name substring -> FLOP/s), for the MFU
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+    "4090": 165e12,
+}
+
+
+def peak_flops(device: torch.device, peak_tflops: float | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of ``device`` (``peak_tflops`` if given; None where unknown)."""
+    if peak_tflops:
+        return float(peak_tflops) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def model_flops_per_token(model: torch.nn.Module, n_tokens: int) -> float:
+    """Training FLOPs per token: ``6 N`` (N = parameters of the matrix products, i.e. without
+    embedding tables) plus ``12 n_layer n_head head_dim T`` for attention (the PaLM convention,
+    full ``T x T`` scores)."""
+    c = model.config
+    n = model.num_params(exclude_embeddings=True)
+    return float(6 * n + 12 * c.n_layer * c.n_head * c.head_dim * n_tokens)
 
 
 def train(

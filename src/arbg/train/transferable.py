@@ -161,7 +161,7 @@ class TransferableTrainer(Trainer):
         )
 
     def _batch_loss(self) -> torch.Tensor:
-        B = self.local_batch
+        B = self.micro_batch
         seq = torch.randint(len(self.encs), (B,), generator=self.data_gen)
         u = torch.rand(B, generator=self.data_gen, dtype=torch.float64)
         frame = (u * self.n_frames[seq]).long()
@@ -172,7 +172,9 @@ class TransferableTrainer(Trainer):
         batch = batch.to(self.device)
         tokens = self.model.shift_right(self.model.head.tokens(batch.targets.clamp_min(0)))
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
-            _, loss = self.ddp(tokens, batch.feats, batch.targets, **batch.kwargs())
+            _, loss = self.ddp(
+                tokens, batch.feats, batch.targets, logits=not self.cfg.fused_ce, **batch.kwargs()
+            )
         return loss
 
     def _prepare_eval(self) -> None:
