@@ -1,21 +1,31 @@
-"""Training throughput (tokens/s) of the ``tiny`` and ``small`` presets at batch 64.
+"""Training throughput (tokens/s) of the presets, and on the CPU against a plain PyTorch
+transformer of the same size.
 
-aldp-sized inputs: 22 atoms -> 63 tokens per frame, 4096 bins. Runs a few warm-up steps, then
-times ``--steps`` optimizer steps (Muon + AdamW, fp32; bf16 autocast is also timed on CUDA).
+aldp-sized inputs: 22 atoms -> 63 tokens per frame (gauge frame), 4096 bins. Runs warm-up steps,
+then times ``--steps`` optimizer steps of :class:`arbg.train.trainer.Trainer` (Muon + AdamW,
+grad clipping; fp32 on the CPU, fp32 and bf16 autocast on CUDA). ``--plain`` also times a plain
+PyTorch transformer of the same width, depth, heads, parameter count and bins
+(``nn.TransformerEncoder``, pre-norm, causal mask, ``F.cross_entropy``, AdamW, grad clipping):
+issue 14 asks the arbg step to be at least as fast on the CPU (``ratio`` >= 1).
 
-Usage: python bench/bench_train.py [--threads 1] [--steps 10] [--presets tiny small]
+Usage: python bench/bench_train.py [--threads 1 2] [--steps 10] [--batch 256] [--presets tiny small]
+[--plain]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
+from arbg.nn.model import ModelConfig
 from arbg.train.trainer import TrainConfig, Trainer
 
 
@@ -30,14 +40,32 @@ def aldp_like_dataset(n_frames: int = 512) -> Dataset:
     )
 
 
-def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: int) -> float:
-    import tempfile
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
+
+def _time_steps(step, device: str, steps: int, warmup: int) -> float:
+    """Best-of-3 mean seconds per step over ``steps`` steps (after ``warmup``)."""
+    for _ in range(warmup):
+        step()
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / steps)
+    return best
+
+
+def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: int) -> float:
     ds = aldp_like_dataset()
     cfg = TrainConfig(
         preset=preset,
         n_bins=4096,
-        steps=steps + warmup,
+        steps=10 * (steps + warmup),
         batch_size=batch,
         device=device,
         bf16=bf16,
@@ -47,22 +75,75 @@ def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: 
     )
     with tempfile.TemporaryDirectory() as out:
         tr = Trainer(ds, out, cfg, progress=False)
-        for _ in range(warmup):
-            tr.train_step()
-        if tr.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            tr.train_step()
-        if tr.device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = _time_steps(tr.train_step, device, steps, warmup)
     n_params = tr.model.num_params()
-    tps = steps * batch * tr.D / dt
+    tps = batch * tr.D / dt
+    mfu = tps * tr.flops_per_token / tr.peak_flops if tr.peak_flops else float("nan")
     print(
-        f"{preset:6s} {device:5s} bf16={int(bf16)} params={n_params / 1e6:5.2f}M "
-        f"batch={batch} tokens/step={batch * tr.D} {dt / steps * 1e3:8.1f} ms/step "
-        f"{tps:10.0f} tokens/s",
+        f"arbg   {preset:6s} {device:5s} bf16={int(bf16)} params={n_params / 1e6:5.2f}M "
+        f"batch={batch} tokens/step={batch * tr.D} {dt * 1e3:8.1f} ms/step "
+        f"{tps:10.0f} tokens/s  MFU {mfu:.3f}",
+        flush=True,
+    )
+    return tps
+
+
+class PlainTransformer(nn.Module):
+    """``nn.TransformerEncoder`` LM (pre-norm, causal) with arbg's width, depth, heads and bins;
+    the FFN width ``3/2`` of the SwiGLU hidden width gives the same parameter count."""
+
+    def __init__(self, cfg: ModelConfig, T: int) -> None:
+        super().__init__()
+        C = cfg.n_embd
+        self.emb = nn.Embedding(cfg.n_bins + 1, C)
+        self.pos = nn.Embedding(T, C)
+        layer = nn.TransformerEncoderLayer(
+            C,
+            cfg.n_head,
+            dim_feedforward=3 * int(cfg.mlp_hidden) // 2,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+            bias=False,
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.n_layer, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(C, bias=False)
+        self.head = nn.Linear(C, cfg.n_bins, bias=False)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(T))
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        x = self.emb(tokens) + self.pos.weight[:T]
+        x = self.blocks(x, mask=self.mask, is_causal=True)
+        logits = self.head(self.norm(x))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def bench_plain(preset: str, steps: int, warmup: int, batch: int, T: int = 63) -> float:
+    cfg = ModelConfig.preset(preset, n_bins=4096)
+    torch.manual_seed(0)
+    model = PlainTransformer(cfg, T)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    bins = torch.randint(0, cfg.n_bins, (512, T), generator=g)
+
+    def step() -> None:
+        pick = torch.randint(len(bins), (batch,), generator=g)
+        b = bins[pick]
+        tokens = torch.cat([torch.full_like(b[:, :1], cfg.n_bins), b[:, :-1]], dim=1)
+        loss = model(tokens, b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    dt = _time_steps(step, "cpu", steps, warmup)
+    n = sum(p.numel() for p in model.parameters())
+    tps = batch * T / dt
+    print(
+        f"plain  {preset:6s} cpu   bf16=0 params={n / 1e6:5.2f}M batch={batch} "
+        f"tokens/step={batch * T} {dt * 1e3:8.1f} ms/step {tps:10.0f} tokens/s",
         flush=True,
     )
     return tps
@@ -70,23 +151,29 @@ def bench(preset: str, device: str, bf16: bool, steps: int, warmup: int, batch: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--plain", action="store_true", help="compare with a plain transformer")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU runs")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} CPU thread(s)")
+    print(f"torch {torch.__version__}")
     if not args.no_cpu:
-        for p in args.presets:
-            bench(p, "cpu", False, args.steps, args.warmup, args.batch)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            print(f"cpu: {threads} thread(s)")
+            for p in args.presets:
+                ours = bench(p, "cpu", False, args.steps, args.warmup, args.batch)
+                if args.plain:
+                    plain = bench_plain(p, args.steps, args.warmup, args.batch)
+                    print(f"ratio  {p:6s} arbg/plain tokens/s = {ours / plain:.2f}", flush=True)
     if torch.cuda.is_available():
         print(f"cuda: {torch.cuda.get_device_name()}")
         for p in args.presets:
             for bf16 in (False, True):
-                bench(p, "cuda", bf16, max(args.steps, 50), 10, args.batch)
+                bench(p, "cuda", bf16, max(args.steps, 20), 5, args.batch)
 
 
 if __name__ == "__main__":

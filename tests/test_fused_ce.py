@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arbg.nn.fused_ce import linear_cross_entropy
+from arbg.nn.fused_ce import floored_cross_entropy, linear_cross_entropy
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 
 torch.set_num_threads(1)
@@ -49,6 +49,17 @@ def test_chunked_ce_equals_plain(chunk):
     assert gh[0, 3].abs().max() == 0  # ignored target: no gradient
 
 
+def test_floored_ce_equals_masked_ce():
+    h, w, t, floor = _inputs(seed=2)
+    ref = _plain(h, w, t, floor)
+    g_ref = torch.autograd.grad(ref, (h, w))
+    for fl in (floor, floor.expand(t.shape)):  # [T] (single system) and [B, T] (transferable)
+        loss = floored_cross_entropy(h @ w.t(), t, fl)
+        torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+        for a, b in zip(torch.autograd.grad(loss, (h, w)), g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_chunked_ce_bf16_autocast_close_to_plain():
     h, w, t, floor = _inputs(seed=1)
     with torch.autocast("cpu", torch.bfloat16):
@@ -62,7 +73,8 @@ def test_chunked_ce_bf16_autocast_close_to_plain():
     assert (gw - gw_ref).norm() < 3e-2 * gw_ref.norm()
 
 
-def test_model_fused_loss_equals_logits_loss():
+@pytest.mark.parametrize("chunked", [False, True])
+def test_model_fused_loss_equals_logits_loss(chunked):
     rng = np.random.default_rng(0)
     feats = token_features_for_system(
         rng.integers(0, 30, 8), rng.integers(0, 20, 8), np.zeros(8, dtype=int)
@@ -76,6 +88,7 @@ def test_model_fused_loss_equals_logits_loss():
     fl = torch.zeros(len(feats), dtype=torch.long)
     fl[1] = 32
     model.set_bin_floor(fl)
+    model.chunked_ce = chunked
     bins = torch.randint(32, 64, (4, len(feats)))
     tokens = model.shift_right(bins)
     out, ref = model(tokens, None, bins)
@@ -113,6 +126,7 @@ def test_trainer_grad_accumulation_and_mfu_log(tmp_path, aldp):
         device="cpu",
         optimizer="adamw",
         grad_clip=0.0,
+        fused_ce=True,  # the GPU default, exercised here on the CPU
     )
     grads = []
     for accum in (1, 2):

@@ -330,6 +330,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_weights=args.data_weights,
         max_minutes=args.max_minutes,
         patience=args.patience,
+        grad_accum=args.grad_accum,
+        compile=not args.no_compile,
     )
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
         value = getattr(args, key)
@@ -354,6 +356,8 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
         ema=args.ema,
         bf16=args.bf16,
         max_minutes=args.max_minutes,
+        grad_accum=args.grad_accum,
+        compile=not args.no_compile,
     )
     for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every", "patience"):
         if getattr(args, key) is not None:
@@ -362,6 +366,19 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
     return 0
+
+
+def _add_speed_flags(s: argparse.ArgumentParser) -> None:
+    """``--grad-accum`` and ``--no-compile`` of the training commands."""
+    s.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (the batch size is the effective batch)",
+    )
+    s.add_argument(
+        "--no-compile", action="store_true", help="no torch.compile of the model (CUDA only)"
+    )
 
 
 def _batch_size(text: str) -> int | str:
@@ -876,6 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
         "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)",
     )
     s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
+    _add_speed_flags(s)
     s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
@@ -909,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
     s.add_argument("--ema", action="store_true")
     s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
+    _add_speed_flags(s)
     s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "linear_cross_entropy"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "floored_cross_entropy", "linear_cross_entropy"]
 
 #: logits elements per chunk (64M float32 = 256 MB)
 DEFAULT_CHUNK_ELEMENTS = 1 << 26
@@ -110,3 +111,39 @@ def linear_cross_entropy(
     chunk = int(chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // L))
     with torch.autocast(h.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hf, weight, tf, fl, chunk, dtype)
+
+
+def floored_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, floor: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean cross-entropy with per-token bin floors, without masking the whole logits tensor.
+
+    ``F.cross_entropy`` of the raw logits plus, on the few floored rows only, the change of the
+    log-normaliser ``logsumexp(logits[floor:]) - logsumexp(logits)``: the same value and
+    gradients as masking the bins below the floor with ``-inf`` (for targets at or above their
+    floor, as in all training data), at the cost of the floored rows instead of two extra
+    passes over [B, T, L] (mask and its backward).
+
+    Parameters
+    ----------
+    logits : Tensor [B, T, L]
+    targets : LongTensor [B, T] (``-1`` = ignored)
+    floor : LongTensor [T] or [B, T], optional
+
+    Returns
+    -------
+    scalar tensor (nats per valid target)
+    """
+    L = logits.shape[-1]
+    total = F.cross_entropy(
+        logits.reshape(-1, L).float(), targets.reshape(-1), ignore_index=-1, reduction="sum"
+    )
+    n_valid = (targets >= 0).sum().clamp_min(1)
+    if floor is not None and floor.numel():
+        fl = floor.to(logits.device).long().expand(targets.shape)  # [B, T]
+        sel = fl > 0
+        sub = logits[sel].float()  # [n, L], the floored rows only
+        below = torch.arange(L, device=logits.device)[None, :] < fl[sel][:, None]
+        corr = torch.logsumexp(sub.masked_fill(below, -math.inf), -1) - torch.logsumexp(sub, -1)
+        total = total + torch.where(targets[sel] >= 0, corr, torch.zeros_like(corr)).sum()
+    return total / n_valid

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arbg.nn.fused_ce import linear_cross_entropy
+from arbg.nn.fused_ce import floored_cross_entropy, linear_cross_entropy
 from arbg.nn.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -414,6 +414,7 @@ class ARBG(nn.Module):
         # per-token lowest allowed bin (gauge frame: a, c > 0); empty = no constraint
         self.register_buffer("bin_floor", torch.zeros(0, dtype=torch.long), persistent=False)
         self.has_default_feats = default_feats is not None
+        self.chunked_ce = False  # fused_loss: chunked (GPU memory) or full logits (CPU speed)
         if default_feats is not None:
             for name, t in default_feats.tensors().items():
                 self.register_buffer(f"feat_{name}", t.long().clone())
@@ -528,9 +529,9 @@ class ARBG(nn.Module):
             Added to the input embeddings of the ``T`` positions fed (the per-token
             conditioning of :mod:`arbg.nn.conditioning`); None (single-system models) adds nothing.
         logits : bool
-            False (training): with ``targets`` and the ``bins`` head, return ``(None, loss)`` from
-            the chunked fused cross-entropy (:func:`arbg.nn.fused_ce.linear_cross_entropy`),
-            never materialising the [B, T, L] logits.
+            False (training): with ``targets`` and the ``bins`` head, return ``(None, loss)``
+            from :meth:`fused_loss` (bin floors applied to the floored rows only; chunked,
+            never materialising the [B, T, L] logits, when ``self.chunked_ce``).
 
         Returns
         -------
@@ -562,9 +563,14 @@ class ARBG(nn.Module):
         self, h: torch.Tensor, targets: torch.Tensor, floor: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean cross-entropy (nats per valid target) of the ``bins`` head from the final hidden
-        states ``h`` [B, T, C], chunked (:func:`arbg.nn.fused_ce.linear_cross_entropy`).
-        ``floor`` [T] or [B, T]: lowest allowed bin per token."""
-        return linear_cross_entropy(h, self.head.proj.weight, targets, floor)
+        states ``h`` [B, T, C]; ``floor`` [T] or [B, T]: lowest allowed bin per token.
+
+        Chunked (:func:`arbg.nn.fused_ce.linear_cross_entropy`) when ``self.chunked_ce`` (set by
+        the trainer on GPUs), else the full logits with the floors corrected on the floored rows
+        only (:func:`arbg.nn.fused_ce.floored_cross_entropy`, faster on the CPU)."""
+        if self.chunked_ce:
+            return linear_cross_entropy(h, self.head.proj.weight, targets, floor)
+        return floored_cross_entropy(self.head(h), targets, floor)
 
     def hidden(
         self,

@@ -111,7 +111,9 @@ class TrainConfig:
     compile : ``torch.compile`` the model on CUDA (falls back to eager, with a warning, if
         compilation fails); ignored on the CPU.
     fused_ce : chunked cross-entropy of the ``bins`` head (:mod:`arbg.nn.fused_ce`), never
-        materialising the float32 [batch, tokens, bins] logits.
+        materialising the float32 [batch, tokens, bins] logits; None = on CUDA only (on the CPU
+        memory is not the limit and recomputing the logits in the backward costs time; the CPU
+        loss applies the bin floors on the floored rows only).
     peak_tflops : the device's peak dense bf16 TFLOP/s for the MFU in the log (default: a table of
         known GPUs; no MFU where unknown, e.g. on the CPU).
     seed : seed of the model init and the data stream.
@@ -170,7 +172,7 @@ class TrainConfig:
     patience: int | None = None
     grad_accum: int = 1
     compile: bool = True
-    fused_ce: bool = True
+    fused_ce: bool | None = None
     peak_tflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,6 +385,8 @@ class Trainer:
         if cfg.compile and self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for the float32 matrix work
             self.ddp = torch.compile(self.ddp)
+        fused = cfg.fused_ce if cfg.fused_ce is not None else self.device.type == "cuda"
+        self.model.chunked_ce = bool(fused)
         self.flops_per_token = model_flops_per_token(self.model, self.D)
         self.peak_flops = peak_flops(self.device, cfg.peak_tflops)
         self.data_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * self.rank + 1)
@@ -724,7 +728,7 @@ class Trainer:
             bins = self._fixed_bins[pick.to(self.device)]
         tokens = self.model.shift_right(self.model.head.tokens(bins))
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
-            _, loss = self.ddp(tokens, None, bins, logits=not self.cfg.fused_ce)
+            _, loss = self.ddp(tokens, None, bins, logits=False)
         return loss
 
     def _should_stop(self, t0: float, steps_done: int) -> bool:

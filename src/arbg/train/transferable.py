@@ -172,9 +172,7 @@ class TransferableTrainer(Trainer):
         batch = batch.to(self.device)
         tokens = self.model.shift_right(self.model.head.tokens(batch.targets.clamp_min(0)))
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
-            _, loss = self.ddp(
-                tokens, batch.feats, batch.targets, logits=not self.cfg.fused_ce, **batch.kwargs()
-            )
+            _, loss = self.ddp(tokens, batch.feats, batch.targets, logits=False, **batch.kwargs())
         return loss
 
     def _prepare_eval(self) -> None:
