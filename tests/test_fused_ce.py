@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arbg.nn.fused_ce import floored_cross_entropy, linear_cross_entropy
+from arbg.nn.fused_ce import linear_cross_entropy
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 
 torch.set_num_threads(1)
@@ -49,12 +49,13 @@ def test_chunked_ce_equals_plain(chunk):
     assert gh[0, 3].abs().max() == 0  # ignored target: no gradient
 
 
-def test_floored_ce_equals_masked_ce():
+def test_unchunked_ce_equals_masked_ce():
+    """recompute=False (the CPU mode: logits kept and reused in place) and [B, T] floors."""
     h, w, t, floor = _inputs(seed=2)
     ref = _plain(h, w, t, floor)
     g_ref = torch.autograd.grad(ref, (h, w))
     for fl in (floor, floor.expand(t.shape)):  # [T] (single system) and [B, T] (transferable)
-        loss = floored_cross_entropy(h @ w.t(), t, fl)
+        loss = linear_cross_entropy(h, w, t, fl, recompute=False)
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
         for a, b in zip(torch.autograd.grad(loss, (h, w)), g_ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arbg.nn.fused_ce import floored_cross_entropy, linear_cross_entropy
+from arbg.nn.fused_ce import linear_cross_entropy
 from arbg.nn.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -300,11 +300,12 @@ def _rotary_tables(max_T: int, head_dim: int, base: float) -> tuple[torch.Tensor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of ``x`` [B, H, T, Dh] by cos/sin [T, Dh/2]."""
+    """Rotate pairs (first half, second half) of ``x`` [B, H, T, Dh] by cos/sin [T, Dh/2]:
+    ``(x1 cos + x2 sin, x2 cos - x1 sin)``, as ``x * [cos, cos] + [x2, -x1] * [sin, sin]``."""
     d = x.shape[-1] // 2
-    x1, x2 = x[..., :d], x[..., d:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], dim=-1)
+    swapped = torch.cat([x[..., d:], -x[..., :d]], dim=-1)  # [x2, -x1]
+    return x * torch.cat([cos, cos], dim=-1) + swapped * torch.cat([sin, sin], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -326,9 +327,9 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, Dh = self.n_head, self.head_dim
-        q = self.q(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.k(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
-        v = self.v(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
+        # one product for q, k, v (the weights stay three Linear modules in the checkpoint)
+        w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # [3 H Dh, C]
+        q, k, v = F.linear(x, w).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [B, H, T, Dh]
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         pos0 = 0
@@ -565,12 +566,11 @@ class ARBG(nn.Module):
         """Mean cross-entropy (nats per valid target) of the ``bins`` head from the final hidden
         states ``h`` [B, T, C]; ``floor`` [T] or [B, T]: lowest allowed bin per token.
 
-        Chunked (:func:`arbg.nn.fused_ce.linear_cross_entropy`) when ``self.chunked_ce`` (set by
-        the trainer on GPUs), else the full logits with the floors corrected on the floored rows
-        only (:func:`arbg.nn.fused_ce.floored_cross_entropy`, faster on the CPU)."""
-        if self.chunked_ce:
-            return linear_cross_entropy(h, self.head.proj.weight, targets, floor)
-        return floored_cross_entropy(self.head(h), targets, floor)
+        :func:`arbg.nn.fused_ce.linear_cross_entropy`: chunked with recomputed logits when
+        ``self.chunked_ce`` (set by the trainer on GPUs: never a float32 [B, T, L] tensor), else
+        one chunk whose logits the backward reuses in place (fastest on the CPU)."""
+        w = self.head.proj.weight
+        return linear_cross_entropy(h, w, targets, floor, recompute=self.chunked_ce)
 
     def hidden(
         self,
