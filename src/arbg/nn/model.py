@@ -293,19 +293,20 @@ class KVCache:
 
 
 def _rotary_tables(max_T: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables [max_T, head_dim/2] (float32)."""
+    """cos, sin tables [max_T, head_dim] (float32), each half-width table repeated twice."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     ang = torch.arange(max_T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [T, Dh/2]
+    ang = torch.cat([ang, ang], dim=-1)  # [T, Dh]
     return ang.cos().float(), ang.sin().float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of ``x`` [B, H, T, Dh] by cos/sin [T, Dh/2]:
-    ``(x1 cos + x2 sin, x2 cos - x1 sin)``, as ``x * [cos, cos] + [x2, -x1] * [sin, sin]``."""
+    """Rotate pairs (first half, second half) of ``x`` [..., Dh] by the full-width tables
+    cos/sin (broadcastable to ``x``; see :func:`_rotary_tables`): ``(x1 cos + x2 sin,
+    x2 cos - x1 sin)``, computed as ``x * cos + [x2, -x1] * sin``."""
     d = x.shape[-1] // 2
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     swapped = torch.cat([x[..., d:], -x[..., :d]], dim=-1)  # [x2, -x1]
-    return x * torch.cat([cos, cos], dim=-1) + swapped * torch.cat([sin, sin], dim=-1)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -329,9 +330,11 @@ class CausalSelfAttention(nn.Module):
         H, Dh = self.n_head, self.head_dim
         # one product for q, k, v (the weights stay three Linear modules in the checkpoint)
         w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # [3 H Dh, C]
-        q, k, v = F.linear(x, w).view(B, T, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [B, H, T, Dh]
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        qkv = F.linear(x, w).view(B, T, 3, H, Dh)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)  # v: [B, H, T, Dh]
+        if rotary is not None:  # q and k together; tables [T, Dh] -> [T, 1, 1, Dh]
+            qk = apply_rotary(qk, rotary[0][:, None, None], rotary[1][:, None, None])
+        q, k = qk.permute(2, 0, 3, 1, 4)  # [B, H, T, Dh] each
         pos0 = 0
         if kv_cache is not None:
             pos0 = kv_cache.pos
@@ -588,14 +591,13 @@ class ARBG(nn.Module):
         x = self.wte(tokens)  # [B, T, C]
         if self.value_proj is not None:
             x = x + self.value_proj(self._value_features(tokens))
-        x = (
-            x
-            + self.axis_emb(f.axis)
+        x = x + (
+            self.axis_emb(f.axis)
             + self.atom_emb(f.atom_index)
             + self.atom_type_emb(f.atom_type)
             + self.residue_type_emb(f.residue_type)
             + self.residue_index_emb(f.residue_index)
-        )  # [T, C] features broadcast over the batch
+        )  # [T, C] (or [B, T, C]) features, summed first, broadcast over the batch
         if extra is not None:
             x = x + extra
         rotary = None
