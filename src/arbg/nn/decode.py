@@ -121,6 +121,7 @@ class StaticDecoder:
             self._prepare_weights(f.to(dev), cond, floor)
         self._alloc_state()
         self._graphs: dict[int, Any] = {}
+        self._pool: Any = None
 
     # ---- set-up
 
@@ -243,8 +244,10 @@ class StaticDecoder:
                     self._step(n_keys)
                     self.pos.sub_(1)
             torch.cuda.current_stream(self.device).wait_stream(stream)
+            if self._pool is None:  # one memory pool for all buckets (replayed in turn)
+                self._pool = torch.cuda.graph_pool_handle()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with torch.cuda.graph(g, pool=self._pool):
                 self._step(n_keys)
             for t, s in zip((self.pos, self.tok, self.bins, self.log_pi), saved, strict=True):
                 t.copy_(s)

@@ -91,3 +91,81 @@ class Muon(torch.optim.Optimizer):
                 if group["weight_decay"]:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"])
+
+
+# --------------------------------------------------------------------------------------------------
+# optimizer set-up and throughput accounting
+
+
+def build_optimizers(model: torch.nn.Module, cfg: Any) -> list[torch.optim.Optimizer]:
+    """Muon for the 2-D matrices of the blocks, AdamW for the rest (or AdamW for everything).
+
+    AdamW applies weight decay to matrices/embeddings (ndim >= 2) but not to norm gains.
+    Every param group carries ``base_lr`` for the schedule. ``cfg``: a
+    :class:`arbg.train.trainer.TrainConfig` (``optimizer``, ``lr_adamw``, ``lr_muon``,
+    ``momentum_muon``, ``ns_steps``, ``betas``, ``weight_decay``).
+    """
+    muon_params: list[torch.nn.Parameter] = []
+    if cfg.optimizer == "muon":
+        muon_params = [p for p in model.blocks.parameters() if p.ndim == 2]
+    elif cfg.optimizer != "adamw":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'muon' or 'adamw'")
+    muon_ids = {id(p) for p in muon_params}
+    rest = [p for p in model.parameters() if id(p) not in muon_ids]
+    decay = [p for p in rest if p.ndim >= 2]
+    no_decay = [p for p in rest if p.ndim < 2]
+    adamw = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr_adamw},
+            {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr_adamw},
+        ],
+        lr=cfg.lr_adamw,
+        betas=tuple(cfg.betas),
+        eps=1e-8,
+    )
+    opts: list[torch.optim.Optimizer] = [adamw]
+    if muon_params:
+        muon = Muon(
+            [{"params": muon_params, "base_lr": cfg.lr_muon}],
+            lr=cfg.lr_muon,
+            momentum=cfg.momentum_muon,
+            ns_steps=cfg.ns_steps,
+            weight_decay=cfg.weight_decay,
+        )
+        opts.append(muon)
+    return opts
+
+
+#: peak dense bf16 FLOP/s of known GPUs (name substring -> FLOP/s), for the MFU
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+    "4090": 165e12,
+}
+
+
+def peak_flops(device: torch.device, peak_tflops: float | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of ``device`` (``peak_tflops`` if given; None where unknown)."""
+    if peak_tflops:
+        return float(peak_tflops) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def model_flops_per_token(model: torch.nn.Module, n_tokens: int) -> float:
+    """Training FLOPs per token: ``6 N`` (N = parameters of the matrix products, i.e. without
+    embedding tables) plus ``12 n_layer n_head head_dim T`` for attention (the PaLM convention,
+    full ``T x T`` scores)."""
+    c = model.config
+    n = model.num_params(exclude_embeddings=True)
+    return float(6 * n + 12 * c.n_layer * c.n_head * c.head_dim * n_tokens)
