@@ -424,12 +424,12 @@ def main() -> int:
     net = None
     for seq, n_res in PEPTIDES.items():
         bound, std, binning, net = transferable_model(lay[seq], dev, net)
-        batches = [8] if q else [256, 2048]
+        batches = [4] if q else [256, 2048]
         if n_res == 8:
             free = None if dev.startswith("cuda") else 2 << 30
             auto = auto_batch_size(net.config, std.n_coords, dev, bf16, free_bytes=free)
             res["auto_batch_8_residues"] = auto
-            batches = batches + [auto]
+            batches = batches + [min(auto, 8) if q else auto]
             print(f"  auto batch (8 residues, {std.n_coords} tokens): {auto}", flush=True)
         for b in batches:
             if not over(f"transferable {seq} {b}"):
