@@ -236,3 +236,18 @@ def test_cli_sample_auto_batch_bf16(tmp_path, capsys):
         assert z["coords"].shape[0] == 6 and np.isfinite(z["log_q"]).all()
     with pytest.raises(SystemExit):
         main(["sample", str(asset), "--out", str(out), "--batch-size", "lots"])
+
+
+def test_gpu_check_layouts_match_the_systems(aldp):
+    """bench/gpu_check.py runs without OpenMM from stored atom layouts: they must be current."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "gpu_check_systems.json"
+    d = json.loads(path.read_text())["aldp"]
+    assert d["n_atoms"] == aldp.n_atoms and d["n_residues"] == aldp.n_residues
+    for key in ("atom_type_id", "residue_type_id", "residue_index"):
+        np.testing.assert_array_equal(d[key], getattr(aldp, key))
+    assert [tuple(b) for b in d["residue_blocks"]] == [tuple(b) for b in aldp.residue_blocks]
+    assert tuple(d["gauge_atoms"]) == tuple(aldp.gauge_atoms)
+    assert (N_ATOM_TYPES, N_RESIDUE_TYPES) == (88, 29)  # the vocabularies gpu_check assumes
