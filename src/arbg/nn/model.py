@@ -591,13 +591,14 @@ class ARBG(nn.Module):
         x = self.wte(tokens)  # [B, T, C]
         if self.value_proj is not None:
             x = x + self.value_proj(self._value_features(tokens))
-        x = x + (
-            self.axis_emb(f.axis)
+        x = (
+            x
+            + self.axis_emb(f.axis)
             + self.atom_emb(f.atom_index)
             + self.atom_type_emb(f.atom_type)
             + self.residue_type_emb(f.residue_type)
             + self.residue_index_emb(f.residue_index)
-        )  # [T, C] (or [B, T, C]) features, summed first, broadcast over the batch
+        )  # [T, C] features broadcast over the batch
         if extra is not None:
             x = x + extra
         rotary = None
