@@ -81,10 +81,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 fl = floor[s : s + chunk] if ctx.has_floor else None
                 g = torch.softmax(_chunk_logits(hc, w, fl, dtype), dim=-1)
             g.scatter_add_(1, tc.clamp_min(0)[:, None], -torch.ones_like(g[:, :1]))
-            g.mul_(torch.where(tc >= 0, scale, torch.zeros_like(scale))[:, None])  # [n, L]
+            # the per-row scale (grad / n_valid, 0 for ignored rows) goes on the narrow side of
+            # each product instead of a pass over [n, L]
+            row = torch.where(tc >= 0, scale, torch.zeros_like(scale))[:, None]  # [n, 1]
             gd = g.to(dtype)
-            gh[s : s + chunk] = (gd @ w.to(dtype)).to(h.dtype)
-            gw += (gd.t() @ hc.to(dtype)).float()
+            gh[s : s + chunk] = ((gd @ w.to(dtype)).float() * row).to(h.dtype)
+            gw += (gd.t() @ (hc.float() * row).to(dtype)).float()
         ctx.kept = []
         return gh, gw.to(w.dtype), None, None, None, None, None
 

@@ -331,7 +331,8 @@ class CausalSelfAttention(nn.Module):
         # one product for q, k, v (the weights stay three Linear modules in the checkpoint)
         w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # [3 H Dh, C]
         qkv = F.linear(x, w).view(B, T, 3, H, Dh)
-        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)  # v: [B, H, T, Dh]
+        qk, v = qkv.split([2, 1], dim=2)  # split: its backward is a cat, not zeros + copies
+        v = v.squeeze(2).transpose(1, 2)  # [B, H, T, Dh]
         if rotary is not None:  # q and k together; tables [T, Dh] -> [T, 1, 1, Dh]
             qk = apply_rotary(qk, rotary[0][:, None, None], rotary[1][:, None, None])
         q, k = qk.permute(2, 0, 3, 1, 4)  # [B, H, T, Dh] each

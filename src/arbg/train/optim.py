@@ -24,24 +24,25 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 
     Parameters
     ----------
-    G : Tensor [rows, cols]
+    G : Tensor [rows, cols], or a batch [n, rows, cols] of same-shape matrices (one set of
+        batched products instead of ``n``: what :class:`Muon` does per shape)
     steps : number of iterations.
 
     Returns
     -------
-    Tensor [rows, cols] (float32).
+    Tensor of ``G``'s shape (float32).
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.float()
-    transposed = X.shape[0] > X.shape[1]
+    transposed = X.shape[-2] > X.shape[-1]
     if transposed:
-        X = X.T
-    X = X / (X.norm() + eps)  # spectral norm <= Frobenius norm <= 1
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral <= Frobenius norm <= 1
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.mT if transposed else X
 
 
 class Muon(torch.optim.Optimizer):
@@ -74,6 +75,7 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
+            by_shape: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -86,11 +88,14 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(g)
                 g = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = newton_schulz(g, group["ns_steps"]).to(p.dtype)
-                update *= max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-                if group["weight_decay"]:
-                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+                by_shape.setdefault(tuple(p.shape), []).append((p, g))
+            for shape, items in by_shape.items():  # one batched Newton-Schulz per shape
+                updates = newton_schulz(torch.stack([g for _, g in items]), group["ns_steps"])
+                scale = max(1.0, shape[0] / shape[1]) ** 0.5
+                for (p, _), update in zip(items, updates, strict=True):
+                    if group["weight_decay"]:
+                        p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                    p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
 
 
 # --------------------------------------------------------------------------------------------------
