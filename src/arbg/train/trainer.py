@@ -284,7 +284,8 @@ def _normalized(log_w: np.ndarray) -> np.ndarray:
     return np.exp(normalize_log_weights(log_w))
 
 
-def _dist_info() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed; (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -300,7 +301,7 @@ def init_distributed() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-    return _dist_info()
+    return rank_and_world_size()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dataset, self.system = dataset, getattr(dataset, "system", None)
         self.progress = progress
-        self.rank, self.world = _dist_info()
+        self.rank, self.world = rank_and_world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} not divisible by {self.world} ranks")
         self.local_batch = cfg.batch_size // self.world
