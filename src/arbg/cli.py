@@ -12,6 +12,7 @@ from pathlib import Path
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, run_md
 from arbg.chem.systems import build_system, make_spec
+from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
 from arbg.eval.evaluate import evaluate_run
@@ -21,7 +22,7 @@ from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.tuning import tune_temperature
-from arbg.experiments.zeroshot import add_zero_shot_parser
+from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
 from arbg.io import atomic_write_json
 from arbg.nn.binning import quantization_bound
 from arbg.nn.conditioning import ConditioningConfig
@@ -315,25 +316,8 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-
     data = load_dataset(args.data, topology=args.topology)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        augment_rotations=not args.no_rotations,
-        bf16=args.bf16,
-        frame=args.frame,
-        data_weights=args.data_weights,
-        max_minutes=args.max_minutes,
-        patience=args.patience,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(cfg, key, value)
+    cfg = config_from_args(TrainConfig, args)
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
         cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
@@ -343,20 +327,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_transferable(args: argparse.Namespace) -> int:
-
     corpus = load_corpus(args.corpus)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        bf16=args.bf16,
-        max_minutes=args.max_minutes,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every", "patience"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    cfg = config_from_args(TrainConfig, args)
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
     final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
@@ -812,29 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    s.add_argument("--steps", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--n-bins", type=int)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument("--lr-adamw", type=float)
-    s.add_argument("--lr-muon", type=float)
-    s.add_argument("--eval-every", type=int)
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
-    s.add_argument(
-        "--frame",
-        choices=["gauge", "centroid"],
-        default="gauge",
-        help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
-        "default); centroid: the published centring + rotation augmentation",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides",))
     s.add_argument(
         "--head",
         default="bins",
@@ -846,17 +796,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
     )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="frame weights of biased/heated data: plain (every frame once; broad "
-        "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)",
-    )
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -866,30 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("corpus", help="corpus directory (train split; val split for val NLL)")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    for flag, typ in (
-        ("--steps", int),
-        ("--batch-size", int),
-        ("--n-bins", int),
-        ("--lr-adamw", float),
-        ("--lr-muon", float),
-        ("--eval-every", int),
-    ):
-        s.add_argument(flag, type=typ)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides", "frame", "augment_rotations"))
     s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train_transferable)
 
@@ -979,8 +897,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
 
-    add_zero_shot_parser(sub)
+    s = sub.add_parser(
+        "zero-shot",
+        help="evaluate a transferable checkpoint on held-out "
+        "sequences of a corpus (sample, reweight, vs MD)",
+    )
+    s.add_argument("checkpoint", help="transferable checkpoint directory")
+    s.add_argument("--corpus", required=True, help="arbg corpus directory with their MD")
+    s.add_argument("--out", required=True, help="output directory (resumable)")
+    add_config_args(s, ZeroShotConfig)
+    s.set_defaults(func=cmd_zero_shot)
     return p
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    result = evaluate_zero_shot(
+        args.checkpoint, args.corpus, args.out, config_from_args(ZeroShotConfig, args)
+    )
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{zero_shot_summary(result)}; table in {args.out}/table.md")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
