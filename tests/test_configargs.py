@@ -24,7 +24,7 @@ class Toy:
 
     n_samples: int = field(default=5, metadata={"flag": "--n"})
     tau: float = 1.0
-    names: list[str] | None = None
+    names: list[str] | None = field(default=None, metadata={"comma": True})
     sizes: tuple[int, ...] = (1, 2)
     quiet: bool = False
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})

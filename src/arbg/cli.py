@@ -100,35 +100,18 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
     bias = None
     if args.bias == "dihedrals":
-        bias = BiasConfig(
-            variables="phi-psi" if args.bias_psi else "phi",
-            residues=None
-            if args.bias_residues is None
-            else tuple(r - 1 for r in args.bias_residues),
-            build_ns=args.bias_build_ns,
-            bias_factor=args.bias_factor,
-            height_kt=args.bias_height_kt,
-            width_deg=args.bias_width_deg,
-            deposit_ps=args.bias_deposit_ps,
-            grid_points=args.bias_grid,
+        residues = None if args.bias_residues is None else tuple(r - 1 for r in args.bias_residues)
+        variables = "phi-psi" if args.bias_psi else "phi"
+        bias = config_from_args(
+            BiasConfig, args, prefix="bias-", variables=variables, residues=residues
         )
     elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
         raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
-    cfg = MDConfig(
-        ns=args.ns,
-        step_fs=args.step_fs,
-        friction_per_ps=args.friction,
-        frame_interval_ps=args.frame_interval_ps,
-        warmup_ps=args.warmup_ps,
-        seed=args.seed,
-        temperature_k=args.md_temperature_k,
-        bias=bias,
-    )
+    cfg = config_from_args(MDConfig, args, bias=bias)
     run_md(system, out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
@@ -631,23 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("md", help="reference MD with OpenMM (resumable)")
     add_system_args(s)
-    s.add_argument("--ns", type=float, default=1.0, help="production length in ns")
     s.add_argument("--out", help="output directory (default: cache dir)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--md-temperature-k",
-        "--sampling-temperature-k",
-        type=float,
-        default=None,
-        dest="md_temperature_k",
-        help="sampling temperature of the MD data (heated data; default: the "
-        "system's). --temperature-k stays the target's temperature; frames get "
-        "log-weights -(1/kT_target - 1/kT_sampling) E",
-    )
+    add_config_args(s, MDConfig, skip=("bias",))
     b = s.add_argument_group("enhanced sampling (weighted data; see README)")
     b.add_argument(
         "--bias",
@@ -665,21 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="residues (1-based) whose dihedrals are biased (default: the central "
         "one; at most 3 biased dihedrals in all)",
     )
-    b.add_argument(
-        "--bias-build-ns",
-        type=float,
-        default=1.0,
-        help="metadynamics build time in ns (before production)",
-    )
-    b.add_argument("--bias-factor", type=float, default=10.0, help="well-tempered bias factor")
-    b.add_argument(
-        "--bias-height-kt", type=float, default=0.5, help="initial Gaussian height in kT"
-    )
-    b.add_argument("--bias-width-deg", type=float, default=20.0, help="Gaussian width, degrees")
-    b.add_argument(
-        "--bias-deposit-ps", type=float, default=0.5, help="Gaussian deposition interval, ps"
-    )
-    b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
+    add_config_args(b, BiasConfig, skip=("variables", "residues"), prefix="bias-")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 

@@ -63,7 +63,7 @@ class ZeroShotConfig:
     """
 
     split: str = "test"
-    sequences: list[str] | None = None
+    sequences: list[str] | None = field(default=None, metadata={"comma": True})
     n_samples: int = field(default=5000, metadata={"flag": "--n"})
     n_eval: int = 1000
     tau: float = 1.0
