@@ -135,7 +135,6 @@ def cmd_md(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-
     if args.sequences is not None and args.length is not None:
         raise ValueError("give --sequences or --length, not both")
     if args.sample is not None and args.length is None:
@@ -152,21 +151,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             seqs = parse_sequences(args.sequences)
         else:
             seqs = kmer_sequences(args.length, args.sample, args.seed)
-        cfg = CorpusConfig(
-            ns=args.ns,
-            test_ns=args.test_ns,
-            fractions=tuple(args.split),
-            seed=args.seed,
-            force_field=args.force_field,
-            capped=args.capped,
-            temperature_k=args.temperature_k,
-            histidine=args.histidine,
-            step_fs=args.step_fs,
-            friction_per_ps=args.friction,
-            frame_interval_ps=args.frame_interval_ps,
-            warmup_ps=args.warmup_ps,
-            chunk_frames=args.chunk_frames,
-        )
+        cfg = config_from_args(CorpusConfig, args)
     if args.out is not None:
         out = Path(args.out)
     elif args.length is not None:
@@ -420,50 +405,11 @@ def _command_line(args: argparse.Namespace) -> str:
     return "arbg " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
-def add_budget_args(p: argparse.ArgumentParser) -> None:
-    """The training/sampling budget options shared by `arbg benchmark` and `arbg ablate bins`."""
+def add_budget_args(p: argparse.ArgumentParser, cls: type = BudgetConfig, **kw) -> None:
+    """Output, topology and the budget flags (from ``cls``) of `benchmark` and `ablate bins`."""
     p.add_argument("--topology", help="PDB for array/trajectory data and reference")
     p.add_argument("--out", required=True, help="output directory (re-running resumes)")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    p.add_argument("--steps", type=int, default=1600, help="training steps of every model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="one model per seed; tables give mean +- std over seeds",
-    )
-    p.add_argument(
-        "--n-samples",
-        type=int,
-        default=10_000,
-        help="proposals (= energy evaluations) per sampling run",
-    )
-    p.add_argument("--n-eval", type=int, default=5_000, help="samples per W2")
-    p.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
-    p.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--report", action="store_true", help="HTML report of every run too")
-
-
-def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        n_mixtures=args.n_mixtures,
-        seeds=list(args.seeds),
-        n_samples=args.n_samples,
-        n_eval=args.n_eval,
-        tica_lag=args.tica_lag,
-        chirality=args.chirality,
-        device=args.device,
-        report=args.report,
-    )
+    add_config_args(p, cls, skip=("model_overrides", "train_overrides", *kw.get("skip", ())))
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:
@@ -472,7 +418,7 @@ def cmd_ablate_bins(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         args.bins,
-        BudgetConfig(**budget_kwargs(args)),
+        config_from_args(BudgetConfig, args),
         reference=args.reference,
         topology=args.topology,
         bound_frames=args.bound_frames,
@@ -518,16 +464,7 @@ def cmd_ablate_temperature(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
 
-    cfg = BenchmarkConfig(
-        **budget_kwargs(args),
-        n_bins=args.n_bins,
-        heads=list(args.heads),
-        taus=list(args.taus),
-        tune_n=args.tune_n,
-        tune_n_eval=args.tune_n_eval,
-        tune_heads=None if args.tune_heads is None else list(args.tune_heads),
-        md_steps_per_frame=args.md_steps_per_frame,
-    )
+    cfg = config_from_args(BenchmarkConfig, args)
     res = run_benchmark(
         args.data,
         args.reference,
@@ -558,7 +495,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--bound-frames", type=int, default=5000, help="training frames in the quantization bound"
     )
-    add_budget_args(a)
+    add_budget_args(a, skip=("n_bins",))
     a.set_defaults(func=cmd_ablate_bins)
     a = asub.add_parser("temperature", help="E-W2, T-W2 and ESS after reweighting against tau")
     a.add_argument("checkpoint")
@@ -579,26 +516,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("data", help="training MD (its val split tunes tau)")
     s.add_argument("--reference", required=True, help="independent reference MD")
-    s.add_argument("--heads", nargs="+", default=["bins", "mol", "gmm", "givt"])
-    s.add_argument("--n-bins", type=int, help="bins L of every head (default: by atom count)")
-    s.add_argument(
-        "--taus",
-        type=float,
-        nargs="+",
-        default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
-        help="tau grid of the tuning (val split)",
-    )
-    s.add_argument(
-        "--tune-heads", nargs="*", help="heads whose tau is tuned (default: all; no names: none)"
-    )
-    s.add_argument("--tune-n", type=int, default=2000, help="proposals per tau when tuning")
-    s.add_argument("--tune-n-eval", type=int, default=1000)
-    s.add_argument(
-        "--md-steps-per-frame",
-        type=int,
-        help="MD steps per training frame (default: from arbg md metadata, else 1)",
-    )
-    add_budget_args(s)
+    add_budget_args(s, BenchmarkConfig)
     s.set_defaults(func=cmd_benchmark)
 
 
@@ -657,44 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the sample, the split and (hashed per sequence) the MD",
     )
-    s.add_argument("--ns", type=float, default=1.0, help="MD per train/val sequence, ns")
-    s.add_argument(
-        "--test-ns",
-        type=float,
-        default=None,
-        help="MD per held-out test sequence, ns (default: --ns)",
-    )
-    s.add_argument(
-        "--split",
-        type=float,
-        nargs=3,
-        default=[0.8, 0.1, 0.1],
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of the sequences",
-    )
     s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
-    s.add_argument(
-        "--force-field",
-        choices=["fast-implicit", "amber14-obc1"],
-        default="fast-implicit",
-        help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
-        "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K",
-    )
-    s.add_argument(
-        "--capped", action="store_true", help="ACE/NME caps (default: zwitterionic termini)"
-    )
-    s.add_argument("--temperature-k", type=float, default=None)
-    s.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default="HIE")
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--chunk-frames",
-        type=int,
-        default=1000,
-        help="frames per resumable chunk of a sequence's run",
-    )
+    add_config_args(s, CorpusConfig, skip=("seed",))
     s.add_argument(
         "--max-sequences", type=int, help="stop after running this many sequences (resumable)"
     )

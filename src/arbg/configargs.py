@@ -25,8 +25,16 @@ __all__ = ["add_config_args", "config_from_args", "field_help"]
 
 
 def field_help(cls: type) -> dict[str, str]:
-    """``{field: help}`` from the ``Attributes`` section of ``cls``'s numpy-style docstring."""
-    doc = cls.__doc__ or ""
+    """``{field: help}`` from the ``Attributes`` sections of the numpy-style docstrings of
+    ``cls`` and its bases (the class's own text wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        out.update(_own_field_help(klass))
+    return out
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
+    doc = cls.__dict__.get("__doc__") or ""
     m = re.search(r"Attributes\n\s*-+\n(.*?)(?:\n\s*\n\S|\Z)", doc, flags=re.S)
     out: dict[str, str] = {}
     if not m:
