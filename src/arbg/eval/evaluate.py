@@ -25,9 +25,18 @@ import numpy as np
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
-from arbg.eval.metrics import backbone_torsions, dihedrals, energy_w2, evaluate_ensemble, torsion_w2
+from arbg.eval.metrics import (
+    Ensemble,
+    backbone_torsions,
+    dihedrals,
+    evaluate_ensemble,
+    resampled_score,
+    score,
+    strided_reference,
+    weights_from_log,
+)
 from arbg.eval.report import compute_populations, write_metrics_json, write_report
-from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
+from arbg.reweight import clip_log_weights, normalize_log_weights
 from arbg.sampling.runs import read_run
 
 log = logging.getLogger(__name__)
@@ -339,12 +348,13 @@ def md_cost_curve(
     """
 
     rng = np.random.default_rng(seed)
-    ref_u = reference_energies(reference)
-    stride = max(1, len(reference) // n_max)
-    ref_t = backbone_torsions(reference.positions[::stride], system.phi_indices, system.psi_indices)
-    ref_u_s = ref_u[::stride]
-    ref_lw = reference_log_weights(reference)
-    ref_w = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw[::stride]))
+    phi, psi = system.phi_indices, system.psi_indices
+    ref = strided_reference(
+        reference_energies(reference),
+        backbone_torsions(reference.positions, phi, psi),
+        n_max,
+        reference_log_weights(reference),
+    )
     out: dict[str, Any] = {
         "budgets": [],
         "bg": {"e_w2": [], "t_w2": []},
@@ -354,34 +364,23 @@ def md_cost_curve(
         n_bg = int(k / evals_per_sample)
         if 2 <= n_bg <= len(positions):
             lw, _ = clip_log_weights(np.asarray(log_w_raw[:n_bg], dtype=np.float64))
-            lw = normalize_log_weights(lw)
-            idx = multinomial_resample(lw, min(n_bg, n_max), rng)
-            x = positions[:n_bg][idx]
+            bg = Ensemble(energies[:n_bg], backbone_torsions(positions[:n_bg], phi, psi))
+            scored = resampled_score(bg, normalize_log_weights(lw), ref, min(n_bg, n_max), rng)
             out["budgets"].append(k)
-            out["bg"]["e_w2"].append(energy_w2(energies[:n_bg][idx], ref_u_s, None, ref_w))
-            out["bg"]["t_w2"].append(
-                torsion_w2(
-                    backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t, None, ref_w
-                )
-            )
+            out["bg"]["e_w2"].append(scored["e_w2"])
+            out["bg"]["t_w2"].append(scored["t_w2"])
         n_md = k // steps_per_frame
         if 2 <= n_md <= len(md_frames):
             sub = slice(0, n_md, max(1, n_md // n_max))
             frames = md_frames[sub]
-            md_w = (
-                None
-                if md_log_weights is None
-                else np.exp(normalize_log_weights(np.asarray(md_log_weights[sub], np.float64)))
+            md_w = None
+            if md_log_weights is not None:
+                md_w = weights_from_log(np.asarray(md_log_weights[sub], np.float64))
+            md = Ensemble(
+                system.reduced_energy(frames), backbone_torsions(frames, phi, psi), None, md_w
             )
-            u_md = system.reduced_energy(frames)
+            scored = score(md, ref)
             out["md"]["budgets"].append(k)
-            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s, md_w, ref_w))
-            out["md"]["t_w2"].append(
-                torsion_w2(
-                    backbone_torsions(frames, system.phi_indices, system.psi_indices),
-                    ref_t,
-                    md_w,
-                    ref_w,
-                )
-            )
+            out["md"]["e_w2"].append(scored["e_w2"])
+            out["md"]["t_w2"].append(scored["t_w2"])
     return out
