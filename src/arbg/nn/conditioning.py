@@ -59,6 +59,7 @@ from arbg.train.checkpoints import (
     Checkpoint,
     CheckpointMismatchError,
     _versions,
+    load_weights,
     read_config,
     system_features,
     write_checkpoint_dir,
@@ -547,8 +548,6 @@ def load_transferable(
     ValueError
         Neither system nor sequence given, or the sequence is outside the stored limits.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     config = read_config(path)
     if system is None and sequence is None:
@@ -573,7 +572,7 @@ def load_transferable(
     )
     used_ema = bool(use_ema and (path / "ema.safetensors").exists())
     net.load_state_dict(
-        load_file(str(path / ("ema.safetensors" if used_ema else "model.safetensors"))), strict=True
+        load_weights(path, "ema.safetensors" if used_ema else "model.safetensors"), strict=True
     )
     net.to(device).eval()
     enc = encode_system(system, config["standardization"]["std_nm"], stored)

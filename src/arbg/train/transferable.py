@@ -33,7 +33,7 @@ from arbg.nn.conditioning import (
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.nn.standardize import Standardization
 from arbg.train.checkpoints import read_config
-from arbg.train.trainer import TrainConfig, Trainer, init_distributed
+from arbg.train.trainer import TrainConfig, Trainer, init_distributed, locked_output
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +250,7 @@ def train_transferable(
 ) -> Path:
     """Train (or resume) a transferable model on ``corpus``; returns ``out_dir/last``."""
     init_distributed()
-    return TransferableTrainer(
-        corpus, out_dir, config or TrainConfig(), conditioning, progress=progress
-    ).run()
+    with locked_output(out_dir):
+        return TransferableTrainer(
+            corpus, out_dir, config or TrainConfig(), conditioning, progress=progress
+        ).run()
