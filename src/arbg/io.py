@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,13 @@ class Commit:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _after_write(f"staged {rel}")
+        return p
+
+    def write_with(self, rel: str, write: Callable[[Path], Any]) -> Path:
+        """Stage ``root/rel`` by ``write(path)`` (a writer that takes a file name)."""
+        p = self.stage_path(rel)
+        write(p)
         _after_write(f"staged {rel}")
         return p
 
