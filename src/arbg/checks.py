@@ -233,3 +233,23 @@ def coordinates_in_nm(
             f"(expected {low}-{high} nm){hint}; arbg positions are in nm"
         )
     return x
+
+
+def argparse_type(check, base: type = float):
+    """An argparse ``type=`` that parses with ``base`` and validates with ``check(name, v, ...)``
+    (argparse then reports ``argument --x: got ...; expected ...`` and exits with code 2)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = base(text)
+        except ValueError:
+            kind = "an integer" if base is int else "a number"
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected {kind}") from None
+        try:
+            return check("value", value)
+        except ArgumentError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+    parse.__name__ = getattr(check, "__name__", "value")
+    return parse

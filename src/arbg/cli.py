@@ -105,10 +105,11 @@ def cmd_md(args: argparse.Namespace) -> int:
         frame_interval_ps=args.frame_interval_ps,
         warmup_ps=args.warmup_ps,
         seed=args.seed,
+        chunk_frames=args.chunk_frames,
         temperature_k=args.md_temperature_k,
         bias=bias,
     )
-    run_md(system, out, cfg, progress=not args.quiet)
+    run_md(system, out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
@@ -180,14 +181,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    manifest = run_corpus(
-        out,
-        seqs,
-        cfg,
-        workers=args.workers,
-        progress=not args.quiet,
-        max_sequences=args.max_sequences,
-    )
+    from arbg.io import lock_dir
+
+    with lock_dir(out, wait=args.wait):
+        manifest = run_corpus(
+            out,
+            seqs,
+            cfg,
+            workers=args.workers,
+            progress=not args.quiet,
+            max_sequences=args.max_sequences,
+        )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
     print(
@@ -247,22 +251,26 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from arbg.checks import existing_dir
     from arbg.eval.evaluate import evaluate_run
+    from arbg.io import lock_dir
 
-    metrics = evaluate_run(
-        args.run_dir,
-        args.reference,
-        out_dir=args.out,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        repeats=args.repeats,
-        tica_lag=args.tica_lag,
-        topology=args.topology,
-        report=not args.no_report,
-        reference_weights=args.reference_weights,
-    )
-    print(format_metrics(metrics))
+    existing_dir("run_dir", args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    with lock_dir(out, wait=args.wait):
+        metrics = evaluate_run(
+            args.run_dir,
+            args.reference,
+            out_dir=args.out,
+            n_eval=args.n_eval,
+            seed=args.seed,
+            repeats=args.repeats,
+            tica_lag=args.tica_lag,
+            topology=args.topology,
+            report=not args.no_report,
+            reference_weights=args.reference_weights,
+        )
+    print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
@@ -324,14 +332,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         patience=args.patience,
     )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
+    for key in (
+        "steps",
+        "batch_size",
+        "n_bins",
+        "lr_adamw",
+        "lr_muon",
+        "eval_every",
+        "checkpoint_every",
+    ):
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, value)
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
         cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
-    final = train(data, args.out, cfg, progress=not args.quiet)
+    final = train(data, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final}")
     return 0
 
@@ -356,7 +372,7 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
-    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
+    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
     return 0
 
@@ -381,6 +397,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         ensemble_size=args.ensemble_size,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        wait=args.wait,
     )
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
@@ -407,6 +424,7 @@ def cmd_smc(args: argparse.Namespace) -> int:
         early_reject_kt=args.early_reject_kt,
         device=args.device,
         ensemble_size=args.ensemble_size,
+        wait=args.wait,
     )
     print(
         json.dumps(
@@ -458,8 +476,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
+    from arbg.io import lock_dir
+
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(out, cfg)
+    with lock_dir(out, wait=args.wait):
+        report = run_demo(out, cfg)
     print(f"report: {report.resolve()}")
     return 0
 
@@ -678,6 +699,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frame-interval-ps", type=float, default=1.0)
     s.add_argument("--warmup-ps", type=float, default=50.0)
     s.add_argument(
+        "--chunk-frames",
+        type=int,
+        default=1000,
+        help="frames per chunk: the unit committed to disk at once (a resume restarts at the "
+        "last complete chunk)",
+    )
+    s.add_argument(
         "--md-temperature-k",
         "--sampling-temperature-k",
         type=float,
@@ -831,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr-adamw", type=float)
     s.add_argument("--lr-muon", type=float)
     s.add_argument("--eval-every", type=int)
+    s.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="steps between resumable `last` checkpoints (default 500; 0: only at the end)",
+    )
     s.add_argument(
         "--patience",
         type=int,
@@ -992,7 +1025,85 @@ def build_parser() -> argparse.ArgumentParser:
     from arbg.experiments.zeroshot import add_zero_shot_parser
 
     add_zero_shot_parser(sub)
+    add_wait_args(sub)
+    apply_arg_checks(p)
     return p
+
+
+def _checked(check, base: type = float, *extra):
+    from arbg.checks import argparse_type
+
+    return argparse_type(lambda name, v: check(name, v, *extra), base)
+
+
+def arg_checks() -> dict[str, object]:
+    """The argparse ``type`` of every numeric option, by dest: one place for the CLI's ranges
+    (the library functions the CLI calls check the same values again)."""
+    from arbg import checks as c
+
+    pos_int, nonneg_int = _checked(c.positive_int, int), _checked(c.nonnegative_int, int)
+    pos, nonneg = _checked(c.positive_float), _checked(c.nonnegative_float)
+    temperature = _checked(c.in_range, float, 0.0, 5000.0, True)
+    n_bins = _checked(c.int_in_range, int, 2, 1 << 20)
+    table: dict[str, object] = {}
+    for dest in (
+        "batch_size bias_grid bias_residues bound_frames chunk_frames cond_heads cond_layers "
+        "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
+        "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers"
+    ).split():
+        table[dest] = pos_int
+    for dest in ("seed", "seeds", "eval_every", "checkpoint_every"):
+        table[dest] = nonneg_int
+    for dest in (
+        "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
+        "lr_adamw lr_muon max_minutes ns test_ns train_minutes"
+    ).split():
+        table[dest] = pos
+    for dest in ("friction", "warmup_ps"):
+        table[dest] = nonneg
+    table.update(
+        bins=n_bins,
+        n_bins=n_bins,
+        bias_factor=_checked(c.in_range, float, 1.0, 1e6, True),
+        bias_width_deg=_checked(c.in_range, float, 0.0, 180.0, True),
+        cutoff_nm=_checked(c.in_range, float, 0.0, 100.0, True),
+        step_fs=_checked(c.in_range, float, 0.0, 5.0, True),
+        tau=_checked(c.in_range, float, 0.0, 100.0, True),
+        taus=_checked(c.in_range, float, 0.0, 100.0, True),
+        temperature_k=temperature,
+        md_temperature_k=temperature,
+        clip=_checked(c.in_range, float, 0.0, 0.5, False, True),
+        ess_threshold=_checked(c.in_range, float, 0.0, 1.0, True),
+        split=_checked(c.in_range, float, 0.0, 1.0),
+    )
+    return table
+
+
+def apply_arg_checks(parser: argparse.ArgumentParser) -> None:
+    """Give every int/float option of ``parser`` (and its subcommands) its checked type."""
+    table = arg_checks()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                apply_arg_checks(sub)
+        elif action.type in (int, float):
+            check = table.get(action.dest)
+            if check is None:
+                raise RuntimeError(f"no range check for numeric option {action.dest!r}")
+            action.type = check
+
+
+WAIT_COMMANDS = ("md", "corpus", "train", "train-transferable", "sample", "smc", "evaluate", "demo")
+
+
+def add_wait_args(sub: argparse._SubParsersAction) -> None:
+    for name in WAIT_COMMANDS:
+        sub.choices[name].add_argument(
+            "--wait",
+            action="store_true",
+            help="if another process is writing the output directory, wait for it "
+            "(default: stop with an error naming it)",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1003,11 +1114,41 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from arbg.chem.md import SimulationError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"arbg {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as e:  # bad input, file or file-system problem
+        if args.verbose:
+            log.exception("details")
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SimulationError as e:
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"arbg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"arbg {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (OSError: strerror and file name)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    elif isinstance(e, KeyError):
+        text = f"missing key {e}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

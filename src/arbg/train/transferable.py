@@ -247,10 +247,13 @@ def train_transferable(
     config: TrainConfig | None = None,
     conditioning: ConditioningConfig | None = None,
     progress: bool = True,
+    wait: bool = False,
 ) -> Path:
-    """Train (or resume) a transferable model on ``corpus``; returns ``out_dir/last``."""
+    """Train (or resume) a transferable model on ``corpus``; returns ``out_dir/last``.
+
+    ``out_dir`` is locked while training writes it (``wait``: block instead of failing)."""
     init_distributed()
-    with locked_output(out_dir):
+    with locked_output(out_dir, wait=wait):
         return TransferableTrainer(
             corpus, out_dir, config or TrainConfig(), conditioning, progress=progress
         ).run()
