@@ -58,7 +58,15 @@ def load_forcefield(files: tuple[str, ...] | list[str]):
 
     for f in files:
         resolve_forcefield_file(f)
-    return _load_forcefield_cached(tuple(files))
+    try:
+        return _load_forcefield_cached(tuple(files))
+    except Exception as e:  # openmm raises XML parse / value errors without the file name
+        from arbg.checks import ArgumentError
+
+        raise ArgumentError(
+            f"--forcefield: {', '.join(map(str, files))} is not a valid OpenMM force-field "
+            f"XML set: {type(e).__name__}: {e}"
+        ) from e
 
 
 @functools.lru_cache(maxsize=8)

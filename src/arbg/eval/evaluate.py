@@ -222,9 +222,15 @@ def evaluate_run(
     reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
         weights (see :func:`evaluate_samples`).
     """
+    from arbg import checks
     from arbg.chem.systems import SystemSpec, build_system
     from arbg.eval.report import write_metrics_json, write_report
 
+    checks.positive_int("--n-eval", n_eval)
+    checks.nonnegative_int("--seed", seed)
+    checks.positive_int("--repeats", repeats)
+    checks.positive_int("--tica-lag", tica_lag)
+    checks.one_of("--reference-weights", reference_weights, ("transport", "resample", "ignore"))
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")

@@ -44,9 +44,15 @@ def tune_temperature(
     from arbg.reweight import multinomial_resample, snis
     from arbg.sampling.sampler import generate
 
+    from arbg import checks
+
     system = checkpoint.system
-    if not taus or any(t <= 0 for t in taus):
-        raise ValueError(f"taus must be positive numbers, got {taus}")
+    if not taus:
+        raise checks.ArgumentError("--taus: got no values; expected one or more numbers > 0")
+    for t in taus:
+        checks.positive_float("--taus", t)
+    checks.positive_int("--n", n)
+    checks.positive_int("--n-eval", n_eval)
     stride = max(1, len(validation_positions) // n_eval)
     ref = validation_positions[::stride][:n_eval]
     ref_u = system.reduced_energy(ref)
