@@ -40,11 +40,10 @@ def tune_temperature(
     validation_log_weights : [F] frame log-weights of weighted (biased/heated) validation data;
         the subsampled frames carry them into E-W2 and T-W2. None = equilibrium frames.
     """
+    from arbg import checks
     from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
     from arbg.reweight import multinomial_resample, snis
     from arbg.sampling.sampler import generate
-
-    from arbg import checks
 
     system = checkpoint.system
     if not taus:
