@@ -378,6 +378,8 @@ class Trainer:
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
         resume = load_trainer_state(self.out / "last")
+        if resume is None and self.rank == 0:  # a fresh start: records of a crashed one go
+            (self.out / "train_log.jsonl").unlink(missing_ok=True)
         self._setup_data(resume)  # standardization, binning, training frames, self.D
         torch.manual_seed(cfg.seed)  # identical init on every rank
         self.model = self._build_model()
