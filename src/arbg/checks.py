@@ -181,6 +181,10 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 def load_npy(path: str | Path, what: str = "array file") -> np.ndarray:
     """``np.load`` of a ``.npy`` file (no pickles); a corrupt file names itself in the error."""
     p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ArgumentError(f"{what} {str(p)!r} is not a .npy array (no NumPy header)")
     try:
         arr = np.load(p, allow_pickle=False)
     except FileNotFoundError as e:

@@ -146,7 +146,7 @@ def make_spec(
             text = path.read_text()
             seq = sequence_from_pdb_text(text, str(path))
         except UnicodeDecodeError as e:
-            raise ValueError(f"--pdb: {str(path)!r} is not a PDB text file ({e.reason})") from e
+            raise ValueError(f"PDB file {str(path)!r} is not a PDB text file ({e.reason})") from e
         spec = SystemSpec(name=path.stem, sequence=seq, pdb_text=text, capped=pdb_has_caps(text))
     changes: dict = {}
     if fast_implicit:

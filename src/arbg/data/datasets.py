@@ -290,6 +290,9 @@ def load_dataset(
 
 def _load_npz_frames(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Positions (``positions`` or the first array) and optional ``log_weights`` of a .npz."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"PK":
+            raise checks.ArgumentError(f"{str(path)!r} is not a .npz archive (no zip header)")
     try:
         with np.load(path, allow_pickle=False) as f:
             names = [k for k in f.files if k != "log_weights"]

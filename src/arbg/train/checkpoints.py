@@ -328,8 +328,10 @@ def read_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Parse and validate ``config.json`` of a checkpoint directory (checksums verified)."""
     path = Path(path)
     cfg_path = path / CONFIG_FILE
+    if not path.exists():
+        raise ArgumentError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_dir():
-        raise ArgumentError(f"checkpoint {str(path)!r} is not a directory")
+        raise ArgumentError(f"checkpoint {str(path)!r} is not a directory (a checkpoint is one)")
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path} is not an arbg checkpoint (no {CONFIG_FILE})")
     if verify:
