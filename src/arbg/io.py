@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 
-from arbg.checks import ArgumentError
+from arbg.checks import ArgumentError, output_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,6 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
     ``wait=True`` blocks until the holder is done. Re-entrant inside one process. Uses the
     ``filelock`` package (``flock`` on POSIX: released by the OS when the holder dies).
     """
-    import filelock
-
-    from arbg.checks import output_dir
-
     path = output_dir(name, path)
     key = str(path.resolve())
     if key in _held:
@@ -290,8 +287,6 @@ def recover(root: str | Path, subdirs: tuple[str, ...] = ()) -> bool:
     root = Path(root)
     finished = False
     if (root / JOURNAL).exists():
-        from arbg.checks import read_json
-
         journal = read_json(root / JOURNAL, "commit journal")
         log.warning("%s: finishing an interrupted commit", root)
         _apply(root, journal)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem import residues as R
 from arbg.chem.builder import (
     build_openmm_model,
@@ -32,6 +33,14 @@ from arbg.chem.builder import (
     reorder_topology,
     sequence_from_pdb_text,
 )
+from arbg.chem.energy import (
+    OpenMMEnergy,
+    create_openmm_system,
+    minimize_positions,
+    prefix_energy_model,
+    resolve_forcefield_file,
+)
+from arbg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +178,6 @@ def make_spec(
         )
     if spec.histidine not in ("HIE", "HID", "HIP"):
         raise ValueError(f"unknown histidine variant {spec.histidine!r}; use HIE, HID or HIP")
-    from arbg import checks
-
     checks.in_range("--temperature-k", spec.temperature_k, 0.0, 5000.0, low_open=True)
     checks.in_range("--cutoff-nm", spec.cutoff_nm, 0.0, 100.0, low_open=True)
     return spec
@@ -367,8 +374,6 @@ class PeptideSystem:
     @property
     def energy_model(self):
         if self._energy is None:
-            from arbg.chem.energy import OpenMMEnergy
-
             self._energy = OpenMMEnergy(
                 self.create_openmm_system(), self.kT, n_workers=self.n_workers
             )
@@ -376,7 +381,6 @@ class PeptideSystem:
 
     def create_openmm_system(self, topology=None):
         """An openmm.System for this force field (no constraints), for `topology` or self."""
-        from arbg.chem.energy import create_openmm_system
 
         return create_openmm_system(self.spec, topology or self.omm_topology)
 
@@ -421,7 +425,6 @@ class PeptideSystem:
         i : index into ``boundaries``.
         x_prefix : [B, boundaries[i], 3] positions in nm, canonical order.
         """
-        from arbg.chem.energy import prefix_energy_model
 
         x_prefix = np.asarray(x_prefix, dtype=np.float64)
         m = self.boundaries[i]
@@ -451,13 +454,11 @@ class PeptideSystem:
         return buf.getvalue()
 
     def save_pdb(self, path: str | Path, positions: np.ndarray | None = None) -> None:
-        from arbg.io import atomic_write_text
 
         atomic_write_text(path, self.to_pdb_string(positions))
 
     def forcefield_hashes(self) -> dict[str, str]:
         """sha256 of each force-field file as OpenMM resolves it."""
-        from arbg.chem.energy import resolve_forcefield_file
 
         out = {}
         for f in self.spec.forcefield:
@@ -507,8 +508,6 @@ def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSy
         n_workers=n_workers,
     )
     if minimize:
-        from arbg.chem.energy import minimize_positions
-
         system.positions = minimize_positions(system, pos)
     return system
 

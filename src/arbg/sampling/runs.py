@@ -26,7 +26,12 @@ from arbg.io import Commit, lock_dir, recover
 from arbg.nn.binning import Binning
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.nn.standardize import Standardization
-from arbg.sampling.sampler import ProposalState, TransformerProposal, generate
+from arbg.reweight import kish_ess, normalize_log_weights, snis, systematic_resample
+from arbg.sampling.sampler import ProposalState, TransformerProposal, generate, make_generators
+from arbg.sampling.smc import SMCRepeats, twisted_smc
+from arbg.sampling.targets import wrong_chirality
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
@@ -51,8 +56,6 @@ def _resolve_parts(obj: Any) -> SamplerParts:
     if isinstance(obj, SamplerParts):
         return obj
     if isinstance(obj, (str, Path)):
-        from arbg.train.checkpoints import load_checkpoint  # type: ignore[import-not-found]
-
         ck = load_checkpoint(obj)
         parts = _resolve_parts(ck)
         parts.path = str(obj)
@@ -74,14 +77,6 @@ def _write_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
     import mdtraj
 
     mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(str(path))
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
 
 
 def run_sampling(
@@ -151,7 +146,7 @@ def run_sampling(
     c.one_of("--chirality", chirality, ("zero", "mirror", "none"))
     c.optional(c.positive_int, "--ensemble-size", ensemble_size)
     c.positive_int("--batch-size", batch_size)
-    rank, _ = _dist()
+    rank, _ = rank_and_world_size()
     with lock_dir(out_dir, wait=wait) if rank == 0 else contextlib.nullcontext():
         if rank == 0:
             recover(out_dir)
@@ -193,7 +188,7 @@ def _run_sampling(
     system = energy if energy is not None else parts.system
     if system is None:
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
-    rank, world = _dist()
+    rank, world = rank_and_world_size()
     seeds = [int(seed) + r for r in range(world)]
     old = read_run(out)
     if old is not None:
@@ -320,7 +315,6 @@ def _write_run(
     t0: float,
 ) -> dict[str, Any]:
     """Merge, reweight (SNIS over all samples) and write every file of a run directory."""
-    from arbg.reweight import snis, systematic_resample
 
     keys = ("coords", "bins", "log_q", "u", "chirality_wrong", "mirrored", "seed")
     new = {k: np.concatenate([g[k] for g in gathered]) for k in keys}
@@ -556,11 +550,6 @@ def _run_smc(
     t0: float,
 ) -> dict[str, Any]:
     """:func:`run_smc` once the arguments are checked and ``out`` is locked."""
-    from arbg.reweight import kish_ess, normalize_log_weights, systematic_resample
-    from arbg.sampling.sampler import make_generators
-    from arbg.sampling.smc import SMCRepeats, twisted_smc
-    from arbg.sampling.targets import wrong_chirality
-
     if (out / "samples.npz").exists():
         raise ValueError(
             f"{out} already holds samples; SMC runs are not extended, use a new directory"
