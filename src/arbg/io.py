@@ -88,6 +88,12 @@ def _after_write(what: str) -> None:
     """No-op hook after each durable step; tests replace it to simulate a kill between writes."""
 
 
+def note_write(what: str) -> None:
+    """Report a durable step written outside this module (calls the current :func:`_after_write`,
+    so a test's replacement sees it)."""
+    _after_write(what)
+
+
 # --------------------------------------------------------------------------------------------------
 # directory locks
 

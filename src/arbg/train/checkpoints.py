@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 import arbg
 from arbg.checks import ArgumentError, read_json
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, validate_sequence
-from arbg.io import Commit, _after_write
+from arbg.io import Commit, note_write
 from arbg.nn.binning import Binning
 from arbg.nn.conditioning import (
     _TEMPLATE_KEYS,
@@ -279,15 +279,15 @@ def write_checkpoint_dir(
     commit = Commit(path.parent)
     tmp = commit.stage_dir(path.name)
     save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
-    _after_write(f"staged {path.name}/{WEIGHTS_FILE}")
+    note_write(f"staged {path.name}/{WEIGHTS_FILE}")
     if ema_model is not None:
         save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-        _after_write(f"staged {path.name}/{TRAINER_STATE_FILE}")
+        note_write(f"staged {path.name}/{TRAINER_STATE_FILE}")
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     write_checksums(tmp)
-    _after_write(f"staged {path.name}/{CHECKSUMS_FILE}")
+    note_write(f"staged {path.name}/{CHECKSUMS_FILE}")
     commit.commit()
     logger.info("saved checkpoint %s", path)
     return path
