@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from arbg import checks
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import MDConfig, run_md
+from arbg.chem.md import MDConfig, SimulationError, run_md
 from arbg.chem.systems import build_system, make_spec
 from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
@@ -23,7 +24,7 @@ from arbg.experiments.demo import DemoConfig, run_demo
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.tuning import tune_temperature
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
-from arbg.io import atomic_write_json
+from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.binning import quantization_bound
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.nn.standardize import fit_standardization
@@ -112,7 +113,7 @@ def cmd_md(args: argparse.Namespace) -> int:
     elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
         raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
     cfg = config_from_args(MDConfig, args, bias=bias)
-    run_md(system, out, cfg, progress=not args.quiet)
+    run_md(system, out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
@@ -165,14 +166,17 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    manifest = run_corpus(
-        out,
-        seqs,
-        cfg,
-        workers=args.workers,
-        progress=not args.quiet,
-        max_sequences=args.max_sequences,
-    )
+    from arbg.io import lock_dir
+
+    with lock_dir(out, wait=args.wait):
+        manifest = run_corpus(
+            out,
+            seqs,
+            cfg,
+            workers=args.workers,
+            progress=not args.quiet,
+            max_sequences=args.max_sequences,
+        )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
     print(
@@ -225,21 +229,22 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
-    metrics = evaluate_run(
-        args.run_dir,
-        args.reference,
-        out_dir=args.out,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        repeats=args.repeats,
-        tica_lag=args.tica_lag,
-        topology=args.topology,
-        report=not args.no_report,
-        reference_weights=args.reference_weights,
-    )
-    print(format_metrics(metrics))
+    checks.existing_dir("run_dir", args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    with lock_dir(out, wait=args.wait):
+        metrics = evaluate_run(
+            args.run_dir,
+            args.reference,
+            out_dir=args.out,
+            n_eval=args.n_eval,
+            seed=args.seed,
+            repeats=args.repeats,
+            tica_lag=args.tica_lag,
+            topology=args.topology,
+            report=not args.no_report,
+            reference_weights=args.reference_weights,
+        )
+    print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
@@ -289,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
         cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
-    final = train(data, args.out, cfg, progress=not args.quiet)
+    final = train(data, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final}")
     return 0
 
@@ -298,7 +303,7 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.corpus)
     cfg = config_from_args(TrainConfig, args)
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
-    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
+    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
     return 0
 
@@ -321,6 +326,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         ensemble_size=args.ensemble_size,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        wait=args.wait,
     )
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
@@ -345,6 +351,7 @@ def cmd_smc(args: argparse.Namespace) -> int:
         early_reject_kt=args.early_reject_kt,
         device=args.device,
         ensemble_size=args.ensemble_size,
+        wait=args.wait,
     )
     print(
         json.dumps(
@@ -391,8 +398,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
+    from arbg.io import lock_dir
+
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(out, cfg)
+    with lock_dir(out, wait=args.wait):
+        report = run_demo(out, cfg)
     print(f"report: {report.resolve()}")
     return 0
 
@@ -743,6 +753,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (resumable)")
     add_config_args(s, ZeroShotConfig)
     s.set_defaults(func=cmd_zero_shot)
+    add_wait_args(sub)
+    apply_arg_checks(p)
     return p
 
 
@@ -755,6 +767,88 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(check, base: type = float, *extra):
+    return checks.argparse_type(lambda name, v: check(name, v, *extra), base)
+
+
+def arg_checks() -> dict[str, object]:
+    """The argparse ``type`` of every numeric option, by dest: one place for the CLI's ranges
+    (the library functions the CLI calls check the same values again)."""
+    c = checks
+    pos_int, nonneg_int = _checked(c.positive_int, int), _checked(c.nonnegative_int, int)
+    pos, nonneg = _checked(c.positive_float), _checked(c.nonnegative_float)
+    temperature = _checked(c.in_range, float, 0.0, 5000.0, True)
+    n_bins = _checked(c.int_in_range, int, 2, 1 << 20)
+    table: dict[str, object] = {}
+    for dest in (
+        "batch_size bias_grid bias_residues bound_frames chunk_frames cond_heads cond_layers "
+        "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
+        "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers "
+        "eval_batch eval_frames log_every ns_steps stop_after_steps"
+    ).split():
+        table[dest] = pos_int
+    for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed"):
+        table[dest] = nonneg_int
+    for dest in (
+        "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
+        "lr_adamw lr_muon max_minutes ns test_ns train_minutes"
+    ).split():
+        table[dest] = pos
+    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay"):
+        table[dest] = nonneg
+    table.update(
+        bins=n_bins,
+        n_bins=n_bins,
+        bias_factor=_checked(c.in_range, float, 1.0, 1e6, True),
+        bias_width_deg=_checked(c.in_range, float, 0.0, 180.0, True),
+        cutoff_nm=_checked(c.in_range, float, 0.0, 100.0, True),
+        step_fs=_checked(c.in_range, float, 0.0, 5.0, True),
+        tau=_checked(c.in_range, float, 0.0, 100.0, True),
+        taus=_checked(c.in_range, float, 0.0, 100.0, True),
+        temperature_k=temperature,
+        md_temperature_k=temperature,
+        clip=_checked(c.in_range, float, 0.0, 0.5, False, True),
+        ess_threshold=_checked(c.in_range, float, 0.0, 1.0, True),
+        split=_checked(c.in_range, float, 0.0, 1.0),
+        clip_fraction=_checked(c.in_range, float, 0.0, 0.5, False, True),
+        betas=_checked(c.in_range, float, 0.0, 1.0, False, True),
+        ema_decay=_checked(c.in_range, float, 0.0, 1.0, True, True),
+        margin=_checked(c.in_range, float, 1.0, 100.0),
+        min_lr_frac=_checked(c.in_range, float, 0.0, 1.0),
+        momentum_muon=_checked(c.in_range, float, 0.0, 1.0, False, True),
+        warmup_frac=_checked(c.in_range, float, 0.0, 1.0, False, True),
+    )
+    return table
+
+
+def apply_arg_checks(parser: argparse.ArgumentParser) -> None:
+    """Give every int/float option of ``parser`` (and its subcommands) its checked type."""
+    table = arg_checks()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                apply_arg_checks(sub)
+        elif action.type in (int, float):
+            flag = next(o for o in action.option_strings if o.startswith("--"))
+            check = table.get(flag[2:].replace("-", "_"), table.get(action.dest))
+            if check is None:
+                raise RuntimeError(f"no range check for numeric option {action.dest!r}")
+            action.type = check
+
+
+WAIT_COMMANDS = ("md", "corpus", "train", "train-transferable", "sample", "smc", "evaluate", "demo")
+
+
+def add_wait_args(sub: argparse._SubParsersAction) -> None:
+    for name in WAIT_COMMANDS:
+        sub.choices[name].add_argument(
+            "--wait",
+            action="store_true",
+            help="if another process is writing the output directory, wait for it "
+            "(default: stop with an error naming it)",
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -765,9 +859,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"arbg {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, KeyError) as e:  # bad input, file or file-system problem
+        if args.verbose:
+            log.exception("details")
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SimulationError as e:
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"arbg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"arbg {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (OSError: strerror and file name)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    elif isinstance(e, KeyError):
+        text = f"missing key {e}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg.checks import ArgumentError
+
 log = logging.getLogger(__name__)
 
 # OpenMM's CPU platform has a fixed cost of ~0.7 ms per call here, which dominates for small
@@ -58,7 +60,13 @@ def load_forcefield(files: tuple[str, ...] | list[str]):
 
     for f in files:
         resolve_forcefield_file(f)
-    return _load_forcefield_cached(tuple(files))
+    try:
+        return _load_forcefield_cached(tuple(files))
+    except Exception as e:  # openmm raises XML parse / value errors without the file name
+        raise ArgumentError(
+            f"--forcefield: {', '.join(map(str, files))} is not a valid OpenMM force-field "
+            f"XML set: {type(e).__name__}: {e}"
+        ) from e
 
 
 @functools.lru_cache(maxsize=8)

@@ -34,7 +34,6 @@ nothing duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import arbg
+from arbg import checks
 from arbg.chem.bias import (
     BiasConfig,
     build_bias,
@@ -54,7 +54,7 @@ from arbg.chem.bias import (
 )
 from arbg.chem.energy import _energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from arbg.io import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,27 @@ class MDConfig:
         },
     )
     bias: BiasConfig | None = None
+
+    def __post_init__(self) -> None:
+        checks.positive_float("--ns", self.ns)
+        # no constraints anywhere: hydrogens vibrate at ~10 fs, so steps beyond a few fs blow up
+        checks.in_range("--step-fs", self.step_fs, 0.0, 5.0, low_open=True)
+        checks.nonnegative_float("--friction", self.friction_per_ps)
+        checks.positive_float("--frame-interval-ps", self.frame_interval_ps)
+        checks.nonnegative_float("--warmup-ps", self.warmup_ps)
+        checks.nonnegative_int("--seed", self.seed)
+        checks.positive_int("--chunk-frames", self.chunk_frames)
+        checks.optional(checks.positive_float, "--md-temperature-k", self.temperature_k)
+        if self.frame_interval_ps * 1000.0 < self.step_fs:
+            raise checks.ArgumentError(
+                f"--frame-interval-ps: got {self.frame_interval_ps!r}; expected at least one "
+                f"step (--step-fs {self.step_fs} fs) per frame"
+            )
+        if self.n_frames < 1:
+            raise checks.ArgumentError(
+                f"--ns: got {self.ns!r}; expected at least one frame of "
+                f"--frame-interval-ps {self.frame_interval_ps} ps"
+            )
 
     @property
     def steps_per_frame(self) -> int:
@@ -194,10 +215,34 @@ def _bias_metadata(
     }
 
 
+class SimulationError(RuntimeError):
+    """MD blew up (non-finite energy or positions); the last good state stays on disk."""
+
+
 def run_md(
-    system: PeptideSystem, out_dir: str | Path, config: MDConfig = MDConfig(), progress: bool = True
+    system: PeptideSystem,
+    out_dir: str | Path,
+    config: MDConfig = MDConfig(),
+    progress: bool = True,
+    wait: bool = False,
 ) -> Path:
     """Run (or resume, or extend) reference MD of `system` into `out_dir`.
+
+    The directory is locked while the run writes (:func:`arbg.io.lock_dir`; ``wait`` blocks
+    instead of failing when another process holds it). Each chunk (frames, weight terms,
+    OpenMM state, frame count) is committed by one :class:`arbg.io.Commit`; an interrupted
+    commit is finished, and stale temporaries removed, when the run starts. MD that blows up
+    raises :class:`SimulationError` with the last complete chunk kept.
+    """
+    with lock_dir(out_dir, wait=wait):
+        recover(out_dir, subdirs=("chunks", "bias"))
+        return _run_md(system, Path(out_dir), config, progress)
+
+
+def _run_md(
+    system: PeptideSystem, out_dir: str | Path, config: MDConfig = MDConfig(), progress: bool = True
+) -> Path:
+    """Run (or resume, or extend) reference MD of `system` into `out_dir` (unlocked).
 
     Returns the output directory. Re-running with a larger ``config.ns`` extends the run;
     re-running with different settings (system, seed, step, friction, temperature, bias) raises.
@@ -217,7 +262,7 @@ def run_md(
         dihedrals, names = select_bias_dihedrals(system, config.bias)
         meta["bias"] = _bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
     meta_path = out / "metadata.json"
-    old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    old = checks.read_json(meta_path, "MD metadata") if meta_path.exists() else None
     if old is not None:
         for key in (
             "system",
@@ -238,7 +283,7 @@ def run_md(
             if key in (old.get("bias") or {}):
                 meta["bias"][key] = old["bias"][key]
     progress_path = out / "progress.json"
-    done = json.loads(progress_path.read_text())["n_frames"] if progress_path.exists() else 0
+    done = _n_done(out)
     n_total = config.n_frames
     meta["n_frames"] = max(done, n_total)
     meta["splits"] = contiguous_splits(meta["n_frames"])
@@ -335,8 +380,10 @@ def run_md(
             integrator.step(config.steps_per_frame)
             state = context.getState(getPositions=True)
             frames[i] = state.getPositions(asNumpy=True)._value
+            _check_finite(frames[i], None, out, done + i, config)
             if bar is not None:
                 bar.update(config.frame_interval_ps / 1000.0)
+        _check_finite(frames[-1], context.getState(getEnergy=True), out, done + n_chunk, config)
         chunk_id = done // config.chunk_frames
         keep = done % config.chunk_frames  # frames of a partial chunk already on disk
         parts = {"chunk": frames}
@@ -344,15 +391,17 @@ def run_md(
             energy_kj, bias_kj = _frame_terms(evaluator, frames, bias_group)
             parts["energy"] = energy_kj / kT_target
             parts["bias"] = bias_kj / kT_sample
+        commit = Commit(out)  # frames, weight terms, state and count: one atomic step
         for prefix, arr in parts.items():
-            path = out / "chunks" / f"{prefix}_{chunk_id:06d}.npy"
+            rel = f"chunks/{prefix}_{chunk_id:06d}.npy"
             if keep:  # complete a partial chunk (ignore anything past the recorded count)
-                arr = np.concatenate([np.load(path)[:keep], arr])
-            atomic_save_npy(path, arr)
+                arr = np.concatenate([checks.load_npy(out / rel, "MD chunk")[:keep], arr])
+            commit.save_npy(rel, arr)
         done += n_chunk
         frames_this_run += n_chunk
-        atomic_write_bytes(chk, context.createCheckpoint())
-        atomic_write_json(progress_path, {"n_frames": done})
+        commit.write_bytes(chk.name, context.createCheckpoint())
+        commit.write_json(progress_path.name, {"n_frames": done})
+        commit.commit()
         if bar is not None:
             ns_day = (
                 frames_this_run
@@ -366,6 +415,29 @@ def run_md(
         bar.close()
     _finalize(system, out, meta)
     return out
+
+
+def _n_done(out: Path) -> int:
+    """Frames committed in ``out`` (0 when none)."""
+    path = out / "progress.json"
+    if not path.exists():
+        return 0
+    n = checks.read_json(path, "MD progress file").get("n_frames")
+    return checks.nonnegative_int(f"{path} n_frames", n)
+
+
+def _check_finite(x: np.ndarray, state, out: Path, frame: int, config: MDConfig) -> None:
+    """Raise :class:`SimulationError` if positions (or the state's energy) are not finite."""
+    bad = not np.isfinite(x).all() or float(np.abs(x).max()) > 1e4
+    if state is not None and not bad:
+        bad = not np.isfinite(state.getPotentialEnergy()._value)
+    if bad:
+        raise SimulationError(
+            f"MD blew up near frame {frame} (non-finite positions or energy) at "
+            f"--step-fs {config.step_fs}; nothing of this chunk was written and {out} keeps the "
+            f"last good state ({_n_done(out)} frames); use a smaller --step-fs (no constraints: "
+            "1-2 fs)"
+        )
 
 
 def _frame_terms(
@@ -389,11 +461,16 @@ def _finalize(system: PeptideSystem, out: Path, meta: dict) -> None:
 def load_md_frames(out_dir: str | Path) -> np.ndarray:
     """All frames of an ``arbg md`` directory, [F, n, 3] float32 nm, canonical order."""
     out = Path(out_dir)
-    progress = json.loads((out / "progress.json").read_text())["n_frames"]
+    progress = _n_done(out)
     chunks = sorted((out / "chunks").glob("chunk_*.npy"))
     if not chunks:
         raise FileNotFoundError(f"{out}: no chunks/chunk_*.npy frames")
-    frames = np.concatenate([np.load(c) for c in chunks])
+    frames = np.concatenate([checks.load_npy(c, "MD chunk") for c in chunks])
+    if len(frames) < progress:
+        raise checks.ArgumentError(
+            f"{out}: {len(frames)} frames in chunks/ for the {progress} of progress.json "
+            "(chunks missing or truncated)"
+        )
     return frames[:progress]
 
 
@@ -405,14 +482,18 @@ def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
     """
 
     out = Path(out_dir)
-    meta = json.loads((out / "metadata.json").read_text())
-    n = json.loads((out / "progress.json").read_text())["n_frames"]
+    meta = checks.read_json(out / "metadata.json", "MD metadata")
+    n = _n_done(out)
     if not meta.get("log_weights"):
         return np.zeros(n)
     terms = {}
     for prefix in ("energy", "bias"):
         files = sorted((out / "chunks").glob(f"{prefix}_*.npy"))
-        arr = np.concatenate([np.load(f) for f in files]) if files else np.zeros(0)
+        arr = (
+            np.concatenate([checks.load_npy(f, "MD chunk") for f in files])
+            if files
+            else np.zeros(0)
+        )
         if len(arr) < n:
             raise ValueError(
                 f"{out}: {len(arr)} frames of chunks/{prefix}_*.npy for {n} "

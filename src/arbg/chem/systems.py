@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem import residues as R
 from arbg.chem.builder import (
     build_openmm_model,
@@ -150,8 +151,11 @@ def make_spec(
         path = Path(pdb)
         if not path.is_file():
             raise FileNotFoundError(f"PDB file not found: {path}")
-        text = path.read_text()
-        seq = sequence_from_pdb_text(text, str(path))
+        try:
+            text = path.read_text()
+            seq = sequence_from_pdb_text(text, str(path))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"PDB file {str(path)!r} is not a PDB text file ({e.reason})") from e
         spec = SystemSpec(name=path.stem, sequence=seq, pdb_text=text, capped=pdb_has_caps(text))
     changes: dict = {}
     if fast_implicit:
@@ -174,8 +178,8 @@ def make_spec(
         )
     if spec.histidine not in ("HIE", "HID", "HIP"):
         raise ValueError(f"unknown histidine variant {spec.histidine!r}; use HIE, HID or HIP")
-    if spec.temperature_k <= 0:
-        raise ValueError(f"temperature must be positive, got {spec.temperature_k} K")
+    checks.in_range("--temperature-k", spec.temperature_k, 0.0, 5000.0, low_open=True)
+    checks.in_range("--cutoff-nm", spec.cutoff_nm, 0.0, 100.0, low_open=True)
     return spec
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
@@ -231,6 +232,11 @@ def evaluate_run(
         weights (see :func:`evaluate_samples`).
     """
 
+    checks.positive_int("--n-eval", n_eval)
+    checks.nonnegative_int("--seed", seed)
+    checks.positive_int("--repeats", repeats)
+    checks.positive_int("--tica-lag", tica_lag)
+    checks.one_of("--reference-weights", reference_weights, ("transport", "resample", "ignore"))
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from arbg import checks
 from arbg.eval.metrics import Ensemble, backbone_torsions, resampled_score, strided_reference
 from arbg.reweight import snis
 from arbg.sampling.sampler import generate
@@ -46,8 +47,12 @@ def tune_temperature(
     """
 
     system = checkpoint.system
-    if not taus or any(t <= 0 for t in taus):
-        raise ValueError(f"taus must be positive numbers, got {taus}")
+    if not taus:
+        raise checks.ArgumentError("--taus: got no values; expected one or more numbers > 0")
+    for t in taus:
+        checks.positive_float("--taus", t)
+    checks.positive_int("--n", n)
+    checks.positive_int("--n-eval", n_eval)
     step = max(1, len(validation_positions) // n_eval)
     ref_x = validation_positions[::step][:n_eval]  # energies of the kept frames only
     ref_lw = None if validation_log_weights is None else validation_log_weights[::step][:n_eval]
