@@ -19,6 +19,7 @@ from arbg.eval.metrics import dihedrals
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
+from arbg.experiments.demo_checks import DemoNotTrained, format_summary
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.tuning import tune_temperature
 from arbg.experiments.zeroshot import add_zero_shot_parser
@@ -448,12 +449,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         plain_md=args.plain_md,
         data_weights=args.data_weights,
+        reset_schedule=args.reset_schedule,
     )
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(out, cfg)
+    try:
+        report = run_demo(out, cfg)
+    except DemoNotTrained as e:
+        print(f"arbg demo: {e}", file=sys.stderr)
+        return 3
+    summary = json.loads((report.parent / "demo_summary.json").read_text())
+    print("\n".join(["", "summary:", *format_summary(summary)]))
     print(f"report: {report.resolve()}")
+    if summary["flags"]:
+        print(
+            "arbg demo: WARNING: the result failed a check (see the summary above)", file=sys.stderr
+        )
     return 0
 
 
@@ -961,7 +973,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the shipped checkpoint and reference (under 3 minutes)",
     )
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
-    s.add_argument("--train-minutes", type=float)
+    s.add_argument(
+        "--train-minutes",
+        type=float,
+        help="training budget in minutes (default 10); a larger value on a re-run trains longer",
+    )
+    s.add_argument(
+        "--reset-schedule",
+        action="store_true",
+        help="forget the recorded training speed and schedule (demo_state.json) and the model: "
+        "re-time the machine and train from scratch",
+    )
     s.add_argument(
         "--plain-md",
         action="store_true",

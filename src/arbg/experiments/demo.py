@@ -21,8 +21,11 @@ Every stage is resumable: re-running the demo with the same output directory reu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,15 +37,23 @@ import numpy as np
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
 from arbg.chem.systems import build_system
-from arbg.data.datasets import load_dataset
+from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.evaluate import evaluate_run, load_run, md_cost_curve
 from arbg.eval.plots import plot_cost_curve
+from arbg.experiments.demo_checks import (
+    DemoNotTrained,
+    format_summary,
+    not_trained_message,
+    result_summary,
+    training_verdict,
+)
+from arbg.io import atomic_write_json
 from arbg.sampling.runs import run_sampling
 from arbg.train.trainer import TrainConfig, Trainer, train
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets" / "aldp"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "aldp"
 
 
 @dataclass
@@ -51,9 +62,13 @@ class DemoConfig:
 
     Sized for 2 CPU cores: the two MD runs (12 + 1 ns and 8 + 1 ns with the bias build) take
     about 11 minutes in parallel; training stops early (``patience`` evaluations without a
-    better val NLL) or after ``train_minutes``. With 5 ns of training data the tiny model
-    overfit after ~4 epochs (best val NLL 5.14 nats/coord at step 500 of 3,320; SNIS ESS 8 of
-    10,000), so the budget goes to data rather than to steps.
+    better val NLL) or after ``train_minutes``. The step schedule is sized by timing a few steps
+    (kept in ``demo_state.json``; ``reset_schedule`` discards it and the model, and a re-run of an
+    unfinished model re-probes and restarts when the machine is ``reprobe_speedup`` times
+    faster). A model whose best val NLL is not ``min_nll_gain`` nats/coord below the marginal
+    baseline stops the demo (:class:`arbg.experiments.demo_checks.DemoNotTrained`). With 5 ns
+    of training data the tiny model overfit after ~4 epochs (best val NLL 5.14 nats/coord at
+    step 500 of 3,320; SNIS ESS 8 of 10,000), so the budget goes to data rather than to steps.
     """
 
     quick: bool = False
@@ -71,6 +86,9 @@ class DemoConfig:
     plain_md: bool = False
     bias_build_ns: float = 1.0
     data_weights: str = "plain"
+    reset_schedule: bool = False
+    min_nll_gain: float = 0.1
+    reprobe_speedup: float = 1.5
 
 
 def shipped_assets() -> dict[str, Path]:
@@ -134,26 +152,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
             list(pool.map(_md_job, jobs))
         timings["md"] = time.time() - t
         t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
-        data = load_dataset(out / "md" / "train")
-        tcfg = TrainConfig(
-            preset="tiny",
-            max_minutes=cfg.train_minutes,
-            seed=cfg.seed,
-            data_weights=cfg.data_weights,
-            patience=cfg.patience,
-        )
-        tcfg.steps = cfg.train_steps or _steps_for_budget(data, tcfg, cfg.train_minutes, out)
-        log.info("demo: %d training steps (batch %d)", tcfg.steps, tcfg.batch_size)
-        model_dir = out / "model"
-        final = train(data, model_dir, tcfg, progress=cfg.progress)
-        checkpoint = model_dir / "best" if (model_dir / "best").exists() else final
+        checkpoint = train_stage(out, load_dataset(out / "md" / "train"), cfg)
         timings["train"] = time.time() - t
         reference = load_dataset(out / "md" / "reference")
         n_samples, n_eval = cfg.n_samples, cfg.n_eval
 
     t = _stage(f"sampling {n_samples} conformations with exact log q (tau={cfg.tau})")
     run_dir = out / "samples"
-    if (run_dir / "samples.npz").exists():
+    if _fresh(run_dir / "samples.npz", Path(checkpoint) / "model.safetensors"):
         log.info("demo: reusing samples in %s", run_dir)
     else:
         # aldp has one chiral centre, so a wrong sample is wholly mirrored: the exact "mirror"
@@ -202,37 +208,132 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     )
     timings["evaluate"] = time.time() - t
     metrics["demo_timings_s"] = timings
-    (out / "report" / "demo_timings.json").write_text(json.dumps(timings, indent=2))
+    atomic_write_json(out / "report" / "demo_timings.json", timings)
+    summary = result_summary(metrics)
+    atomic_write_json(out / "report" / "demo_summary.json", {**summary, "timings_s": timings})
+    for line in format_summary(summary):
+        (log.warning if line.startswith("WARNING") else log.info)("demo: %s", line)
     return out / "report" / "report.html"
 
 
-def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
-    """Steps that fit `minutes` on this machine, so the cosine schedule ends inside the budget.
+def train_stage(out: Path, data: Dataset, cfg: DemoConfig) -> Path:
+    """Train (or resume) the demo's model into ``out/model`` and check it; returns the checkpoint.
 
-    Timed once with a few training steps; the choice is kept in ``out/demo_state.json`` so a
-    resumed demo keeps the same schedule.
+    The step schedule fits ``cfg.train_minutes`` on this machine (:func:`_schedule`) unless
+    ``cfg.train_steps`` fixes it. After training, the best checkpoint must beat the marginal
+    baseline by ``cfg.min_nll_gain`` nats/coord (:func:`training_verdict`).
+
+    Raises
+    ------
+    DemoNotTrained
+        When it does not: the message says why and how to resume.
     """
-    import dataclasses
-    import tempfile
+    model_dir = out / "model"
+    tcfg = TrainConfig(
+        preset="tiny",
+        max_minutes=cfg.train_minutes,
+        seed=cfg.seed,
+        data_weights=cfg.data_weights,
+        patience=cfg.patience,
+    )
+    state = _read_state(out)
+    if cfg.reset_schedule:
+        _discard_model(model_dir, "--reset-schedule")
+        state = {}
+    if cfg.train_steps:
+        tcfg.steps, per_step = cfg.train_steps, state.get("seconds_per_step")
+    else:
+        per_step = _schedule(data, tcfg, cfg, state, model_dir)
+        tcfg.steps = steps_for_budget(per_step, cfg.train_minutes)
+    state.update(train_steps=tcfg.steps, train_minutes=cfg.train_minutes)
+    if per_step is not None:
+        state["seconds_per_step"] = per_step
+    atomic_write_json(out / "demo_state.json", state)
+    log.info(
+        "demo: %d training steps (batch %d)%s",
+        tcfg.steps,
+        tcfg.batch_size,
+        f", {per_step:.2f} s/step measured" if per_step else "",
+    )
+    final = train(data, model_dir, tcfg, progress=cfg.progress)
+    checkpoint = model_dir / "best" if (model_dir / "best").exists() else final
+    verdict = training_verdict(checkpoint, cfg.min_nll_gain)
+    state.update(trained_ok=verdict["ok"], verdict=verdict)
+    atomic_write_json(out / "demo_state.json", state)
+    if not verdict["ok"]:
+        raise DemoNotTrained(not_trained_message(verdict, out, cfg.train_minutes, per_step))
+    log.info("demo: the model is trained: %s", verdict["reason"])
+    return checkpoint
 
-    state_path = out / "demo_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if "train_steps" in state:
-        return int(state["train_steps"])
+
+def _fresh(path: Path, source: Path) -> bool:
+    """Whether `path` exists and is newer than `source` (samples of the current model)."""
+    return path.exists() and (not source.exists() or path.stat().st_mtime >= source.stat().st_mtime)
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / "demo_state.json"
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); delete it or use --reset-schedule"
+        ) from e
+
+
+def _discard_model(model_dir: Path, why: str) -> None:
+    if model_dir.exists():
+        log.warning("demo: %s: discarding the model in %s (training restarts)", why, model_dir)
+        shutil.rmtree(model_dir)
+
+
+def _schedule(
+    data: Dataset, tcfg: TrainConfig, cfg: DemoConfig, state: dict[str, Any], model_dir: Path
+) -> float:
+    """Seconds per training step on this machine, from ``demo_state.json`` or a probe.
+
+    The first run probes and records the speed, so a resumed demo keeps its schedule. A re-run
+    whose model did not pass its check probes again: when the machine is now more than
+    ``cfg.reprobe_speedup`` times faster (a first run on a loaded machine), the old schedule and
+    model are discarded and training restarts with the steps that fit the budget now.
+    """
+    old = state.get("seconds_per_step")
+    if old is None:
+        return probe_seconds_per_step(data, tcfg)
+    if state.get("trained_ok"):
+        return float(old)
+    new = probe_seconds_per_step(data, tcfg)
+    if new * cfg.reprobe_speedup < old:
+        log.info(
+            "demo: this machine is now %.1fx faster (%.2f s/step, was %.2f): new schedule",
+            old / new,
+            new,
+            old,
+        )
+        _discard_model(model_dir, "faster machine")
+        return new
+    return float(old)
+
+
+def steps_for_budget(seconds_per_step: float, minutes: float) -> int:
+    """Steps that fit `minutes` at `seconds_per_step` (~15% left for validation passes and
+    checkpoints), between 50 and 20,000."""
+    return int(max(50, min(20_000, 0.85 * minutes * 60.0 / seconds_per_step)))
+
+
+def probe_seconds_per_step(data: Dataset, tcfg: TrainConfig) -> float:
+    """Seconds per training step of `tcfg` on `data`, timed over 4 steps after a warm-up."""
     probe = dataclasses.replace(tcfg, eval_every=10**9, checkpoint_every=10**9, max_minutes=None)
+    log.info("demo: timing a few training steps to size the schedule")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(data, tmp, probe, progress=False)
         trainer.train_step()  # warm-up
         t0 = time.perf_counter()
         for _ in range(4):
             trainer.train_step()
-        per_step = (time.perf_counter() - t0) / 4
-    # ~15% of the budget goes to validation passes and checkpoints
-    steps = int(max(50, min(20_000, 0.85 * minutes * 60.0 / per_step)))
-    state["train_steps"] = steps
-    state["seconds_per_step"] = per_step
-    state_path.write_text(json.dumps(state, indent=2))
-    return steps
+        return (time.perf_counter() - t0) / 4
 
 
 def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] | None:
