@@ -58,7 +58,9 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
         help="ACE/NME caps (default: zwitterionic for sequences)",
     )
     p.add_argument(
-        "--forcefield",
+        "--force-field",
+        "--forcefield",  # the old spelling, still accepted
+        dest="forcefield",
         nargs="+",
         default=None,
         help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
@@ -761,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
     s.add_argument(
         "--force-field",
+        "--forcefield",
+        dest="force_field",
         choices=["fast-implicit", "amber14-obc1"],
         default="fast-implicit",
         help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "

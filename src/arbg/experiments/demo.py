@@ -38,7 +38,14 @@ from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.evaluate import evaluate_run, load_run, md_cost_curve
+from arbg.eval.evaluate import (
+    evaluate_run,
+    load_run,
+    md_cost_curve,
+    reference_energies,
+    reference_log_weights,
+)
+from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
 from arbg.eval.plots import plot_cost_curve
 from arbg.experiments.demo_checks import (
     DemoNotTrained,
@@ -48,6 +55,7 @@ from arbg.experiments.demo_checks import (
     training_verdict,
 )
 from arbg.io import atomic_write_json
+from arbg.reweight import normalize_log_weights
 from arbg.sampling.runs import run_sampling
 from arbg.train.trainer import TrainConfig, Trainer, train
 
@@ -184,7 +192,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
             plot_cost_curve(
-                path, cost["budgets"], cost["bg"], md_metrics, md_budgets=cost["md"]["budgets"]
+                path,
+                cost["budgets"],
+                cost["bg"],
+                md_metrics,
+                md_budgets=cost["md"]["budgets"],
+                floor=cost.get("floor"),
             )
             extra_figures.append(
                 (
@@ -351,7 +364,7 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
     )
     # biased MD at matched cost is reweighted with its exact frame weights
     md_lw = load_md_log_weights(md_dir) if meta.get("log_weights") else None
-    return md_cost_curve(
+    curve = md_cost_curve(
         system,
         frames,
         steps_per_frame,
@@ -362,3 +375,23 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
         budgets,
         md_log_weights=md_lw,
     )
+    curve["floor"] = cost_floor(system, reference)
+    return curve
+
+
+def cost_floor(system, reference: Dataset, n_max: int = 5000) -> dict[str, float]:
+    """E-W2 (kT) and T-W2 (rad) of the reference's first half against its second half, each
+    stride-subsampled to at most ``n_max / 2`` frames and carrying its frame weights: the floor
+    line of the cost curve."""
+    u = reference_energies(reference)
+    lw = reference_log_weights(reference)
+    half = len(reference) // 2
+    stride = max(1, (2 * half) // n_max)
+    parts = []
+    for sl in (slice(0, half, stride), slice(half, 2 * half, stride)):
+        x = reference.positions[sl]
+        w = None if lw is None else np.exp(normalize_log_weights(lw[sl]))
+        t = backbone_torsions(x, system.phi_indices, system.psi_indices)
+        parts.append((u[sl], t, w))
+    (ua, ta, wa), (ub, tb, wb) = parts
+    return {"e_w2": energy_w2(ua, ub, wa, wb), "t_w2": torsion_w2(ta, tb, wa, wb)}
