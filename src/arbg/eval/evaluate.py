@@ -285,6 +285,7 @@ def evaluate_run(
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if report:
+        log.info("evaluate: writing the report and its plots to %s", out)
         bonds = system.bonds
         write_report(
             out,
