@@ -1,6 +1,6 @@
 """Reference molecular dynamics with OpenMM, written as resumable on-disk datasets.
 
-Conventions (``../shared/reference.md``, the published corpora): Langevin "middle" integrator,
+Conventions (``docs/references.md``, the published corpora): Langevin "middle" integrator,
 1 fs step, friction 0.3/ps, no constraints, energy minimisation and 50 ps of warm-up, one frame
 per ps. Frames are stored losslessly as float32 nm in canonical atom order (never .xtc: its
 0.001 nm rounding is coarser than a bin and shifts energies by tenths of kT).

@@ -5,7 +5,7 @@ Readable inputs (:func:`load_dataset`):
 - an ``arbg md`` output directory (see :mod:`arbg.chem.md`);
 - the published single-system layout: a directory ``{name}_{T}K/`` with
   ``{name}_{T}K_{train,val,test}.npy`` ([frames, atoms, 3], nm) and ``{name}_{T}K.pdb``
-  (``../shared/reference.md``, "Published data layouts");
+  (``docs/references.md``, "Published data layouts");
 - a ``.npy`` / ``.npz`` array [frames, atoms, 3] in nm plus a PDB topology;
 - any trajectory mdtraj reads (.dcd, .h5, .nc, ...) plus a topology.
 

@@ -1,6 +1,6 @@
 """`arbg evaluate`: metrics of a sampling run against reference MD, observables, the report.
 
-Follows the published benchmark recipe (``../shared/reference.md``, "Published evaluation"):
+Follows the published benchmark recipe (``docs/references.md``, "Published evaluation"):
 E-W2 on reduced energies, T-W2 over all phi/psi with the periodic cost, TICA-W2 in a 2-D TICA
 space fitted on the reference (lag 100 frames), each for the raw proposal and the reweighted
 ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
