@@ -125,12 +125,12 @@ class TrainConfig:
         at ~4 epochs, then rising), so the demo uses it.
     """
 
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
     model_overrides: dict[str, Any] = field(default_factory=dict)
     n_bins: int | None = None
     steps: int = 1600
     batch_size: int = 32
-    optimizer: str = "muon"
+    optimizer: str = field(default="muon", metadata={"choices": ("muon", "adamw")})
     lr_adamw: float = 2e-3
     lr_muon: float = 0.02
     momentum_muon: float = 0.95
@@ -142,8 +142,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
-    frame: str = "gauge"
-    augment_rotations: bool = True
+    frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
+    augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250
@@ -152,11 +152,11 @@ class TrainConfig:
     eval_seed: int = 1234
     checkpoint_every: int = 500
     log_every: int = 10
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     margin: float = 1.1
     max_minutes: float | None = None
     stop_after_steps: int | None = None
-    data_weights: str = "plain"
+    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
     patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
