@@ -111,3 +111,22 @@ def test_summary_flags_useless_results():
     nan = result_summary(_metrics(1.0, float("nan"), float("nan")))
     assert len(nan["flags"]) == 4  # NaN metrics are never a pass
     assert np.isnan(nan["ess"])
+
+
+@pytest.mark.slow
+def test_full_demo_stops_before_sampling_an_untrained_model(tmp_path):
+    """The whole demo (short MD, 3 training steps) stops at the check: no samples, no report."""
+    from arbg.experiments.demo import run_demo
+
+    cfg = DemoConfig(
+        train_ns=0.03,
+        reference_ns=0.03,
+        bias_build_ns=0.01,
+        train_steps=3,
+        patience=None,
+        progress=False,
+    )
+    with pytest.raises(DemoNotTrained, match="marginal baseline"):
+        run_demo(tmp_path, cfg)
+    assert (tmp_path / "md" / "train" / "progress.json").exists()
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "report").exists()
