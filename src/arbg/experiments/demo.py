@@ -49,7 +49,6 @@ from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
 from arbg.eval.plots import plot_cost_curve
 from arbg.experiments.demo_checks import (
     DemoNotTrained,
-    format_summary,
     not_trained_message,
     result_summary,
     training_verdict,
@@ -224,8 +223,9 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     atomic_write_json(out / "report" / "demo_timings.json", timings)
     summary = result_summary(metrics)
     atomic_write_json(out / "report" / "demo_summary.json", {**summary, "timings_s": timings})
-    for line in format_summary(summary):
-        (log.warning if line.startswith("WARNING") else log.info)("demo: %s", line)
+    for flag in summary["flags"]:
+        log.warning("demo: %s", flag)
+    log.info("demo: summary in %s", out / "report" / "demo_summary.json")
     return out / "report" / "report.html"
 
 
