@@ -61,6 +61,7 @@ def reference_energies(dataset: Dataset) -> np.ndarray:
     """Reduced energies (kT) of every reference frame (computed once, kept on the dataset)."""
     cached = dataset.metadata.get("_energies")
     if cached is None or len(cached) != len(dataset):
+        log.info("evaluate: energies of %d reference frames (OpenMM)", len(dataset))
         cached = dataset.system.reduced_energy(dataset.positions)
         dataset.metadata["_energies"] = cached
     return cached
