@@ -385,16 +385,7 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
 
-    cfg = DemoConfig(
-        quick=args.quick,
-        seed=args.seed,
-        progress=not args.quiet,
-        plain_md=args.plain_md,
-        data_weights=args.data_weights,
-        reset_schedule=args.reset_schedule,
-    )
-    if args.train_minutes is not None:
-        cfg.train_minutes = args.train_minutes
+    cfg = config_from_args(DemoConfig, args, progress=not args.quiet)
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     try:
         report = run_demo(out, cfg)
@@ -723,38 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune_temperature)
 
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
-    s.add_argument(
-        "--quick",
-        action="store_true",
-        help="sample and evaluate the shipped checkpoint against the shipped reference "
-        "(1-3 minutes on 2 CPU cores); writes runs/demo-quick",
-    )
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
-    s.add_argument(
-        "--train-minutes",
-        type=float,
-        help="training budget in minutes (default 10); a larger value on a re-run trains longer",
-    )
-    s.add_argument(
-        "--reset-schedule",
-        action="store_true",
-        help="forget the recorded training speed and schedule (demo_state.json) and the model: "
-        "re-time the machine and train from scratch",
-    )
-    s.add_argument(
-        "--plain-md",
-        action="store_true",
-        help="unbiased MD for training and reference (default: phi-biased MD with "
-        "exact frame weights, which covers the alpha-L basin)",
-    )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="how the biased training frames' weights enter training",
-    )
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true")
+    add_config_args(s, DemoConfig, skip=("progress",))
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
 

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,30 @@ class DemoConfig:
     baseline stops the demo (:class:`arbg.experiments.demo_checks.DemoNotTrained`). With 5 ns
     of training data the tiny model overfit after ~4 epochs (best val NLL 5.14 nats/coord at
     step 500 of 3,320; SNIS ESS 8 of 10,000), so the budget goes to data rather than to steps.
+
+    Attributes
+    ----------
+    quick : sample and evaluate the shipped checkpoint against the shipped reference (no MD, no
+        training; 3,000 samples, 2,000 per W2)
+    train_ns, reference_ns : ns of production MD for training and for the reference
+    train_minutes : training budget in minutes; a larger value on a re-run trains longer
+    patience : early stopping after this many evaluations without a better val NLL
+    train_steps : fixed number of training steps (default: sized by timing this machine)
+    n_samples : proposals to sample (energy evaluations)
+    n_eval : samples per W2 in the evaluation
+    tau : sampling temperature of the model
+    chirality : policy for samples of the wrong chirality (see arbg sample)
+    seed : seed of the MD (+1, +2), training, sampling and evaluation
+    progress : progress bars
+    plain_md : unbiased MD for training and reference (default: phi-biased MD with exact frame
+        weights, which covers the alpha-L basin)
+    bias_build_ns : ns of metadynamics that build the phi bias before it is frozen
+    data_weights : how the biased training frames' weights enter training
+    reset_schedule : forget the recorded training speed and schedule (demo_state.json) and the
+        model, re-time the machine and train from scratch
+    min_nll_gain : nats/coord the best val NLL must lie below the marginal baseline
+    reprobe_speedup : a re-run of a model that failed its check starts over with a new schedule
+        when the machine is now this many times faster
     """
 
     quick: bool = False
@@ -87,12 +111,12 @@ class DemoConfig:
     n_samples: int = 10_000
     n_eval: int = 5_000
     tau: float = 1.0
-    chirality: str = "mirror"
+    chirality: str = field(default="mirror", metadata={"choices": ("mirror", "zero", "none")})
     seed: int = 0
     progress: bool = True
     plain_md: bool = False
     bias_build_ns: float = 1.0
-    data_weights: str = "plain"
+    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
     reset_schedule: bool = False
     min_nll_gain: float = 0.1
     reprobe_speedup: float = 1.5
