@@ -143,3 +143,15 @@ def test_cli_demo_exit_status_and_message(monkeypatch, tmp_path, capsys):
     argv = ["demo", "--out", str(tmp_path), "--reset-schedule", "--train-minutes", "30"]
     assert cli.main(argv) == 3
     assert "arbg demo: the model is not trained: because" in capsys.readouterr().err
+
+
+def test_plan_warns_when_the_budget_fits_too_few_steps(small_data, tmp_path, caplog):
+    from arbg.experiments.demo import plan_training
+
+    cfg = DemoConfig(train_minutes=0.02, progress=False)
+    with caplog.at_level("WARNING", logger="arbg.experiments.demo"):
+        tcfg = plan_training(tmp_path, small_data, cfg)
+    assert tcfg.steps == 50  # the floor of the schedule
+    assert "fits only" in caplog.text and "--train-minutes" in caplog.text
+    state = json.loads((tmp_path / "demo_state.json").read_text())
+    assert state["seconds_per_step"] > 0 and state["train_minutes"] == 0.02

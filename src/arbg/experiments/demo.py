@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -35,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
+from arbg.chem.md import (
+    MDConfig,
+    contiguous_splits,
+    load_md_frames,
+    load_md_log_weights,
+    run_md,
+)
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.evaluate import (
@@ -59,6 +66,10 @@ from arbg.sampling.runs import run_sampling
 from arbg.train.trainer import TrainConfig, Trainer, train
 
 log = logging.getLogger(__name__)
+
+# the tiny model's best val NLL on aldp came at ~500 steps (DemoConfig notes): fewer steps in the
+# budget get a warning before the MD starts
+MIN_USEFUL_STEPS = 500
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "aldp"
 
@@ -169,23 +180,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
         n_samples = min(cfg.n_samples, 3000)
         n_eval = min(cfg.n_eval, 2000)
     else:
-        build = None if cfg.plain_md else cfg.bias_build_ns
-        kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
-        t = _stage(
-            f"MD, {kind}: {cfg.train_ns} ns training data and {cfg.reference_ns} ns "
-            "reference (two independent runs in parallel)"
-        )
-        jobs = [
-            (str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1, build),
-            (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2, build),
-        ]
-        with ProcessPoolExecutor(2) as pool:
-            list(pool.map(_md_job, jobs))
-        timings["md"] = time.time() - t
-        t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
-        checkpoint = train_stage(out, load_dataset(out / "md" / "train"), cfg)
-        timings["train"] = time.time() - t
-        reference = load_dataset(out / "md" / "reference")
+        checkpoint, reference = _md_and_train(out, cfg, system, timings)
         n_samples, n_eval = cfg.n_samples, cfg.n_eval
 
     t = _stage(f"sampling {n_samples} conformations with exact log q (tau={cfg.tau})")
@@ -209,26 +204,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
 
     if not cfg.quick:
         t = _stage("MD at matched cost")
-        cost = _cost_curve(system, out, run_dir, reference)
-        if cost is not None:
-            path = out / "report" / "cost_curve.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
-            plot_cost_curve(
-                path,
-                cost["budgets"],
-                cost["bg"],
-                md_metrics,
-                md_budgets=cost["md"]["budgets"],
-                floor=cost.get("floor"),
-            )
-            extra_figures.append(
-                (
-                    path,
-                    "E-W2 and T-W2 against energy evaluations: the "
-                    "Boltzmann generator (SNIS) vs MD at matched cost",
-                )
-            )
+        cost = _cost_stage(system, out, run_dir, reference, extra_figures)
         timings["cost_curve"] = time.time() - t
 
     t = _stage("evaluation and report")
@@ -253,19 +229,71 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     return out / "report" / "report.html"
 
 
-def train_stage(out: Path, data: Dataset, cfg: DemoConfig) -> Path:
-    """Train (or resume) the demo's model into ``out/model`` and check it; returns the checkpoint.
+def _md_and_train(
+    out: Path, cfg: DemoConfig, system: Any, timings: dict[str, float]
+) -> tuple[Path, Dataset]:
+    """Plan the training (before the MD, so a too-small budget is reported early), run both MD
+    runs in parallel, train and check the model; returns (checkpoint, reference dataset)."""
+    t = _stage("timing training steps on this machine (shipped aldp frames)")
+    assets = shipped_assets()
+    probe = load_dataset(assets["reference"], topology=assets["topology"], system=system)
+    tcfg = plan_training(out, _every(probe, 10), cfg)
+    timings["plan"] = time.time() - t
+    build = None if cfg.plain_md else cfg.bias_build_ns
+    kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
+    t = _stage(
+        f"MD, {kind}: {cfg.train_ns} ns training data and {cfg.reference_ns} ns "
+        "reference (two independent runs in parallel)"
+    )
+    jobs = [
+        (str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1, build),
+        (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2, build),
+    ]
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_md_job, jobs))
+    timings["md"] = time.time() - t
+    t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
+    checkpoint = train_stage(out, load_dataset(out / "md" / "train"), cfg, tcfg)
+    timings["train"] = time.time() - t
+    reference = load_dataset(out / "md" / "reference")
+    return checkpoint, reference
 
-    The step schedule fits ``cfg.train_minutes`` on this machine (:func:`_schedule`) unless
-    ``cfg.train_steps`` fixes it. After training, the best checkpoint must beat the marginal
-    baseline by ``cfg.min_nll_gain`` nats/coord (:func:`training_verdict`).
 
-    Raises
-    ------
-    DemoNotTrained
-        When it does not: the message says why and how to resume.
+def _cost_stage(
+    system: Any, out: Path, run_dir: Path, reference: Dataset, figures: list[tuple[Path, str]]
+) -> dict[str, Any] | None:
+    """MD at matched cost and its plot (appended to `figures`); None without biased-MD data."""
+    cost = _cost_curve(system, out, run_dir, reference)
+    if cost is None:
+        return None
+    path = out / "report" / "cost_curve.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
+    plot_cost_curve(
+        path,
+        cost["budgets"],
+        cost["bg"],
+        md_metrics,
+        md_budgets=cost["md"]["budgets"],
+        floor=cost.get("floor"),
+    )
+    figures.append(
+        (
+            path,
+            "E-W2 and T-W2 (log scales) against energy evaluations: the Boltzmann generator "
+            "(SNIS) vs MD at matched cost; dotted: the MD-vs-MD floor",
+        )
+    )
+    return cost
+
+
+def plan_training(out: Path, probe_data: Dataset, cfg: DemoConfig) -> TrainConfig:
+    """The demo's training settings, with the step schedule for ``cfg.train_minutes``.
+
+    The speed is timed on `probe_data` (any aldp frames: the demo times before its MD, on the
+    shipped reference) or read from ``out/demo_state.json`` (:func:`_schedule`); the choice is
+    written there. Warns when fewer than :data:`MIN_USEFUL_STEPS` steps fit the budget.
     """
-    model_dir = out / "model"
     tcfg = TrainConfig(
         preset="tiny",
         max_minutes=cfg.train_minutes,
@@ -275,17 +303,51 @@ def train_stage(out: Path, data: Dataset, cfg: DemoConfig) -> Path:
     )
     state = _read_state(out)
     if cfg.reset_schedule:
-        _discard_model(model_dir, "--reset-schedule")
+        _discard_model(out / "model", "--reset-schedule")
         state = {}
     if cfg.train_steps:
         tcfg.steps, per_step = cfg.train_steps, state.get("seconds_per_step")
     else:
-        per_step = _schedule(data, tcfg, cfg, state, model_dir)
+        per_step = _schedule(probe_data, tcfg, cfg, state, out / "model")
         tcfg.steps = steps_for_budget(per_step, cfg.train_minutes)
+        fit = 0.85 * cfg.train_minutes * 60.0 / per_step
+        if fit < MIN_USEFUL_STEPS:
+            need = MIN_USEFUL_STEPS * per_step / 0.85 / 60.0
+            log.warning(
+                "demo: at %.2f s/step the %g-minute training budget fits only %d steps; the "
+                "tiny model reached its best val NLL at ~%d steps on aldp, so the model will "
+                "probably fail its check. --train-minutes %.0f fits %d steps here.",
+                per_step,
+                cfg.train_minutes,
+                int(fit),
+                MIN_USEFUL_STEPS,
+                math.ceil(need),
+                MIN_USEFUL_STEPS,
+            )
     state.update(train_steps=tcfg.steps, train_minutes=cfg.train_minutes)
     if per_step is not None:
         state["seconds_per_step"] = per_step
     atomic_write_json(out / "demo_state.json", state)
+    return tcfg
+
+
+def train_stage(out: Path, data: Dataset, cfg: DemoConfig, tcfg: TrainConfig | None = None) -> Path:
+    """Train (or resume) the demo's model into ``out/model`` and check it; returns the checkpoint.
+
+    The step schedule fits ``cfg.train_minutes`` on this machine (`tcfg` from
+    :func:`plan_training`; planned here on `data` if None) unless ``cfg.train_steps`` fixes it.
+    After training, the best checkpoint must beat the marginal baseline by ``cfg.min_nll_gain``
+    nats/coord (:func:`training_verdict`).
+
+    Raises
+    ------
+    DemoNotTrained
+        When it does not: the message says why and how to resume.
+    """
+    model_dir = out / "model"
+    tcfg = tcfg or plan_training(out, data, cfg)
+    state = _read_state(out)
+    per_step = state.get("seconds_per_step")
     log.info(
         "demo: %d training steps (batch %d)%s",
         tcfg.steps,
@@ -301,6 +363,12 @@ def train_stage(out: Path, data: Dataset, cfg: DemoConfig) -> Path:
         raise DemoNotTrained(not_trained_message(verdict, out, cfg.train_minutes, per_step))
     log.info("demo: the model is trained: %s", verdict["reason"])
     return checkpoint
+
+
+def _every(data: Dataset, k: int) -> Dataset:
+    """Every k-th frame of `data` (with its weights), split into contiguous blocks."""
+    x = data.positions[::k]
+    return Dataset(x, data.system, contiguous_splits(len(x)), {}, data.log_weights[::k])
 
 
 def _fresh(path: Path, source: Path) -> bool:
