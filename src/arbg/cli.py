@@ -21,6 +21,7 @@ from arbg.eval.metrics import dihedrals
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
+from arbg.experiments.demo_checks import DemoNotTrained, format_summary
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.tuning import tune_temperature
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
@@ -59,7 +60,9 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
         help="ACE/NME caps (default: zwitterionic for sequences)",
     )
     p.add_argument(
-        "--forcefield",
+        "--force-field",
+        "--forcefield",  # the old spelling, still accepted
+        dest="forcefield",
         nargs="+",
         default=None,
         help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
@@ -166,7 +169,6 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    from arbg.io import lock_dir
 
     with lock_dir(out, wait=args.wait):
         manifest = run_corpus(
@@ -389,21 +391,21 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
 
-    cfg = DemoConfig(
-        quick=args.quick,
-        seed=args.seed,
-        progress=not args.quiet,
-        plain_md=args.plain_md,
-        data_weights=args.data_weights,
-    )
-    if args.train_minutes is not None:
-        cfg.train_minutes = args.train_minutes
-    from arbg.io import lock_dir
-
+    cfg = config_from_args(DemoConfig, args, progress=not args.quiet)
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    with lock_dir(out, wait=args.wait):
-        report = run_demo(out, cfg)
+    try:
+        with lock_dir(out, wait=args.wait):
+            report = run_demo(out, cfg)
+    except DemoNotTrained as e:
+        print(f"arbg demo: {e}", file=sys.stderr)
+        return 3
+    summary = json.loads((report.parent / "demo_summary.json").read_text())
+    print("\n".join(["", "summary:", *format_summary(summary)]))
     print(f"report: {report.resolve()}")
+    if summary["flags"]:
+        print(
+            "arbg demo: WARNING: the result failed a check (see the summary above)", file=sys.stderr
+        )
     return 0
 
 
@@ -719,27 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune_temperature)
 
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
-    s.add_argument(
-        "--quick",
-        action="store_true",
-        help="use the shipped checkpoint and reference (under 3 minutes)",
-    )
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
-    s.add_argument("--train-minutes", type=float)
-    s.add_argument(
-        "--plain-md",
-        action="store_true",
-        help="unbiased MD for training and reference (default: phi-biased MD with "
-        "exact frame weights, which covers the alpha-L basin)",
-    )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="how the biased training frames' weights enter training",
-    )
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true")
+    add_config_args(s, DemoConfig, skip=("progress",))
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
 
@@ -784,17 +768,17 @@ def arg_checks() -> dict[str, object]:
         "batch_size bias_grid bias_residues bound_frames chunk_frames cond_heads cond_layers "
         "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
         "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers "
-        "eval_batch eval_frames log_every ns_steps stop_after_steps"
+        "eval_batch eval_frames log_every ns_steps stop_after_steps train_steps"
     ).split():
         table[dest] = pos_int
     for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed"):
         table[dest] = nonneg_int
     for dest in (
         "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
-        "lr_adamw lr_muon max_minutes ns test_ns train_minutes"
+        "lr_adamw lr_muon max_minutes ns test_ns train_minutes train_ns reference_ns"
     ).split():
         table[dest] = pos
-    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay"):
+    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay", "min_nll_gain"):
         table[dest] = nonneg
     table.update(
         bins=n_bins,
@@ -817,6 +801,7 @@ def arg_checks() -> dict[str, object]:
         min_lr_frac=_checked(c.in_range, float, 0.0, 1.0),
         momentum_muon=_checked(c.in_range, float, 0.0, 1.0, False, True),
         warmup_frac=_checked(c.in_range, float, 0.0, 1.0, False, True),
+        reprobe_speedup=_checked(c.in_range, float, 1.0, 1000.0),
     )
     return table
 

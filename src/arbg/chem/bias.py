@@ -453,6 +453,13 @@ def build_bias(
         _save_state(state_path, context, meta, done, deposit_steps, wall)
         if bar is not None:
             bar.update(n * step_fs * 1e-6)
+        else:
+            log.info(
+                "metadynamics build: %.3f of %.3f ns (%.1f s so far)",
+                done * step_fs * 1e-6,
+                total * step_fs * 1e-6,
+                wall,
+            )
     if bar is not None:
         bar.close()
     saved = dict(np.load(state_path))

@@ -1,6 +1,6 @@
 """Reference molecular dynamics with OpenMM, written as resumable on-disk datasets.
 
-Conventions (``../shared/reference.md``, the published corpora): Langevin "middle" integrator,
+Conventions (``docs/references.md``, the published corpora): Langevin "middle" integrator,
 1 fs step, friction 0.3/ps, no constraints, energy minimisation and 50 ps of warm-up, one frame
 per ps. Frames are stored losslessly as float32 nm in canonical atom order (never .xtc: its
 0.001 nm rounding is coarser than a bin and shifts energies by tenths of kT).
@@ -219,6 +219,37 @@ class SimulationError(RuntimeError):
     """MD blew up (non-finite energy or positions); the last good state stays on disk."""
 
 
+class ProgressLog:
+    """A log line every ``every_s`` seconds of wall time: ns done, ns/h and the time left.
+
+    For runs without a progress bar (worker processes, logs): ``update(frames_done)`` is cheap
+    to call after every frame.
+    """
+
+    def __init__(
+        self, name: str, n_total: int, done: int, ns_per_frame: float, every_s: float = 30.0
+    ) -> None:
+        self.name, self.n_total, self.start, self.ns_per_frame = name, n_total, done, ns_per_frame
+        self.every_s = every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and done < self.n_total:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)  # frames/s
+        left = (self.n_total - done) / rate if rate > 0 else float("inf")
+        log.info(
+            "%s: %.3f of %.3f ns (%.1f ns/h, %.1f min left)",
+            self.name,
+            done * self.ns_per_frame,
+            self.n_total * self.ns_per_frame,
+            rate * self.ns_per_frame * 3600.0,
+            left / 60.0,
+        )
+
+
 def run_md(
     system: PeptideSystem,
     out_dir: str | Path,
@@ -313,7 +344,8 @@ def _run_md(
             step_fs=config.step_fs,
             friction_per_ps=config.friction_per_ps,
             warmup_ps=config.warmup_ps,
-            segment_steps=config.chunk_frames * config.steps_per_frame,
+            # segments of at most 0.1 ns: a checkpoint and a progress line each
+            segment_steps=min(config.chunk_frames * config.steps_per_frame, 100_000),
             progress=progress,
         )
         grid = np.asarray(built.grid, dtype=np.float64)
@@ -373,6 +405,9 @@ def _run_md(
             bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
         )
     t0, frames_this_run = time.time(), 0
+    ticker = ProgressLog(
+        f"md {system.name} ({out})", n_total, done, config.frame_interval_ps / 1000.0
+    )
     while done < n_total:
         n_chunk = min(config.chunk_frames - done % config.chunk_frames, n_total - done)
         frames = np.empty((n_chunk, system.n_atoms, 3), dtype=np.float32)
@@ -383,6 +418,8 @@ def _run_md(
             _check_finite(frames[i], None, out, done + i, config)
             if bar is not None:
                 bar.update(config.frame_interval_ps / 1000.0)
+            else:
+                ticker.update(done + i + 1)
         _check_finite(frames[-1], context.getState(getEnergy=True), out, done + n_chunk, config)
         chunk_id = done // config.chunk_frames
         keep = done % config.chunk_frames  # frames of a partial chunk already on disk

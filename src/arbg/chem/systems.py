@@ -6,7 +6,7 @@ dihedral indices, the residue blocks used by the twisted SMC, and its reduced en
 ``u(x) = E(x) / kT`` (positions in nm, energies in kT) together with the energies of capped
 prefixes. OpenMM is used only inside this module and :mod:`arbg.chem.energy`.
 
-Presets follow the published benchmark conventions (``../shared/reference.md``; the paper's
+Presets follow the published benchmark conventions (``docs/references.md``; the paper's
 Appendix on datasets): ``aldp`` and ``ace-aaa-nme`` use amber99sbildn + amber99_obc, NoCutoff,
 300 K; ``aaa``, ``aaaaaa``, ``chignolin`` and any sequence by default use amber14-all +
 implicit/obc1, CutoffNonPeriodic 2 nm, 310 K. No constraints anywhere: every bond is flexible.

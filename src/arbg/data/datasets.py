@@ -5,7 +5,7 @@ Readable inputs (:func:`load_dataset`):
 - an ``arbg md`` output directory (see :mod:`arbg.chem.md`);
 - the published single-system layout: a directory ``{name}_{T}K/`` with
   ``{name}_{T}K_{train,val,test}.npy`` ([frames, atoms, 3], nm) and ``{name}_{T}K.pdb``
-  (``../shared/reference.md``, "Published data layouts");
+  (``docs/references.md``, "Published data layouts");
 - a ``.npy`` / ``.npz`` array [frames, atoms, 3] in nm plus a PDB topology;
 - any trajectory mdtraj reads (.dcd, .h5, .nc, ...) plus a topology.
 
@@ -215,7 +215,8 @@ def load_dataset(
     ----------
     path : an ``arbg md`` directory, a published-layout directory, a .npy/.npz file or a
         trajectory file.
-    topology : PDB (or other mdtraj topology) for array and trajectory files.
+    topology : PDB (or other mdtraj topology) for array and trajectory files; default: the PDB
+        with the same name beside the file (``reference.npz`` -> ``reference.pdb``).
     system : a PeptideSystem or preset name giving the force field; default: the one recorded
         by ``arbg md``, else built from the PDB with default settings.
     """
@@ -265,8 +266,14 @@ def load_dataset(
                 splits[name] = [start, start + len(arr)]
                 start += len(arr)
         return Dataset(np.concatenate(parts), sys_, splits, {"source": str(path)})
+    if topology is None and path.with_suffix(".pdb").exists() and path.suffix != ".pdb":
+        topology = path.with_suffix(".pdb")  # e.g. reference.npz + reference.pdb
+        log.info("%s: topology from %s", path, topology)
     if topology is None:
-        raise ValueError(f"{path}: a topology (PDB) is needed to read this file (--topology)")
+        raise ValueError(
+            f"{path}: a topology (PDB) is needed to read this file (--topology, or a "
+            f"{path.with_suffix('.pdb').name} beside it)"
+        )
     top_path = Path(topology)
     if not top_path.exists():
         raise FileNotFoundError(f"topology not found: {top_path}")

@@ -1,6 +1,6 @@
 """`arbg evaluate`: metrics of a sampling run against reference MD, observables, the report.
 
-Follows the published benchmark recipe (``../shared/reference.md``, "Published evaluation"):
+Follows the published benchmark recipe (``docs/references.md``, "Published evaluation"):
 E-W2 on reduced energies, T-W2 over all phi/psi with the periodic cost, TICA-W2 in a 2-D TICA
 space fitted on the reference (lag 100 frames), each for the raw proposal and the reweighted
 ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
@@ -17,6 +17,7 @@ compares the weighted halves, basin populations of the reference are weighted wi
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ def reference_energies(dataset: Dataset) -> np.ndarray:
     """Reduced energies (kT) of every reference frame (computed once, kept on the dataset)."""
     cached = dataset.metadata.get("_energies")
     if cached is None or len(cached) != len(dataset):
+        log.info("evaluate: energies of %d reference frames (OpenMM)", len(dataset))
         cached = dataset.system.reduced_energy(dataset.positions)
         dataset.metadata["_energies"] = cached
     return cached
@@ -240,15 +242,16 @@ def evaluate_run(
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")
+    run_system = (
+        build_system(SystemSpec.from_dict(spec), minimize=False) if isinstance(spec, dict) else None
+    )
     if isinstance(reference, Dataset):
         ref = reference
-    else:
-        ref = load_dataset(reference, topology=topology)
-    system = (
-        build_system(SystemSpec.from_dict(spec), minimize=False)
-        if isinstance(spec, dict)
-        else ref.system
-    )
+    elif Path(reference).is_dir() and (Path(reference) / "metadata.json").exists():
+        ref = load_dataset(reference, topology=topology)  # an arbg md run knows its system
+    else:  # frames + topology: the reference's energies use the samples' force field
+        ref = load_dataset(reference, topology=topology, system=run_system)
+    system = run_system if run_system is not None else ref.system
     positions = run["coords"].astype(np.float64)
     info = {
         k: summary[k]
@@ -298,6 +301,7 @@ def evaluate_run(
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if report:
+        log.info("evaluate: writing the report and its plots to %s", out)
         bonds = system.bonds
         write_report(
             out,
@@ -366,7 +370,15 @@ def md_cost_curve(
         "bg": {"e_w2": [], "t_w2": []},
         "md": {"budgets": [], "e_w2": [], "t_w2": []},
     }
-    for k in budgets:
+    t0 = time.perf_counter()
+    for i, k in enumerate(budgets):
+        log.info(
+            "cost curve: budget %d of %d (%d energy evaluations), %.0f s so far",
+            i + 1,
+            len(budgets),
+            k,
+            time.perf_counter() - t0,
+        )
         n_bg = int(k / evals_per_sample)
         if 2 <= n_bg <= len(positions):
             lw, _ = clip_log_weights(np.asarray(log_w_raw[:n_bg], dtype=np.float64))

@@ -4,7 +4,7 @@ For each tau in a list, draw proposals at that tau (with the exact log q of the 
 proposal), reweight them by SNIS, resample ``n_eval`` conformations and measure E-W2 + T-W2
 against the validation split (stride-subsampled to ``n_eval`` frames). The tau with the lowest sum
 wins. The paper tunes tau per system this way (1.03 for aldp, 0.88 for Chignolin;
-``../shared/reference.md``).
+``docs/references.md``).
 """
 
 from __future__ import annotations

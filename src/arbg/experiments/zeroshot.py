@@ -1,6 +1,6 @@
 """Zero-shot evaluation of a transferable checkpoint on the held-out sequences of a corpus.
 
-The paper's transferable experiment (ROBIN, §5 and Table 2 of ``../shared/seeds/arbg-paper.txt``):
+The paper's transferable experiment (ROBIN, §5 and Table 2 of ``docs/references.md``):
 a model trained on many sequences samples peptides it never saw; each sequence's proposals are
 reweighted (SNIS) against its own force field and compared with that sequence's MD. For every
 sequence of a corpus split (default ``test``), :func:`evaluate_zero_shot`

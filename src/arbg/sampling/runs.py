@@ -228,6 +228,7 @@ def _run_sampling(
         progress=progress and rank == 0,
     )
     t_e = time.perf_counter()
+    logger.info("reduced energies of %d samples (OpenMM)", len(batch))
     u = (
         np.asarray(system.reduced_energy(batch.coords), dtype=np.float64)
         if len(batch)

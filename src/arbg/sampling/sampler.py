@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,9 +135,10 @@ def _sample_chunk(
     generator: torch.Generator,
     feats: TokenFeatures,
     cache: KVCache | None,
+    tick: Callable[[float], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """bins [b, T], log_pi [b] float64 and, for a continuous head, the values [b, T] float64
-    (bin units; None otherwise)."""
+    (bin units; None otherwise). ``tick(b / T)`` after every token (progress bars)."""
     dev = _model_device(model)
     head = model.head
     bins = torch.empty(b, T, dtype=torch.long, device=dev)
@@ -158,6 +160,8 @@ def _sample_chunk(
         bins[:, j] = head.tokens(xj)[:, 0]
         if values is not None:
             values[:, j] = xj[:, 0]
+        if tick is not None:
+            tick(b / T)
     return bins, log_pi, values
 
 
@@ -229,19 +233,30 @@ def sample_bins(
 
     out_bins, out_lp, out_val = [], [], []
     cache: KVCache | None = None
-    with tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
+    # the bar moves token by token (a batch takes minutes on a loaded CPU), redrawn every 2 s
+    fmt = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(
+        total=n, disable=not progress, desc="sampling", unit="sample", bar_format=fmt, mininterval=2
+    ) as bar:
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
             if use_cache and (cache is None or cache.batch != b):
                 cache = model.new_kv_cache(b, max_T=T)
             bins, lp, val = _sample_chunk(
-                model, b, T, tau, generator, _rows(f, s, s + b), cache if use_cache else None
+                model,
+                b,
+                T,
+                tau,
+                generator,
+                _rows(f, s, s + b),
+                cache if use_cache else None,
+                tick=bar.update if progress else None,
             )
             out_bins.append(bins.cpu())
             out_lp.append(lp.cpu())
             if val is not None:
                 out_val.append(val.cpu())
-            bar.update(b)
+            bar.n = s + b  # exact count (no float drift)
     if not out_bins:
         res = (torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64))
         values = torch.empty(0, T, dtype=torch.float64) if continuous else None
@@ -409,6 +424,7 @@ def apply_chirality(
     idx = np.flatnonzero(pair)
     mirrored = all_d.copy()
     if idx.size:
+        logger.info("chirality (mirror): scoring q(-x) of %d samples (teacher-forced)", idx.size)
         xm = -x[idx]
         zm = standardization.forward(xm)
         bm, n_clip = binning.encode(zm)  # bins of -x

@@ -1,6 +1,6 @@
 """Training of the ARBG model: teacher-forced cross-entropy on binned, standardized coordinates.
 
-Recipe (the paper, ``../shared/seeds/arbg-paper.txt`` Sec. E.1, and ``../shared/reference.md``):
+Recipe (the paper, ``docs/references.md`` Sec. E.1, and ``docs/references.md``):
 Muon (lr 0.02, Nesterov momentum 0.95, 5 Newton-Schulz steps) for the 2-D weight matrices of the
 transformer blocks, AdamW (lr 2e-3, betas 0.9/0.999) for embeddings, output head and norms,
 weight decay 0.01, cosine schedule with 5% linear warm-up, gradient clipping, optional EMA and
