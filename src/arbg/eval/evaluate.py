@@ -12,6 +12,13 @@ is understood everywhere: its weights are transported into the W2 problems (or t
 resampled by weight with the seed, ``reference_weights="resample"``), the MD-vs-MD floor
 compares the weighted halves, basin populations of the reference are weighted with block
 (jackknife) standard errors, and metrics.json gives the Kish ESS of the reference weights.
+
+Which sample weights make which number: the W2 metrics keep the published clipping (the run's
+``log_w``: the largest 0.2 % of the weights dropped); populations, free-energy differences, the
+report's plots and its structures use the unbiased, unclipped self-normalised weights
+(``log_w_raw``) by default (``population_weights="unbiased"``): clipping removes the
+highest-weight conformations and biases the populations (on alanine dipeptide it doubled the
+alpha-L population). ``metrics["weights"]`` says which is which.
 """
 
 from __future__ import annotations
@@ -26,25 +33,17 @@ from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
 from arbg.eval.metrics import backbone_torsions, dihedrals, energy_w2, evaluate_ensemble, torsion_w2
-from arbg.eval.report import compute_populations, write_metrics_json, write_report
-from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
+from arbg.eval.report import compute_populations, write_metrics_json
+from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported)
+    bond_angle_triples,
+    report_context,
+    residue_labels,
+    write_run_report,
+)
+from arbg.reweight import clip_log_weights, kish_ess, multinomial_resample, normalize_log_weights
 from arbg.sampling.runs import read_run
 
 log = logging.getLogger(__name__)
-
-
-def bond_angle_triples(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
-    """[a, 3] angle triples (i, j, k) with bonds i-j and j-k, from [b, 2] bonds."""
-    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
-    for i, j in bonds:
-        neighbours[i].append(int(j))
-        neighbours[j].append(int(i))
-    out = []
-    for j, nb in enumerate(neighbours):
-        for a in range(len(nb)):
-            for b in range(a + 1, len(nb)):
-                out.append((nb[a], j, nb[b]))
-    return np.array(out, dtype=np.int64).reshape(-1, 3)
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -87,8 +86,15 @@ def evaluate_samples(
     floor: bool = True,
     info: dict[str, Any] | None = None,
     reference_weights: str = "transport",
+    log_w_raw: np.ndarray | None = None,
+    population_weights: str = "unbiased",
 ) -> dict[str, Any]:
     """Metrics of samples (canonical order, nm) with normalised log-weights against `reference`.
+
+    ``log_w`` [N] are the (clipped) weights of the W2 metrics, ``log_w_raw`` [N] the unclipped
+    log-weights. ``population_weights``: which weights make the basin populations and free-energy
+    differences, ``"unbiased"`` (default: ``log_w_raw``; ``log_w`` when it is not given) or
+    ``"clipped"`` (``log_w``, the behaviour before issue 17).
 
     ``reference_weights``: how the reference's frame weights enter, ``"transport"`` (default),
     ``"resample"`` (by weight, seeded) or ``"ignore"`` (treat the frames as equilibrium MD);
@@ -123,7 +129,10 @@ def evaluate_samples(
         ref_log_weights=ref_lw,
         ref_weight_mode="resample" if reference_weights == "resample" else "transport",
     )
-    weights = np.exp(log_w)
+    pop_lw, metrics["weights"] = population_log_weights(log_w, log_w_raw, population_weights)
+    if log_w_raw is not None:
+        metrics["ess_unbiased"] = float(kish_ess(np.asarray(log_w_raw, dtype=np.float64)))
+    weights = np.exp(pop_lw)
     ref_weights = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw))
     metrics["populations"] = compute_populations(
         ref_x,
@@ -131,11 +140,34 @@ def evaluate_samples(
         weights,
         system.phi_indices,
         system.psi_indices,
-        residue_labels=_residue_labels(system),
+        residue_labels=residue_labels(system),
         ref_weights=ref_weights,
     )
     metrics["basin_table"] = basin_table(system, ref_x, positions, weights, ref_weights=ref_weights)
     return metrics
+
+
+def population_log_weights(
+    log_w: np.ndarray, log_w_raw: np.ndarray | None, mode: str = "unbiased"
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Normalised log-weights [N] for populations and dF, and a description of the weights.
+
+    ``mode``: ``"unbiased"`` uses ``log_w_raw`` (unclipped; falls back to ``log_w`` with a
+    warning when it is None), ``"clipped"`` uses ``log_w``.
+    """
+    if mode not in ("unbiased", "clipped"):
+        raise ValueError(f"population_weights must be 'unbiased' or 'clipped', got {mode!r}")
+    w2 = "the clipped weights (published recipe: the largest 0.2 % of the weights dropped)"
+    if mode == "unbiased" and log_w_raw is None:
+        log.warning("no unclipped log-weights (log_w_raw): populations use the clipped weights")
+        mode = "clipped"
+    if mode == "unbiased":
+        lw = normalize_log_weights(np.asarray(log_w_raw, dtype=np.float64))
+        what = "the unbiased (unclipped) self-normalised importance weights"
+    else:
+        lw = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
+        what = "the clipped weights (as the W2 metrics)"
+    return lw, {"w2_metrics": w2, "populations": what, "population_weights": mode}
 
 
 def reference_log_weights(reference: Dataset, mode: str = "transport") -> np.ndarray | None:
@@ -162,7 +194,7 @@ def basin_table(
     reweighted ensemble (delta-method SE)."""
 
     rows = []
-    labels = _residue_labels(system)
+    labels = residue_labels(system)
     n = min(len(system.phi_indices), len(system.psi_indices))
     for r in range(n):
         phi_i, psi_i = system.phi_indices[r : r + 1], system.psi_indices[r : r + 1]
@@ -190,10 +222,6 @@ def basin_table(
     return rows
 
 
-def _residue_labels(system: PeptideSystem) -> list[str]:
-    return [f"{name}{i + 1}" for i, name in enumerate(system.block_resnames)]
-
-
 def evaluate_run(
     run_dir: str | Path,
     reference: str | Path | Dataset,
@@ -209,8 +237,11 @@ def evaluate_run(
     extra_figures: list[tuple[Path, str]] | None = None,
     extra_metrics: dict[str, Any] | None = None,
     reference_weights: str = "transport",
+    population_weights: str = "unbiased",
+    viewer: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate an ``arbg sample`` run against reference MD; write metrics.json and the report.
+    """Evaluate an ``arbg sample`` or ``arbg smc`` run against reference MD; write metrics.json
+    and the report.
 
     Parameters
     ----------
@@ -220,6 +251,9 @@ def evaluate_run(
     out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
     reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
         weights (see :func:`evaluate_samples`).
+    population_weights : ``"unbiased"`` (default) or ``"clipped"`` weights for the populations,
+        free-energy differences, plots and structures (see :func:`evaluate_samples`).
+    viewer : include the interactive 3-D view of representative conformations in the report.
     """
 
     run = load_run(run_dir)
@@ -262,6 +296,8 @@ def evaluate_run(
         tica_lag=tica_lag,
         info=info,
         reference_weights=reference_weights,
+        log_w_raw=run.get("log_w_raw"),
+        population_weights=population_weights,
     )
     ref_lw = reference_log_weights(ref, reference_weights)
     metrics["reference"] = {
@@ -283,28 +319,23 @@ def evaluate_run(
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if report:
-        bonds = system.bonds
-        write_report(
+        pop_lw, _ = population_log_weights(run["log_w"], run.get("log_w_raw"), population_weights)
+        write_run_report(
             out,
-            reference_positions=ref.positions,
-            reference_energies=reference_energies(ref),
-            proposal_positions=positions,
-            proposal_energies=run["u"],
-            log_weights=run["log_w"],
-            reference_log_weights=ref_lw,
-            metrics=metrics,
-            phi_indices=system.phi_indices,
-            psi_indices=system.psi_indices,
-            omega_indices=system.omega_indices,
-            backbone_indices=system.backbone_heavy_indices,
-            bonds=bonds,
-            angles=bond_angle_triples(bonds, system.n_atoms),
-            residue_labels=_residue_labels(system),
-            populations=metrics.get("populations"),
-            tica_lag=tica_lag,
+            system,
+            ref.positions,
+            reference_energies(ref),
+            ref_lw,
+            positions,
+            run["u"],
+            pop_lw,
+            metrics,
+            context=report_context(summary, system),
             title=title or f"arbg report: {system.name}",
+            tica_lag=tica_lag,
             seed=seed,
             extra_figures=extra_figures or (),
+            viewer=viewer,
         )
     else:
         write_metrics_json(out / "metrics.json", metrics)

@@ -42,7 +42,7 @@ from arbg.train.trainer import TrainConfig, Trainer, train
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets" / "aldp"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "aldp"
 
 
 @dataclass
