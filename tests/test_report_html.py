@@ -161,3 +161,119 @@ def test_superpose_and_representatives(aldp):
         assert mine == list(members[np.argsort(-lw[members])][:3])
     pops = [r["basin_population"] for r in reps]
     assert pops == sorted(pops, reverse=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the report in a real headless browser
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--hide-scrollbars",
+    "--window-size=1300,2600",
+    "--virtual-time-budget=20000",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed with apt-get where missing (as root), else the test skips."""
+    import os
+    import shutil
+    import subprocess
+
+    for name in ("chromium", "chromium-browser"):
+        if found := shutil.which(name):
+            return found
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        pytest.skip(
+            "no chromium on PATH and no root apt-get to install it (apt-get install chromium)"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(
+            ["apt-get", "update", "-qq"], env=env, check=True, capture_output=True, timeout=600
+        )
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=1200,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        pytest.skip(f"chromium missing and `apt-get install chromium` failed: {err}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("`apt-get install chromium` ran but no chromium is on PATH")
+    return found
+
+
+def _browse(chromium: str, url: str, *extra: str) -> tuple[str, str]:
+    import subprocess
+
+    out = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, *extra, url], capture_output=True, text=True, timeout=180
+    )
+    return out.stdout, out.stderr
+
+
+def _console_errors(stderr: str) -> list[str]:
+    lines = [ln for ln in stderr.splitlines() if ":CONSOLE" in ln]
+    return [ln for ln in lines if re.search(r"error|uncaught|failed", ln, re.IGNORECASE)]
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(evaluated, tmp_path):
+    """Screenshot of report.html in headless chromium: the viewer's canvas shows the coloured
+    atoms, the page logs no console errors (about 10 s: two browser runs)."""
+    import matplotlib.image
+
+    chromium = _chromium()
+    system, reference, x, u, log_w_raw, clipped = evaluated
+    metrics = evaluate_samples(
+        system, x, u, clipped, reference, n_eval=100, tica_lag=5, seed=1, log_w_raw=log_w_raw
+    )
+    pop_lw, _ = population_log_weights(clipped, log_w_raw)
+    summary = {"system_spec": system.spec.to_dict(), "n_samples": 200, "energy_evaluations": 200}
+    path = write_run_report(
+        tmp_path,
+        system,
+        reference.positions,
+        system.reduced_energy(reference.positions),
+        None,
+        x,
+        u,
+        pop_lw,
+        metrics,
+        context=report_context(summary, system),
+        title="aldp report in a browser",
+        tica_lag=5,
+        seed=0,
+        extra_figures=(),
+        viewer=True,
+    )
+    dom, err = _browse(chromium, path.as_uri() + "#selftest", "--dump-dom")
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, f"no DOM from chromium: {err[-2000:]}"
+    attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
+    assert attrs.get("data-viewer") == "ready", attrs
+    assert "data-console-errors" not in attrs, attrs["data-console-errors"]
+    assert int(attrs["data-viewer-pixels"]) > 2000  # the viewer's WebGL image is not blank
+    assert not _console_errors(err), _console_errors(err)
+    shot = tmp_path / "report.png"
+    _, err = _browse(chromium, path.as_uri(), f"--screenshot={shot}")
+    assert not _console_errors(err), _console_errors(err)
+    img = matplotlib.image.imread(shot)[..., :3]
+    left, top, width, height = (int(v) for v in attrs["data-viewer-rect"].split(","))
+    view = img[top + 40 : top + height, left : left + width]  # below the title line
+    assert view.shape[0] > 300 and view.shape[1] > 300
+    red = (view[..., 0] > 0.8) & (view[..., 1] < 0.35) & (view[..., 2] < 0.35)  # oxygen
+    blue = (view[..., 2] > 0.8) & (view[..., 0] < 0.45)  # nitrogen
+    dark = view.max(-1) < 0.7  # bonds and carbons
+    assert red.sum() > 20 and blue.sum() > 20 and dark.sum() > 500
+    summary_area = img[:top]
+    assert (summary_area.max(-1) < 0.5).sum() > 5000  # text of the summary and the tables

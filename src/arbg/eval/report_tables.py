@@ -209,8 +209,10 @@ def populations_table_html(
                 cells.append("-" if v is None else f"{v:.4f}")
             for e in names:
                 d = ensembles[e]["dF"][b]
-                if d["dF"] == 0.0 and d["se"] == 0.0:
+                if d.get("reference") == b:
                     cells.append("0 (reference basin)")
+                elif not math.isfinite(d["dF"]):
+                    cells.append("- (empty basin)")
                 else:
                     cells.append(
                         f"{fmt(d['dF'], 3)} [{fmt(d['ci_low'], 3)}, {fmt(d['ci_high'], 3)}]"

@@ -298,7 +298,9 @@ _LOADER_JS = """
   }
   function selftest(){
     if (location.hash !== "#selftest") return;
-    div.scrollIntoView();
+    var r = div.getBoundingClientRect();
+    document.body.setAttribute("data-viewer-rect", [r.left + window.scrollX,
+      r.top + window.scrollY, r.width, r.height].map(Math.round).join(","));
     Plotly.toImage(div, {format: "png", width: 500, height: 400}).then(function(url){
       var img = new Image();
       img.onload = function(){
