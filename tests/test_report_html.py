@@ -277,3 +277,28 @@ def test_report_in_headless_chromium(evaluated, tmp_path):
     assert red.sum() > 20 and blue.sum() > 20 and dark.sum() > 500
     summary_area = img[:top]
     assert (summary_area.max(-1) < 0.5).sum() > 5000  # text of the summary and the tables
+
+
+def test_report_of_an_smc_run(tmp_path):
+    """`arbg evaluate` on an `arbg smc` run directory: the same report, the SMC facts in the
+    summary (a briefly trained tiny model on ace-aaa-nme, a jittered synthetic reference)."""
+    from test_smc_peptide import NOISE_NM, _trained_parts
+
+    from arbg.chem.systems import build_system
+    from arbg.eval.evaluate import evaluate_run
+    from arbg.sampling.runs import run_smc
+
+    system = build_system("ace-aaa-nme")
+    parts = _trained_parts(system, steps=60)
+    run_smc(parts, tmp_path / "smc", n_particles=24, seed=3, repeats=2, early_reject_kt=100.0)
+    rng = np.random.default_rng(5)
+    ref_x = system.positions[None] + NOISE_NM * rng.standard_normal((200, system.n_atoms, 3))
+    reference = Dataset(ref_x, system, {"test": [0, 200]}, {"source": "jitter"}, np.zeros(200))
+    metrics = evaluate_run(tmp_path / "smc", reference, n_eval=40, tica_lag=2)
+    text = (tmp_path / "smc" / "report" / "report.html").read_text()
+    assert "twisted SMC (arbg smc)" in text and "partial (prefix) evaluations" in text
+    assert "24 x 2" in text and "Sampled structures" in text
+    assert "{'" not in text and "&#x27;" not in text
+    assert metrics["weights"]["population_weights"] == "unbiased"
+    for res in ("ALA1", "ALA2", "ALA3"):
+        assert f"<h3>{res}</h3>" in text
