@@ -813,10 +813,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--population-weights",
-        choices=["unbiased", "clipped"],
+        choices=["unbiased", "psis", "clipped"],
         default="unbiased",
         help="weights of the basin populations, free-energy differences, plots and structures: "
-        "the unbiased unclipped ones (default) or the clipped ones of the W2 metrics",
+        "the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the clipped ones of "
+        "the W2 metrics",
     )
     s.add_argument(
         "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"

@@ -40,7 +40,13 @@ from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported
     residue_labels,
     write_run_report,
 )
-from arbg.reweight import clip_log_weights, kish_ess, multinomial_resample, normalize_log_weights
+from arbg.reweight import (
+    clip_log_weights,
+    kish_ess,
+    multinomial_resample,
+    normalize_log_weights,
+    psis,
+)
 from arbg.sampling.runs import read_run
 
 log = logging.getLogger(__name__)
@@ -93,8 +99,9 @@ def evaluate_samples(
 
     ``log_w`` [N] are the (clipped) weights of the W2 metrics, ``log_w_raw`` [N] the unclipped
     log-weights. ``population_weights``: which weights make the basin populations and free-energy
-    differences, ``"unbiased"`` (default: ``log_w_raw``; ``log_w`` when it is not given) or
-    ``"clipped"`` (``log_w``, the behaviour before issue 17).
+    differences, ``"unbiased"`` (default: ``log_w_raw``; ``log_w`` when it is not given),
+    ``"psis"`` (Pareto-smoothed ``log_w_raw``) or ``"clipped"`` (``log_w``, the behaviour
+    before issue 17).
 
     ``reference_weights``: how the reference's frame weights enter, ``"transport"`` (default),
     ``"resample"`` (by weight, seeded) or ``"ignore"`` (treat the frames as equilibrium MD);
@@ -153,14 +160,24 @@ def population_log_weights(
     """Normalised log-weights [N] for populations and dF, and a description of the weights.
 
     ``mode``: ``"unbiased"`` uses ``log_w_raw`` (unclipped; falls back to ``log_w`` with a
-    warning when it is None), ``"clipped"`` uses ``log_w``.
+    warning when it is None), ``"clipped"`` uses ``log_w``, ``"psis"`` the Pareto-smoothed
+    ``log_w_raw`` (:func:`arbg.reweight.psis`).
     """
-    if mode not in ("unbiased", "clipped"):
-        raise ValueError(f"population_weights must be 'unbiased' or 'clipped', got {mode!r}")
+    if mode not in ("unbiased", "clipped", "psis"):
+        raise ValueError(
+            f"population_weights must be 'unbiased', 'clipped' or 'psis', got {mode!r}"
+        )
     w2 = "the clipped weights (published recipe: the largest 0.2 % of the weights dropped)"
-    if mode == "unbiased" and log_w_raw is None:
+    if mode != "clipped" and log_w_raw is None:
         log.warning("no unclipped log-weights (log_w_raw): populations use the clipped weights")
         mode = "clipped"
+    if mode == "psis":
+        res = psis(np.asarray(log_w_raw, dtype=np.float64))
+        what = (
+            "Pareto-smoothed importance weights (PSIS, Vehtari et al.; tail shape k = "
+            f"{res.pareto_k:.2f}{', above 0.7: unreliable' if res.pareto_k > 0.7 else ''})"
+        )
+        return res.log_w, {"w2_metrics": w2, "populations": what, "population_weights": mode}
     if mode == "unbiased":
         lw = normalize_log_weights(np.asarray(log_w_raw, dtype=np.float64))
         what = "the unbiased (unclipped) self-normalised importance weights"
