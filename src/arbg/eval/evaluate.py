@@ -139,6 +139,7 @@ def evaluate_samples(
     pop_lw, metrics["weights"] = population_log_weights(log_w, log_w_raw, population_weights)
     if log_w_raw is not None:
         metrics["ess_unbiased"] = float(kish_ess(np.asarray(log_w_raw, dtype=np.float64)))
+        metrics["pareto_k"] = psis(np.asarray(log_w_raw, dtype=np.float64)).pareto_k
     weights = np.exp(pop_lw)
     ref_weights = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw))
     metrics["populations"] = compute_populations(

@@ -131,6 +131,16 @@ def _efficiency_sentence(metrics: Mapping[str, Any], md_budget: int | None) -> s
         if ess_u is not None:
             txt += f", {fmt(ess_u, 4)} with the unbiased (unclipped) weights"
         out.append(txt + ".")
+    k = metrics.get("pareto_k")
+    if k is not None and math.isfinite(k):
+        verdict = (
+            "below 0.5: reliable"
+            if k < 0.5
+            else "0.5-0.7: usable"
+            if k <= 0.7
+            else "above 0.7: the importance-sampling estimates are unreliable"
+        )
+        out.append(f"Pareto k of the weight tail (PSIS diagnostic): {fmt(k, 2)} ({verdict}).")
     if uniq is not None:
         out.append(
             f"Resampling {metrics.get('n_eval')} conformations by weight gives "
