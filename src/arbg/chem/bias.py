@@ -30,7 +30,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,11 @@ class BiasConfig:
     variables: str = "phi"
     residues: tuple[int, ...] | None = None
     build_ns: float = 1.0
-    bias_factor: float = 10.0
+    bias_factor: float = field(default=10.0, metadata={"flag": "--bias-factor"})
     height_kt: float = 0.5
     width_deg: float = 20.0
     deposit_ps: float = 0.5
-    grid_points: int | None = None
+    grid_points: int | None = field(default=None, metadata={"flag": "--bias-grid"})
 
     def __post_init__(self) -> None:
         if self.variables not in BIAS_VARIABLES:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,21 +69,37 @@ LOG_WEIGHTS_DEFINITION = (
 
 @dataclass(frozen=True)
 class MDConfig:
-    """Settings of a reference MD run (times in ps, friction in 1/ps).
+    """Settings of a reference MD run (Langevin middle integrator, no constraints).
 
-    ``temperature_k`` is the sampling temperature of the data (None = the system's); ``bias``
-    turns on the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`). ``ns`` is the
-    production length (the bias build phase comes on top).
+    Attributes
+    ----------
+    ns : production length in ns (a bias build phase comes on top).
+    step_fs : integration time step in fs.
+    friction_per_ps : Langevin friction in 1/ps.
+    frame_interval_ps : time between saved frames in ps.
+    warmup_ps : unsaved equilibration before production in ps.
+    seed : seed of the velocities and the Langevin noise.
+    chunk_frames : frames per resumable chunk (one atomic commit each).
+    temperature_k : sampling temperature of the data in K (heated data; default: the
+        system's); frames then get log-weights -(1/kT_target - 1/kT_sampling) E.
+    bias : the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`), or None.
     """
 
     ns: float = 1.0
     step_fs: float = 1.0
-    friction_per_ps: float = 0.3
+    friction_per_ps: float = field(default=0.3, metadata={"flag": "--friction"})
     frame_interval_ps: float = 1.0
     warmup_ps: float = 50.0
     seed: int = 0
     chunk_frames: int = 1000
-    temperature_k: float | None = None  # sampling temperature of the data; None = system's
+    temperature_k: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--sampling-temperature-k",
+            "aliases": ("--md-temperature-k",),
+            "dest": "md_temperature_k",
+        },
+    )
     bias: BiasConfig | None = None
 
     @property

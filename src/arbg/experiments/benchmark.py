@@ -81,7 +81,7 @@ class BenchmarkConfig(BudgetConfig):
 
     heads: list[str] = field(default_factory=lambda: ["bins", "mol", "gmm", "givt"])
     taus: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
-    tune_heads: list[str] | None = None
+    tune_heads: list[str] | None = field(default=None, metadata={"nargs": "*"})
     tune_n: int = 2000
     tune_n_eval: int = 1000
     md_steps_per_frame: int | None = None

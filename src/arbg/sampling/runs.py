@@ -30,6 +30,7 @@ from arbg.sampling.sampler import ProposalState, TransformerProposal, generate, 
 from arbg.sampling.smc import SMCRepeats, twisted_smc
 from arbg.sampling.targets import wrong_chirality
 from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
@@ -81,14 +82,6 @@ def _save_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
 
 
 def run_sampling(
@@ -151,7 +144,7 @@ def run_sampling(
     if system is None:
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
     out = Path(out_dir)
-    rank, world = _dist()
+    rank, world = rank_and_world_size()
     seeds = [int(seed) + r for r in range(world)]
     old = read_run(out)
     if old is not None:
