@@ -263,6 +263,8 @@ def test_report_in_headless_chromium(evaluated, tmp_path):
     assert attrs.get("data-viewer") == "ready", attrs
     assert "data-console-errors" not in attrs, attrs["data-console-errors"]
     assert int(attrs["data-viewer-pixels"]) > 2000  # the viewer's WebGL image is not blank
+    # "next" steps to the second conformation (its caption in the scene's title)
+    assert attrs["data-viewer-step"].startswith("1: ") and "#2" in attrs["data-viewer-step"]
     assert not _console_errors(err), _console_errors(err)
     shot = tmp_path / "report.png"
     _, err = _browse(chromium, path.as_uri(), f"--screenshot={shot}")

@@ -293,8 +293,9 @@ _LOADER_JS = """
     current = (k + fig.steps.length) %% fig.steps.length;
     sel.value = String(current);
     var s = fig.steps[current];
-    Plotly.restyle(div, {x: s.x, y: s.y, z: s.z}, [2, 3]);
-    Plotly.relayout(div, {"title.text": fig.captions[current]});
+    return Plotly.restyle(div, {x: s.x, y: s.y, z: s.z}, [2, 3]).then(function(){
+      return Plotly.relayout(div, {"title.text": fig.captions[current]});
+    });
   }
   function selftest(){
     if (location.hash !== "#selftest") return;
@@ -312,6 +313,11 @@ _LOADER_JS = """
           if (d[i] < 235 || d[i + 1] < 235 || d[i + 2] < 235) n++;
         }
         document.body.setAttribute("data-viewer-pixels", String(n));
+        document.getElementById("arbg-viewer-next").click();
+        setTimeout(function(){
+          document.body.setAttribute("data-viewer-step",
+            String(current) + ": " + div.layout.title.text);
+        }, 500);
       };
       img.src = url;
     });
