@@ -45,7 +45,11 @@ def fmt(value: Any, digits: int = 4) -> str:
         return "yes" if value else "no"
     if isinstance(value, float | np.floating):
         v = float(value)
-        return str(v) if not math.isfinite(v) else f"{v:.{digits}g}"
+        if not math.isfinite(v):
+            return str(v)
+        if 10**digits <= abs(v) < 1e12:
+            return f"{v:.0f}"  # 20484, not 2.048e+04
+        return f"{v:.{digits}g}"
     if isinstance(value, int | np.integer):
         return str(int(value))
     return esc(value)
