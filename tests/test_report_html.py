@@ -304,3 +304,26 @@ def test_report_of_an_smc_run(tmp_path):
     assert metrics["weights"]["population_weights"] == "unbiased"
     for res in ("ALA1", "ALA2", "ALA3"):
         assert f"<h3>{res}</h3>" in text
+
+
+def test_reference_energies_use_the_runs_force_field(aldp, tmp_path):
+    """A reference read with a PDB topology carries the default force field (amber14, 310 K);
+    E-W2 must use the run's energy function for both sides."""
+    from arbg.chem.systems import system_from_pdb
+    from arbg.eval.evaluate import reference_energies
+
+    aldp.save_pdb(tmp_path / "aldp.pdb")
+    other = system_from_pdb(tmp_path / "aldp.pdb")
+    assert other.spec.forcefield != aldp.spec.forcefield
+    x = _frames(aldp, 400, np.random.default_rng(2))
+    reference = Dataset(x, other, {"test": [0, 400]}, {"source": "pdb"}, np.zeros(400))
+    np.testing.assert_allclose(reference_energies(reference, aldp), aldp.reduced_energy(x))
+    assert not np.allclose(reference_energies(reference), aldp.reduced_energy(x), atol=1.0)
+    u = aldp.reduced_energy(x)
+    same = Dataset(x, aldp, {"test": [0, 400]}, {"source": "aldp"}, np.zeros(400))
+    kw = {"n_eval": 100, "tica_lag": 5, "seed": 0}
+    m = evaluate_samples(aldp, x, u, np.zeros(400), reference, **kw)
+    m_same = evaluate_samples(aldp, x, u, np.zeros(400), same, **kw)
+    for ens in ("proposal", "md_floor"):
+        e = m["metrics"][ens]["e_w2"]["mean"]
+        assert e == pytest.approx(m_same["metrics"][ens]["e_w2"]["mean"], rel=1e-12)

@@ -23,6 +23,7 @@ alpha-L population). ``metrics["weights"]`` says which is which.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -61,12 +62,31 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {**run["arrays"], "summary": run["summary"]}
 
 
-def reference_energies(dataset: Dataset) -> np.ndarray:
-    """Reduced energies (kT) of every reference frame (computed once, kept on the dataset)."""
-    cached = dataset.metadata.get("_energies")
+def reference_energies(dataset: Dataset, system: PeptideSystem | None = None) -> np.ndarray:
+    """Reduced energies (kT) of every reference frame under ``system`` (the samples' target;
+    default the dataset's own system), computed once per force field and temperature and kept
+    on the dataset.
+
+    A reference read from a PDB topology gets the default force field and temperature, not the
+    run's: its energies must come from the run's system, or E-W2 compares two different
+    energy functions.
+    """
+    system = system or dataset.system
+    spec = {k: v for k, v in system.spec.to_dict().items() if k not in ("name", "pdb_text")}
+    key = json.dumps(spec, sort_keys=True)
+    cache = dataset.metadata.setdefault("_energies_by_system", {})
+    cached = cache.get(key)
     if cached is None or len(cached) != len(dataset):
-        cached = dataset.system.reduced_energy(dataset.positions)
-        dataset.metadata["_energies"] = cached
+        if system is not dataset.system and spec != {
+            k: v for k, v in dataset.system.spec.to_dict().items() if k not in ("name", "pdb_text")
+        }:
+            log.info(
+                "reference energies with the run's force field (%s, %s K), not the reference's",
+                ", ".join(spec["forcefield"]),
+                spec["temperature_k"],
+            )
+        cached = system.reduced_energy(dataset.positions)
+        cache[key] = cached
     return cached
 
 
@@ -113,7 +133,7 @@ def evaluate_samples(
 
     _check_same_system(system, reference.system)
     ref_x = reference.positions
-    ref_u = reference_energies(reference)
+    ref_u = reference_energies(reference, system)
     n_eval = min(n_eval, len(ref_x) // (2 if floor else 1))
     log_w = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
     ref_lw = reference_log_weights(reference, reference_weights)
@@ -342,7 +362,7 @@ def evaluate_run(
             out,
             system,
             ref.positions,
-            reference_energies(ref),
+            reference_energies(ref, system),
             ref_lw,
             positions,
             run["u"],
@@ -388,7 +408,7 @@ def md_cost_curve(
     """
 
     rng = np.random.default_rng(seed)
-    ref_u = reference_energies(reference)
+    ref_u = reference_energies(reference, system)
     stride = max(1, len(reference) // n_max)
     ref_t = backbone_torsions(reference.positions[::stride], system.phi_indices, system.psi_indices)
     ref_u_s = ref_u[::stride]
