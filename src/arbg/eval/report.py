@@ -1,12 +1,14 @@
 """The evaluation report: PNG plots, ``metrics.json`` and one self-contained HTML file.
 
 ``write_report`` draws the plots of :mod:`arbg.eval.plots` (energy histograms, Ramachandran plots
-per
-residue, TICA free-energy surfaces, log-weight distribution, bond/angle distributions), embeds
-them as base64 PNGs in ``report.html`` beside a metrics table (from
-:func:`arbg.eval.metrics.evaluate_ensemble`) and the Ramachandran basin populations with free-energy
-differences. The reweighted ensemble is shown as the proposal weighted by its importance
-weights (no resampling noise).
+per residue, TICA free-energy surfaces, log-weight distribution, bond/angle distributions) and
+writes ``report.html``, in order: a summary block (system, force field, temperature, what was
+run, W2 against the MD floor and MD at matched cost, ESS, one verdict per metric), the
+interactive 3-D structures (:mod:`arbg.eval.viewer`), the basin populations and free-energy
+differences per residue, the W2 table, MD at matched cost, the plots (base64 PNGs) and every
+other result as key/value rows (:mod:`arbg.eval.report_tables`, :mod:`arbg.eval.htmlkit`). The
+page needs no network. The reweighted ensemble is shown as the proposal weighted by its
+importance weights (no resampling noise).
 """
 
 from __future__ import annotations
