@@ -338,20 +338,7 @@ def evaluate_run(
         population_weights=population_weights,
     )
     ref_lw = reference_log_weights(ref, reference_weights)
-    metrics["reference"] = {
-        "source": str(
-            reference
-            if not isinstance(reference, Dataset)
-            else reference.metadata.get("source", "dataset")
-        ),
-        "n_frames": len(ref),
-        "weighted": ref_lw is not None,
-        "weights": reference_weights if ref.weighted else None,
-        "kish_ess": ref.kish_ess() if ref_lw is not None else float(len(ref)),
-        "sampling_temperature_k": ref.metadata.get("sampling_temperature_k"),
-        "target_temperature_k": ref.metadata.get("target_temperature_k"),
-        "biased": bool(ref.metadata.get("bias")),
-    }
+    metrics["reference"] = _reference_info(reference, ref, ref_lw, reference_weights)
     if extra_metrics:
         metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
@@ -378,6 +365,24 @@ def evaluate_run(
     else:
         write_metrics_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _reference_info(
+    source: Any, ref: Dataset, ref_lw: np.ndarray | None, mode: str
+) -> dict[str, Any]:
+    """What the report says about the reference: source, frames, weights and their ESS."""
+    return {
+        "source": str(
+            source if not isinstance(source, Dataset) else source.metadata.get("source", "dataset")
+        ),
+        "n_frames": len(ref),
+        "weighted": ref_lw is not None,
+        "weights": mode if ref.weighted else None,
+        "kish_ess": ref.kish_ess() if ref_lw is not None else float(len(ref)),
+        "sampling_temperature_k": ref.metadata.get("sampling_temperature_k"),
+        "target_temperature_k": ref.metadata.get("target_temperature_k"),
+        "biased": bool(ref.metadata.get("bias")),
+    }
 
 
 def md_cost_curve(

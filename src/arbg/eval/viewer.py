@@ -178,6 +178,34 @@ def _atoms(xyz: np.ndarray) -> dict[str, list[float]]:
     return {ax: [round(float(v), 3) for v in xyz[:, d]] for d, ax in enumerate("xyz")}
 
 
+def _traces(
+    ref: np.ndarray,
+    conf: np.ndarray,
+    bonds: np.ndarray,
+    elements: np.ndarray,
+    atom_names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The four scene traces: reference bonds and atoms (grey), the conformation's bonds and
+    atoms (element colours); coordinates [n, 3] as displayed (Angstrom)."""
+    style = [ELEMENTS.get(int(z), OTHER) for z in elements]
+    text = [f"{name} ({s[0]})" for name, s in zip(atom_names, style, strict=True)]
+    line = {"mode": "lines", "type": "scatter3d", "hoverinfo": "skip"}
+    grey = "#b0b0b0"
+    return [
+        {**line, **_bond_lines(ref, bonds), "name": "reference structure", "opacity": 0.45,
+         "line": {"color": grey, "width": 4}},
+        {"type": "scatter3d", "mode": "markers", **_atoms(ref), "name": "reference atoms",
+         "marker": {"size": 3, "color": grey}, "opacity": 0.45, "hoverinfo": "skip",
+         "showlegend": False},
+        {**line, **_bond_lines(conf, bonds), "name": "sampled conformation",
+         "line": {"color": "#8a8a8a", "width": 8}},
+        {"type": "scatter3d", "mode": "markers", **_atoms(conf), "name": "atoms",
+         "marker": {"size": [s[2] for s in style], "color": [s[1] for s in style],
+                    "line": {"width": 0}},
+         "text": text, "hovertemplate": "%{text}<extra></extra>", "showlegend": False},
+    ]  # fmt: skip
+
+
 def viewer_figure(
     conformations: np.ndarray,
     captions: Sequence[str],
@@ -207,48 +235,9 @@ def viewer_figure(
         ``steps[k]`` holds the restyle update of traces 2-3 for conformation ``k``.
     """
     bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
-    style = [ELEMENTS.get(int(z), OTHER) for z in elements]
-    colours = [s[1] for s in style]
-    sizes = [s[2] for s in style]
-    text = [f"{name} ({s[0]})" for name, s in zip(atom_names, style, strict=True)]
     ref_a = 10.0 * np.asarray(reference, dtype=np.float64)
     confs = 10.0 * np.asarray(conformations, dtype=np.float64)
-    line = {"mode": "lines", "type": "scatter3d", "hoverinfo": "skip"}
-    data = [
-        {
-            **line,
-            **_bond_lines(ref_a, bonds),
-            "name": "reference structure",
-            "line": {"color": "#b0b0b0", "width": 4},
-            "opacity": 0.45,
-        },
-        {
-            "type": "scatter3d",
-            "mode": "markers",
-            **_atoms(ref_a),
-            "name": "reference atoms",
-            "marker": {"size": 3, "color": "#b0b0b0"},
-            "opacity": 0.45,
-            "hoverinfo": "skip",
-            "showlegend": False,
-        },
-        {
-            **line,
-            **_bond_lines(confs[0], bonds),
-            "name": "sampled conformation",
-            "line": {"color": "#8a8a8a", "width": 8},
-        },
-        {
-            "type": "scatter3d",
-            "mode": "markers",
-            **_atoms(confs[0]),
-            "name": "atoms",
-            "marker": {"size": sizes, "color": colours, "line": {"width": 0}},
-            "text": text,
-            "hovertemplate": "%{text}<extra></extra>",
-            "showlegend": False,
-        },
-    ]
+    data = _traces(ref_a, confs[0], bonds, elements, atom_names)
     steps = []
     for c in confs:
         b, a = _bond_lines(c, bonds), _atoms(c)
