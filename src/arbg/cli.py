@@ -245,6 +245,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             topology=args.topology,
             report=not args.no_report,
             reference_weights=args.reference_weights,
+            population_weights=args.population_weights,
+            viewer=not args.no_viewer,
         )
     print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
@@ -276,6 +278,9 @@ def format_metrics(metrics: dict) -> str:
             f"{metrics.get('reference_ess', float('nan')):.1f} of "
             f"{metrics.get('n_reference_frames')} frames"
         )
+    if metrics.get("weights"):
+        w = metrics["weights"]
+        rows.append(f"W2 metrics: {w['w2_metrics']}; populations: {w['populations']}")
     if metrics.get("basin_table"):
         rows.append(
             f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
@@ -625,6 +630,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="transport",
         help="a weighted reference (biased/heated MD): transport its frame weights "
         "into the W2 problems, resample it by weight (seeded), or ignore them",
+    )
+    s.add_argument(
+        "--population-weights",
+        choices=["unbiased", "psis", "clipped"],
+        default="unbiased",
+        help="weights of the basin populations, free-energy differences, plots and structures: "
+        "the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the clipped ones of "
+        "the W2 metrics",
+    )
+    s.add_argument(
+        "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"
     )
     s.set_defaults(func=cmd_evaluate)
 

@@ -22,7 +22,6 @@ The table (``table.md``, ``table.html``) has one row per sequence and the mean o
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from arbg.data.corpora import load_corpus
-from arbg.experiments.benchmark import html_table_page
+from arbg.eval.htmlkit import esc, html_table_page
 from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.train.checkpoints import read_config
@@ -192,10 +191,8 @@ def format_zero_shot_table(
         md.append(
             "| " + " | ".join([r["sequence"], *(f"**{t}**" if b else t for t, b in c)]) + " |"
         )
-        hc = "".join(
-            f"<td><b>{html.escape(t)}</b></td>" if b else f"<td>{html.escape(t)}</td>" for t, b in c
-        )
-        body.append(f"<tr><td>{html.escape(r['sequence'])}</td>{hc}</tr>")
+        hc = "".join(f"<td><b>{esc(t)}</b></td>" if b else f"<td>{esc(t)}</td>" for t, b in c)
+        body.append(f"<tr><td>{esc(r['sequence'])}</td>{hc}</tr>")
     md += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(md), html_table_page(title, head, body, notes, max_width_em=80)
 
