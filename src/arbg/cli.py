@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -55,7 +56,45 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
 
 
-def system_from_args(args: argparse.Namespace, n_workers: int = 1):
+def add_cluster_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--workers`` / ``--scheduler``: the fields of :class:`arbg.cluster.ClusterConfig`."""
+    from arbg.cluster import ENV_SCHEDULER, ClusterConfig
+
+    d = ClusterConfig.__dataclass_fields__
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d["workers"].default,
+        help=f"{what} on a local Dask cluster of this many single-threaded worker processes "
+        "(default 1: in this process, no Dask)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=d["scheduler"].default,
+        help=f"send the {what} to the running Dask scheduler at ADDRESS (tcp://HOST:PORT; "
+        f"default: ${ENV_SCHEDULER} if set); see docs/cluster.md",
+    )
+
+
+@contextlib.contextmanager
+def cluster_engine(args: argparse.Namespace):
+    """The Dask engine of ``--workers`` / ``--scheduler``, active for the block, then closed."""
+    from arbg.cluster import ClusterConfig, open_engine, use_engine
+
+    engine = open_engine(ClusterConfig(workers=args.workers, scheduler=args.scheduler))
+    try:
+        if engine.distributed:
+            print(f"Dask: {engine.description}, {engine.n_workers} worker thread(s)")
+            if engine.dashboard_link:
+                print(f"Dask dashboard: {engine.dashboard_link}")
+        with use_engine(engine):
+            yield engine
+    finally:
+        engine.close()
+
+
+def system_from_args(args: argparse.Namespace):
     from arbg.chem.systems import build_system, make_spec
 
     system = getattr(args, "system", None)
@@ -73,7 +112,7 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
         fast_implicit=args.fast_implicit,
         histidine=args.histidine,
     )
-    return build_system(spec, minimize=args.pdb is None, n_workers=n_workers)
+    return build_system(spec, minimize=args.pdb is None)
 
 
 def cmd_md(args: argparse.Namespace) -> int:
@@ -180,14 +219,15 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    manifest = run_corpus(
-        out,
-        seqs,
-        cfg,
-        workers=args.workers,
-        progress=not args.quiet,
-        max_sequences=args.max_sequences,
-    )
+    with cluster_engine(args) as engine:
+        manifest = run_corpus(
+            out,
+            seqs,
+            cfg,
+            engine=engine,
+            progress=not args.quiet,
+            max_sequences=args.max_sequences,
+        )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
     print(
@@ -247,9 +287,20 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    with cluster_engine(args):
+        metrics = _evaluate(args)
+    print(format_metrics(metrics))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    print(f"metrics: {out / 'metrics.json'}")
+    if not args.no_report:
+        print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
     from arbg.eval.evaluate import evaluate_run
 
-    metrics = evaluate_run(
+    return evaluate_run(
         args.run_dir,
         args.reference,
         out_dir=args.out,
@@ -261,12 +312,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report=not args.no_report,
         reference_weights=args.reference_weights,
     )
-    print(format_metrics(metrics))
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
-    print(f"metrics: {out / 'metrics.json'}")
-    if not args.no_report:
-        print(f"report: {out / 'report.html'}")
-    return 0
 
 
 def format_metrics(metrics: dict) -> str:
@@ -367,21 +412,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_sampling(
-        ck,
-        args.out,
-        n=args.n,
-        tau=args.tau,
-        seed=args.seed,
-        device=args.device,
-        energy=ck.system,
-        clip_fraction=args.clip,
-        clip_mode=None if args.clip_mode == "off" else args.clip_mode,
-        chirality=args.chirality,
-        ensemble_size=args.ensemble_size,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-    )
+    with cluster_engine(args):
+        summary = run_sampling(
+            ck,
+            args.out,
+            n=args.n,
+            tau=args.tau,
+            seed=args.seed,
+            device=args.device,
+            energy=ck.system,
+            clip_fraction=args.clip,
+            clip_mode=None if args.clip_mode == "off" else args.clip_mode,
+            chirality=args.chirality,
+            ensemble_size=args.ensemble_size,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
         f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
@@ -395,19 +441,20 @@ def cmd_smc(args: argparse.Namespace) -> int:
     from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_smc(
-        ck,
-        args.out,
-        n_particles=args.particles,
-        tau=args.tau,
-        seed=args.seed,
-        repeats=args.repeats,
-        resample=None if args.resample == "off" else args.resample,
-        ess_threshold=args.ess_threshold,
-        early_reject_kt=args.early_reject_kt,
-        device=args.device,
-        ensemble_size=args.ensemble_size,
-    )
+    with cluster_engine(args):
+        summary = run_smc(
+            ck,
+            args.out,
+            n_particles=args.particles,
+            tau=args.tau,
+            seed=args.seed,
+            repeats=args.repeats,
+            resample=None if args.resample == "off" else args.resample,
+            ess_threshold=args.ess_threshold,
+            early_reject_kt=args.early_reject_kt,
+            device=args.device,
+            ensemble_size=args.ensemble_size,
+        )
     print(
         json.dumps(
             {k: summary[k] for k in ("n_samples", "ess", "energy_evaluations") if k in summary}
@@ -757,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("TRAIN", "VAL", "TEST"),
         help="fractions of the sequences",
     )
-    s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
+    add_cluster_args(s, "MD of the sequences (one task per sequence)")
     s.add_argument(
         "--force-field",
         choices=["fast-implicit", "amber14-obc1"],
@@ -817,6 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a weighted reference (biased/heated MD): transport its frame weights "
         "into the W2 problems, resample it by weight (seeded), or ignore them",
     )
+    add_cluster_args(s, "energy evaluation")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
@@ -918,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
     s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
     s.add_argument("--quiet", action="store_true")
+    add_cluster_args(s, "energy evaluation")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
@@ -950,6 +999,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ensemble-size", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_cluster_args(s, "energy evaluation")
     s.set_defaults(func=cmd_smc)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")

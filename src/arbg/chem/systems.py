@@ -188,7 +188,6 @@ class PeptideSystem:
     to_canonical: np.ndarray  # [n] int
     residue_blocks: list[tuple[int, int]]  # canonical atom range of each standard residue
     block_resnames: list[str]  # residue name (variant) of each block
-    n_workers: int = 1
     _energy: object = field(default=None, repr=False)
 
     # -- basic descriptors
@@ -364,9 +363,8 @@ class PeptideSystem:
         if self._energy is None:
             from arbg.chem.energy import OpenMMEnergy
 
-            self._energy = OpenMMEnergy(
-                self.create_openmm_system(), self.kT, n_workers=self.n_workers
-            )
+            # parallel on the Dask engine of the running command, if any (arbg.cluster)
+            self._energy = OpenMMEnergy(self.create_openmm_system(), self.kT)
         return self._energy
 
     def create_openmm_system(self, topology=None):
@@ -469,9 +467,7 @@ class PeptideSystem:
         }
 
 
-def build_system(
-    spec: SystemSpec | str, *, minimize: bool = True, n_workers: int = 1
-) -> PeptideSystem:
+def build_system(spec: SystemSpec | str, *, minimize: bool = True) -> PeptideSystem:
     """Build a peptide system from a spec or a preset name.
 
     The peptide is built with ideal backbone geometry (extended chain), completed by pdbfixer
@@ -480,11 +476,11 @@ def build_system(
     """
     if isinstance(spec, str):
         spec = make_spec(spec)
-    return _build_cached(spec, minimize, n_workers)
+    return _build_cached(spec, minimize)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSystem:
+def _build_cached(spec: SystemSpec, minimize: bool) -> PeptideSystem:
     from openmm import unit
 
     topology, positions = build_openmm_model(spec)
@@ -499,7 +495,6 @@ def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSy
         to_canonical=order,
         residue_blocks=blocks,
         block_resnames=names,
-        n_workers=n_workers,
     )
     if minimize:
         from arbg.chem.energy import minimize_positions
