@@ -7,6 +7,7 @@ Used by :mod:`arbg.chem.systems`; OpenMM objects stay inside this module and ``s
 from __future__ import annotations
 
 import io
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,18 +158,26 @@ def _variant(resname3: str, spec: SystemSpec) -> str:
 def build_openmm_model(spec: SystemSpec):
     """OpenMM (topology, positions[nm]) with all hydrogens, in build order.
 
-    Reproducible: pdbfixer and ``Modeller.addHydrogens`` place new atoms at random positions
-    (Python's ``random``), so the build runs with a fixed seed (the caller's state is restored),
-    and the hydrogens are relaxed on the deterministic Reference platform.
+    Reproducible: ``Modeller.addHydrogens`` places new atoms at random positions (Python's
+    ``random``), so the build gives OpenMM's modeller a private generator seeded with 0 (the
+    stream ``random.seed(0)`` gives, but one that other threads, e.g. a Dask worker's event
+    loop, cannot draw from in the middle of a build), and the hydrogens are relaxed on the
+    deterministic Reference platform. Builds are serialised by a lock.
     """
     import random
 
-    state = random.getstate()
-    random.seed(0)
-    try:
-        return _build_openmm_model(spec)
-    finally:
-        random.setstate(state)
+    from openmm.app import modeller
+
+    with _BUILD_LOCK:
+        shared = modeller.random
+        modeller.random = random.Random(0)
+        try:
+            return _build_openmm_model(spec)
+        finally:
+            modeller.random = shared
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 def _reference_platform():
