@@ -201,3 +201,22 @@ def test_cluster_config_and_engine_selection(monkeypatch):
         open_engine(ClusterConfig(connect_timeout_s=1.0))
     monkeypatch.setenv(ENV_SCHEDULER, "")
     assert ClusterConfig().resolved_scheduler() is None
+
+
+def test_build_is_the_same_whatever_the_threads_and_run():
+    """Workers on other nodes build a sequence exactly as this process does."""
+    code = (
+        "import hashlib; from arbg.chem.systems import build_system; "
+        "from arbg.data.corpora import CorpusConfig; "
+        "s = build_system(CorpusConfig().spec('GYDPETGTWG')); "
+        "print(hashlib.sha256(s.positions.tobytes()).hexdigest())"
+    )
+    digests = set()
+    for threads in ("1", "3"):
+        env = dict(_env(), OPENMM_CPU_THREADS=threads)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

@@ -160,7 +160,7 @@ def open_engine(config: ClusterConfig | None = None) -> Engine:
         return _connect(address, config)
     if config.workers == 1:
         return Engine()
-    return _local_cluster(config.workers)
+    return local_cluster(config.workers)
 
 
 def _connect(address: str, config: ClusterConfig) -> Engine:
@@ -178,7 +178,12 @@ def _connect(address: str, config: ClusterConfig) -> Engine:
     return engine
 
 
-def _local_cluster(workers: int) -> Engine:
+def local_cluster(workers: int) -> Engine:
+    """An engine on a new LocalCluster of `workers` single-threaded processes (loopback only).
+
+    :func:`open_engine` runs one worker in-process instead; this starts a cluster even for one
+    (benchmarks of the Dask overhead).
+    """
     from distributed import Client, LocalCluster
 
     with single_thread_env():  # inherited by the worker processes

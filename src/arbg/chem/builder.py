@@ -162,7 +162,9 @@ def build_openmm_model(spec: SystemSpec):
     ``random``), so the build gives OpenMM's modeller a private generator seeded with 0 (the
     stream ``random.seed(0)`` gives, but one that other threads, e.g. a Dask worker's event
     loop, cannot draw from in the middle of a build), and the hydrogens are relaxed on the
-    deterministic Reference platform. Builds are serialised by a lock.
+    deterministic Reference platform, as are pdbfixer's new heavy atoms (with a fixed integrator
+    seed): a sequence gives the same atoms and positions on every machine, whatever its
+    platforms and thread counts. Builds are serialised by a lock.
     """
     import random
 
@@ -209,11 +211,13 @@ def _build_openmm_model(spec: SystemSpec):
         return modeller.topology, modeller.positions
     seq3 = [R.ONE_TO_THREE[c] for c in spec.sequence]
     resnames = (["ACE"] if spec.capped else []) + seq3 + (["NME"] if spec.capped else [])
-    fixer = PDBFixer(pdbfile=io.StringIO(backbone_pdb(resnames)))
+    # relaxed on Reference too: the default platform (CPU, CUDA) depends on threads and hardware
+    fixer = PDBFixer(pdbfile=io.StringIO(backbone_pdb(resnames)), platform=_reference_platform())
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms(seed=0)  # pdbfixer places missing atoms at random: be reproducible
+    # a fixed seed for the clash-relief dynamics (OpenMM's seed 0 means "a new one every time")
+    fixer.addMissingAtoms(seed=1)
     modeller = app.Modeller(fixer.topology, fixer.positions)
     modeller.addHydrogens(
         ff, variants=_variants(modeller.topology, spec), platform=_reference_platform()

@@ -195,6 +195,7 @@ class OpenMMEnergy:
         self.n_evaluations = 0
         self.n_nonfinite = 0
         self.n_tasks = 0
+        self.task_seconds = 0.0  # compute time inside Dask tasks (the rest is overhead)
 
     def _local_context(self):
         if self._context is None:
@@ -255,13 +256,15 @@ class OpenMMEnergy:
             self._scattered = (client, future)
         xml = self._scattered[1]  # a copy on every worker: survives the loss of one
         # positions travel inside the tasks (not scattered): a task lost with its worker is
-        # re-run elsewhere from what the scheduler holds
-        chunks = np.array_split(x, n_tasks)
-        futures = client.map(
-            _energy_task, [self.key] * n_tasks, [xml] * n_tasks, chunks, pure=False
-        )
+        # re-run elsewhere from what the scheduler holds; one submission per chunk keeps each
+        # message small however large the batch
+        futures = [
+            client.submit(_energy_task, self.key, xml, chunk, pure=False)
+            for chunk in np.array_split(x, n_tasks)
+        ]
         results = client.gather(futures)
         self.n_tasks += n_tasks
+        self.task_seconds += sum(r[1] for r in results)
         self._observe(sum(r[1] for r in results), len(x))
         log.debug("%d energies in %d Dask tasks", len(x), n_tasks)
         return np.concatenate([r[0] for r in results])
