@@ -489,6 +489,7 @@ class _Progress:
         self.entries, self.config = entries, config
         self.total_ns = sum(e["ns"] for e in entries.values())
         self.t0, self.ns0 = time.time(), self.ns_done()
+        self.last_log, self.log_every_s = self.t0, 600.0
         self.bar = None
         if bar:
             from tqdm.auto import tqdm
@@ -508,14 +509,21 @@ class _Progress:
         frames.update(partial or {})
         return sum(f * ps / 1000.0 for f in frames.values())
 
-    def _postfix(self) -> str:
+    def _postfix(self, ns: float | None = None) -> str:
         n_done = sum(e["status"] == "done" for e in self.entries.values())
-        return f"{n_done}/{len(self.entries)} sequences"
+        elapsed = time.time() - self.t0
+        rate = ((ns if ns is not None else self.ns0) - self.ns0) / max(elapsed, 1e-9) * 3600.0
+        return f"{n_done}/{len(self.entries)} sequences, {rate:.2f} ns/h"
 
     def update(self, partial: dict[str, int] | None = None) -> None:
+        """Refresh the bar with the frames on disk of the sequences under way."""
+        now = self.ns_done(partial)
         if self.bar is not None:
-            self.bar.n = round(self.ns_done(partial), 6)
-            self.bar.set_postfix_str(self._postfix())  # refreshes
+            self.bar.n = round(now, 6)
+            self.bar.set_postfix_str(self._postfix(now))  # refreshes
+        if time.time() - self.last_log > self.log_every_s:  # for logs without the bar
+            self.last_log = time.time()
+            log.info("corpus: %.3f/%.3f ns, %s", now, self.total_ns, self._postfix(now))
 
     def finished(self, seq: str) -> None:
         e = self.entries[seq]
