@@ -10,6 +10,31 @@ import os
 import sys
 from pathlib import Path
 
+from arbg.chem.bias import BiasConfig
+from arbg.chem.md import MDConfig, run_md
+from arbg.chem.systems import build_system, make_spec
+from arbg.cluster import ClusterConfig, open_engine, use_engine
+from arbg.configargs import add_config_args, config_from_args
+from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
+from arbg.data.datasets import load_dataset
+from arbg.eval.evaluate import evaluate_run
+from arbg.eval.metrics import dihedrals
+from arbg.experiments.ablations import ablate_bins, ablate_temperature
+from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
+from arbg.experiments.demo import DemoConfig, run_demo
+from arbg.experiments.stages import BudgetConfig
+from arbg.experiments.tuning import tune_temperature
+from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
+from arbg.io import atomic_write_json
+from arbg.nn.binning import quantization_bound
+from arbg.nn.conditioning import ConditioningConfig
+from arbg.nn.standardize import fit_standardization
+from arbg.reweight import kish_ess
+from arbg.sampling.runs import run_sampling, run_smc
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import TrainConfig, train
+from arbg.train.transferable import train_transferable
+
 log = logging.getLogger("arbg")
 
 
@@ -56,33 +81,11 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
 
 
-def add_cluster_args(p: argparse.ArgumentParser, what: str) -> None:
-    """``--workers`` / ``--scheduler``: the fields of :class:`arbg.cluster.ClusterConfig`."""
-    from arbg.cluster import ENV_SCHEDULER, ClusterConfig
-
-    d = ClusterConfig.__dataclass_fields__
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=d["workers"].default,
-        help=f"{what} on a local Dask cluster of this many single-threaded worker processes "
-        "(default 1: in this process, no Dask)",
-    )
-    p.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        default=d["scheduler"].default,
-        help=f"send the {what} to the running Dask scheduler at ADDRESS (tcp://HOST:PORT; "
-        f"default: ${ENV_SCHEDULER} if set); see docs/cluster.md",
-    )
-
-
 @contextlib.contextmanager
 def cluster_engine(args: argparse.Namespace):
-    """The Dask engine of ``--workers`` / ``--scheduler``, active for the block, then closed."""
-    from arbg.cluster import ClusterConfig, open_engine, use_engine
-
-    engine = open_engine(ClusterConfig(workers=args.workers, scheduler=args.scheduler))
+    """The Dask engine of ``--workers`` / ``--scheduler`` (:class:`ClusterConfig`), active for
+    the block (energies find it through :func:`arbg.cluster.active_engine`), then closed."""
+    engine = open_engine(config_from_args(ClusterConfig, args))
     try:
         if engine.distributed:
             print(f"Dask: {engine.description}, {engine.n_workers} worker thread(s)")
@@ -95,7 +98,6 @@ def cluster_engine(args: argparse.Namespace):
 
 
 def system_from_args(args: argparse.Namespace):
-    from arbg.chem.systems import build_system, make_spec
 
     system = getattr(args, "system", None)
     if system is None and args.sequence is None and args.pdb is None:
@@ -116,44 +118,22 @@ def system_from_args(args: argparse.Namespace):
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-    from arbg.chem.bias import BiasConfig
-    from arbg.chem.md import MDConfig, run_md
-
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
     bias = None
     if args.bias == "dihedrals":
-        bias = BiasConfig(
-            variables="phi-psi" if args.bias_psi else "phi",
-            residues=None
-            if args.bias_residues is None
-            else tuple(r - 1 for r in args.bias_residues),
-            build_ns=args.bias_build_ns,
-            bias_factor=args.bias_factor,
-            height_kt=args.bias_height_kt,
-            width_deg=args.bias_width_deg,
-            deposit_ps=args.bias_deposit_ps,
-            grid_points=args.bias_grid,
+        residues = None if args.bias_residues is None else tuple(r - 1 for r in args.bias_residues)
+        variables = "phi-psi" if args.bias_psi else "phi"
+        bias = config_from_args(
+            BiasConfig, args, prefix="bias-", variables=variables, residues=residues
         )
     elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
         raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
-    cfg = MDConfig(
-        ns=args.ns,
-        step_fs=args.step_fs,
-        friction_per_ps=args.friction,
-        frame_interval_ps=args.frame_interval_ps,
-        warmup_ps=args.warmup_ps,
-        seed=args.seed,
-        temperature_k=args.md_temperature_k,
-        bias=bias,
-    )
+    cfg = config_from_args(MDConfig, args, bias=bias)
     run_md(system, out, cfg, progress=not args.quiet)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
-
-        from arbg.data.datasets import load_dataset
-        from arbg.reweight import kish_ess
 
         data = load_dataset(out, system=system)
         phi = _phi_of(data)
@@ -173,8 +153,6 @@ def cmd_md(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
-
     if args.sequences is not None and args.length is not None:
         raise ValueError("give --sequences or --length, not both")
     if args.sample is not None and args.length is None:
@@ -191,21 +169,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             seqs = parse_sequences(args.sequences)
         else:
             seqs = kmer_sequences(args.length, args.sample, args.seed)
-        cfg = CorpusConfig(
-            ns=args.ns,
-            test_ns=args.test_ns,
-            fractions=tuple(args.split),
-            seed=args.seed,
-            force_field=args.force_field,
-            capped=args.capped,
-            temperature_k=args.temperature_k,
-            histidine=args.histidine,
-            step_fs=args.step_fs,
-            friction_per_ps=args.friction,
-            frame_interval_ps=args.frame_interval_ps,
-            warmup_ps=args.warmup_ps,
-            chunk_frames=args.chunk_frames,
-        )
+        cfg = config_from_args(CorpusConfig, args)
     if args.out is not None:
         out = Path(args.out)
     elif args.length is not None:
@@ -219,15 +183,14 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    with cluster_engine(args) as engine:
-        manifest = run_corpus(
-            out,
-            seqs,
-            cfg,
-            engine=engine,
-            progress=not args.quiet,
-            max_sequences=args.max_sequences,
-        )
+    manifest = run_corpus(
+        out,
+        seqs,
+        cfg,
+        engine=args.engine,  # opened by main() from --workers / --scheduler
+        progress=not args.quiet,
+        max_sequences=args.max_sequences,
+    )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
     print(
@@ -239,7 +202,6 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def _phi_of(data):
-    from arbg.eval.metrics import dihedrals
 
     if not len(data.system.phi_indices):
         return None
@@ -261,10 +223,6 @@ def cmd_system(args: argparse.Namespace) -> int:
 def cmd_bound(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from arbg.data.datasets import load_dataset
-    from arbg.nn.binning import quantization_bound
-    from arbg.nn.standardize import fit_standardization
-
     data = load_dataset(args.data, topology=args.topology)
     frames = data.split("train")
     if args.frames and len(frames) > args.frames:
@@ -280,27 +238,13 @@ def cmd_bound(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['n_bins']:6d} {r['bin_width_pm']:11.3f} {r['e_w2']:10.3f} {r['n_clipped']:8d}")
     if args.json:
-        from arbg.io import atomic_write_json
-
         atomic_write_json(args.json, rows)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    with cluster_engine(args):
-        metrics = _evaluate(args)
-    print(format_metrics(metrics))
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
-    print(f"metrics: {out / 'metrics.json'}")
-    if not args.no_report:
-        print(f"report: {out / 'report.html'}")
-    return 0
 
-
-def _evaluate(args: argparse.Namespace) -> dict:
-    from arbg.eval.evaluate import evaluate_run
-
-    return evaluate_run(
+    metrics = evaluate_run(
         args.run_dir,
         args.reference,
         out_dir=args.out,
@@ -312,6 +256,12 @@ def _evaluate(args: argparse.Namespace) -> dict:
         report=not args.no_report,
         reference_weights=args.reference_weights,
     )
+    print(format_metrics(metrics))
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    print(f"metrics: {out / 'metrics.json'}")
+    if not args.no_report:
+        print(f"report: {out / 'report.html'}")
+    return 0
 
 
 def format_metrics(metrics: dict) -> str:
@@ -352,27 +302,8 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from arbg.data.datasets import load_dataset
-    from arbg.train.trainer import TrainConfig, train
-
     data = load_dataset(args.data, topology=args.topology)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        augment_rotations=not args.no_rotations,
-        bf16=args.bf16,
-        frame=args.frame,
-        data_weights=args.data_weights,
-        max_minutes=args.max_minutes,
-        patience=args.patience,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(cfg, key, value)
+    cfg = config_from_args(TrainConfig, args)
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
         cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
@@ -382,24 +313,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_transferable(args: argparse.Namespace) -> int:
-    from arbg.data.corpora import load_corpus
-    from arbg.nn.conditioning import ConditioningConfig
-    from arbg.train.trainer import TrainConfig
-    from arbg.train.transferable import train_transferable
-
     corpus = load_corpus(args.corpus)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        bf16=args.bf16,
-        max_minutes=args.max_minutes,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every", "patience"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    cfg = config_from_args(TrainConfig, args)
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
     final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
@@ -407,27 +322,24 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from arbg.sampling.runs import run_sampling
-    from arbg.train.checkpoints import load_checkpoint
 
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    with cluster_engine(args):
-        summary = run_sampling(
-            ck,
-            args.out,
-            n=args.n,
-            tau=args.tau,
-            seed=args.seed,
-            device=args.device,
-            energy=ck.system,
-            clip_fraction=args.clip,
-            clip_mode=None if args.clip_mode == "off" else args.clip_mode,
-            chirality=args.chirality,
-            ensemble_size=args.ensemble_size,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-        )
+    summary = run_sampling(
+        ck,
+        args.out,
+        n=args.n,
+        tau=args.tau,
+        seed=args.seed,
+        device=args.device,
+        energy=ck.system,
+        clip_fraction=args.clip,
+        clip_mode=None if args.clip_mode == "off" else args.clip_mode,
+        chirality=args.chirality,
+        ensemble_size=args.ensemble_size,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
         f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
@@ -437,24 +349,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_smc(args: argparse.Namespace) -> int:
-    from arbg.sampling.runs import run_smc
-    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    with cluster_engine(args):
-        summary = run_smc(
-            ck,
-            args.out,
-            n_particles=args.particles,
-            tau=args.tau,
-            seed=args.seed,
-            repeats=args.repeats,
-            resample=None if args.resample == "off" else args.resample,
-            ess_threshold=args.ess_threshold,
-            early_reject_kt=args.early_reject_kt,
-            device=args.device,
-            ensemble_size=args.ensemble_size,
-        )
+    summary = run_smc(
+        ck,
+        args.out,
+        n_particles=args.particles,
+        tau=args.tau,
+        seed=args.seed,
+        repeats=args.repeats,
+        resample=None if args.resample == "off" else args.resample,
+        ess_threshold=args.ess_threshold,
+        early_reject_kt=args.early_reject_kt,
+        device=args.device,
+        ensemble_size=args.ensemble_size,
+    )
     print(
         json.dumps(
             {k: summary[k] for k in ("n_samples", "ess", "energy_evaluations") if k in summary}
@@ -465,10 +374,6 @@ def cmd_smc(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_temperature(args: argparse.Namespace) -> int:
-    from arbg.data.datasets import load_dataset
-    from arbg.experiments.tuning import tune_temperature
-    from arbg.io import atomic_write_json
-    from arbg.train.checkpoints import load_checkpoint
 
     ck = load_checkpoint(args.checkpoint, device=args.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
@@ -494,7 +399,6 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from arbg.experiments.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         quick=args.quick,
@@ -519,61 +423,20 @@ def _command_line(args: argparse.Namespace) -> str:
     return "arbg " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
-def add_budget_args(p: argparse.ArgumentParser) -> None:
-    """The training/sampling budget options shared by `arbg benchmark` and `arbg ablate bins`."""
+def add_budget_args(p: argparse.ArgumentParser, cls: type = BudgetConfig, **kw) -> None:
+    """Output, topology and the budget flags (from ``cls``) of `benchmark` and `ablate bins`."""
     p.add_argument("--topology", help="PDB for array/trajectory data and reference")
     p.add_argument("--out", required=True, help="output directory (re-running resumes)")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    p.add_argument("--steps", type=int, default=1600, help="training steps of every model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="one model per seed; tables give mean +- std over seeds",
-    )
-    p.add_argument(
-        "--n-samples",
-        type=int,
-        default=10_000,
-        help="proposals (= energy evaluations) per sampling run",
-    )
-    p.add_argument("--n-eval", type=int, default=5_000, help="samples per W2")
-    p.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
-    p.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--report", action="store_true", help="HTML report of every run too")
-
-
-def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        n_mixtures=args.n_mixtures,
-        seeds=list(args.seeds),
-        n_samples=args.n_samples,
-        n_eval=args.n_eval,
-        tica_lag=args.tica_lag,
-        chirality=args.chirality,
-        device=args.device,
-        report=args.report,
-    )
+    add_config_args(p, cls, skip=("model_overrides", "train_overrides", *kw.get("skip", ())))
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:
-    from arbg.experiments.ablations import ablate_bins
-    from arbg.experiments.stages import BudgetConfig
 
     res = ablate_bins(
         args.data,
         args.out,
         args.bins,
-        BudgetConfig(**budget_kwargs(args)),
+        config_from_args(BudgetConfig, args),
         reference=args.reference,
         topology=args.topology,
         bound_frames=args.bound_frames,
@@ -591,7 +454,6 @@ def cmd_ablate_bins(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate_temperature(args: argparse.Namespace) -> int:
-    from arbg.experiments.ablations import ablate_temperature
 
     res = ablate_temperature(
         args.checkpoint,
@@ -619,18 +481,8 @@ def cmd_ablate_temperature(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 
-    cfg = BenchmarkConfig(
-        **budget_kwargs(args),
-        n_bins=args.n_bins,
-        heads=list(args.heads),
-        taus=list(args.taus),
-        tune_n=args.tune_n,
-        tune_n_eval=args.tune_n_eval,
-        tune_heads=None if args.tune_heads is None else list(args.tune_heads),
-        md_steps_per_frame=args.md_steps_per_frame,
-    )
+    cfg = config_from_args(BenchmarkConfig, args)
     res = run_benchmark(
         args.data,
         args.reference,
@@ -661,7 +513,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--bound-frames", type=int, default=5000, help="training frames in the quantization bound"
     )
-    add_budget_args(a)
+    add_budget_args(a, skip=("n_bins",))
     a.set_defaults(func=cmd_ablate_bins)
     a = asub.add_parser("temperature", help="E-W2, T-W2 and ESS after reweighting against tau")
     a.add_argument("checkpoint")
@@ -682,26 +534,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("data", help="training MD (its val split tunes tau)")
     s.add_argument("--reference", required=True, help="independent reference MD")
-    s.add_argument("--heads", nargs="+", default=["bins", "mol", "gmm", "givt"])
-    s.add_argument("--n-bins", type=int, help="bins L of every head (default: by atom count)")
-    s.add_argument(
-        "--taus",
-        type=float,
-        nargs="+",
-        default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
-        help="tau grid of the tuning (val split)",
-    )
-    s.add_argument(
-        "--tune-heads", nargs="*", help="heads whose tau is tuned (default: all; no names: none)"
-    )
-    s.add_argument("--tune-n", type=int, default=2000, help="proposals per tau when tuning")
-    s.add_argument("--tune-n-eval", type=int, default=1000)
-    s.add_argument(
-        "--md-steps-per-frame",
-        type=int,
-        help="MD steps per training frame (default: from arbg md metadata, else 1)",
-    )
-    add_budget_args(s)
+    add_budget_args(s, BenchmarkConfig)
     s.set_defaults(func=cmd_benchmark)
 
 
@@ -717,23 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("md", help="reference MD with OpenMM (resumable)")
     add_system_args(s)
-    s.add_argument("--ns", type=float, default=1.0, help="production length in ns")
     s.add_argument("--out", help="output directory (default: cache dir)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--md-temperature-k",
-        "--sampling-temperature-k",
-        type=float,
-        default=None,
-        dest="md_temperature_k",
-        help="sampling temperature of the MD data (heated data; default: the "
-        "system's). --temperature-k stays the target's temperature; frames get "
-        "log-weights -(1/kT_target - 1/kT_sampling) E",
-    )
+    add_config_args(s, MDConfig, skip=("bias",))
     b = s.add_argument_group("enhanced sampling (weighted data; see README)")
     b.add_argument(
         "--bias",
@@ -751,21 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="residues (1-based) whose dihedrals are biased (default: the central "
         "one; at most 3 biased dihedrals in all)",
     )
-    b.add_argument(
-        "--bias-build-ns",
-        type=float,
-        default=1.0,
-        help="metadynamics build time in ns (before production)",
-    )
-    b.add_argument("--bias-factor", type=float, default=10.0, help="well-tempered bias factor")
-    b.add_argument(
-        "--bias-height-kt", type=float, default=0.5, help="initial Gaussian height in kT"
-    )
-    b.add_argument("--bias-width-deg", type=float, default=20.0, help="Gaussian width, degrees")
-    b.add_argument(
-        "--bias-deposit-ps", type=float, default=0.5, help="Gaussian deposition interval, ps"
-    )
-    b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
+    add_config_args(b, BiasConfig, skip=("variables", "residues"), prefix="bias-")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 
@@ -789,44 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the sample, the split and (hashed per sequence) the MD",
     )
-    s.add_argument("--ns", type=float, default=1.0, help="MD per train/val sequence, ns")
-    s.add_argument(
-        "--test-ns",
-        type=float,
-        default=None,
-        help="MD per held-out test sequence, ns (default: --ns)",
-    )
-    s.add_argument(
-        "--split",
-        type=float,
-        nargs=3,
-        default=[0.8, 0.1, 0.1],
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of the sequences",
-    )
-    add_cluster_args(s, "MD of the sequences (one task per sequence)")
-    s.add_argument(
-        "--force-field",
-        choices=["fast-implicit", "amber14-obc1"],
-        default="fast-implicit",
-        help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
-        "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K",
-    )
-    s.add_argument(
-        "--capped", action="store_true", help="ACE/NME caps (default: zwitterionic termini)"
-    )
-    s.add_argument("--temperature-k", type=float, default=None)
-    s.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default="HIE")
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--chunk-frames",
-        type=int,
-        default=1000,
-        help="frames per resumable chunk of a sequence's run",
-    )
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
+    add_config_args(s, CorpusConfig, skip=("seed",))
     s.add_argument(
         "--max-sequences", type=int, help="stop after running this many sequences (resumable)"
     )
@@ -864,36 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a weighted reference (biased/heated MD): transport its frame weights "
         "into the W2 problems, resample it by weight (seeded), or ignore them",
     )
-    add_cluster_args(s, "energy evaluation")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
     s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    s.add_argument("--steps", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--n-bins", type=int)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument("--lr-adamw", type=float)
-    s.add_argument("--lr-muon", type=float)
-    s.add_argument("--eval-every", type=int)
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
-    s.add_argument(
-        "--frame",
-        choices=["gauge", "centroid"],
-        default="gauge",
-        help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
-        "default); centroid: the published centring + rotation augmentation",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides",))
     s.add_argument(
         "--head",
         default="bins",
@@ -905,17 +651,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
     )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="frame weights of biased/heated data: plain (every frame once; broad "
-        "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)",
-    )
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -925,30 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("corpus", help="corpus directory (train split; val split for val NLL)")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    for flag, typ in (
-        ("--steps", int),
-        ("--batch-size", int),
-        ("--n-bins", int),
-        ("--lr-adamw", float),
-        ("--lr-muon", float),
-        ("--eval-every", int),
-    ):
-        s.add_argument(flag, type=typ)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides", "frame", "augment_rotations"))
     s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train_transferable)
 
@@ -966,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
     s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
     s.add_argument("--quiet", action="store_true")
-    add_cluster_args(s, "energy evaluation")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
@@ -999,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ensemble-size", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    add_cluster_args(s, "energy evaluation")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
@@ -1039,10 +753,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
-    from arbg.experiments.zeroshot import add_zero_shot_parser
 
-    add_zero_shot_parser(sub)
+    s = sub.add_parser(
+        "zero-shot",
+        help="evaluate a transferable checkpoint on held-out "
+        "sequences of a corpus (sample, reweight, vs MD)",
+    )
+    s.add_argument("checkpoint", help="transferable checkpoint directory")
+    s.add_argument("--corpus", required=True, help="arbg corpus directory with their MD")
+    s.add_argument("--out", required=True, help="output directory (resumable)")
+    add_config_args(s, ZeroShotConfig)
+    s.set_defaults(func=cmd_zero_shot)
     return p
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    result = evaluate_zero_shot(
+        args.checkpoint, args.corpus, args.out, config_from_args(ZeroShotConfig, args)
+    )
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{zero_shot_summary(result)}; table in {args.out}/table.md")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1054,7 +785,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        if not hasattr(args, "scheduler"):
+            return int(args.func(args) or 0)
+        with cluster_engine(args) as engine:  # --workers / --scheduler: Dask for the command
+            args.engine = engine
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"arbg {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,16 @@ class ClusterConfig:
 
     Attributes
     ----------
-    workers : worker processes of a local cluster on this machine (1: no Dask, in this
-        process). Ignored when a scheduler is given (the cluster has its own workers).
-    scheduler : address of a running Dask scheduler (``tcp://HOST:PORT``); None reads
-        ``ARBG_DASK_SCHEDULER`` (unset or empty: local).
+    workers : run the work (corpus MD, energy evaluation) on a local Dask cluster of this many
+        single-threaded worker processes, loopback only (1: in this process, no Dask). Ignored
+        with a scheduler, whose cluster has its own workers.
+    scheduler : send the work to the running Dask scheduler at this address (tcp://HOST:PORT),
+        by default the one in $ARBG_DASK_SCHEDULER when set (see docs/cluster.md).
     connect_timeout_s : how long to wait for the scheduler (s).
     """
 
     workers: int = 1
-    scheduler: str | None = None
+    scheduler: str | None = field(default=None, metadata={"metavar": "ADDRESS"})
     connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:

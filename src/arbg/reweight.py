@@ -163,6 +163,14 @@ def normalize_log_weights(log_w: np.ndarray) -> np.ndarray:
     return lw - total
 
 
+def weights_from_log(log_w: np.ndarray) -> np.ndarray:
+    """Normalized weights ``exp(normalize_log_weights(log_w))``, shape (N,), summing to one.
+
+    NaN and ``+inf`` log-weights count as zero weight (``-inf``).
+    """
+    return np.exp(normalize_log_weights(log_w))
+
+
 def kish_ess(log_w: np.ndarray) -> float:
     """Kish effective sample size ``(sum w)^2 / sum w^2`` (absolute, in samples).
 

@@ -30,12 +30,14 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from arbg.chem.energy import _energies_kj, make_context
+from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 from arbg.io import atomic_save_npz
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,11 @@ class BiasConfig:
     variables: str = "phi"
     residues: tuple[int, ...] | None = None
     build_ns: float = 1.0
-    bias_factor: float = 10.0
+    bias_factor: float = field(default=10.0, metadata={"flag": "--bias-factor"})
     height_kt: float = 0.5
     width_deg: float = 20.0
     deposit_ps: float = 0.5
-    grid_points: int | None = None
+    grid_points: int | None = field(default=None, metadata={"flag": "--bias-grid"})
 
     def __post_init__(self) -> None:
         if self.variables not in BIAS_VARIABLES:
@@ -247,8 +249,6 @@ def bias_energies(positions: np.ndarray, dihedrals: np.ndarray, grid: np.ndarray
     """
     import openmm
 
-    from arbg.chem.energy import _energies_kj, make_context
-
     x = np.asarray(positions, dtype=np.float64)
     if x.ndim == 2:
         x = x[None]
@@ -377,9 +377,6 @@ def build_bias(
     """
     import openmm
     from openmm import app, unit
-
-    from arbg.chem.energy import make_context
-    from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 
     state_path = Path(state_path)
     deposit_steps = max(1, int(round(config.deposit_ps * 1000.0 / step_fs)))

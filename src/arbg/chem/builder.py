@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from arbg.chem import residues as R
+from arbg.chem.energy import load_forcefield
 
 if TYPE_CHECKING:
     from arbg.chem.systems import SystemSpec
@@ -191,8 +192,6 @@ def _reference_platform():
 def _build_openmm_model(spec: SystemSpec):
     from openmm import app
     from pdbfixer import PDBFixer
-
-    from arbg.chem.energy import load_forcefield
 
     ff = load_forcefield(spec.forcefield)
     if spec.pdb_text is not None:

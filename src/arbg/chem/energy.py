@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg.cluster import active_engine, worker_cache
+
 log = logging.getLogger(__name__)
 
 # OpenMM's CPU platform has a fixed cost of ~0.7 ms per call here, which dominates for small
@@ -147,8 +149,6 @@ def _energy_task(key: str, system_xml: str, x: np.ndarray) -> tuple[np.ndarray, 
     """Dask task: energies (kJ/mol) of x [B, n, 3] nm with this worker's cached Context."""
     import time
 
-    from arbg.cluster import worker_cache
-
     cache = worker_cache()
     context = cache.get(("openmm-energy", key))
     if context is None:
@@ -204,8 +204,6 @@ class OpenMMEnergy:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Reduced energies [B] in kT of positions [B, n, 3] (or [n, 3]) in nm."""
-        from arbg.cluster import active_engine
-
         x = np.asarray(x)
         if x.dtype != np.float32:  # float32 stays (half the bytes to ship); exact in float64
             x = x.astype(np.float64, copy=False)

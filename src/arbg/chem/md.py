@@ -37,12 +37,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from arbg.chem.bias import BiasConfig
+import arbg
+from arbg.chem.bias import (
+    BiasConfig,
+    build_bias,
+    frame_log_weights,
+    free_force_group,
+    frozen_bias_force,
+    grid_sha256,
+    select_bias_dihedrals,
+)
+from arbg.chem.energy import _energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
 from arbg.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
 
@@ -59,21 +69,37 @@ LOG_WEIGHTS_DEFINITION = (
 
 @dataclass(frozen=True)
 class MDConfig:
-    """Settings of a reference MD run (times in ps, friction in 1/ps).
+    """Settings of a reference MD run (Langevin middle integrator, no constraints).
 
-    ``temperature_k`` is the sampling temperature of the data (None = the system's); ``bias``
-    turns on the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`). ``ns`` is the
-    production length (the bias build phase comes on top).
+    Attributes
+    ----------
+    ns : production length in ns (a bias build phase comes on top).
+    step_fs : integration time step in fs.
+    friction_per_ps : Langevin friction in 1/ps.
+    frame_interval_ps : time between saved frames in ps.
+    warmup_ps : unsaved equilibration before production in ps.
+    seed : seed of the velocities and the Langevin noise.
+    chunk_frames : frames per resumable chunk (one atomic commit each).
+    temperature_k : sampling temperature of the data in K (heated data; default: the
+        system's); frames then get log-weights -(1/kT_target - 1/kT_sampling) E.
+    bias : the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`), or None.
     """
 
     ns: float = 1.0
     step_fs: float = 1.0
-    friction_per_ps: float = 0.3
+    friction_per_ps: float = field(default=0.3, metadata={"flag": "--friction"})
     frame_interval_ps: float = 1.0
     warmup_ps: float = 50.0
     seed: int = 0
     chunk_frames: int = 1000
-    temperature_k: float | None = None  # sampling temperature of the data; None = system's
+    temperature_k: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--sampling-temperature-k",
+            "aliases": ("--md-temperature-k",),
+            "dest": "md_temperature_k",
+        },
+    )
     bias: BiasConfig | None = None
 
     @property
@@ -110,8 +136,6 @@ def contiguous_splits(
 
 def _versions() -> dict[str, str]:
     import openmm
-
-    import arbg
 
     return {"arbg": arbg.__version__, "openmm": openmm.__version__}
 
@@ -182,15 +206,6 @@ def run_md(
     ``topology``, and for a bias ``phi_indices``, ``psi_indices``, ``residue_index``).
     """
     import openmm
-
-    from arbg.chem.bias import (
-        build_bias,
-        free_force_group,
-        frozen_bias_force,
-        grid_sha256,
-        select_bias_dihedrals,
-    )
-    from arbg.chem.energy import make_context
 
     out = Path(out_dir)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
@@ -357,7 +372,6 @@ def _frame_terms(
     context, frames: np.ndarray, bias_group: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Physical and bias energies (kJ/mol) of stored frames [F, n, 3] (as float32 -> float64)."""
-    from arbg.chem.energy import _energies_kj
 
     x = frames.astype(np.float64)
     if bias_group is None:
@@ -389,7 +403,6 @@ def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
     Zeros for unweighted (equilibrium) runs; for weighted runs computed from the per-chunk terms
     (``chunks/energy_*.npy``, ``chunks/bias_*.npy``) by :func:`arbg.chem.bias.frame_log_weights`.
     """
-    from arbg.chem.bias import frame_log_weights
 
     out = Path(out_dir)
     meta = json.loads((out / "metadata.json").read_text())

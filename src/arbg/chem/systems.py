@@ -32,6 +32,14 @@ from arbg.chem.builder import (
     reorder_topology,
     sequence_from_pdb_text,
 )
+from arbg.chem.energy import (
+    OpenMMEnergy,
+    create_openmm_system,
+    minimize_positions,
+    prefix_energy_model,
+    resolve_forcefield_file,
+)
+from arbg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -361,15 +369,12 @@ class PeptideSystem:
     @property
     def energy_model(self):
         if self._energy is None:
-            from arbg.chem.energy import OpenMMEnergy
-
             # parallel on the Dask engine of the running command, if any (arbg.cluster)
             self._energy = OpenMMEnergy(self.create_openmm_system(), self.kT)
         return self._energy
 
     def create_openmm_system(self, topology=None):
         """An openmm.System for this force field (no constraints), for `topology` or self."""
-        from arbg.chem.energy import create_openmm_system
 
         return create_openmm_system(self.spec, topology or self.omm_topology)
 
@@ -414,7 +419,6 @@ class PeptideSystem:
         i : index into ``boundaries``.
         x_prefix : [B, boundaries[i], 3] positions in nm, canonical order.
         """
-        from arbg.chem.energy import prefix_energy_model
 
         x_prefix = np.asarray(x_prefix, dtype=np.float64)
         m = self.boundaries[i]
@@ -444,13 +448,11 @@ class PeptideSystem:
         return buf.getvalue()
 
     def save_pdb(self, path: str | Path, positions: np.ndarray | None = None) -> None:
-        from arbg.io import atomic_write_text
 
         atomic_write_text(path, self.to_pdb_string(positions))
 
     def forcefield_hashes(self) -> dict[str, str]:
         """sha256 of each force-field file as OpenMM resolves it."""
-        from arbg.chem.energy import resolve_forcefield_file
 
         out = {}
         for f in self.spec.forcefield:
@@ -497,8 +499,6 @@ def _build_cached(spec: SystemSpec, minimize: bool) -> PeptideSystem:
         block_resnames=names,
     )
     if minimize:
-        from arbg.chem.energy import minimize_positions
-
         system.positions = minimize_positions(system, pos)
     return system
 

@@ -56,11 +56,12 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+import arbg
 from arbg.chem.md import MDConfig, load_md_frames, run_md
 from arbg.chem.systems import (
     AMBER14_OBC1,
@@ -232,7 +233,9 @@ class CorpusConfig:
     test_ns : production MD per test sequence, in ns (None: ``ns``).
     fractions : train/val/test fractions of the sequences (sum 1).
     seed : seed of the split and (hashed with each sequence) of its MD.
-    force_field : a key of ``FORCE_FIELDS`` ("fast-implicit" or "amber14-obc1").
+    force_field : fast-implicit (amber99sbildn + amber99_obc, NoCutoff, 310 K) or amber14-obc1
+        (amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K; the published transferable
+        convention).
     capped : ACE/NME caps instead of zwitterionic termini.
     temperature_k : physical temperature in K (None: the force-field convention's, 310 K).
     histidine : protonation variant of every histidine.
@@ -242,14 +245,19 @@ class CorpusConfig:
 
     ns: float = 1.0
     test_ns: float | None = None
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    fractions: tuple[float, float, float] = field(
+        default=(0.8, 0.1, 0.1),
+        metadata={"flag": "--split", "nargs": 3, "metavar": ("TRAIN", "VAL", "TEST")},
+    )
     seed: int = 0
-    force_field: str = "fast-implicit"
+    force_field: str = field(
+        default="fast-implicit", metadata={"choices": ("fast-implicit", "amber14-obc1")}
+    )
     capped: bool = False
     temperature_k: float | None = None
-    histidine: str = "HIE"
+    histidine: str = field(default="HIE", metadata={"choices": ("HIE", "HID", "HIP")})
     step_fs: float = 1.0
-    friction_per_ps: float = 0.3
+    friction_per_ps: float = field(default=0.3, metadata={"flag": "--friction"})
     frame_interval_ps: float = 1.0
     warmup_ps: float = 50.0
     chunk_frames: int = 1000
@@ -454,8 +462,6 @@ def _totals(entries: dict[str, dict], config: CorpusConfig) -> dict:
 
 def _versions() -> dict:
     import openmm
-
-    import arbg
 
     return {"arbg": arbg.__version__, "openmm": openmm.__version__}
 

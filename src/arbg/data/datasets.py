@@ -30,6 +30,7 @@ import numpy as np
 
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
+from arbg.reweight import kish_ess
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ class Dataset:
 
     def kish_ess(self, name: str | None = None) -> float:
         """Kish effective sample size of the frame weights (of one split, or all frames)."""
-        from arbg.reweight import kish_ess
 
         return kish_ess(self.log_weights if name is None else self.split_log_weights(name))
 

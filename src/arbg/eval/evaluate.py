@@ -22,8 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from arbg.chem.systems import PeptideSystem
+from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
+from arbg.eval.basins import basin_populations
+from arbg.eval.metrics import backbone_torsions, dihedrals, energy_w2, evaluate_ensemble, torsion_w2
+from arbg.eval.report import compute_populations, write_metrics_json, write_report
+from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
+from arbg.sampling.runs import read_run
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,6 @@ def bond_angle_triples(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Arrays of an ``arbg sample`` / ``arbg smc`` run directory, plus its ``summary``."""
-    from arbg.sampling.runs import read_run
 
     run = read_run(Path(run_dir))
     if run is None:
@@ -93,9 +97,6 @@ def evaluate_samples(
     Returns the JSON-serialisable dict of :func:`arbg.eval.metrics.evaluate_ensemble`, with the
     basin populations and free-energy differences under ``"populations"``.
     """
-    from arbg.eval.metrics import evaluate_ensemble
-    from arbg.eval.report import compute_populations
-    from arbg.reweight import normalize_log_weights
 
     _check_same_system(system, reference.system)
     ref_x = reference.positions
@@ -159,8 +160,6 @@ def basin_table(
     """Per residue and basin: population in the reference MD (block SE; weighted by
     ``ref_weights`` [T] with block-jackknife SE when given), in the raw proposal, and in the
     reweighted ensemble (delta-method SE)."""
-    from arbg.eval.basins import basin_populations
-    from arbg.eval.metrics import dihedrals
 
     rows = []
     labels = _residue_labels(system)
@@ -222,8 +221,6 @@ def evaluate_run(
     reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
         weights (see :func:`evaluate_samples`).
     """
-    from arbg.chem.systems import SystemSpec, build_system
-    from arbg.eval.report import write_metrics_json, write_report
 
     run = load_run(run_dir)
     summary = run["summary"]
@@ -340,8 +337,6 @@ def md_cost_curve(
     frame log-weights) are given: then MD with budget K transports the weights of its first
     frames, renormalised over them (reweighted enhanced-sampling MD at matched cost).
     """
-    from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
-    from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
 
     rng = np.random.default_rng(seed)
     ref_u = reference_energies(reference)

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import ot
 
+from arbg.chem.geometry import dihedrals  # noqa: F401  (re-exported)
 from arbg.eval.basins import (  # noqa: F401  (re-exported public API)
     DEFAULT_BASINS,
     Basin,
     basin_populations,
     free_energy_differences,
 )
-from arbg.reweight import kish_ess, multinomial_resample
+from arbg.reweight import kish_ess, multinomial_resample, weights_from_log  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +56,6 @@ def _normalize(weights: np.ndarray | None, n: int) -> np.ndarray:
     if total <= 0:
         raise ValueError("weights sum to zero")
     return w / total
-
-
-def weights_from_log(log_w: np.ndarray) -> np.ndarray:
-    """Normalized weights from (possibly unnormalized) log weights.
-
-    Parameters
-    ----------
-    log_w : ndarray, shape (N,)
-        Log importance weights; ``-inf`` means zero weight, NaN is treated as ``-inf``.
-
-    Returns
-    -------
-    ndarray, shape (N,)
-        Non-negative weights summing to one.
-    """
-    lw = np.asarray(log_w, dtype=np.float64).copy()
-    lw[np.isnan(lw)] = -np.inf
-    top = np.max(lw)
-    if not np.isfinite(top):
-        raise ValueError("all log weights are -inf")
-    w = np.exp(lw - top)
-    return w / w.sum()
 
 
 def n_nonfinite(values: np.ndarray) -> int:
@@ -225,33 +204,6 @@ def w2_euclidean(
 # --------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------
-def dihedrals(x: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Dihedral angles (mdtraj convention, ``compute_dihedrals`` without PBC).
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, n_atoms, 3)
-        Positions in nm.
-    indices : ndarray, shape (k, 4)
-        Atom indices of each dihedral.
-
-    Returns
-    -------
-    ndarray, shape (N, k)
-        Angles in radians in (-pi, pi].
-    """
-    x = np.asarray(x, dtype=np.float64)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1, 4)
-    if idx.shape[0] == 0:
-        return np.zeros((x.shape[0], 0))
-    p0, p1, p2, p3 = (x[:, idx[:, j]] for j in range(4))
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    c1, c2 = np.cross(b2, b3), np.cross(b1, b2)
-    p1_ = np.sum(b1 * c1, axis=-1) * np.linalg.norm(b2, axis=-1)
-    p2_ = np.sum(c1 * c2, axis=-1)
-    return np.arctan2(p1_, p2_)
-
-
 def backbone_torsions(
     x: np.ndarray, phi_indices: np.ndarray, psi_indices: np.ndarray
 ) -> np.ndarray:

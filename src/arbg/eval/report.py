@@ -25,6 +25,8 @@ import numpy as np
 from arbg.eval import plots
 from arbg.eval.basins import basin_populations, free_energy_differences
 from arbg.eval.metrics import dihedrals, fit_tica, tica_features, tica_project, weights_from_log
+from arbg.io import atomic_write_text
+from arbg.reweight import multinomial_resample
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,6 @@ def _json_default(obj: Any) -> Any:
 def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write ``metrics`` as indented JSON (numpy scalars/arrays converted) and return the path."""
     path = Path(path)
-    from arbg.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(metrics, indent=2, default=_json_default))
     return path
@@ -266,8 +267,6 @@ def write_report(
     if reference_log_weights is None:
         sub_ref = _subsample(len(x_ref), max_points, rng)
     else:
-        from arbg.reweight import multinomial_resample
-
         ref_lw = np.asarray(reference_log_weights, dtype=np.float64)
         ref_w = weights_from_log(ref_lw)
         sub_ref = np.sort(multinomial_resample(ref_lw, min(len(x_ref), max_points), rng))

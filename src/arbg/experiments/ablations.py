@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from arbg.chem.systems import SystemSpec, build_system
 from arbg.data.datasets import Dataset
 from arbg.experiments.stages import (
     RESAMPLED,
@@ -45,6 +46,9 @@ from arbg.experiments.stages import (
     stats,
     tau_name,
 )
+from arbg.io import atomic_write_json, atomic_write_text
+from arbg.nn.binning import quantization_bound
+from arbg.train.checkpoints import load_checkpoint, read_config
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,6 @@ def check_bins(bins: Sequence[int]) -> list[int]:
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    from arbg.io import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -143,9 +146,6 @@ def ablate_bins(
     ``t_w2`` (stats over seeds of the resampled reweighted ensemble), ``proposal_e_w2``,
     ``ess``, ``bound_e_w2`` and ``bin_width_pm``.
     """
-    from arbg.io import atomic_write_json
-    from arbg.nn.binning import quantization_bound
-    from arbg.train.checkpoints import load_checkpoint
 
     bins = check_bins(bins)
     cfg = config or BudgetConfig()
@@ -346,9 +346,6 @@ def ablate_temperature(
     ``e_w2``, ``t_w2``, ``score`` (their sum), ``ess``, ``relative_ess``; ``best_tau`` has the
     lowest mean score.
     """
-    from arbg.chem.systems import SystemSpec, build_system
-    from arbg.io import atomic_write_json
-    from arbg.train.checkpoints import read_config
 
     taus = [float(t) for t in taus]
     if not taus or any(not t > 0 for t in taus):

@@ -56,6 +56,8 @@ from arbg.experiments.stages import (
     stats,
     tau_name,
 )
+from arbg.io import atomic_write_json, atomic_write_text
+from arbg.nn.heads import HEADS
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class BenchmarkConfig(BudgetConfig):
 
     heads: list[str] = field(default_factory=lambda: ["bins", "mol", "gmm", "givt"])
     taus: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
-    tune_heads: list[str] | None = None
+    tune_heads: list[str] | None = field(default=None, metadata={"nargs": "*"})
     tune_n: int = 2000
     tune_n_eval: int = 1000
     md_steps_per_frame: int | None = None
@@ -110,7 +112,6 @@ def check_heads(heads: Sequence[str], allow_empty: bool = False) -> list[str]:
     ValueError
         For an empty list (unless ``allow_empty``), an unknown head or a repeated head.
     """
-    from arbg.nn.heads import HEADS
 
     heads = list(heads)
     if not heads and not allow_empty:
@@ -278,7 +279,6 @@ def run_benchmark(
     ValueError
         Unknown or repeated heads, bad taus or budgets, or a reference of another system.
     """
-    from arbg.io import atomic_write_json, atomic_write_text
 
     cfg = config or BenchmarkConfig()
     cfg.validate()

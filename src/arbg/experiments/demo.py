@@ -31,6 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from arbg.chem.bias import BiasConfig
+from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
+from arbg.chem.systems import build_system
+from arbg.data.datasets import load_dataset
+from arbg.eval.evaluate import evaluate_run, load_run, md_cost_curve
+from arbg.eval.plots import plot_cost_curve
+from arbg.sampling.runs import run_sampling
+from arbg.train.trainer import TrainConfig, Trainer, train
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets" / "aldp"
@@ -79,9 +88,6 @@ def shipped_assets() -> dict[str, Path]:
 
 def _md_job(args: tuple[str, float, int, float | None]) -> str:
     """One MD run of the demo: (out dir, production ns, seed, bias build ns or None)."""
-    from arbg.chem.bias import BiasConfig
-    from arbg.chem.md import MDConfig, run_md
-    from arbg.chem.systems import build_system
 
     out, ns, seed, build_ns = args
     bias = None if build_ns is None else BiasConfig(build_ns=build_ns)
@@ -96,10 +102,6 @@ def _stage(name: str) -> float:
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     """Run the demo into `out_dir`; returns the path of report.html."""
-    from arbg.chem.systems import build_system
-    from arbg.data.datasets import load_dataset
-    from arbg.eval.evaluate import evaluate_run
-    from arbg.sampling.runs import run_sampling
 
     cfg = config or DemoConfig()
     out = Path(out_dir)
@@ -118,8 +120,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
         n_samples = min(cfg.n_samples, 3000)
         n_eval = min(cfg.n_eval, 2000)
     else:
-        from arbg.train.trainer import TrainConfig, train
-
         build = None if cfg.plain_md else cfg.bias_build_ns
         kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
         t = _stage(
@@ -174,8 +174,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
         t = _stage("MD at matched cost")
         cost = _cost_curve(system, out, run_dir, reference)
         if cost is not None:
-            from arbg.eval.plots import plot_cost_curve
-
             path = out / "report" / "cost_curve.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
@@ -217,8 +215,6 @@ def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
     import dataclasses
     import tempfile
 
-    from arbg.train.trainer import Trainer
-
     state_path = out / "demo_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if "train_steps" in state:
@@ -240,8 +236,6 @@ def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
 
 
 def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] | None:
-    from arbg.chem.md import load_md_frames, load_md_log_weights
-    from arbg.eval.evaluate import load_run, md_cost_curve
 
     md_dir = out / "md" / "train"
     if not (md_dir / "progress.json").exists():

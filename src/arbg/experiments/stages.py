@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from arbg.data.datasets import Dataset
+from arbg.data.datasets import Dataset, load_dataset
+from arbg.eval.evaluate import evaluate_run, md_cost_curve
+from arbg.experiments.tuning import tune_temperature
+from arbg.io import atomic_write_json
+from arbg.sampling.runs import run_sampling
+from arbg.train.checkpoints import load_checkpoint, read_config
+from arbg.train.trainer import TrainConfig, train
 
 if TYPE_CHECKING:
     from arbg.train.trainer import TrainConfig
@@ -60,7 +66,7 @@ class BudgetConfig:
     report : also write the HTML report of every run (slower).
     """
 
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
     steps: int = 1600
     batch_size: int = 32
     n_bins: int | None = None
@@ -71,9 +77,9 @@ class BudgetConfig:
     n_samples: int = 10_000
     n_eval: int = 5_000
     tica_lag: int = 100
-    chirality: str = "zero"
+    chirality: str = field(default="zero", metadata={"choices": ("zero", "mirror")})
     clip_fraction: float = 0.002
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     report: bool = False
 
     def validate(self) -> None:
@@ -152,7 +158,6 @@ def as_dataset(
     """A Dataset as it is, or :func:`arbg.data.datasets.load_dataset` of a path."""
     if isinstance(source, Dataset):
         return source
-    from arbg.data.datasets import load_dataset
 
     ds = load_dataset(source, topology=topology, system=system)
     ds.metadata.setdefault("source", str(source))
@@ -199,7 +204,6 @@ def make_train_config(
     seed : training seed.
     n_bins : bins, overriding ``budget.n_bins`` (bin ablation).
     """
-    from arbg.train.trainer import TrainConfig
 
     overrides = {**budget.model_overrides, "head": head}
     if head != "bins":
@@ -234,8 +238,6 @@ def ensure_trained(
     -------
     Path: ``out_dir/best`` (lowest val NLL; ``last`` when there is no ``best``), resolved.
     """
-    from arbg.train.checkpoints import read_config
-    from arbg.train.trainer import train
 
     out = Path(out_dir)
     t0 = time.time()
@@ -295,8 +297,6 @@ def ensure_run(
     -------
     dict: the content of metrics.json (``metrics[ensemble][e_w2|t_w2|tica_w2]``, ESS, ...).
     """
-    from arbg.eval.evaluate import evaluate_run
-    from arbg.sampling.runs import run_sampling
 
     ckpt = Path(checkpoint).resolve()
     run = Path(run_dir)
@@ -325,8 +325,6 @@ def ensure_run(
         dev = resolve_device(budget.device)
         source: Any = str(ckpt)
         if sequence is not None:
-            from arbg.train.checkpoints import load_checkpoint
-
             source = load_checkpoint(ckpt, device=dev, sequence=sequence)
         run_sampling(
             source,
@@ -400,9 +398,6 @@ def ensure_tuned(
     dict: the tune result (``rows`` with ``tau``, ``e_w2``, ``t_w2``, ``score``, ``ess``,
     ``best_tau``) plus ``request``.
     """
-    from arbg.experiments.tuning import tune_temperature
-    from arbg.io import atomic_write_json
-    from arbg.train.checkpoints import load_checkpoint
 
     ckpt, path = Path(checkpoint).resolve(), Path(path)
     request = {
@@ -467,7 +462,6 @@ def md_at_budget(
     weights. Blocks with fewer than 2 frames, or beyond the data, are left out (a NaN row when
     none is left).
     """
-    from arbg.eval.evaluate import md_cost_curve
 
     n_md = budget // steps_per_frame
     empty = np.zeros((0, data.system.n_atoms, 3))

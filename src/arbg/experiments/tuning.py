@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2, weights_from_log
+from arbg.reweight import multinomial_resample, snis
+from arbg.sampling.sampler import generate
+
 log = logging.getLogger(__name__)
 
 
@@ -40,9 +44,6 @@ def tune_temperature(
     validation_log_weights : [F] frame log-weights of weighted (biased/heated) validation data;
         the subsampled frames carry them into E-W2 and T-W2. None = equilibrium frames.
     """
-    from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
-    from arbg.reweight import multinomial_resample, snis
-    from arbg.sampling.sampler import generate
 
     system = checkpoint.system
     if not taus or any(t <= 0 for t in taus):
@@ -53,8 +54,6 @@ def tune_temperature(
     ref_t = backbone_torsions(ref, system.phi_indices, system.psi_indices)
     ref_w = None
     if validation_log_weights is not None and np.ptp(validation_log_weights) > 0:
-        from arbg.eval.metrics import weights_from_log
-
         ref_w = weights_from_log(np.asarray(validation_log_weights)[::stride][:n_eval])
     rows = []
     for i, tau in enumerate(taus):

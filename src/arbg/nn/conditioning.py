@@ -35,14 +35,14 @@ sequences uniformly, then a frame of each.
 Checkpoints carry ``"transferable": true``, the conditioning config, the force-field template of
 the corpus (force field, solvent, temperature, termini) and the limits (max residues, max atoms,
 residue letters seen); :func:`arbg.train.checkpoints.load_checkpoint` with ``sequence=`` builds the
-peptide with that template and binds the model to it (:func:`load_transferable`).
+peptide with that template and binds the model to it
+(:func:`arbg.train.checkpoints.load_transferable`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,19 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem, SystemSpec, build_system
+from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem
 from arbg.nn.binning import Binning
-from arbg.nn.model import ARBG, KVCache, ModelConfig, TokenFeatures
+from arbg.nn.model import ARBG, KVCache, ModelConfig, TokenFeatures, token_features_for_system
 from arbg.nn.standardize import Standardization
-from arbg.train.checkpoints import (
-    SCHEMA_VERSION,
-    Checkpoint,
-    CheckpointMismatchError,
-    _versions,
-    read_config,
-    system_features,
-    write_checkpoint_dir,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +199,26 @@ class ConditioningEncoder(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 # the model
+
+
+def system_features(
+    system: PeptideSystem, n_coords: int | Standardization | None = None
+) -> TokenFeatures:
+    """Token features ([T] tensors) of ``system``.
+
+    ``n_coords`` is a token count (atom-major, ``3(n-1)`` by default) or the
+    :class:`Standardization` whose modelled coordinates the tokens are (gauge frames skip six).
+    """
+    if isinstance(n_coords, Standardization):
+        return token_features_for_system(
+            system.atom_type_id,
+            system.residue_type_id,
+            system.residue_index,
+            coord_index=n_coords.coord_index,
+        )
+    return token_features_for_system(
+        system.atom_type_id, system.residue_type_id, system.residue_index, n_coords
+    )
 
 
 @dataclass
@@ -483,114 +494,3 @@ def check_limits(system: PeptideSystem, limits: dict[str, Any]) -> None:
             f"sequence {seq!r} is outside the limits of this transferable model: "
             + "; ".join(problems)
         )
-
-
-def save_transferable_checkpoint(
-    path: str | Path,
-    model: TransferableARBG,
-    binning: Binning,
-    std_nm: float,
-    info: dict[str, Any],
-    training: dict[str, Any] | None = None,
-    ema_model: nn.Module | None = None,
-    trainer_state: dict[str, Any] | None = None,
-) -> Path:
-    """Write a transferable checkpoint (layout of :mod:`arbg.train.checkpoints`).
-
-    ``config.json`` has ``"transferable": true``, ``model``, ``conditioning``, ``binning``,
-    ``standardization`` (``std_nm``, frame ``"gauge"``), ``corpus`` (spec template, force field,
-    solvent, temperature_k, training sequences) and ``limits`` (max_residues, max_atoms,
-    residues), from ``info``.
-    """
-    config = {
-        "schema_version": SCHEMA_VERSION,
-        "format": "arbg-checkpoint",
-        "transferable": True,
-        "model": model.config.to_dict(),
-        "conditioning": model.conditioning.to_dict(),
-        "binning": binning.to_dict(),
-        "standardization": {"std_nm": float(std_nm), "frame": "gauge"},
-        "corpus": info["corpus"],
-        "limits": info["limits"],
-        "versions": _versions(),
-        "training": training or {},
-        "ema": ema_model is not None,
-    }
-    return write_checkpoint_dir(path, config, model, ema_model, trainer_state)
-
-
-def system_for_sequence(sequence: str, template: dict[str, Any]) -> PeptideSystem:
-    """Build ``sequence`` with a checkpoint's force-field template (not minimised)."""
-    from arbg.chem.systems import validate_sequence
-
-    seq = validate_sequence(sequence)
-    t = dict(template)
-    t["forcefield"] = tuple(t["forcefield"])
-    return build_system(SystemSpec(name=seq, sequence=seq, **t), minimize=False)
-
-
-def load_transferable(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    system: PeptideSystem | None = None,
-    sequence: str | None = None,
-    use_ema: bool = True,
-    binning: Binning | None = None,
-) -> Checkpoint:
-    """Load a transferable checkpoint bound to ``system`` or to ``sequence`` (built with the
-    checkpoint's force field and temperature); a :class:`arbg.train.checkpoints.Checkpoint` whose
-    model
-    is a :class:`BoundModel` (conditioning computed once).
-
-    Raises
-    ------
-    ValueError
-        Neither system nor sequence given, or the sequence is outside the stored limits.
-    """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    config = read_config(path)
-    if system is None and sequence is None:
-        raise ValueError(
-            f"{path} is a transferable checkpoint: give a sequence "
-            "(arbg sample CHECKPOINT --sequence SEQ)"
-        )
-    if system is None:
-        system = system_for_sequence(str(sequence), config["corpus"]["spec"])
-    elif sequence is not None and system.spec.sequence != sequence.upper():
-        raise ValueError(f"system {system.name!r} is not sequence {sequence!r}")
-    check_limits(system, config["limits"])
-    tpl = config["corpus"]["spec"]
-    mine = {k: v for k, v in system.spec.to_dict().items() if k in _TEMPLATE_KEYS}
-    if mine != tpl:
-        logger.warning("system settings %s differ from the corpus's %s", mine, tpl)
-    stored = Binning.from_dict(config["binning"])
-    if binning is not None and binning != stored:
-        raise CheckpointMismatchError(f"{path}: binning mismatch: {stored} vs {binning}")
-    net = TransferableARBG(
-        ModelConfig.from_dict(config["model"]), ConditioningConfig.from_dict(config["conditioning"])
-    )
-    used_ema = bool(use_ema and (path / "ema.safetensors").exists())
-    net.load_state_dict(
-        load_file(str(path / ("ema.safetensors" if used_ema else "model.safetensors"))), strict=True
-    )
-    net.to(device).eval()
-    enc = encode_system(system, config["standardization"]["std_nm"], stored)
-    seen = system.spec.sequence in set(config["corpus"].get("train_sequences", []))
-    logger.info(
-        "transferable checkpoint %s bound to %s (%d atoms, %s)",
-        path,
-        system.name,
-        system.n_atoms,
-        "a training sequence" if seen else "zero-shot",
-    )
-    return Checkpoint(
-        path=path,
-        model=BoundModel(net, enc).eval(),  # type: ignore[arg-type]
-        binning=stored,
-        standardization=enc.standardization,
-        system=system,
-        config=config,
-        used_ema=used_ema,
-    )

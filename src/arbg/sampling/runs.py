@@ -21,10 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from arbg.io import atomic_save_npz, atomic_write_json
 from arbg.nn.binning import Binning
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.nn.standardize import Standardization
-from arbg.sampling.sampler import ProposalState, TransformerProposal, generate
+from arbg.reweight import kish_ess, normalize_log_weights, snis, systematic_resample
+from arbg.sampling.sampler import ProposalState, TransformerProposal, generate, make_generators
+from arbg.sampling.smc import SMCRepeats, twisted_smc
+from arbg.sampling.targets import wrong_chirality
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
@@ -49,8 +55,6 @@ def _resolve_parts(obj: Any) -> SamplerParts:
     if isinstance(obj, SamplerParts):
         return obj
     if isinstance(obj, (str, Path)):
-        from arbg.train.checkpoints import load_checkpoint  # type: ignore[import-not-found]
-
         ck = load_checkpoint(obj)
         parts = _resolve_parts(ck)
         parts.path = str(obj)
@@ -78,14 +82,6 @@ def _save_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
 
 
 def run_sampling(
@@ -148,7 +144,7 @@ def run_sampling(
     if system is None:
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
     out = Path(out_dir)
-    rank, world = _dist()
+    rank, world = rank_and_world_size()
     seeds = [int(seed) + r for r in range(world)]
     old = read_run(out)
     if old is not None:
@@ -265,8 +261,6 @@ def _write_run(
     t0: float,
 ) -> dict[str, Any]:
     """Merge, reweight (SNIS over all samples) and write every file of a run directory."""
-    from arbg.io import atomic_save_npz, atomic_write_json
-    from arbg.reweight import snis, systematic_resample
 
     keys = ("coords", "bins", "log_q", "u", "chirality_wrong", "mirrored", "seed")
     new = {k: np.concatenate([g[k] for g in gathered]) for k in keys}
@@ -431,11 +425,6 @@ def run_smc(
         If the system has no interior residue boundary (e.g. ``aldp``: use SNIS, ``arbg
         sample``), or ``out_dir`` already holds samples.
     """
-    from arbg.io import atomic_save_npz, atomic_write_json
-    from arbg.reweight import kish_ess, normalize_log_weights, systematic_resample
-    from arbg.sampling.sampler import make_generators
-    from arbg.sampling.smc import SMCRepeats, twisted_smc
-    from arbg.sampling.targets import wrong_chirality
 
     t0 = time.perf_counter()
     parts = _resolve_parts(checkpoint_or_parts)

@@ -28,10 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
 
-from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
+import arbg
+from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, validate_sequence
 from arbg.nn.binning import Binning
-from arbg.nn.model import ARBG, ModelConfig, TokenFeatures, token_features_for_system
+from arbg.nn.conditioning import (
+    _TEMPLATE_KEYS,
+    BoundModel,
+    ConditioningConfig,
+    TransferableARBG,
+    check_limits,
+    encode_system,
+    system_features,
+)
+from arbg.nn.model import ARBG, ModelConfig, TokenFeatures
 from arbg.nn.standardize import Standardization
 
 logger = logging.getLogger(__name__)
@@ -92,28 +104,7 @@ class Checkpoint:
         return dict(self.config.get("training", {}))
 
 
-def system_features(
-    system: PeptideSystem, n_coords: int | Standardization | None = None
-) -> TokenFeatures:
-    """Token features ([T] tensors) of ``system``.
-
-    ``n_coords`` is a token count (atom-major, ``3(n-1)`` by default) or the
-    :class:`Standardization` whose modelled coordinates the tokens are (gauge frames skip six).
-    """
-    if isinstance(n_coords, Standardization):
-        return token_features_for_system(
-            system.atom_type_id,
-            system.residue_type_id,
-            system.residue_index,
-            coord_index=n_coords.coord_index,
-        )
-    return token_features_for_system(
-        system.atom_type_id, system.residue_type_id, system.residue_index, n_coords
-    )
-
-
 def _versions() -> dict[str, str]:
-    import arbg
 
     out = {"arbg": arbg.__version__, "torch": torch.__version__}
     try:
@@ -214,7 +205,6 @@ def write_checkpoint_dir(
     The directory is assembled in a temporary sibling and renamed into place (shared by
     :func:`save_checkpoint` and :func:`arbg.nn.conditioning.save_transferable_checkpoint`).
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -352,13 +342,10 @@ def load_checkpoint(
     CheckpointMismatchError
         If the system or the binning does not fit the model.
     """
-    from safetensors.torch import load_file
 
     path = Path(path)
     config = read_config(path)
     if config.get("transferable"):
-        from arbg.nn.conditioning import load_transferable
-
         return load_transferable(
             path, device=device, system=system, sequence=sequence, use_ema=use_ema, binning=binning
         )
@@ -422,3 +409,114 @@ def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
     if not f.exists():
         return None
     return torch.load(f, map_location="cpu", weights_only=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# transferable checkpoints (bound to a sequence at load time)
+
+
+def save_transferable_checkpoint(
+    path: str | Path,
+    model: TransferableARBG,
+    binning: Binning,
+    std_nm: float,
+    info: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    ema_model: nn.Module | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a transferable checkpoint (layout of :mod:`arbg.train.checkpoints`).
+
+    ``config.json`` has ``"transferable": true``, ``model``, ``conditioning``, ``binning``,
+    ``standardization`` (``std_nm``, frame ``"gauge"``), ``corpus`` (spec template, force field,
+    solvent, temperature_k, training sequences) and ``limits`` (max_residues, max_atoms,
+    residues), from ``info``.
+    """
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "format": "arbg-checkpoint",
+        "transferable": True,
+        "model": model.config.to_dict(),
+        "conditioning": model.conditioning.to_dict(),
+        "binning": binning.to_dict(),
+        "standardization": {"std_nm": float(std_nm), "frame": "gauge"},
+        "corpus": info["corpus"],
+        "limits": info["limits"],
+        "versions": _versions(),
+        "training": training or {},
+        "ema": ema_model is not None,
+    }
+    return write_checkpoint_dir(path, config, model, ema_model, trainer_state)
+
+
+def system_for_sequence(sequence: str, template: dict[str, Any]) -> PeptideSystem:
+    """Build ``sequence`` with a checkpoint's force-field template (not minimised)."""
+    seq = validate_sequence(sequence)
+    t = dict(template)
+    t["forcefield"] = tuple(t["forcefield"])
+    return build_system(SystemSpec(name=seq, sequence=seq, **t), minimize=False)
+
+
+def load_transferable(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    system: PeptideSystem | None = None,
+    sequence: str | None = None,
+    use_ema: bool = True,
+    binning: Binning | None = None,
+) -> Checkpoint:
+    """Load a transferable checkpoint bound to ``system`` or to ``sequence`` (built with the
+    checkpoint's force field and temperature); a :class:`arbg.train.checkpoints.Checkpoint` whose
+    model
+    is a :class:`BoundModel` (conditioning computed once).
+
+    Raises
+    ------
+    ValueError
+        Neither system nor sequence given, or the sequence is outside the stored limits.
+    """
+    path = Path(path)
+    config = read_config(path)
+    if system is None and sequence is None:
+        raise ValueError(
+            f"{path} is a transferable checkpoint: give a sequence "
+            "(arbg sample CHECKPOINT --sequence SEQ)"
+        )
+    if system is None:
+        system = system_for_sequence(str(sequence), config["corpus"]["spec"])
+    elif sequence is not None and system.spec.sequence != sequence.upper():
+        raise ValueError(f"system {system.name!r} is not sequence {sequence!r}")
+    check_limits(system, config["limits"])
+    tpl = config["corpus"]["spec"]
+    mine = {k: v for k, v in system.spec.to_dict().items() if k in _TEMPLATE_KEYS}
+    if mine != tpl:
+        logger.warning("system settings %s differ from the corpus's %s", mine, tpl)
+    stored = Binning.from_dict(config["binning"])
+    if binning is not None and binning != stored:
+        raise CheckpointMismatchError(f"{path}: binning mismatch: {stored} vs {binning}")
+    net = TransferableARBG(
+        ModelConfig.from_dict(config["model"]), ConditioningConfig.from_dict(config["conditioning"])
+    )
+    used_ema = bool(use_ema and (path / "ema.safetensors").exists())
+    net.load_state_dict(
+        load_file(str(path / ("ema.safetensors" if used_ema else "model.safetensors"))), strict=True
+    )
+    net.to(device).eval()
+    enc = encode_system(system, config["standardization"]["std_nm"], stored)
+    seen = system.spec.sequence in set(config["corpus"].get("train_sequences", []))
+    logger.info(
+        "transferable checkpoint %s bound to %s (%d atoms, %s)",
+        path,
+        system.name,
+        system.n_atoms,
+        "a training sequence" if seen else "zero-shot",
+    )
+    return Checkpoint(
+        path=path,
+        model=BoundModel(net, enc).eval(),  # type: ignore[arg-type]
+        binning=stored,
+        standardization=enc.standardization,
+        system=system,
+        config=config,
+        used_ema=used_ema,
+    )

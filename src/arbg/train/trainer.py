@@ -56,6 +56,7 @@ import torch.distributed as dist
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
 from arbg.nn.binning import Binning, default_n_bins, fit_binning
+from arbg.nn.conditioning import system_features
 from arbg.nn.heads import z_to_values
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.nn.standardize import (
@@ -65,12 +66,12 @@ from arbg.nn.standardize import (
     random_rotations,
     rotate,
 )
+from arbg.reweight import normalize_log_weights
 from arbg.train.checkpoints import (
     copy_checkpoint,
     load_trainer_state,
     read_config,
     save_checkpoint,
-    system_features,
 )
 from arbg.train.optim import Muon, newton_schulz  # noqa: F401  (re-exported)
 
@@ -124,12 +125,12 @@ class TrainConfig:
         at ~4 epochs, then rising), so the demo uses it.
     """
 
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
     model_overrides: dict[str, Any] = field(default_factory=dict)
     n_bins: int | None = None
     steps: int = 1600
     batch_size: int = 32
-    optimizer: str = "muon"
+    optimizer: str = field(default="muon", metadata={"choices": ("muon", "adamw")})
     lr_adamw: float = 2e-3
     lr_muon: float = 0.02
     momentum_muon: float = 0.95
@@ -141,8 +142,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
-    frame: str = "gauge"
-    augment_rotations: bool = True
+    frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
+    augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250
@@ -151,11 +152,11 @@ class TrainConfig:
     eval_seed: int = 1234
     checkpoint_every: int = 500
     log_every: int = 10
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     margin: float = 1.1
     max_minutes: float | None = None
     stop_after_steps: int | None = None
-    data_weights: str = "plain"
+    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
     patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,12 +280,12 @@ def marginal_baseline(train_bins: torch.Tensor, val_bins: torch.Tensor, n_bins: 
 
 def _normalized(log_w: np.ndarray) -> np.ndarray:
     """Normalized weights [f] float64 from unnormalised log-weights."""
-    from arbg.reweight import normalize_log_weights
 
     return np.exp(normalize_log_weights(log_w))
 
 
-def _dist_info() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed; (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -300,7 +301,7 @@ def init_distributed() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-    return _dist_info()
+    return rank_and_world_size()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,7 +326,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dataset, self.system = dataset, getattr(dataset, "system", None)
         self.progress = progress
-        self.rank, self.world = _dist_info()
+        self.rank, self.world = rank_and_world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} not divisible by {self.world} ranks")
         self.local_batch = cfg.batch_size // self.world

@@ -26,13 +26,12 @@ from arbg.nn.conditioning import (
     check_limits,
     collate,
     encode_system,
-    save_transferable_checkpoint,
     solvent_of,
     spec_template,
 )
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.nn.standardize import Standardization
-from arbg.train.checkpoints import read_config
+from arbg.train.checkpoints import read_config, save_transferable_checkpoint
 from arbg.train.trainer import TrainConfig, Trainer, init_distributed
 
 logger = logging.getLogger(__name__)
