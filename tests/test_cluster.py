@@ -13,7 +13,7 @@ import pytest
 
 from arbg.cli import main
 from arbg.cluster import ENV_SCHEDULER, ClusterConfig, active_engine, open_engine, use_engine
-from arbg.data.corpora import CorpusConfig, run_corpus
+from arbg.data.corpora import CorpusConfig, load_corpus, run_corpus
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SEQS = ["AA", "GA", "GG"]
@@ -171,6 +171,20 @@ def test_corpus_through_scheduler_survives_killed_worker(tmp_path, dask_cluster)
     assert not (out / "work").exists()
     _same_corpus(out, ref)  # identical to the local run, the killed sequence included
     assert procs["worker1"].poll() is None  # the survivor finished the job
+
+    # energies of the corpus frames on the surviving worker equal the in-process ones
+    import arbg.chem.energy as E
+
+    corpus = load_corpus(out)
+    ds = corpus.dataset("AA")
+    expected = ds.system.reduced_energy(ds.positions)
+    with open_engine(ClusterConfig(scheduler=address)) as engine, use_engine(engine):
+        assert engine.n_workers == 1 and engine.dashboard_link is None  # --no-dashboard
+        energy = E.OpenMMEnergy(ds.system.create_openmm_system(), ds.system.kT)
+        energy.sec_per_eval = E.MIN_PARALLEL_S  # as if slow: distribute these 100 frames
+        u = energy(ds.positions)
+        assert energy.n_tasks >= 1
+    np.testing.assert_array_equal(u, expected)
 
     # resuming through the scheduler named by the environment: nothing left to run
     os.environ[ENV_SCHEDULER] = address

@@ -102,8 +102,7 @@ class Engine:
         """Workers (threads) available now: 1 in-process, else the cluster's total threads."""
         if self.client is None:
             return 1
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+        return max(1, sum(self.client.nthreads().values()))  # {address: threads}
 
     @property
     def dashboard_link(self) -> str | None:
