@@ -234,3 +234,30 @@ def test_build_is_the_same_whatever_the_threads_and_run():
         assert out.returncode == 0, out.stderr[-2000:]
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_task_waits_for_a_run_of_its_sequence_then_skips_it(tmp_path, monkeypatch):
+    """A resumed client's task meets a task of the killed client still running: it waits for
+    that run's lock instead of failing, then finds the sequence finished (no second MD)."""
+    import threading
+
+    import arbg.data.corpora as C
+
+    cfg = CorpusConfig(ns=0.004, fractions=(1.0, 0.0, 0.0), warmup_ps=0.2, chunk_frames=2)
+    out = tmp_path / "c"
+    done = run_corpus(out, ["GG"], cfg, progress=False)["sequences"]["GG"]
+    monkeypatch.setattr(C, "LOCK_POLL_S", 0.05)
+    monkeypatch.setattr(C, "run_md", lambda *a, **k: pytest.fail("finished: no MD expected"))
+    result = {}
+    lock = out / "locks" / "GG.lock"
+    with C._file_lock(lock, "the earlier task"):
+        with pytest.raises(ValueError, match="being run by another process"):
+            C.run_sequence(out, "GG", "train", cfg)  # the CLI's in-process runs do not wait
+        task = threading.Thread(
+            target=lambda: result.update(C._run_in_worker(str(out), "GG", "train", cfg.to_dict()))
+        )
+        task.start()
+        time.sleep(0.5)
+        assert task.is_alive()  # waiting for the lock
+    task.join(timeout=30)
+    assert not task.is_alive() and result == done

@@ -89,6 +89,8 @@ FORCE_FIELDS: dict[str, dict] = {
         forcefield=AMBER14_OBC1, nonbonded="CutoffNonPeriodic", cutoff_nm=2.0, temperature_k=310.0
     ),
 }
+LOCK_POLL_S = 2.0  # how often a waiting task retries a sequence lock
+WORKER_LOCK_WAIT_S = 24 * 3600.0  # a Dask task waits this long for a run of its sequence
 MAX_ENUMERATED = 1_000_000  # all k-mers are listed only up to this many (20**4 = 160,000)
 
 
@@ -326,19 +328,27 @@ class CorpusConfig:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, what: str):
-    """An exclusive, non-blocking lock on `path` (POSIX flock; released when the process ends)."""
+def _file_lock(path: Path, what: str, wait_s: float = 0.0):
+    """An exclusive lock on `path` (POSIX flock; released when the process ends).
+
+    Raises ValueError when another process holds it for more than `wait_s` seconds.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            raise ValueError(f"{what} is being run by another process (lock {path})") from e
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    raise ValueError(f"{what} is being run by another process (lock {path})") from e
+                time.sleep(min(LOCK_POLL_S, max(deadline - time.monotonic(), 0.01)))
         try:
             yield
         finally:
@@ -346,17 +356,28 @@ def _file_lock(path: Path, what: str):
 
 
 def run_sequence(
-    out_dir: str | Path, sequence: str, split: str, config: CorpusConfig, progress: bool = False
+    out_dir: str | Path,
+    sequence: str,
+    split: str,
+    config: CorpusConfig,
+    progress: bool = False,
+    lock_wait_s: float = 0.0,
 ) -> dict:
     """Run (or resume) the MD of one sequence of a corpus and consolidate it.
 
     The run goes to ``work/{SEQ}/`` (a resumable ``arbg md`` directory); once complete its
     frames are written to ``sequences/{SEQ}.npz`` (float32 [F, n, 3] nm, canonical order), its
     topology to ``sequences/{SEQ}.pdb`` and its metadata to ``sequences/{SEQ}.json`` (last), and
-    the work directory is removed. Returns the sequence's manifest entry.
+    the work directory is removed. Returns the sequence's manifest entry. A sequence found
+    finished is not run again. `lock_wait_s`: how long to wait for another process running the
+    same sequence (a task of an earlier, killed client still running on a worker).
     """
     out = Path(out_dir)
-    with _file_lock(out / "locks" / f"{sequence}.lock", f"sequence {sequence} of {out}"):
+    lock = out / "locks" / f"{sequence}.lock"
+    with _file_lock(lock, f"sequence {sequence} of {out}", lock_wait_s):
+        meta_path = out / "sequences" / f"{sequence}.json"
+        if meta_path.exists() and (out / "sequences" / f"{sequence}.npz").exists():
+            return _done_entry(json.loads(meta_path.read_text()))  # finished meanwhile
         t0 = time.time()
         system = build_system(config.spec(sequence))
         md_cfg = config.md_config(split, sequence)
@@ -396,8 +417,9 @@ def run_sequence(
 
 
 def _run_in_worker(out_dir: str, sequence: str, split: str, config: dict) -> dict:
-    """Worker-process entry point (picklable)."""
-    return run_sequence(out_dir, sequence, split, CorpusConfig.from_dict(config))
+    """Dask task of one sequence (picklable); waits for a run of it still under way."""
+    config_ = CorpusConfig.from_dict(config)
+    return run_sequence(out_dir, sequence, split, config_, lock_wait_s=WORKER_LOCK_WAIT_S)
 
 
 def _done_entry(meta: dict) -> dict:
