@@ -261,3 +261,17 @@ def test_task_waits_for_a_run_of_its_sequence_then_skips_it(tmp_path, monkeypatc
         assert task.is_alive()  # waiting for the lock
     task.join(timeout=30)
     assert not task.is_alive() and result == done
+
+
+def test_cli_reports_bad_cluster_options(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ENV_SCHEDULER, raising=False)
+    out = tmp_path / "c"
+    base = ["corpus", "--sequences", "AA", "--out", str(out), "--quiet"]
+    assert main([*base, "--workers", "0"]) == 2
+    assert "--workers must be an integer >= 1" in capsys.readouterr().err
+    assert main([*base, "--scheduler", "tcp://127.0.0.1:1/x"]) == 2
+    assert "not a Dask scheduler address" in capsys.readouterr().err
+    monkeypatch.setenv(ENV_SCHEDULER, "not an address")
+    assert main(["sample", "ckpt", "--out", str(tmp_path / "s")]) == 2
+    assert f"{ENV_SCHEDULER}: 'not an address'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "s").exists()
