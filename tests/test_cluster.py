@@ -275,3 +275,17 @@ def test_cli_reports_bad_cluster_options(tmp_path, monkeypatch, capsys):
     assert main(["sample", "ckpt", "--out", str(tmp_path / "s")]) == 2
     assert f"{ENV_SCHEDULER}: 'not an address'" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "s").exists()
+
+
+def test_failed_task_is_recorded_and_the_rest_finish(tmp_path):
+    """A sequence whose task raises on a Dask worker is marked failed; the others complete."""
+    cfg = CorpusConfig(ns=0.004, fractions=(1.0, 0.0, 0.0), warmup_ps=0.2, chunk_frames=2)
+    out = tmp_path / "c"
+    bad = out / "work" / "GG"
+    bad.mkdir(parents=True)  # a foreign run in the way: run_md refuses other settings
+    (bad / "metadata.json").write_text(json.dumps({"seed": -1}))
+    m = run_corpus(out, ["AA", "GG"], cfg, workers=2, progress=False, poll_s=0.5)
+    assert m["sequences"]["AA"]["status"] == "done"
+    assert m["sequences"]["GG"]["status"] == "failed"
+    assert "holds a run with different" in m["sequences"]["GG"]["error"]
+    assert m["totals"]["done"] == 1 and m["totals"]["failed"] == 1

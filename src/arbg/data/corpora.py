@@ -44,6 +44,7 @@ per-sequence :class:`arbg.data.datasets.Dataset` hold frames in canonical atom o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -806,8 +807,12 @@ def _run_dask(
             except TimeoutError:
                 done = set()
             for fut in done:
-                err = fut.exception() if fut.status != "finished" else None
-                record(futures[fut], None if err else fut.result(), err)
+                try:
+                    entry = fut.result()
+                except (Exception, asyncio.CancelledError) as e:  # its error, KilledWorker, ...
+                    record(futures[fut], None, e)
+                else:
+                    record(futures[fut], entry, None)
             tracker.update(_partial_frames(out, [futures[f] for f in running]))
     finally:
         client.cancel(list(running))  # pending ones; a running one finishes its chunk
