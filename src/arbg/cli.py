@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from arbg import checks
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, SimulationError, run_md
 from arbg.chem.systems import build_system, make_spec
+from arbg.cluster import ClusterConfig, open_engine, use_engine
 from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
@@ -83,7 +85,23 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
 
 
-def system_from_args(args: argparse.Namespace, n_workers: int = 1):
+@contextlib.contextmanager
+def cluster_engine(args: argparse.Namespace):
+    """The Dask engine of ``--workers`` / ``--scheduler`` (:class:`ClusterConfig`), active for
+    the block (energies find it through :func:`arbg.cluster.active_engine`), then closed."""
+    engine = open_engine(config_from_args(ClusterConfig, args))
+    try:
+        if engine.distributed:
+            print(f"Dask: {engine.description}, {engine.n_workers} worker thread(s)")
+            if engine.dashboard_link:
+                print(f"Dask dashboard: {engine.dashboard_link}")
+        with use_engine(engine):
+            yield engine
+    finally:
+        engine.close()
+
+
+def system_from_args(args: argparse.Namespace):
 
     system = getattr(args, "system", None)
     if system is None and args.sequence is None and args.pdb is None:
@@ -100,7 +118,7 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
         fast_implicit=args.fast_implicit,
         histidine=args.histidine,
     )
-    return build_system(spec, minimize=args.pdb is None, n_workers=n_workers)
+    return build_system(spec, minimize=args.pdb is None)
 
 
 def cmd_md(args: argparse.Namespace) -> int:
@@ -175,7 +193,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             out,
             seqs,
             cfg,
-            workers=args.workers,
+            engine=args.engine,  # opened by main() from --workers / --scheduler
             progress=not args.quiet,
             max_sequences=args.max_sequences,
         )
@@ -592,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the sample, the split and (hashed per sequence) the MD",
     )
-    s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     add_config_args(s, CorpusConfig, skip=("seed",))
     s.add_argument(
         "--max-sequences", type=int, help="stop after running this many sequences (resumable)"
@@ -642,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"
     )
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
@@ -689,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
     s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
     s.add_argument("--quiet", action="store_true")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
@@ -721,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ensemble-size", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
@@ -859,7 +880,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
+        if not hasattr(args, "scheduler"):
+            return int(args.func(args) or 0)
+        with cluster_engine(args) as engine:  # --workers / --scheduler: Dask for the command
+            args.engine = engine
+            return int(args.func(args) or 0)
     except (ValueError, OSError, KeyError) as e:  # bad input, file or file-system problem
         if args.verbose:
             log.exception("details")

@@ -200,7 +200,6 @@ class PeptideSystem:
     to_canonical: np.ndarray  # [n] int
     residue_blocks: list[tuple[int, int]]  # canonical atom range of each standard residue
     block_resnames: list[str]  # residue name (variant) of each block
-    n_workers: int = 1
     _energy: object = field(default=None, repr=False)
 
     # -- basic descriptors
@@ -374,9 +373,8 @@ class PeptideSystem:
     @property
     def energy_model(self):
         if self._energy is None:
-            self._energy = OpenMMEnergy(
-                self.create_openmm_system(), self.kT, n_workers=self.n_workers
-            )
+            # parallel on the Dask engine of the running command, if any (arbg.cluster)
+            self._energy = OpenMMEnergy(self.create_openmm_system(), self.kT)
         return self._energy
 
     def create_openmm_system(self, topology=None):
@@ -475,9 +473,7 @@ class PeptideSystem:
         }
 
 
-def build_system(
-    spec: SystemSpec | str, *, minimize: bool = True, n_workers: int = 1
-) -> PeptideSystem:
+def build_system(spec: SystemSpec | str, *, minimize: bool = True) -> PeptideSystem:
     """Build a peptide system from a spec or a preset name.
 
     The peptide is built with ideal backbone geometry (extended chain), completed by pdbfixer
@@ -486,11 +482,11 @@ def build_system(
     """
     if isinstance(spec, str):
         spec = make_spec(spec)
-    return _build_cached(spec, minimize, n_workers)
+    return _build_cached(spec, minimize)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSystem:
+def _build_cached(spec: SystemSpec, minimize: bool) -> PeptideSystem:
     from openmm import unit
 
     topology, positions = build_openmm_model(spec)
@@ -505,7 +501,6 @@ def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSy
         to_canonical=order,
         residue_blocks=blocks,
         block_resnames=names,
-        n_workers=n_workers,
     )
     if minimize:
         system.positions = minimize_positions(system, pos)

@@ -44,17 +44,18 @@ per-sequence :class:`arbg.data.datasets.Dataset` hold frames in canonical atom o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ from arbg.chem.systems import (
     system_from_pdb,
     validate_sequence,
 )
+from arbg.cluster import ClusterConfig, Engine, open_engine
 from arbg.data.datasets import Dataset, check_frames, match_atoms
 from arbg.io import atomic_save_npz_compressed, atomic_write_json, atomic_write_text
 
@@ -88,6 +90,8 @@ FORCE_FIELDS: dict[str, dict] = {
         forcefield=AMBER14_OBC1, nonbonded="CutoffNonPeriodic", cutoff_nm=2.0, temperature_k=310.0
     ),
 }
+LOCK_POLL_S = 2.0  # how often a waiting task retries a sequence lock
+WORKER_LOCK_WAIT_S = 24 * 3600.0  # a Dask task waits this long for a run of its sequence
 MAX_ENUMERATED = 1_000_000  # all k-mers are listed only up to this many (20**4 = 160,000)
 
 
@@ -325,19 +329,27 @@ class CorpusConfig:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path, what: str):
-    """An exclusive, non-blocking lock on `path` (POSIX flock; released when the process ends)."""
+def _file_lock(path: Path, what: str, wait_s: float = 0.0):
+    """An exclusive lock on `path` (POSIX flock; released when the process ends).
+
+    Raises ValueError when another process holds it for more than `wait_s` seconds.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            raise ValueError(f"{what} is being run by another process (lock {path})") from e
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if time.monotonic() >= deadline:
+                    raise ValueError(f"{what} is being run by another process (lock {path})") from e
+                time.sleep(min(LOCK_POLL_S, max(deadline - time.monotonic(), 0.01)))
         try:
             yield
         finally:
@@ -345,17 +357,28 @@ def _file_lock(path: Path, what: str):
 
 
 def run_sequence(
-    out_dir: str | Path, sequence: str, split: str, config: CorpusConfig, progress: bool = False
+    out_dir: str | Path,
+    sequence: str,
+    split: str,
+    config: CorpusConfig,
+    progress: bool = False,
+    lock_wait_s: float = 0.0,
 ) -> dict:
     """Run (or resume) the MD of one sequence of a corpus and consolidate it.
 
     The run goes to ``work/{SEQ}/`` (a resumable ``arbg md`` directory); once complete its
     frames are written to ``sequences/{SEQ}.npz`` (float32 [F, n, 3] nm, canonical order), its
     topology to ``sequences/{SEQ}.pdb`` and its metadata to ``sequences/{SEQ}.json`` (last), and
-    the work directory is removed. Returns the sequence's manifest entry.
+    the work directory is removed. Returns the sequence's manifest entry. A sequence found
+    finished is not run again. `lock_wait_s`: how long to wait for another process running the
+    same sequence (a task of an earlier, killed client still running on a worker).
     """
     out = Path(out_dir)
-    with _file_lock(out / "locks" / f"{sequence}.lock", f"sequence {sequence} of {out}"):
+    lock = out / "locks" / f"{sequence}.lock"
+    with _file_lock(lock, f"sequence {sequence} of {out}", lock_wait_s):
+        meta_path = out / "sequences" / f"{sequence}.json"
+        if meta_path.exists() and (out / "sequences" / f"{sequence}.npz").exists():
+            return _done_entry(json.loads(meta_path.read_text()))  # finished meanwhile
         t0 = time.time()
         system = build_system(config.spec(sequence))
         md_cfg = config.md_config(split, sequence)
@@ -395,8 +418,9 @@ def run_sequence(
 
 
 def _run_in_worker(out_dir: str, sequence: str, split: str, config: dict) -> dict:
-    """Worker-process entry point (picklable)."""
-    return run_sequence(out_dir, sequence, split, CorpusConfig.from_dict(config))
+    """Dask task of one sequence (picklable); waits for a run of it still under way."""
+    config_ = CorpusConfig.from_dict(config)
+    return run_sequence(out_dir, sequence, split, config_, lock_wait_s=WORKER_LOCK_WAIT_S)
 
 
 def _done_entry(meta: dict) -> dict:
@@ -494,6 +518,7 @@ class _Progress:
         self.entries, self.config = entries, config
         self.total_ns = sum(e["ns"] for e in entries.values())
         self.t0, self.ns0 = time.time(), self.ns_done()
+        self.last_log, self.log_every_s = self.t0, 600.0
         self.bar = None
         if bar:
             from tqdm.auto import tqdm
@@ -513,14 +538,21 @@ class _Progress:
         frames.update(partial or {})
         return sum(f * ps / 1000.0 for f in frames.values())
 
-    def _postfix(self) -> str:
+    def _postfix(self, ns: float | None = None) -> str:
         n_done = sum(e["status"] == "done" for e in self.entries.values())
-        return f"{n_done}/{len(self.entries)} sequences"
+        elapsed = time.time() - self.t0
+        rate = ((ns if ns is not None else self.ns0) - self.ns0) / max(elapsed, 1e-9) * 3600.0
+        return f"{n_done}/{len(self.entries)} sequences, {rate:.2f} ns/h"
 
     def update(self, partial: dict[str, int] | None = None) -> None:
+        """Refresh the bar with the frames on disk of the sequences under way."""
+        now = self.ns_done(partial)
         if self.bar is not None:
-            self.bar.n = round(self.ns_done(partial), 6)
-            self.bar.set_postfix_str(self._postfix())  # refreshes
+            self.bar.n = round(now, 6)
+            self.bar.set_postfix_str(self._postfix(now))  # refreshes
+        if time.time() - self.last_log > self.log_every_s:  # for logs without the bar
+            self.last_log = time.time()
+            log.info("corpus: %.3f/%.3f ns, %s", now, self.total_ns, self._postfix(now))
 
     def finished(self, seq: str) -> None:
         e = self.entries[seq]
@@ -558,34 +590,14 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-@contextlib.contextmanager
-def _single_thread_env():
-    """One thread per worker process (numeric libraries read these when they load).
-
-    OpenMM's MD contexts are single-threaded anyway (:func:`arbg.chem.energy.make_context`);
-    OPENMM_CPU_THREADS is left alone: pdbfixer's placement of the side-chain atoms in the build
-    relaxes them on OpenMM's default platform, whose result depends on its thread count, and a
-    worker must build a sequence exactly as ``--workers 1`` does.
-    """
-    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def run_corpus(
     out_dir: str | Path,
     sequences: str | Iterable[str] | None = None,
     config: CorpusConfig | None = None,
     *,
     workers: int = 1,
+    scheduler: str | None = None,
+    engine: Engine | None = None,
     progress: bool = True,
     max_sequences: int | None = None,
     poll_s: float = 5.0,
@@ -599,7 +611,12 @@ def run_corpus(
         sequences recorded in ``out_dir/manifest.json``.
     config : corpus settings; None takes the recorded ones (or the defaults for a new corpus).
         A different config or sequence set than the recorded one raises ValueError.
-    workers : parallel worker processes (each single-threaded); 1 runs in this process.
+    workers : single-threaded worker processes of a local Dask cluster; 1 runs in this
+        process (no Dask). Ignored with a scheduler or an engine.
+    scheduler : address of a running Dask scheduler (None: ``ARBG_DASK_SCHEDULER`` if set);
+        its workers must see `out_dir` under the same absolute path.
+    engine : an open :class:`arbg.cluster.Engine` to use (not closed here); overrides
+        `workers` and `scheduler`.
     progress : tqdm bar over the corpus (ns) besides the log lines.
     max_sequences : stop after this many sequences have been run by this call (the corpus stays
         resumable).
@@ -610,6 +627,36 @@ def run_corpus(
     The manifest (also in ``out_dir/manifest.json``).
     """
     out = Path(out_dir)
+    seqs, config = _resolve_corpus(out, sequences, config)
+    cluster_cfg = ClusterConfig(workers=workers, scheduler=scheduler)  # validates both
+    splits = split_sequences(seqs, config.fractions, config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    with _file_lock(out / "locks" / "corpus.lock", f"corpus {out}"):
+        own = engine is None
+        engine = open_engine(cluster_cfg) if own else engine
+        try:
+            manifest = _run_locked(out, splits, config, engine, progress, max_sequences, poll_s)
+        finally:
+            if own:
+                engine.close()
+    t = manifest["totals"]
+    log.info(
+        "corpus %s: %d/%d sequences done, %.3f/%.3f ns, %d frames%s",
+        out,
+        t["done"],
+        t["sequences"],
+        t["ns_done"],
+        t["ns_total"],
+        t["frames"],
+        f", {t['failed']} failed (re-run to retry)" if t["failed"] else "",
+    )
+    return manifest
+
+
+def _resolve_corpus(
+    out: Path, sequences: str | Iterable[str] | None, config: CorpusConfig | None
+) -> tuple[list[str], CorpusConfig]:
+    """The sequences and settings of a run, checked against a recorded corpus in `out`."""
     manifest_path = out / "manifest.json"
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if old is not None and old.get("format") != FORMAT:
@@ -621,8 +668,6 @@ def run_corpus(
     seqs = parse_sequences(sequences)
     if config is None:
         config = CorpusConfig.from_dict(old["config"]) if old is not None else CorpusConfig()
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
     if old is not None:
         if old["config"] != config.to_dict():
             diff = sorted(
@@ -640,126 +685,147 @@ def run_corpus(
                 f"{out} holds a corpus of other sequences ({len(old['sequences'])}"
                 f" recorded, {len(seqs)} given); use another --out"
             )
-    splits = split_sequences(seqs, config.fractions, config.seed)
+    return seqs, config
+
+
+def _run_locked(
+    out: Path,
+    splits: dict[str, list[str]],
+    config: CorpusConfig,
+    engine: Engine,
+    progress: bool,
+    max_sequences: int | None,
+    poll_s: float,
+) -> dict:
+    """The body of :func:`run_corpus`, under the corpus lock."""
+    manifest_path = out / "manifest.json"
     split_of = {s: name for name, members in splits.items() for s in members}
-    out.mkdir(parents=True, exist_ok=True)
-    with _file_lock(out / "locks" / "corpus.lock", f"corpus {out}"):
-        entries = _scan(out, split_of, config, cleanup=True)
-        manifest = _manifest(config, splits, entries)
-        atomic_write_json(manifest_path, manifest)
-        todo = sorted(
-            (s for s, e in entries.items() if e["status"] != "done"),
-            key=lambda s: (-entries[s]["ns"], -len(s), s),
-        )
-        if max_sequences is not None:
-            todo = todo[:max_sequences]
-        n_done = len(entries) - sum(e["status"] != "done" for e in entries.values())
-        log.info(
-            "corpus %s: %d sequences (train %d, val %d, test %d), %d done, %d to run now "
-            "on %d worker(s); %s, %s",
-            out,
-            len(seqs),
-            len(splits["train"]),
-            len(splits["val"]),
-            len(splits["test"]),
-            n_done,
-            len(todo),
-            workers,
-            config.force_field,
-            manifest["termini"],
-        )
-        tracker = _Progress(entries, config, bar=progress and bool(todo))
-
-        def record(seq: str, entry: dict | None, error: BaseException | None) -> None:
-            if entry is None:
-                entries[seq] = {
-                    **entries[seq],
-                    "status": "failed",
-                    "error": f"{type(error).__name__}: {error}",
-                }
-                log.error("corpus: %s failed: %s", seq, entries[seq]["error"])
-            else:
-                entries[seq] = entry
-            manifest["sequences"] = entries
-            manifest["totals"] = _totals(entries, config)
-            atomic_write_json(manifest_path, manifest)
-            tracker.entries = entries
-            tracker.finished(seq)
-
-        try:
-            if workers == 1:
-                for seq in todo:
-                    try:
-                        entry = run_sequence(out, seq, split_of[seq], config, progress=progress)
-                    except Exception as e:  # record and go on; KeyboardInterrupt propagates
-                        record(seq, None, e)
-                    else:
-                        record(seq, entry, None)
-            else:
-                _run_pool(out, todo, split_of, config, workers, record, tracker, poll_s)
-        finally:
-            tracker.close()
-            # a kill leaves partial sequences: record what is on disk
-            final = _scan(out, split_of, config)
-            for seq, e in final.items():
-                if entries[seq]["status"] != "failed" or e["status"] == "done":
-                    entries[seq] = e
-            manifest["sequences"] = entries
-            manifest["totals"] = _totals(entries, config)
-            atomic_write_json(manifest_path, manifest)
-            with contextlib.suppress(OSError):
-                (out / "work").rmdir()  # only when empty
-    t = manifest["totals"]
+    entries = _scan(out, split_of, config, cleanup=True)
+    manifest = _manifest(config, splits, entries)
+    atomic_write_json(manifest_path, manifest)
+    todo = sorted(
+        (s for s, e in entries.items() if e["status"] != "done"),
+        key=lambda s: (-entries[s]["ns"], -len(s), s),
+    )[:max_sequences]
     log.info(
-        "corpus %s: %d/%d sequences done, %.3f/%.3f ns, %d frames%s",
+        "corpus %s: %d sequences (train %d, val %d, test %d), %d done, %d to run now on %s; %s, %s",
         out,
-        t["done"],
-        t["sequences"],
-        t["ns_done"],
-        t["ns_total"],
-        t["frames"],
-        f", {t['failed']} failed (re-run to retry)" if t["failed"] else "",
+        len(entries),
+        len(splits["train"]),
+        len(splits["val"]),
+        len(splits["test"]),
+        sum(e["status"] == "done" for e in entries.values()),
+        len(todo),
+        engine.description,
+        config.force_field,
+        manifest["termini"],
     )
+    if engine.dashboard_link:
+        log.info("Dask dashboard: %s", engine.dashboard_link)
+    tracker = _Progress(entries, config, bar=progress and bool(todo))
+
+    def record(seq: str, entry: dict | None, error: BaseException | None) -> None:
+        if entry is None:
+            entries[seq] = {**entries[seq], "status": "failed", "error": _describe(error)}
+            log.error("corpus: %s failed: %s", seq, entries[seq]["error"])
+        else:
+            entries[seq] = entry
+        manifest["sequences"] = entries
+        manifest["totals"] = _totals(entries, config)
+        atomic_write_json(manifest_path, manifest)
+        tracker.entries = entries
+        tracker.finished(seq)
+
+    try:
+        if engine.distributed:
+            _run_dask(out, todo, split_of, config, engine.client, record, tracker, poll_s)
+        else:
+            for seq in todo:
+                try:
+                    entry = run_sequence(out, seq, split_of[seq], config, progress=progress)
+                except Exception as e:  # record and go on; KeyboardInterrupt propagates
+                    record(seq, None, e)
+                else:
+                    record(seq, entry, None)
+    finally:
+        tracker.close()
+        # a kill leaves partial sequences: record what is on disk
+        for seq, e in _scan(out, split_of, config).items():
+            if entries[seq]["status"] != "failed" or e["status"] == "done":
+                entries[seq] = e
+        manifest["sequences"] = entries
+        manifest["totals"] = _totals(entries, config)
+        atomic_write_json(manifest_path, manifest)
+        with contextlib.suppress(OSError):
+            (out / "work").rmdir()  # only when empty
     return manifest
 
 
-def _run_pool(
+def _describe(error: BaseException | None) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _run_dask(
     out: Path,
     todo: list[str],
     split_of: dict[str, str],
     config: CorpusConfig,
-    workers: int,
+    client,
     record: Callable,
     tracker: _Progress,
     poll_s: float,
 ) -> None:
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    """One Dask task per sequence; results are recorded as they finish (any order).
 
-    ctx = multiprocessing.get_context("spawn")  # no OpenMM/thread state inherited by fork
-    with _single_thread_env():  # for the pool's whole life: workers are started on demand
-        pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(todo))), mp_context=ctx)
-        try:
-            futures = {
-                pool.submit(_run_in_worker, str(out), seq, split_of[seq], config.to_dict()): seq
-                for seq in todo
-            }
-            running = set(futures)
-            while running:
-                finished, running = wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    err = fut.exception()
-                    record(futures[fut], None if err else fut.result(), err)
-                partial = {}
-                for fut in running:  # frames of the sequences under way, for the progress bar
-                    p = out / "work" / futures[fut] / "progress.json"
-                    with contextlib.suppress(OSError, ValueError, KeyError):
-                        partial[futures[fut]] = int(json.loads(p.read_text())["n_frames"])
-                tracker.update(partial)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+    A worker that dies mid-sequence costs that sequence's frames since its last chunk: the
+    scheduler re-runs the task on another worker, which resumes ``work/{SEQ}``. Exceptions
+    raised by a task are recorded as failures (re-run the corpus to retry them).
+    """
+    from distributed import wait
+
+    root = str(out.resolve())  # workers may run in another directory
+    run_id = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            _run_in_worker,
+            root,
+            seq,
+            split_of[seq],
+            config.to_dict(),
+            key=f"arbg-corpus-{seq}-{run_id}",
+            retries=0,
+        ): seq
+        for seq in todo
+    }
+    running = set(futures)
+    try:
+        while running:
+            try:
+                with client.as_current():  # wait() looks up the client of the futures there
+                    done, left = wait(list(running), timeout=poll_s, return_when="FIRST_COMPLETED")
+                running = set(left)
+            except TimeoutError:
+                done = set()
+            for fut in done:
+                try:
+                    entry = fut.result()
+                except (Exception, asyncio.CancelledError) as e:  # its error, KilledWorker, ...
+                    record(futures[fut], None, e)
+                else:
+                    record(futures[fut], entry, None)
+            tracker.update(_partial_frames(out, [futures[f] for f in running]))
+    finally:
+        client.cancel(list(running))  # pending ones; a running one finishes its chunk
+
+
+def _partial_frames(out: Path, sequences: Iterable[str]) -> dict[str, int]:
+    """Frames on disk of the sequences under way (``work/{SEQ}/progress.json``)."""
+    partial = {}
+    for seq in sequences:
+        p = out / "work" / seq / "progress.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            partial[seq] = int(json.loads(p.read_text())["n_frames"])
+    return partial
 
 
 # ----------------------------------------------------------------------------- loaders
