@@ -267,8 +267,10 @@ def test_cli_reports_bad_cluster_options(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(ENV_SCHEDULER, raising=False)
     out = tmp_path / "c"
     base = ["corpus", "--sequences", "AA", "--out", str(out), "--quiet"]
-    assert main([*base, "--workers", "0"]) == 2
-    assert "--workers must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # the parser's range check
+        main([*base, "--workers", "0"])
+    assert e.value.code == 2
+    assert "--workers: got 0; expected an integer >= 1" in capsys.readouterr().err
     assert main([*base, "--scheduler", "tcp://127.0.0.1:1/x"]) == 2
     assert "not a Dask scheduler address" in capsys.readouterr().err
     monkeypatch.setenv(ENV_SCHEDULER, "not an address")

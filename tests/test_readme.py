@@ -39,6 +39,8 @@ NOT_RUN = {
     "bash scripts/demo.sh --quick": "creates ./.venv (the quick demo itself: test_demo.py and "
     "the measured times in the README)",
     "bash scripts/test.sh": "creates ./.venv and runs this suite",
+    "arbg corpus --out data/dipeptides --scheduler tcp://scheduler-host:8786": "needs a running "
+    "Dask cluster (tests/test_cluster.py runs one on the loopback)",
     "arbg md aldp --ns 20 --seed 1 --out data/aldp": _MD,
     "arbg md aldp --ns 25 --seed 2 --out data/aldp-ref": _MD,
     "arbg bound data/aldp --bins 1024 4096 8192": _NEEDS,
