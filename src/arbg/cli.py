@@ -14,12 +14,14 @@ from arbg import checks
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, SimulationError, run_md
 from arbg.chem.systems import build_system, make_spec
+from arbg.cliflags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, open_engine, use_engine
 from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
 from arbg.eval.evaluate import evaluate_run
 from arbg.eval.metrics import dihedrals
+from arbg.eval.report_tables import format_metrics
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
@@ -271,46 +273,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
     return 0
-
-
-def format_metrics(metrics: dict) -> str:
-    """A plain-text table of E-W2 / T-W2 / TICA-W2 per ensemble."""
-    rows = [f"{'ensemble':24s} {'E-W2':>14s} {'T-W2':>14s} {'TICA-W2':>14s}"]
-    for name, vals in metrics.get("metrics", {}).items():
-        cells = []
-        for key in ("e_w2", "t_w2", "tica_w2"):
-            v = vals.get(key)
-            if v is None:
-                cells.append(f"{'-':>14s}")
-            elif v.get("std") and len(v.get("values", [])) > 1:
-                cells.append(f"{v['mean']:7.3f}+-{v['std']:<5.3f}")
-            else:
-                cells.append(f"{v['mean']:14.3f}")
-        rows.append(f"{name:24s} " + " ".join(cells))
-    for key in ("ess", "unique_resampled", "n_eval"):
-        if key in metrics:
-            rows.append(f"{key}: {metrics[key]}")
-    if metrics.get("reference_weighted"):
-        rows.append(
-            f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
-            f"{metrics.get('reference_ess', float('nan')):.1f} of "
-            f"{metrics.get('n_reference_frames')} frames"
-        )
-    if metrics.get("weights"):
-        w = metrics["weights"]
-        rows.append(f"W2 metrics: {w['w2_metrics']}; populations: {w['populations']}")
-    if metrics.get("basin_table"):
-        rows.append(
-            f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
-            f"{'reweighted':>16s}"
-        )
-        for r in metrics["basin_table"]:
-            rows.append(
-                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
-                f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
-                f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}"
-            )
-    return "\n".join(rows)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -786,89 +748,6 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     print((Path(args.out) / "table.md").read_text())
     print(f"{zero_shot_summary(result)}; table in {args.out}/table.md")
     return 0
-
-
-def _checked(check, base: type = float, *extra):
-    return checks.argparse_type(lambda name, v: check(name, v, *extra), base)
-
-
-def arg_checks() -> dict[str, object]:
-    """The argparse ``type`` of every numeric option, by dest: one place for the CLI's ranges
-    (the library functions the CLI calls check the same values again)."""
-    c = checks
-    pos_int, nonneg_int = _checked(c.positive_int, int), _checked(c.nonnegative_int, int)
-    pos, nonneg = _checked(c.positive_float), _checked(c.nonnegative_float)
-    temperature = _checked(c.in_range, float, 0.0, 5000.0, True)
-    n_bins = _checked(c.int_in_range, int, 2, 1 << 20)
-    table: dict[str, object] = {}
-    for dest in (
-        "batch_size bias_grid bias_residues bound_frames chunk_frames cond_heads cond_layers "
-        "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
-        "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers "
-        "eval_batch eval_frames log_every ns_steps stop_after_steps train_steps"
-    ).split():
-        table[dest] = pos_int
-    for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed"):
-        table[dest] = nonneg_int
-    for dest in (
-        "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
-        "lr_adamw lr_muon max_minutes ns test_ns train_minutes train_ns reference_ns"
-    ).split():
-        table[dest] = pos
-    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay", "min_nll_gain"):
-        table[dest] = nonneg
-    table.update(
-        bins=n_bins,
-        n_bins=n_bins,
-        bias_factor=_checked(c.in_range, float, 1.0, 1e6, True),
-        bias_width_deg=_checked(c.in_range, float, 0.0, 180.0, True),
-        cutoff_nm=_checked(c.in_range, float, 0.0, 100.0, True),
-        step_fs=_checked(c.in_range, float, 0.0, 5.0, True),
-        tau=_checked(c.in_range, float, 0.0, 100.0, True),
-        taus=_checked(c.in_range, float, 0.0, 100.0, True),
-        temperature_k=temperature,
-        md_temperature_k=temperature,
-        clip=_checked(c.in_range, float, 0.0, 0.5, False, True),
-        ess_threshold=_checked(c.in_range, float, 0.0, 1.0, True),
-        split=_checked(c.in_range, float, 0.0, 1.0),
-        clip_fraction=_checked(c.in_range, float, 0.0, 0.5, False, True),
-        betas=_checked(c.in_range, float, 0.0, 1.0, False, True),
-        ema_decay=_checked(c.in_range, float, 0.0, 1.0, True, True),
-        margin=_checked(c.in_range, float, 1.0, 100.0),
-        min_lr_frac=_checked(c.in_range, float, 0.0, 1.0),
-        momentum_muon=_checked(c.in_range, float, 0.0, 1.0, False, True),
-        warmup_frac=_checked(c.in_range, float, 0.0, 1.0, False, True),
-        reprobe_speedup=_checked(c.in_range, float, 1.0, 1000.0),
-    )
-    return table
-
-
-def apply_arg_checks(parser: argparse.ArgumentParser) -> None:
-    """Give every int/float option of ``parser`` (and its subcommands) its checked type."""
-    table = arg_checks()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                apply_arg_checks(sub)
-        elif action.type in (int, float):
-            flag = next(o for o in action.option_strings if o.startswith("--"))
-            check = table.get(flag[2:].replace("-", "_"), table.get(action.dest))
-            if check is None:
-                raise RuntimeError(f"no range check for numeric option {action.dest!r}")
-            action.type = check
-
-
-WAIT_COMMANDS = ("md", "corpus", "train", "train-transferable", "sample", "smc", "evaluate", "demo")
-
-
-def add_wait_args(sub: argparse._SubParsersAction) -> None:
-    for name in WAIT_COMMANDS:
-        sub.choices[name].add_argument(
-            "--wait",
-            action="store_true",
-            help="if another process is writing the output directory, wait for it "
-            "(default: stop with an error naming it)",
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -292,3 +292,43 @@ __all__ = [
     "value_html",
     "weights_note_html",
 ]
+
+
+def format_metrics(metrics: dict) -> str:
+    """A plain-text table of E-W2 / T-W2 / TICA-W2 per ensemble."""
+    rows = [f"{'ensemble':24s} {'E-W2':>14s} {'T-W2':>14s} {'TICA-W2':>14s}"]
+    for name, vals in metrics.get("metrics", {}).items():
+        cells = []
+        for key in ("e_w2", "t_w2", "tica_w2"):
+            v = vals.get(key)
+            if v is None:
+                cells.append(f"{'-':>14s}")
+            elif v.get("std") and len(v.get("values", [])) > 1:
+                cells.append(f"{v['mean']:7.3f}+-{v['std']:<5.3f}")
+            else:
+                cells.append(f"{v['mean']:14.3f}")
+        rows.append(f"{name:24s} " + " ".join(cells))
+    for key in ("ess", "unique_resampled", "n_eval"):
+        if key in metrics:
+            rows.append(f"{key}: {metrics[key]}")
+    if metrics.get("reference_weighted"):
+        rows.append(
+            f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
+            f"{metrics.get('reference_ess', float('nan')):.1f} of "
+            f"{metrics.get('n_reference_frames')} frames"
+        )
+    if metrics.get("weights"):
+        w = metrics["weights"]
+        rows.append(f"W2 metrics: {w['w2_metrics']}; populations: {w['populations']}")
+    if metrics.get("basin_table"):
+        rows.append(
+            f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
+            f"{'reweighted':>16s}"
+        )
+        for r in metrics["basin_table"]:
+            rows.append(
+                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
+                f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
+                f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}"
+            )
+    return "\n".join(rows)
