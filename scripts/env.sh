@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv if missing and install arbg into it (CPU torch where no torch is present).
+# Create ./.venv (or $ARBG_VENV) if missing and install arbg into it (CPU torch where no torch is
+# present: scripts/install_torch.sh).
 # Sourced by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,9 +12,10 @@ py="$venv/bin/python"
 stamp="$venv/.arbg-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$py" -m pip install -q --upgrade pip
-    # No GPU here: install the CPU wheel before arbg so that pip never pulls a CUDA build.
+    # torch before arbg, so that pip does not pull a CUDA build to satisfy arbg's torch>=2.2;
+    # an existing torch (e.g. your own GPU build) is kept. See scripts/install_torch.sh.
     if ! "$py" -c "import torch" >/dev/null 2>&1; then
-        "$py" -m pip install -q "torch==2.13.0"
+        bash "$root/scripts/install_torch.sh" "$py"
     fi
     "$py" -m pip install -q -e "$root[test]"
     touch "$stamp"

@@ -1,6 +1,6 @@
 """Acceptance: SNIS and twisted SMC with a trained ARBG reproduce exact Boltzmann expectations.
 
-A :class:`arbg.sampling.targets.HarmonicChainTarget` (5 particles, harmonic bonds and angles, one
+A :class:`toys.HarmonicChainTarget` (5 particles, harmonic bonds and angles, one
 double-well torsion) goes through the same path as a peptide: exact samples in random
 orientations -> centring + standardization -> binning -> a small ARBG trained with random
 rotation augmentation -> KV-cached sampling with exact log q (uniform in-bin offsets, Jacobians,
@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from toys import HarmonicChainTarget
 
 from arbg.nn.binning import fit_binning
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
@@ -28,7 +29,6 @@ from arbg.nn.standardize import fit_standardization, random_rotations, rotate
 from arbg.reweight import snis, weighted_mean
 from arbg.sampling.sampler import TransformerProposal, generate, make_generators
 from arbg.sampling.smc import smc_repeats
-from arbg.sampling.targets import HarmonicChainTarget
 
 pytestmark = pytest.mark.slow
 torch.set_num_threads(1)

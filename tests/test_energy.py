@@ -62,16 +62,48 @@ def test_nonfinite_energy_is_inf(aldp):
     assert np.isfinite(u[0]) and np.isinf(u[1]) and u[1] > 0 and np.isinf(u[2])
 
 
-def test_parallel_equals_serial(aldp):
-    from arbg.chem.energy import OpenMMEnergy
+def test_dask_workers_equal_serial(aldp, monkeypatch):
+    """Chunks on a LocalCluster of 2 workers (loopback) give the in-process energies exactly."""
+    import arbg.chem.energy as E
+    from arbg.cluster import ClusterConfig, open_engine, use_engine
 
     rng = np.random.default_rng(2)
-    x = aldp.positions[None] + rng.normal(scale=0.003, size=(16, aldp.n_atoms, 3))
-    par = OpenMMEnergy(aldp.create_openmm_system(), aldp.kT, n_workers=2)
-    try:
-        np.testing.assert_allclose(par(x), aldp.reduced_energy(x), rtol=1e-10)
-    finally:
-        par.close()
+    x = aldp.positions[None] + rng.normal(scale=0.003, size=(100, aldp.n_atoms, 3))
+    x[70] = np.nan  # a bad conformation stays +inf on a worker too
+    serial = aldp.reduced_energy(x)
+    monkeypatch.setattr(E, "MIN_PARALLEL_S", 0.0)  # distribute even this small batch
+    monkeypatch.setattr(E, "TARGET_TASK_S", 1e-6)  # many small tasks
+    with open_engine(ClusterConfig(workers=2)) as engine:
+        assert engine.distributed and engine.n_workers == 2
+        assert engine.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        par = E.OpenMMEnergy(aldp.create_openmm_system(), aldp.kT)
+        with use_engine(engine):
+            u = par(x)
+            u2 = par(x[:60])  # Contexts are cached on the workers: same answers again
+        assert par.n_tasks >= 2 and par.sec_per_eval > 0
+        # one Context per worker and system: the task ran where the system's XML was cached
+        client = engine.client
+        workers = list(client.scheduler_info()["workers"])
+        keys = [client.submit(_cached_keys, workers=[w], pure=False).result() for w in workers]
+        assert keys == [[("openmm-energy", par.key)]] * 2
+    np.testing.assert_array_equal(u, serial)
+    np.testing.assert_array_equal(u2, serial[:60])
+    assert np.isinf(u[70]) and par.n_nonfinite == 1
+
+
+def _cached_keys():
+    from arbg.cluster import worker_cache
+
+    return list(worker_cache())
+
+
+def test_plan_tasks_sizes_chunks():
+    from arbg.chem.energy import TARGET_TASK_S, plan_tasks
+
+    assert plan_tasks(100, 1e-5, 2) == 0  # 1 ms of work: not worth a round trip
+    assert plan_tasks(100_000, 3e-5, 2) == 2 * round(3.0 / 2 / TARGET_TASK_S)  # ~0.25 s tasks
+    assert plan_tasks(100_000, 3e-5, 2) % 2 == 0
+    assert plan_tasks(10, 1.0, 4) == 10 and plan_tasks(3, 1.0, 4) == 3  # no empty chunk
 
 
 def test_shape_mismatch(aldp):

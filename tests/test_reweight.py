@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toys import ChainProposal, HarmonicChainTarget
 
 from arbg.reweight import (
     clip_log_weights,
@@ -17,7 +18,6 @@ from arbg.reweight import (
     systematic_resample,
     weighted_mean,
 )
-from arbg.sampling.targets import ChainProposal, HarmonicChainTarget
 
 
 def _log(w: np.ndarray) -> np.ndarray:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toys import ChainProposal, HarmonicChainTarget
 
 from arbg.reweight import snis
 from arbg.sampling.smc import AutoregressiveProposal, smc_repeats, twisted_smc
-from arbg.sampling.targets import ChainProposal, HarmonicChainTarget, chirality_signs
+from arbg.sampling.targets import chirality_signs
 
 
 @pytest.fixture(scope="module")

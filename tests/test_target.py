@@ -7,18 +7,16 @@ import os
 
 import numpy as np
 import pytest
-
-from arbg.sampling.targets import (
+from toys import (
     ChainProposal,
     HarmonicChainTarget,
-    Target,
     bond_angles,
     bond_lengths,
-    chirality_signs,
     dihedrals,
     random_rotations,
-    wrong_chirality,
 )
+
+from arbg.sampling.targets import Target, chirality_signs, wrong_chirality
 
 # L-alanine (N, CA, C, CB), Angstrom, from pdbfixer's ALA template
 L_ALA = (

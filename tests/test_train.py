@@ -15,7 +15,13 @@ import torch
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
 from arbg.nn.binning import Binning
-from arbg.train.checkpoints import CheckpointMismatchError, load_checkpoint, load_trainer_state
+from arbg.train.checkpoints import (
+    CheckpointIntegrityError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_trainer_state,
+    write_checksums,
+)
 from arbg.train.trainer import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
 
 torch.set_num_threads(1)
@@ -116,7 +122,8 @@ def test_train_writes_log_and_checkpoints(tmp_path):
     assert cfg["system"]["atom_names"][0] == "CH3"
     assert set(cfg["system"]["forcefield_sha256"]) == {"amber99sbildn.xml", "amber99_obc.xml"}
     assert {"arbg", "torch", "openmm"} <= set(cfg["versions"])
-    assert not list(tmp_path.glob(".*"))  # no temporary directories left behind
+    # no temporary directories left behind (the lock file of arbg.io.lock_dir stays)
+    assert [p.name for p in tmp_path.glob(".*")] in ([], [".arbg.lock"])
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
@@ -145,6 +152,9 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     cfg = json.loads(cfg_file.read_text())
     cfg["binning"]["n_bins"] = 512
     cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointIntegrityError, match="config.json was modified"):
+        load_checkpoint(last)  # an edited config is refused by its checksum ...
+    write_checksums(last)  # ... and, re-signed, by the consistency checks
     with pytest.raises(CheckpointMismatchError, match="512 bins"):
         load_checkpoint(last)
 
@@ -242,7 +252,7 @@ def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
     assert 0 < int(keep.sum()) < len(w) and torch.allclose(w[keep], w[keep][0])
     assert ev["val_nll_weighted"] == pytest.approx(float(-lp[keep].mean() / tr.D), rel=1e-6)
     assert ev["val_nll_weighted"] != pytest.approx(ev["val_nll"], rel=1e-9)
-    with pytest.raises(ValueError, match="data_weights"):
+    with pytest.raises(ValueError, match="data-weights"):
         Trainer(ds, tmp_path / "x", tiny_config(data_weights="importance"), progress=False)
 
 

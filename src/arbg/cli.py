@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from arbg import checks
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import MDConfig, run_md
+from arbg.chem.md import MDConfig, SimulationError, run_md
 from arbg.chem.systems import build_system, make_spec
+from arbg.cliflags import add_wait_args, apply_arg_checks
+from arbg.cluster import ClusterConfig, open_engine, use_engine
+from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
 from arbg.eval.evaluate import evaluate_run
 from arbg.eval.metrics import dihedrals
+from arbg.eval.report_tables import format_metrics
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
+from arbg.experiments.demo_checks import DemoNotTrained, format_summary
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.tuning import tune_temperature
-from arbg.experiments.zeroshot import add_zero_shot_parser
-from arbg.io import atomic_write_json
+from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
+from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.binning import quantization_bound
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.nn.standardize import fit_standardization
@@ -58,7 +65,9 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
         help="ACE/NME caps (default: zwitterionic for sequences)",
     )
     p.add_argument(
-        "--forcefield",
+        "--force-field",
+        "--forcefield",  # the old spelling, still accepted
+        dest="forcefield",
         nargs="+",
         default=None,
         help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
@@ -79,7 +88,23 @@ def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None
     p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
 
 
-def system_from_args(args: argparse.Namespace, n_workers: int = 1):
+@contextlib.contextmanager
+def cluster_engine(args: argparse.Namespace):
+    """The Dask engine of ``--workers`` / ``--scheduler`` (:class:`ClusterConfig`), active for
+    the block (energies find it through :func:`arbg.cluster.active_engine`), then closed."""
+    engine = open_engine(config_from_args(ClusterConfig, args))
+    try:
+        if engine.distributed:
+            print(f"Dask: {engine.description}, {engine.n_workers} worker thread(s)")
+            if engine.dashboard_link:
+                print(f"Dask dashboard: {engine.dashboard_link}")
+        with use_engine(engine):
+            yield engine
+    finally:
+        engine.close()
+
+
+def system_from_args(args: argparse.Namespace):
 
     system = getattr(args, "system", None)
     if system is None and args.sequence is None and args.pdb is None:
@@ -96,40 +121,23 @@ def system_from_args(args: argparse.Namespace, n_workers: int = 1):
         fast_implicit=args.fast_implicit,
         histidine=args.histidine,
     )
-    return build_system(spec, minimize=args.pdb is None, n_workers=n_workers)
+    return build_system(spec, minimize=args.pdb is None)
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-
     system = system_from_args(args)
     out = Path(args.out or default_cache_dir() / "md" / f"{system.name}-seed{args.seed}")
     bias = None
     if args.bias == "dihedrals":
-        bias = BiasConfig(
-            variables="phi-psi" if args.bias_psi else "phi",
-            residues=None
-            if args.bias_residues is None
-            else tuple(r - 1 for r in args.bias_residues),
-            build_ns=args.bias_build_ns,
-            bias_factor=args.bias_factor,
-            height_kt=args.bias_height_kt,
-            width_deg=args.bias_width_deg,
-            deposit_ps=args.bias_deposit_ps,
-            grid_points=args.bias_grid,
+        residues = None if args.bias_residues is None else tuple(r - 1 for r in args.bias_residues)
+        variables = "phi-psi" if args.bias_psi else "phi"
+        bias = config_from_args(
+            BiasConfig, args, prefix="bias-", variables=variables, residues=residues
         )
     elif any(getattr(args, k) for k in ("bias_psi", "bias_residues")):
         raise ValueError("--bias-psi / --bias-residues need --bias dihedrals")
-    cfg = MDConfig(
-        ns=args.ns,
-        step_fs=args.step_fs,
-        friction_per_ps=args.friction,
-        frame_interval_ps=args.frame_interval_ps,
-        warmup_ps=args.warmup_ps,
-        seed=args.seed,
-        temperature_k=args.md_temperature_k,
-        bias=bias,
-    )
-    run_md(system, out, cfg, progress=not args.quiet)
+    cfg = config_from_args(MDConfig, args, bias=bias)
+    run_md(system, out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"wrote {cfg.n_frames} frames of {system.name} to {out}")
     if bias is not None or cfg.temperature_k not in (None, system.temperature_k):
         import numpy as np
@@ -152,7 +160,6 @@ def cmd_md(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-
     if args.sequences is not None and args.length is not None:
         raise ValueError("give --sequences or --length, not both")
     if args.sample is not None and args.length is None:
@@ -169,21 +176,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             seqs = parse_sequences(args.sequences)
         else:
             seqs = kmer_sequences(args.length, args.sample, args.seed)
-        cfg = CorpusConfig(
-            ns=args.ns,
-            test_ns=args.test_ns,
-            fractions=tuple(args.split),
-            seed=args.seed,
-            force_field=args.force_field,
-            capped=args.capped,
-            temperature_k=args.temperature_k,
-            histidine=args.histidine,
-            step_fs=args.step_fs,
-            friction_per_ps=args.friction,
-            frame_interval_ps=args.frame_interval_ps,
-            warmup_ps=args.warmup_ps,
-            chunk_frames=args.chunk_frames,
-        )
+        cfg = config_from_args(CorpusConfig, args)
     if args.out is not None:
         out = Path(args.out)
     elif args.length is not None:
@@ -197,14 +190,16 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
         tag = hashlib.sha256(",".join(sorted(seqs)).encode()).hexdigest()[:8]
         out = default_cache_dir() / "corpus" / f"seqs-{tag}-seed{args.seed}-{args.force_field}"
-    manifest = run_corpus(
-        out,
-        seqs,
-        cfg,
-        workers=args.workers,
-        progress=not args.quiet,
-        max_sequences=args.max_sequences,
-    )
+
+    with lock_dir(out, wait=args.wait):
+        manifest = run_corpus(
+            out,
+            seqs,
+            cfg,
+            engine=args.engine,  # opened by main() from --workers / --scheduler
+            progress=not args.quiet,
+            max_sequences=args.max_sequences,
+        )
     t = manifest["totals"]
     sizes = ", ".join(f"{k} {len(v)}" for k, v in manifest["splits"].items())
     print(
@@ -257,128 +252,48 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
-    metrics = evaluate_run(
-        args.run_dir,
-        args.reference,
-        out_dir=args.out,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        repeats=args.repeats,
-        tica_lag=args.tica_lag,
-        topology=args.topology,
-        report=not args.no_report,
-        reference_weights=args.reference_weights,
-    )
-    print(format_metrics(metrics))
+    checks.existing_dir("run_dir", args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    with lock_dir(out, wait=args.wait):
+        metrics = evaluate_run(
+            args.run_dir,
+            args.reference,
+            out_dir=args.out,
+            n_eval=args.n_eval,
+            seed=args.seed,
+            repeats=args.repeats,
+            tica_lag=args.tica_lag,
+            topology=args.topology,
+            report=not args.no_report,
+            reference_weights=args.reference_weights,
+            population_weights=args.population_weights,
+            viewer=not args.no_viewer,
+        )
+    print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
     if not args.no_report:
         print(f"report: {out / 'report.html'}")
     return 0
 
 
-def format_metrics(metrics: dict) -> str:
-    """A plain-text table of E-W2 / T-W2 / TICA-W2 per ensemble."""
-    rows = [f"{'ensemble':24s} {'E-W2':>14s} {'T-W2':>14s} {'TICA-W2':>14s}"]
-    for name, vals in metrics.get("metrics", {}).items():
-        cells = []
-        for key in ("e_w2", "t_w2", "tica_w2"):
-            v = vals.get(key)
-            if v is None:
-                cells.append(f"{'-':>14s}")
-            elif v.get("std") and len(v.get("values", [])) > 1:
-                cells.append(f"{v['mean']:7.3f}+-{v['std']:<5.3f}")
-            else:
-                cells.append(f"{v['mean']:14.3f}")
-        rows.append(f"{name:24s} " + " ".join(cells))
-    for key in ("ess", "unique_resampled", "n_eval"):
-        if key in metrics:
-            rows.append(f"{key}: {metrics[key]}")
-    if metrics.get("reference_weighted"):
-        rows.append(
-            f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
-            f"{metrics.get('reference_ess', float('nan')):.1f} of "
-            f"{metrics.get('n_reference_frames')} frames"
-        )
-    if metrics.get("basin_table"):
-        rows.append(
-            f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
-            f"{'reweighted':>16s}"
-        )
-        for r in metrics["basin_table"]:
-            rows.append(
-                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
-                f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
-                f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}"
-            )
-    return "\n".join(rows)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-
     data = load_dataset(args.data, topology=args.topology)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        augment_rotations=not args.no_rotations,
-        bf16=args.bf16,
-        frame=args.frame,
-        data_weights=args.data_weights,
-        max_minutes=args.max_minutes,
-        patience=args.patience,
-        grad_accum=args.grad_accum,
-        compile=not args.no_compile,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every"):
-        value = getattr(args, key)
-        if value is not None:
-            setattr(cfg, key, value)
+    cfg = config_from_args(TrainConfig, args)
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
         cfg.model_overrides["head_kwargs"] = {"n_mixtures": args.n_mixtures}
-    final = train(data, args.out, cfg, progress=not args.quiet)
+    final = train(data, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final}")
     return 0
 
 
 def cmd_train_transferable(args: argparse.Namespace) -> int:
-
     corpus = load_corpus(args.corpus)
-    cfg = TrainConfig(
-        preset=args.preset,
-        seed=args.seed,
-        device=args.device,
-        optimizer=args.optimizer,
-        ema=args.ema,
-        bf16=args.bf16,
-        max_minutes=args.max_minutes,
-        grad_accum=args.grad_accum,
-        compile=not args.no_compile,
-    )
-    for key in ("steps", "batch_size", "n_bins", "lr_adamw", "lr_muon", "eval_every", "patience"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+    cfg = config_from_args(TrainConfig, args)
     cond = ConditioningConfig(n_layer=args.cond_layers, n_head=args.cond_heads)
-    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet)
+    final = train_transferable(corpus, args.out, cfg, cond, progress=not args.quiet, wait=args.wait)
     print(f"checkpoint: {final} (sample with: arbg sample {final} --sequence SEQ --out DIR)")
     return 0
-
-
-def _add_speed_flags(s: argparse.ArgumentParser) -> None:
-    """``--grad-accum`` and ``--no-compile`` of the training commands."""
-    s.add_argument(
-        "--grad-accum",
-        type=int,
-        default=1,
-        help="micro-batches per optimizer step (the batch size is the effective batch)",
-    )
-    s.add_argument(
-        "--no-compile", action="store_true", help="no torch.compile of the model (CUDA only)"
-    )
 
 
 def _batch_size(text: str) -> int | str:
@@ -419,6 +334,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         ensemble_size=args.ensemble_size,
         batch_size=batch_size,
         progress=not args.quiet,
+        wait=args.wait,
         dtype=args.dtype,
     )
     print(
@@ -444,6 +360,7 @@ def cmd_smc(args: argparse.Namespace) -> int:
         early_reject_kt=args.early_reject_kt,
         device=args.device,
         ensemble_size=args.ensemble_size,
+        wait=args.wait,
     )
     print(
         json.dumps(
@@ -481,18 +398,21 @@ def cmd_tune_temperature(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
 
-    cfg = DemoConfig(
-        quick=args.quick,
-        seed=args.seed,
-        progress=not args.quiet,
-        plain_md=args.plain_md,
-        data_weights=args.data_weights,
-    )
-    if args.train_minutes is not None:
-        cfg.train_minutes = args.train_minutes
+    cfg = config_from_args(DemoConfig, args, progress=not args.quiet)
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    report = run_demo(out, cfg)
+    try:
+        with lock_dir(out, wait=args.wait):
+            report = run_demo(out, cfg)
+    except DemoNotTrained as e:
+        print(f"arbg demo: {e}", file=sys.stderr)
+        return 3
+    summary = json.loads((report.parent / "demo_summary.json").read_text())
+    print("\n".join(["", "summary:", *format_summary(summary)]))
     print(f"report: {report.resolve()}")
+    if summary["flags"]:
+        print(
+            "arbg demo: WARNING: the result failed a check (see the summary above)", file=sys.stderr
+        )
     return 0
 
 
@@ -504,50 +424,11 @@ def _command_line(args: argparse.Namespace) -> str:
     return "arbg " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
-def add_budget_args(p: argparse.ArgumentParser) -> None:
-    """The training/sampling budget options shared by `arbg benchmark` and `arbg ablate bins`."""
+def add_budget_args(p: argparse.ArgumentParser, cls: type = BudgetConfig, **kw) -> None:
+    """Output, topology and the budget flags (from ``cls``) of `benchmark` and `ablate bins`."""
     p.add_argument("--topology", help="PDB for array/trajectory data and reference")
     p.add_argument("--out", required=True, help="output directory (re-running resumes)")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    p.add_argument("--steps", type=int, default=1600, help="training steps of every model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
-    )
-    p.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="one model per seed; tables give mean +- std over seeds",
-    )
-    p.add_argument(
-        "--n-samples",
-        type=int,
-        default=10_000,
-        help="proposals (= energy evaluations) per sampling run",
-    )
-    p.add_argument("--n-eval", type=int, default=5_000, help="samples per W2")
-    p.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
-    p.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--report", action="store_true", help="HTML report of every run too")
-
-
-def budget_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        n_mixtures=args.n_mixtures,
-        seeds=list(args.seeds),
-        n_samples=args.n_samples,
-        n_eval=args.n_eval,
-        tica_lag=args.tica_lag,
-        chirality=args.chirality,
-        device=args.device,
-        report=args.report,
-    )
+    add_config_args(p, cls, skip=("model_overrides", "train_overrides", *kw.get("skip", ())))
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:
@@ -556,7 +437,7 @@ def cmd_ablate_bins(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         args.bins,
-        BudgetConfig(**budget_kwargs(args)),
+        config_from_args(BudgetConfig, args),
         reference=args.reference,
         topology=args.topology,
         bound_frames=args.bound_frames,
@@ -602,16 +483,7 @@ def cmd_ablate_temperature(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
 
-    cfg = BenchmarkConfig(
-        **budget_kwargs(args),
-        n_bins=args.n_bins,
-        heads=list(args.heads),
-        taus=list(args.taus),
-        tune_n=args.tune_n,
-        tune_n_eval=args.tune_n_eval,
-        tune_heads=None if args.tune_heads is None else list(args.tune_heads),
-        md_steps_per_frame=args.md_steps_per_frame,
-    )
+    cfg = config_from_args(BenchmarkConfig, args)
     res = run_benchmark(
         args.data,
         args.reference,
@@ -642,7 +514,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--bound-frames", type=int, default=5000, help="training frames in the quantization bound"
     )
-    add_budget_args(a)
+    add_budget_args(a, skip=("n_bins",))
     a.set_defaults(func=cmd_ablate_bins)
     a = asub.add_parser("temperature", help="E-W2, T-W2 and ESS after reweighting against tau")
     a.add_argument("checkpoint")
@@ -663,26 +535,7 @@ def add_benchmark_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("data", help="training MD (its val split tunes tau)")
     s.add_argument("--reference", required=True, help="independent reference MD")
-    s.add_argument("--heads", nargs="+", default=["bins", "mol", "gmm", "givt"])
-    s.add_argument("--n-bins", type=int, help="bins L of every head (default: by atom count)")
-    s.add_argument(
-        "--taus",
-        type=float,
-        nargs="+",
-        default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1],
-        help="tau grid of the tuning (val split)",
-    )
-    s.add_argument(
-        "--tune-heads", nargs="*", help="heads whose tau is tuned (default: all; no names: none)"
-    )
-    s.add_argument("--tune-n", type=int, default=2000, help="proposals per tau when tuning")
-    s.add_argument("--tune-n-eval", type=int, default=1000)
-    s.add_argument(
-        "--md-steps-per-frame",
-        type=int,
-        help="MD steps per training frame (default: from arbg md metadata, else 1)",
-    )
-    add_budget_args(s)
+    add_budget_args(s, BenchmarkConfig)
     s.set_defaults(func=cmd_benchmark)
 
 
@@ -698,23 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("md", help="reference MD with OpenMM (resumable)")
     add_system_args(s)
-    s.add_argument("--ns", type=float, default=1.0, help="production length in ns")
     s.add_argument("--out", help="output directory (default: cache dir)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--md-temperature-k",
-        "--sampling-temperature-k",
-        type=float,
-        default=None,
-        dest="md_temperature_k",
-        help="sampling temperature of the MD data (heated data; default: the "
-        "system's). --temperature-k stays the target's temperature; frames get "
-        "log-weights -(1/kT_target - 1/kT_sampling) E",
-    )
+    add_config_args(s, MDConfig, skip=("bias",))
     b = s.add_argument_group("enhanced sampling (weighted data; see README)")
     b.add_argument(
         "--bias",
@@ -732,21 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="residues (1-based) whose dihedrals are biased (default: the central "
         "one; at most 3 biased dihedrals in all)",
     )
-    b.add_argument(
-        "--bias-build-ns",
-        type=float,
-        default=1.0,
-        help="metadynamics build time in ns (before production)",
-    )
-    b.add_argument("--bias-factor", type=float, default=10.0, help="well-tempered bias factor")
-    b.add_argument(
-        "--bias-height-kt", type=float, default=0.5, help="initial Gaussian height in kT"
-    )
-    b.add_argument("--bias-width-deg", type=float, default=20.0, help="Gaussian width, degrees")
-    b.add_argument(
-        "--bias-deposit-ps", type=float, default=0.5, help="Gaussian deposition interval, ps"
-    )
-    b.add_argument("--bias-grid", type=int, help="grid points per dihedral (default 5*360/width)")
+    add_config_args(b, BiasConfig, skip=("variables", "residues"), prefix="bias-")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_md)
 
@@ -770,44 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the sample, the split and (hashed per sequence) the MD",
     )
-    s.add_argument("--ns", type=float, default=1.0, help="MD per train/val sequence, ns")
-    s.add_argument(
-        "--test-ns",
-        type=float,
-        default=None,
-        help="MD per held-out test sequence, ns (default: --ns)",
-    )
-    s.add_argument(
-        "--split",
-        type=float,
-        nargs=3,
-        default=[0.8, 0.1, 0.1],
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="fractions of the sequences",
-    )
-    s.add_argument("--workers", type=int, default=1, help="parallel MD worker processes")
-    s.add_argument(
-        "--force-field",
-        choices=["fast-implicit", "amber14-obc1"],
-        default="fast-implicit",
-        help="fast-implicit: amber99sbildn + amber99_obc, NoCutoff, 310 K; "
-        "amber14-obc1: amber14-all + implicit/obc1, CutoffNonPeriodic 2 nm, 310 K",
-    )
-    s.add_argument(
-        "--capped", action="store_true", help="ACE/NME caps (default: zwitterionic termini)"
-    )
-    s.add_argument("--temperature-k", type=float, default=None)
-    s.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default="HIE")
-    s.add_argument("--step-fs", type=float, default=1.0)
-    s.add_argument("--friction", type=float, default=0.3, help="Langevin friction in 1/ps")
-    s.add_argument("--frame-interval-ps", type=float, default=1.0)
-    s.add_argument("--warmup-ps", type=float, default=50.0)
-    s.add_argument(
-        "--chunk-frames",
-        type=int,
-        default=1000,
-        help="frames per resumable chunk of a sequence's run",
-    )
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
+    add_config_args(s, CorpusConfig, skip=("seed",))
     s.add_argument(
         "--max-sequences", type=int, help="stop after running this many sequences (resumable)"
     )
@@ -845,35 +633,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="a weighted reference (biased/heated MD): transport its frame weights "
         "into the W2 problems, resample it by weight (seeded), or ignore them",
     )
+    s.add_argument(
+        "--population-weights",
+        choices=["unbiased", "psis", "clipped"],
+        default="unbiased",
+        help="weights of the basin populations, free-energy differences, plots and structures: "
+        "the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the clipped ones of "
+        "the W2 metrics",
+    )
+    s.add_argument(
+        "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"
+    )
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
     s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    s.add_argument("--steps", type=int)
-    s.add_argument("--batch-size", type=int)
-    s.add_argument("--n-bins", type=int)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument("--lr-adamw", type=float)
-    s.add_argument("--lr-muon", type=float)
-    s.add_argument("--eval-every", type=int)
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--no-rotations", action="store_true", help="no rotation augmentation")
-    s.add_argument(
-        "--frame",
-        choices=["gauge", "centroid"],
-        default="gauge",
-        help="gauge: rotation and translation fixed by three backbone atoms (arbg, "
-        "default); centroid: the published centring + rotation augmentation",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides",))
     s.add_argument(
         "--head",
         default="bins",
@@ -885,18 +663,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--n-mixtures", type=int, default=10, help="mixture components K of the mol/gmm/givt heads"
     )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="frame weights of biased/heated data: plain (every frame once; broad "
-        "proposal, SNIS corrects; default) or weighted (weighted cross-entropy)",
-    )
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    _add_speed_flags(s)
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
 
@@ -906,31 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("corpus", help="corpus directory (train split; val split for val NLL)")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
-    for flag, typ in (
-        ("--steps", int),
-        ("--batch-size", int),
-        ("--n-bins", int),
-        ("--lr-adamw", float),
-        ("--lr-muon", float),
-        ("--eval-every", int),
-    ):
-        s.add_argument(flag, type=typ)
-    s.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
-    s.add_argument(
-        "--patience",
-        type=int,
-        help="early stopping: stop after this many evaluations without a better "
-        "val NLL (default: off)",
-    )
+    add_config_args(s, TrainConfig, skip=("model_overrides", "frame", "augment_rotations"))
     s.add_argument("--cond-layers", type=int, default=2, help="conditioning encoder depth")
     s.add_argument("--cond-heads", type=int, default=4, help="conditioning encoder heads")
-    s.add_argument("--ema", action="store_true")
-    s.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only)")
-    _add_speed_flags(s)
-    s.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train_transferable)
 
@@ -960,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
     s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
     s.add_argument("--quiet", action="store_true")
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser(
@@ -992,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ensemble-size", type=int)
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
@@ -1008,32 +754,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tune_temperature)
 
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
-    s.add_argument(
-        "--quick",
-        action="store_true",
-        help="use the shipped checkpoint and reference (under 3 minutes)",
-    )
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
-    s.add_argument("--train-minutes", type=float)
-    s.add_argument(
-        "--plain-md",
-        action="store_true",
-        help="unbiased MD for training and reference (default: phi-biased MD with "
-        "exact frame weights, which covers the alpha-L basin)",
-    )
-    s.add_argument(
-        "--data-weights",
-        choices=["plain", "weighted"],
-        default="plain",
-        help="how the biased training frames' weights enter training",
-    )
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true")
+    add_config_args(s, DemoConfig, skip=("progress",))
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
     add_benchmark_parsers(sub)
 
-    add_zero_shot_parser(sub)
+    s = sub.add_parser(
+        "zero-shot",
+        help="evaluate a transferable checkpoint on held-out "
+        "sequences of a corpus (sample, reweight, vs MD)",
+    )
+    s.add_argument("checkpoint", help="transferable checkpoint directory")
+    s.add_argument("--corpus", required=True, help="arbg corpus directory with their MD")
+    s.add_argument("--out", required=True, help="output directory (resumable)")
+    add_config_args(s, ZeroShotConfig)
+    s.set_defaults(func=cmd_zero_shot)
+    add_wait_args(sub)
+    apply_arg_checks(p)
     return p
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    result = evaluate_zero_shot(
+        args.checkpoint, args.corpus, args.out, config_from_args(ZeroShotConfig, args)
+    )
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{zero_shot_summary(result)}; table in {args.out}/table.md")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1045,10 +793,42 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"arbg {args.command}: error: {e}", file=sys.stderr)
+        if not hasattr(args, "scheduler"):
+            return int(args.func(args) or 0)
+        with cluster_engine(args) as engine:  # --workers / --scheduler: Dask for the command
+            args.engine = engine
+            return int(args.func(args) or 0)
+    except (ValueError, OSError, KeyError) as e:  # bad input, file or file-system problem
+        if args.verbose:
+            log.exception("details")
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except SimulationError as e:
+        print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"arbg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"arbg {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+            "(run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (OSError: strerror and file name)."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        text = f"{e.strerror}: {e.filename!r}"
+    elif isinstance(e, KeyError):
+        text = f"missing key {e}"
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

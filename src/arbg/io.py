@@ -1,13 +1,33 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename."""
+"""Safe writing: atomic files, directory locks and multi-file commits.
+
+* ``atomic_*``: one file, written to a temporary name in its directory, then renamed.
+* :func:`lock_dir`: one writer per output directory (``filelock``); a second gets a clear error.
+* :class:`Commit` / :func:`recover`: a set of files made current by one atomic journal rename;
+  the next run finishes (or rolls back) a commit a crash interrupted and removes temporaries.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import shutil
+import socket
+import sys
 import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import filelock
 import numpy as np
+
+from arbg.checks import ArgumentError, output_dir, read_json
+
+log = logging.getLogger(__name__)
 
 
 def _atomic(path: str | Path, write) -> Path:
@@ -25,6 +45,7 @@ def _atomic(path: str | Path, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _after_write(f"wrote {path.name}")
     return path
 
 
@@ -57,3 +78,233 @@ def atomic_save_npz(path: str | Path, **arrays) -> Path:
 def atomic_save_npz_compressed(path: str | Path, **arrays) -> Path:
     """Like :func:`atomic_save_npz`, with zip deflate compression (lossless)."""
     return _atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+# --------------------------------------------------------------------------------------------------
+# fault injection (tests): called after every durable write, rename or removal
+
+
+def _after_write(what: str) -> None:
+    """No-op hook after each durable step; tests replace it to simulate a kill between writes."""
+
+
+def note_write(what: str) -> None:
+    """Report a durable step written outside this module (calls the current :func:`_after_write`,
+    so a test's replacement sees it)."""
+    _after_write(what)
+
+
+# --------------------------------------------------------------------------------------------------
+# directory locks
+
+
+class DirectoryLocked(ArgumentError):
+    """Another process is writing the directory (the message names the holder)."""
+
+
+LOCK_FILE = ".arbg.lock"
+HOLDER_FILE = ".arbg.lock.json"
+_held: dict[str, list] = {}  # resolved dir -> [FileLock, depth]
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads((path / HOLDER_FILE).read_text())
+        return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')}, since {h.get('since')})"
+    except (OSError, ValueError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on directory ``path`` (created if missing) while writing it.
+
+    A second writer (another process) gets :class:`DirectoryLocked` naming the holder, or with
+    ``wait=True`` blocks until the holder is done. Re-entrant inside one process. Uses the
+    ``filelock`` package (``flock`` on POSIX: released by the OS when the holder dies).
+    """
+    path = output_dir(name, path)
+    key = str(path.resolve())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield path
+        finally:
+            _held[key][1] -= 1
+        return
+    lock = filelock.FileLock(str(path / LOCK_FILE), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        if not wait:
+            raise DirectoryLocked(
+                f"{name}: {str(path)!r} is being written by {_holder(path)}; "
+                "wait for it to finish (or pass --wait)"
+            ) from None
+        log.info("waiting for %s, held by %s", path, _holder(path))
+        lock.acquire()
+    _held[key] = [lock, 1]
+    try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv[:6]),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (path / HOLDER_FILE).write_text(json.dumps(info))
+        yield path
+    finally:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            (path / HOLDER_FILE).unlink()
+        lock.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# multi-file commits: stage under temporary names, then one journal rename makes them current
+
+JOURNAL = ".arbg-commit.json"
+STAGED = ".arbg-staged-"
+OLD = ".arbg-old-"
+
+
+class Commit:
+    """A set of files (and directories) of ``root`` made current by one atomic step.
+
+    Write the new versions with :meth:`write_bytes`, :meth:`write_json`, :meth:`save_npy`,
+    :meth:`save_npz` or into :meth:`stage_path` / :meth:`stage_dir`; they go under temporary
+    names beside their targets. :meth:`commit` writes the journal (one atomic rename: the commit
+    point), moves every staged file into place and removes the journal. A crash before the
+    journal leaves the old set (the staged files are removed by :func:`recover`); a crash after
+    it is finished by :func:`recover` (every move is idempotent). Paths are relative to ``root``.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.moves: list[tuple[str, str]] = []
+        self.deletes: list[str] = []
+
+    def stage_path(self, rel: str) -> Path:
+        """The temporary path that becomes ``root/rel`` on commit (parent created)."""
+        final = Path(rel)
+        staged = final.parent / f"{STAGED}{self.id}-{final.name}"
+        self.moves.append((str(staged), str(final)))
+        (self.root / staged).parent.mkdir(parents=True, exist_ok=True)
+        return self.root / staged
+
+    def stage_dir(self, rel: str) -> Path:
+        """A temporary directory that replaces directory ``root/rel`` on commit."""
+        p = self.stage_path(rel)
+        p.mkdir()
+        return p
+
+    def _write(self, rel: str, write) -> Path:
+        p = self.stage_path(rel)
+        with open(p, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _after_write(f"staged {rel}")
+        return p
+
+    def write_with(self, rel: str, write: Callable[[Path], Any]) -> Path:
+        """Stage ``root/rel`` by ``write(path)`` (a writer that takes a file name)."""
+        p = self.stage_path(rel)
+        write(p)
+        _after_write(f"staged {rel}")
+        return p
+
+    def write_bytes(self, rel: str, data: bytes) -> Path:
+        return self._write(rel, lambda f: f.write(data))
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        return self.write_bytes(rel, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def save_npy(self, rel: str, array: np.ndarray) -> Path:
+        return self._write(rel, lambda f: np.save(f, array))
+
+    def save_npz(self, rel: str, **arrays: np.ndarray) -> Path:
+        return self._write(rel, lambda f: np.savez(f, **arrays))
+
+    def delete(self, rel: str) -> None:
+        """Remove ``root/rel`` as part of the commit."""
+        self.deletes.append(rel)
+
+    def commit(self) -> None:
+        """Make every staged file current in one atomic step (then tidy up)."""
+        for staged, _ in self.moves:
+            _fsync_tree(self.root / staged)
+        journal = {"id": self.id, "moves": self.moves, "deletes": self.deletes}
+        atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+        _apply(self.root, journal)
+
+
+def _fsync_tree(p: Path) -> None:
+    if p.is_dir():
+        for f in p.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    elif p.exists():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _apply(root: Path, journal: dict) -> None:
+    """Roll a committed journal forward (idempotent), then remove it."""
+    jid = journal["id"]
+    trash = []
+    for staged, final in journal["moves"]:
+        s, f = root / staged, root / final
+        if not s.exists():
+            continue  # moved before a crash
+        if s.is_dir() and f.exists():
+            old = f.parent / f"{OLD}{jid}-{f.name}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(f, old)
+            trash.append(old)
+            _after_write(f"moved old {final}")
+        os.replace(s, f)
+        _after_write(f"moved {final}")
+    for rel in journal.get("deletes", []):
+        if (root / rel).exists():
+            (root / rel).unlink()
+            _after_write(f"deleted {rel}")
+    for old in trash:
+        shutil.rmtree(old, ignore_errors=True)
+    (root / JOURNAL).unlink()
+    _after_write("journal removed")
+
+
+def _is_temporary(name: str) -> bool:
+    return (
+        name.startswith((STAGED, OLD))
+        or (name.startswith(".") and name.endswith((".tmp", ".old")))
+        or (name.startswith(".") and ".tmp" in name and name.endswith(".dcd"))
+    )
+
+
+def recover(root: str | Path, subdirs: tuple[str, ...] = ()) -> bool:
+    """Finish a committed but half-applied :class:`Commit` in ``root`` and remove stale
+    temporaries (staged files, atomic-write and checkpoint temporaries) in ``root`` and
+    ``subdirs``. Call it holding :func:`lock_dir`. Returns whether a commit was finished."""
+    root = Path(root)
+    finished = False
+    if (root / JOURNAL).exists():
+        journal = read_json(root / JOURNAL, "commit journal")
+        log.warning("%s: finishing an interrupted commit", root)
+        _apply(root, journal)
+        finished = True
+    for d in (root, *(root / s for s in subdirs)):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if _is_temporary(p.name):
+                log.info("removing stale temporary %s", p)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    return finished

@@ -31,6 +31,7 @@ from scipy.special import logsumexp
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PSISResult",
     "SNISResult",
     "clip_log_weights",
     "kish_ess",
@@ -38,6 +39,7 @@ __all__ = [
     "log_mean_exp",
     "multinomial_resample",
     "normalize_log_weights",
+    "psis",
     "relative_ess",
     "resample",
     "snis",
@@ -161,6 +163,14 @@ def normalize_log_weights(log_w: np.ndarray) -> np.ndarray:
     if not np.isfinite(total):
         raise ValueError("all importance weights are zero (every log-weight is -inf)")
     return lw - total
+
+
+def weights_from_log(log_w: np.ndarray) -> np.ndarray:
+    """Normalized weights ``exp(normalize_log_weights(log_w))``, shape (N,), summing to one.
+
+    NaN and ``+inf`` log-weights count as zero weight (``-inf``).
+    """
+    return np.exp(normalize_log_weights(log_w))
 
 
 def kish_ess(log_w: np.ndarray) -> float:
@@ -381,3 +391,102 @@ def snis(
         n_clipped,
     )
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto-smoothed importance sampling (PSIS)
+
+
+def _gpd_fit(x: np.ndarray, prior_bs: float = 3.0, prior_k: float = 10.0) -> tuple[float, float]:
+    """Generalized Pareto shape ``k`` and scale ``sigma`` of sorted exceedances ``x`` [M] > 0.
+
+    Zhang & Stephens (2009) empirical Bayes estimate with the weakly informative prior on ``k``
+    of Vehtari et al. (PSIS): ``k`` shrunk towards 0.5 by ``prior_k`` pseudo-observations.
+    """
+    n = x.size
+    m = 30 + int(np.sqrt(n))
+    b = 1.0 - np.sqrt(m / (np.arange(1, m + 1, dtype=np.float64) - 0.5))
+    b /= prior_bs * x[int(n / 4 + 0.5) - 1]
+    b += 1.0 / x[-1]
+    k = np.log1p(-b[:, None] * x).mean(axis=1)
+    log_lik = n * (np.log(-b / k) - k - 1.0)
+    w = 1.0 / np.exp(log_lik - log_lik[:, None]).sum(axis=1)
+    keep = w >= 10 * np.finfo(float).eps
+    w, b = w[keep] / w[keep].sum(), b[keep]
+    b_post = float(np.sum(b * w))
+    k_post = float(np.log1p(-b_post * x).mean())
+    sigma = -k_post / b_post
+    k_post = (n * k_post + prior_k * 0.5) / (n + prior_k)
+    return k_post, sigma
+
+
+def _gpd_quantile(p: np.ndarray, k: float, sigma: float) -> np.ndarray:
+    """Quantiles of the generalized Pareto distribution (location 0) at probabilities ``p``."""
+    if abs(k) < np.finfo(float).eps:
+        return -sigma * np.log1p(-p)
+    return sigma * np.expm1(-k * np.log1p(-p)) / k
+
+
+@dataclass
+class PSISResult:
+    """Pareto-smoothed log-weights and the tail diagnostic.
+
+    Attributes
+    ----------
+    log_w : np.ndarray, shape (N,)
+        Normalized smoothed log-weights (``-inf`` kept for zero weights).
+    pareto_k : float
+        Estimated shape of the weight tail: below 0.5 fine, 0.5-0.7 usable, above 0.7 the
+        estimates are unreliable (Vehtari et al. 2024); ``inf`` when the tail is too short.
+    tail_length : int
+        Number of smoothed weights.
+    """
+
+    log_w: np.ndarray
+    pareto_k: float
+    tail_length: int
+
+
+def psis(log_w: np.ndarray, r_eff: float = 1.0) -> PSISResult:
+    """Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao & Gabry, JMLR 2024).
+
+    The largest ``M = ceil(min(0.2 N, 3 sqrt(N / r_eff)))`` weights are replaced by the expected
+    order statistics of a generalized Pareto distribution fitted to them (above the next
+    largest weight), truncated at the largest raw weight: less variance than raw SNIS, much less
+    bias than clipping, and the fitted shape ``pareto_k`` says whether the estimate is reliable.
+
+    Parameters
+    ----------
+    log_w : np.ndarray, shape (N,)
+        Log importance weights (normalized or not; ``-inf`` = zero weight).
+    r_eff : float
+        Relative efficiency of the draws (1 for independent proposals).
+
+    Returns
+    -------
+    PSISResult
+    """
+    lw = _as_log_w(log_w).copy()
+    finite = np.flatnonzero(np.isfinite(lw))
+    x = lw[finite] - lw[finite].max()
+    n = x.size
+    tail_len = int(np.ceil(min(0.2 * n, 3.0 * np.sqrt(n / r_eff))))
+    k = float("inf")
+    if n > 5 and tail_len > 4:
+        order = np.argsort(x)
+        cut = max(float(x[order[-tail_len - 1]]), float(np.log(np.finfo(float).tiny)))
+        tail = order[x[order] > cut]
+        if tail.size > 4:
+            exceed = np.exp(x[tail]) - np.exp(cut)
+            k, sigma = _gpd_fit(exceed)
+            if np.isfinite(k) and sigma > 0:
+                probs = (np.arange(tail.size) + 0.5) / tail.size
+                smooth = np.log(_gpd_quantile(probs, k, sigma) + np.exp(cut))
+                x[tail] = np.minimum(smooth, 0.0)
+        tail_len = int(tail.size)
+    lw[finite] = x
+    if k > 0.7:
+        logger.warning(
+            "PSIS: Pareto k = %.2f > 0.7, the importance-sampling estimate is unreliable", k
+        )
+    return PSISResult(log_w=normalize_log_weights(lw), pareto_k=k, tail_length=tail_len)

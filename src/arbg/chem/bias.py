@@ -30,7 +30,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,11 @@ class BiasConfig:
     variables: str = "phi"
     residues: tuple[int, ...] | None = None
     build_ns: float = 1.0
-    bias_factor: float = 10.0
+    bias_factor: float = field(default=10.0, metadata={"flag": "--bias-factor"})
     height_kt: float = 0.5
     width_deg: float = 20.0
     deposit_ps: float = 0.5
-    grid_points: int | None = None
+    grid_points: int | None = field(default=None, metadata={"flag": "--bias-grid"})
 
     def __post_init__(self) -> None:
         if self.variables not in BIAS_VARIABLES:
@@ -453,6 +453,13 @@ def build_bias(
         _save_state(state_path, context, meta, done, deposit_steps, wall)
         if bar is not None:
             bar.update(n * step_fs * 1e-6)
+        else:
+            log.info(
+                "metadynamics build: %.3f of %.3f ns (%.1f s so far)",
+                done * step_fs * 1e-6,
+                total * step_fs * 1e-6,
+                wall,
+            )
     if bar is not None:
         bar.close()
     saved = dict(np.load(state_path))

@@ -7,6 +7,7 @@ Used by :mod:`arbg.chem.systems`; OpenMM objects stay inside this module and ``s
 from __future__ import annotations
 
 import io
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -158,18 +159,28 @@ def _variant(resname3: str, spec: SystemSpec) -> str:
 def build_openmm_model(spec: SystemSpec):
     """OpenMM (topology, positions[nm]) with all hydrogens, in build order.
 
-    Reproducible: pdbfixer and ``Modeller.addHydrogens`` place new atoms at random positions
-    (Python's ``random``), so the build runs with a fixed seed (the caller's state is restored),
-    and the hydrogens are relaxed on the deterministic Reference platform.
+    Reproducible: ``Modeller.addHydrogens`` places new atoms at random positions (Python's
+    ``random``), so the build gives OpenMM's modeller a private generator seeded with 0 (the
+    stream ``random.seed(0)`` gives, but one that other threads, e.g. a Dask worker's event
+    loop, cannot draw from in the middle of a build), and the hydrogens are relaxed on the
+    deterministic Reference platform, as are pdbfixer's new heavy atoms (with a fixed integrator
+    seed): a sequence gives the same atoms and positions on every machine, whatever its
+    platforms and thread counts. Builds are serialised by a lock.
     """
     import random
 
-    state = random.getstate()
-    random.seed(0)
-    try:
-        return _build_openmm_model(spec)
-    finally:
-        random.setstate(state)
+    from openmm.app import modeller
+
+    with _BUILD_LOCK:
+        shared = modeller.random
+        modeller.random = random.Random(0)
+        try:
+            return _build_openmm_model(spec)
+        finally:
+            modeller.random = shared
+
+
+_BUILD_LOCK = threading.Lock()
 
 
 def _reference_platform():
@@ -199,11 +210,13 @@ def _build_openmm_model(spec: SystemSpec):
         return modeller.topology, modeller.positions
     seq3 = [R.ONE_TO_THREE[c] for c in spec.sequence]
     resnames = (["ACE"] if spec.capped else []) + seq3 + (["NME"] if spec.capped else [])
-    fixer = PDBFixer(pdbfile=io.StringIO(backbone_pdb(resnames)))
+    # relaxed on Reference too: the default platform (CPU, CUDA) depends on threads and hardware
+    fixer = PDBFixer(pdbfile=io.StringIO(backbone_pdb(resnames)), platform=_reference_platform())
     fixer.findMissingResidues()
     fixer.missingResidues = {}
     fixer.findMissingAtoms()
-    fixer.addMissingAtoms(seed=0)  # pdbfixer places missing atoms at random: be reproducible
+    # a fixed seed for the clash-relief dynamics (OpenMM's seed 0 means "a new one every time")
+    fixer.addMissingAtoms(seed=1)
     modeller = app.Modeller(fixer.topology, fixer.positions)
     modeller.addHydrogens(
         ff, variants=_variants(modeller.topology, spec), platform=_reference_platform()

@@ -1,8 +1,9 @@
 """Reduced energies u(x) = E(x)/kT with OpenMM, batched and parallel; capped-prefix energies.
 
 Units at the boundary: positions in nm (float32 or float64, ``[B, n_atoms, 3]``), energies
-returned in kT (float64). One OpenMM ``Context`` per worker process is created once and reused;
-each evaluation is ``setPositions`` + ``getState(getEnergy=True)``. Non-finite energies (clashes,
+returned in kT (float64). One OpenMM ``Context`` per process (and, on Dask workers, per worker
+thread and system; see :mod:`arbg.cluster`) is created once and reused; each evaluation is
+``setPositions`` + ``getState(getEnergy=True)``. Non-finite energies (clashes,
 overflow) come back as ``+inf``, are counted in :attr:`OpenMMEnergy.n_nonfinite` and logged;
 they never crash a batch and never come back as 0.
 """
@@ -10,12 +11,16 @@ they never crash a batch and never come back as 0.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-import multiprocessing as mp
 import os
+import time
 from pathlib import Path
 
 import numpy as np
+
+from arbg.checks import ArgumentError
+from arbg.cluster import active_engine, worker_cache
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,13 @@ def load_forcefield(files: tuple[str, ...] | list[str]):
 
     for f in files:
         resolve_forcefield_file(f)
-    return _load_forcefield_cached(tuple(files))
+    try:
+        return _load_forcefield_cached(tuple(files))
+    except Exception as e:  # openmm raises XML parse / value errors without the file name
+        raise ArgumentError(
+            f"--forcefield: {', '.join(map(str, files))} is not a valid OpenMM force-field "
+            f"XML set: {type(e).__name__}: {e}"
+        ) from e
 
 
 @functools.lru_cache(maxsize=8)
@@ -99,7 +110,7 @@ def make_context(system, integrator=None, threads: int = 1):
 def _energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.ndarray:
     """Potential energies (kJ/mol) of a batch [B, n, 3] nm with one context.
 
-    `groups`: the force groups to include (default: all).
+    Each conformation is set in float64. `groups`: the force groups to include (default: all).
     """
     from openmm import unit
 
@@ -111,7 +122,7 @@ def _energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.n
             out[i] = np.inf
             continue
         try:
-            context.setPositions(xi)
+            context.setPositions(np.asarray(xi, dtype=np.float64))
             state = context.getState(getEnergy=True, **kwargs)
             out[i] = state.getPotentialEnergy().value_in_unit(kj)
         except Exception:  # OpenMM raises on NaN coordinates/forces on some platforms
@@ -120,42 +131,78 @@ def _energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.n
     return out
 
 
-# -- worker-process state (one context per process, reused)
-_WORKER: dict = {}
+# -- parallel evaluation on Dask workers (arbg.cluster): tasks carry a key, the system's XML
+# (scattered once to every worker) and positions; the Context stays in the worker thread.
+TARGET_TASK_S = 0.25  # seconds of work per task: Dask's few ms per task stay under ~2%
+MIN_PARALLEL_S = 0.1  # batches estimated below this run in this process
+PROBE = 32  # conformations timed in this process to size the first tasks of a system
+MAX_CACHED_CONTEXTS = 64  # per worker thread; the oldest is dropped beyond this
 
 
-def _worker_init(system_xml: str) -> None:
-    import openmm
+def plan_tasks(n: int, sec_per_eval: float, n_workers: int) -> int:
+    """Number of tasks for `n` conformations at `sec_per_eval` s each on `n_workers` workers.
 
-    _WORKER["context"] = make_context(openmm.XmlSerializer.deserialize(system_xml))
+    0 means "evaluate in this process" (the batch is too small to pay a round trip). Otherwise
+    a multiple of the workers with ~TARGET_TASK_S of work per task (balanced, overhead small).
+    """
+    total = n * sec_per_eval
+    if n < 2 or total < MIN_PARALLEL_S:
+        return 0
+    per_worker = max(1, round(total / max(1, n_workers) / TARGET_TASK_S))
+    return int(min(n, max(1, n_workers) * per_worker))
 
 
-def _worker_eval(x: np.ndarray) -> np.ndarray:
-    return _energies_kj(_WORKER["context"], x)
+def _energy_task(key: str, system_xml: str, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Dask task: energies (kJ/mol) of x [B, n, 3] nm with this worker's cached Context."""
+    import time
+
+    cache = worker_cache()
+    context = cache.get(("openmm-energy", key))
+    if context is None:
+        import openmm
+
+        context = make_context(openmm.XmlSerializer.deserialize(system_xml))
+        while len(cache) >= MAX_CACHED_CONTEXTS:
+            cache.pop(next(iter(cache)))
+        cache[("openmm-energy", key)] = context
+    t0 = time.perf_counter()
+    e = _energies_kj(context, x)
+    return e, time.perf_counter() - t0
 
 
 class OpenMMEnergy:
-    """Batched reduced energy of one OpenMM System.
+    """Batched reduced energy of one OpenMM System, in this process or on Dask workers.
 
     Parameters
     ----------
     system : openmm.System (no constraints).
     kT : k_B T in kJ/mol.
-    n_workers : worker processes; 1 evaluates in this process.
+    engine : an :class:`arbg.cluster.Engine` to evaluate large batches on; None uses the
+        engine of the running command (:func:`arbg.cluster.active_engine`), and without one
+        everything runs in this process.
+
+    Large batches are cut into chunks of ~``TARGET_TASK_S`` seconds of work (sized from the
+    measured time per evaluation), one Dask task each; every worker thread builds one Context
+    per system (keyed by the hash of the system's XML) and reuses it. Results equal the
+    in-process ones bit for bit (same platform and precision).
     """
 
-    def __init__(self, system, kT: float, n_workers: int = 1):
+    def __init__(self, system, kT: float, engine=None):
         import openmm
 
         self.kT = float(kT)
         self.n_atoms = system.getNumParticles()
-        self.n_workers = max(1, int(n_workers))
+        self.engine = engine
         self._xml = openmm.XmlSerializer.serialize(system)
+        self.key = hashlib.sha256(self._xml.encode()).hexdigest()[:16]
         self._system = system
         self._context = None
-        self._pool = None
+        self._scattered: tuple[object, object] | None = None  # (client, future of the XML)
+        self.sec_per_eval: float | None = None  # measured, seconds per conformation
         self.n_evaluations = 0
         self.n_nonfinite = 0
+        self.n_tasks = 0
+        self.task_seconds = 0.0  # compute time inside Dask tasks (the rest is overhead)
 
     def _local_context(self):
         if self._context is None:
@@ -164,7 +211,9 @@ class OpenMMEnergy:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Reduced energies [B] in kT of positions [B, n, 3] (or [n, 3]) in nm."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
+        if x.dtype != np.float32:  # float32 stays (half the bytes to ship); exact in float64
+            x = x.astype(np.float64, copy=False)
         if x.ndim == 2:
             x = x[None]
         if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
@@ -173,16 +222,10 @@ class OpenMMEnergy:
             )
         if len(x) == 0:
             return np.zeros(0)
-        if self.n_workers == 1 or len(x) < 2 * self.n_workers:
-            e = _energies_kj(self._local_context(), x)
-        else:
-            if self._pool is None:
-                ctx = mp.get_context("spawn")
-                self._pool = ctx.Pool(
-                    self.n_workers, initializer=_worker_init, initargs=(self._xml,)
-                )
-            chunks = np.array_split(x, self.n_workers * 4)
-            e = np.concatenate(self._pool.map(_worker_eval, chunks))
+        engine = self.engine if self.engine is not None else active_engine()
+        if engine is not None and not engine.distributed:
+            engine = None
+        e = self._evaluate(x, engine)
         u = e / self.kT
         bad = int(np.sum(~np.isfinite(u)))
         self.n_evaluations += len(u)
@@ -191,25 +234,57 @@ class OpenMMEnergy:
             log.warning("%d of %d energies are non-finite (set to +inf)", bad, len(u))
         return u
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+    def _evaluate(self, x: np.ndarray, engine) -> np.ndarray:
+        if engine is not None and self.sec_per_eval is None and len(x) > PROBE:
+            head = self._timed_local(x[:PROBE])  # useful work that sizes the tasks
+            return np.concatenate([head, self._evaluate(x[PROBE:], engine)])
+        if engine is None or self.sec_per_eval is None:
+            return self._timed_local(x)
+        n_tasks = plan_tasks(len(x), self.sec_per_eval, engine.n_workers)
+        if n_tasks == 0:
+            return self._timed_local(x)
+        return self._distributed(x, engine.client, n_tasks)
 
-    def __del__(self):  # pragma: no cover
-        try:
-            self.close()
-        except Exception:
-            pass
+    def _timed_local(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        e = _energies_kj(self._local_context(), x)
+        self._observe(time.perf_counter() - t0, len(x))
+        return e
+
+    def _observe(self, seconds: float, n: int) -> None:
+        rate = seconds / max(n, 1)
+        self.sec_per_eval = rate if self.sec_per_eval is None else 0.5 * (self.sec_per_eval + rate)
+
+    def _distributed(self, x: np.ndarray, client, n_tasks: int) -> np.ndarray:
+        if self._scattered is None or self._scattered[0] is not client:
+            future = client.scatter(self._xml, broadcast=True, hash=False)
+            self._scattered = (client, future)
+        xml = self._scattered[1]  # a copy on every worker: survives the loss of one
+        # positions travel inside the tasks (not scattered): a task lost with its worker is
+        # re-run elsewhere from what the scheduler holds; one submission per chunk keeps each
+        # message small however large the batch
+        futures = [
+            client.submit(_energy_task, self.key, xml, chunk, pure=False)
+            for chunk in np.array_split(x, n_tasks)
+        ]
+        results = client.gather(futures)
+        self.n_tasks += n_tasks
+        self.task_seconds += sum(r[1] for r in results)
+        self._observe(sum(r[1] for r in results), len(x))
+        log.debug("%d energies in %d Dask tasks", len(x), n_tasks)
+        return np.concatenate([r[0] for r in results])
+
+    def close(self) -> None:
+        """Release the scattered system and the local Context."""
+        self._scattered = None
+        self._context = None
 
 
 def prefix_energy_model(system, block: int) -> OpenMMEnergy:
     """Energy model of the capped fragment made of residue blocks 0..block plus an OXT."""
     cache = system.__dict__.setdefault("_prefix_models", {})
     if block not in cache:
-        cache[block] = OpenMMEnergy(
-            _fragment_system(system, block), system.kT, n_workers=system.n_workers
-        )
+        cache[block] = OpenMMEnergy(_fragment_system(system, block), system.kT)
     return cache[block]
 
 

@@ -1,6 +1,6 @@
 """Reference molecular dynamics with OpenMM, written as resumable on-disk datasets.
 
-Conventions (``../shared/reference.md``, the published corpora): Langevin "middle" integrator,
+Conventions (``docs/references.md``, the published corpora): Langevin "middle" integrator,
 1 fs step, friction 0.3/ps, no constraints, energy minimisation and 50 ps of warm-up, one frame
 per ps. Frames are stored losslessly as float32 nm in canonical atom order (never .xtc: its
 0.001 nm rounding is coarser than a bin and shifts energies by tenths of kT).
@@ -34,15 +34,15 @@ nothing duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import arbg
+from arbg import checks
 from arbg.chem.bias import (
     BiasConfig,
     build_bias,
@@ -54,7 +54,7 @@ from arbg.chem.bias import (
 )
 from arbg.chem.energy import _energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from arbg.io import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,59 @@ LOG_WEIGHTS_DEFINITION = (
 
 @dataclass(frozen=True)
 class MDConfig:
-    """Settings of a reference MD run (times in ps, friction in 1/ps).
+    """Settings of a reference MD run (Langevin middle integrator, no constraints).
 
-    ``temperature_k`` is the sampling temperature of the data (None = the system's); ``bias``
-    turns on the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`). ``ns`` is the
-    production length (the bias build phase comes on top).
+    Attributes
+    ----------
+    ns : production length in ns (a bias build phase comes on top).
+    step_fs : integration time step in fs.
+    friction_per_ps : Langevin friction in 1/ps.
+    frame_interval_ps : time between saved frames in ps.
+    warmup_ps : unsaved equilibration before production in ps.
+    seed : seed of the velocities and the Langevin noise.
+    chunk_frames : frames per resumable chunk (one atomic commit each).
+    temperature_k : sampling temperature of the data in K (heated data; default: the
+        system's); frames then get log-weights -(1/kT_target - 1/kT_sampling) E.
+    bias : the metadynamics-built static dihedral bias (:mod:`arbg.chem.bias`), or None.
     """
 
     ns: float = 1.0
     step_fs: float = 1.0
-    friction_per_ps: float = 0.3
+    friction_per_ps: float = field(default=0.3, metadata={"flag": "--friction"})
     frame_interval_ps: float = 1.0
     warmup_ps: float = 50.0
     seed: int = 0
     chunk_frames: int = 1000
-    temperature_k: float | None = None  # sampling temperature of the data; None = system's
+    temperature_k: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--sampling-temperature-k",
+            "aliases": ("--md-temperature-k",),
+            "dest": "md_temperature_k",
+        },
+    )
     bias: BiasConfig | None = None
+
+    def __post_init__(self) -> None:
+        checks.positive_float("--ns", self.ns)
+        # no constraints anywhere: hydrogens vibrate at ~10 fs, so steps beyond a few fs blow up
+        checks.in_range("--step-fs", self.step_fs, 0.0, 5.0, low_open=True)
+        checks.nonnegative_float("--friction", self.friction_per_ps)
+        checks.positive_float("--frame-interval-ps", self.frame_interval_ps)
+        checks.nonnegative_float("--warmup-ps", self.warmup_ps)
+        checks.nonnegative_int("--seed", self.seed)
+        checks.positive_int("--chunk-frames", self.chunk_frames)
+        checks.optional(checks.positive_float, "--md-temperature-k", self.temperature_k)
+        if self.frame_interval_ps * 1000.0 < self.step_fs:
+            raise checks.ArgumentError(
+                f"--frame-interval-ps: got {self.frame_interval_ps!r}; expected at least one "
+                f"step (--step-fs {self.step_fs} fs) per frame"
+            )
+        if self.n_frames < 1:
+            raise checks.ArgumentError(
+                f"--ns: got {self.ns!r}; expected at least one frame of "
+                f"--frame-interval-ps {self.frame_interval_ps} ps"
+            )
 
     @property
     def steps_per_frame(self) -> int:
@@ -178,10 +215,65 @@ def _bias_metadata(
     }
 
 
+class SimulationError(RuntimeError):
+    """MD blew up (non-finite energy or positions); the last good state stays on disk."""
+
+
+class ProgressLog:
+    """A log line every ``every_s`` seconds of wall time: ns done, ns/h and the time left.
+
+    For runs without a progress bar (worker processes, logs): ``update(frames_done)`` is cheap
+    to call after every frame.
+    """
+
+    def __init__(
+        self, name: str, n_total: int, done: int, ns_per_frame: float, every_s: float = 30.0
+    ) -> None:
+        self.name, self.n_total, self.start, self.ns_per_frame = name, n_total, done, ns_per_frame
+        self.every_s = every_s
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and done < self.n_total:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)  # frames/s
+        left = (self.n_total - done) / rate if rate > 0 else float("inf")
+        log.info(
+            "%s: %.3f of %.3f ns (%.1f ns/h, %.1f min left)",
+            self.name,
+            done * self.ns_per_frame,
+            self.n_total * self.ns_per_frame,
+            rate * self.ns_per_frame * 3600.0,
+            left / 60.0,
+        )
+
+
 def run_md(
-    system: PeptideSystem, out_dir: str | Path, config: MDConfig = MDConfig(), progress: bool = True
+    system: PeptideSystem,
+    out_dir: str | Path,
+    config: MDConfig = MDConfig(),
+    progress: bool = True,
+    wait: bool = False,
 ) -> Path:
     """Run (or resume, or extend) reference MD of `system` into `out_dir`.
+
+    The directory is locked while the run writes (:func:`arbg.io.lock_dir`; ``wait`` blocks
+    instead of failing when another process holds it). Each chunk (frames, weight terms,
+    OpenMM state, frame count) is committed by one :class:`arbg.io.Commit`; an interrupted
+    commit is finished, and stale temporaries removed, when the run starts. MD that blows up
+    raises :class:`SimulationError` with the last complete chunk kept.
+    """
+    with lock_dir(out_dir, wait=wait):
+        recover(out_dir, subdirs=("chunks", "bias"))
+        return _run_md(system, Path(out_dir), config, progress)
+
+
+def _run_md(
+    system: PeptideSystem, out_dir: str | Path, config: MDConfig = MDConfig(), progress: bool = True
+) -> Path:
+    """Run (or resume, or extend) reference MD of `system` into `out_dir` (unlocked).
 
     Returns the output directory. Re-running with a larger ``config.ns`` extends the run;
     re-running with different settings (system, seed, step, friction, temperature, bias) raises.
@@ -201,7 +293,7 @@ def run_md(
         dihedrals, names = select_bias_dihedrals(system, config.bias)
         meta["bias"] = _bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
     meta_path = out / "metadata.json"
-    old = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    old = checks.read_json(meta_path, "MD metadata") if meta_path.exists() else None
     if old is not None:
         for key in (
             "system",
@@ -222,7 +314,7 @@ def run_md(
             if key in (old.get("bias") or {}):
                 meta["bias"][key] = old["bias"][key]
     progress_path = out / "progress.json"
-    done = json.loads(progress_path.read_text())["n_frames"] if progress_path.exists() else 0
+    done = _n_done(out)
     n_total = config.n_frames
     meta["n_frames"] = max(done, n_total)
     meta["splits"] = contiguous_splits(meta["n_frames"])
@@ -252,7 +344,8 @@ def run_md(
             step_fs=config.step_fs,
             friction_per_ps=config.friction_per_ps,
             warmup_ps=config.warmup_ps,
-            segment_steps=config.chunk_frames * config.steps_per_frame,
+            # segments of at most 0.1 ns: a checkpoint and a progress line each
+            segment_steps=min(config.chunk_frames * config.steps_per_frame, 100_000),
             progress=progress,
         )
         grid = np.asarray(built.grid, dtype=np.float64)
@@ -312,6 +405,9 @@ def run_md(
             bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
         )
     t0, frames_this_run = time.time(), 0
+    ticker = ProgressLog(
+        f"md {system.name} ({out})", n_total, done, config.frame_interval_ps / 1000.0
+    )
     while done < n_total:
         n_chunk = min(config.chunk_frames - done % config.chunk_frames, n_total - done)
         frames = np.empty((n_chunk, system.n_atoms, 3), dtype=np.float32)
@@ -319,8 +415,12 @@ def run_md(
             integrator.step(config.steps_per_frame)
             state = context.getState(getPositions=True)
             frames[i] = state.getPositions(asNumpy=True)._value
+            _check_finite(frames[i], None, out, done + i, config)
             if bar is not None:
                 bar.update(config.frame_interval_ps / 1000.0)
+            else:
+                ticker.update(done + i + 1)
+        _check_finite(frames[-1], context.getState(getEnergy=True), out, done + n_chunk, config)
         chunk_id = done // config.chunk_frames
         keep = done % config.chunk_frames  # frames of a partial chunk already on disk
         parts = {"chunk": frames}
@@ -328,15 +428,17 @@ def run_md(
             energy_kj, bias_kj = _frame_terms(evaluator, frames, bias_group)
             parts["energy"] = energy_kj / kT_target
             parts["bias"] = bias_kj / kT_sample
+        commit = Commit(out)  # frames, weight terms, state and count: one atomic step
         for prefix, arr in parts.items():
-            path = out / "chunks" / f"{prefix}_{chunk_id:06d}.npy"
+            rel = f"chunks/{prefix}_{chunk_id:06d}.npy"
             if keep:  # complete a partial chunk (ignore anything past the recorded count)
-                arr = np.concatenate([np.load(path)[:keep], arr])
-            atomic_save_npy(path, arr)
+                arr = np.concatenate([checks.load_npy(out / rel, "MD chunk")[:keep], arr])
+            commit.save_npy(rel, arr)
         done += n_chunk
         frames_this_run += n_chunk
-        atomic_write_bytes(chk, context.createCheckpoint())
-        atomic_write_json(progress_path, {"n_frames": done})
+        commit.write_bytes(chk.name, context.createCheckpoint())
+        commit.write_json(progress_path.name, {"n_frames": done})
+        commit.commit()
         if bar is not None:
             ns_day = (
                 frames_this_run
@@ -350,6 +452,29 @@ def run_md(
         bar.close()
     _finalize(system, out, meta)
     return out
+
+
+def _n_done(out: Path) -> int:
+    """Frames committed in ``out`` (0 when none)."""
+    path = out / "progress.json"
+    if not path.exists():
+        return 0
+    n = checks.read_json(path, "MD progress file").get("n_frames")
+    return checks.nonnegative_int(f"{path} n_frames", n)
+
+
+def _check_finite(x: np.ndarray, state, out: Path, frame: int, config: MDConfig) -> None:
+    """Raise :class:`SimulationError` if positions (or the state's energy) are not finite."""
+    bad = not np.isfinite(x).all() or float(np.abs(x).max()) > 1e4
+    if state is not None and not bad:
+        bad = not np.isfinite(state.getPotentialEnergy()._value)
+    if bad:
+        raise SimulationError(
+            f"MD blew up near frame {frame} (non-finite positions or energy) at "
+            f"--step-fs {config.step_fs}; nothing of this chunk was written and {out} keeps the "
+            f"last good state ({_n_done(out)} frames); use a smaller --step-fs (no constraints: "
+            "1-2 fs)"
+        )
 
 
 def _frame_terms(
@@ -373,11 +498,16 @@ def _finalize(system: PeptideSystem, out: Path, meta: dict) -> None:
 def load_md_frames(out_dir: str | Path) -> np.ndarray:
     """All frames of an ``arbg md`` directory, [F, n, 3] float32 nm, canonical order."""
     out = Path(out_dir)
-    progress = json.loads((out / "progress.json").read_text())["n_frames"]
+    progress = _n_done(out)
     chunks = sorted((out / "chunks").glob("chunk_*.npy"))
     if not chunks:
         raise FileNotFoundError(f"{out}: no chunks/chunk_*.npy frames")
-    frames = np.concatenate([np.load(c) for c in chunks])
+    frames = np.concatenate([checks.load_npy(c, "MD chunk") for c in chunks])
+    if len(frames) < progress:
+        raise checks.ArgumentError(
+            f"{out}: {len(frames)} frames in chunks/ for the {progress} of progress.json "
+            "(chunks missing or truncated)"
+        )
     return frames[:progress]
 
 
@@ -389,14 +519,18 @@ def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
     """
 
     out = Path(out_dir)
-    meta = json.loads((out / "metadata.json").read_text())
-    n = json.loads((out / "progress.json").read_text())["n_frames"]
+    meta = checks.read_json(out / "metadata.json", "MD metadata")
+    n = _n_done(out)
     if not meta.get("log_weights"):
         return np.zeros(n)
     terms = {}
     for prefix in ("energy", "bias"):
         files = sorted((out / "chunks").glob(f"{prefix}_*.npy"))
-        arr = np.concatenate([np.load(f) for f in files]) if files else np.zeros(0)
+        arr = (
+            np.concatenate([checks.load_npy(f, "MD chunk") for f in files])
+            if files
+            else np.zeros(0)
+        )
         if len(arr) < n:
             raise ValueError(
                 f"{out}: {len(arr)} frames of chunks/{prefix}_*.npy for {n} "

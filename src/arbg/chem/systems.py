@@ -6,7 +6,7 @@ dihedral indices, the residue blocks used by the twisted SMC, and its reduced en
 ``u(x) = E(x) / kT`` (positions in nm, energies in kT) together with the energies of capped
 prefixes. OpenMM is used only inside this module and :mod:`arbg.chem.energy`.
 
-Presets follow the published benchmark conventions (``../shared/reference.md``; the paper's
+Presets follow the published benchmark conventions (``docs/references.md``; the paper's
 Appendix on datasets): ``aldp`` and ``ace-aaa-nme`` use amber99sbildn + amber99_obc, NoCutoff,
 300 K; ``aaa``, ``aaaaaa``, ``chignolin`` and any sequence by default use amber14-all +
 implicit/obc1, CutoffNonPeriodic 2 nm, 310 K. No constraints anywhere: every bond is flexible.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem import residues as R
 from arbg.chem.builder import (
     build_openmm_model,
@@ -150,8 +151,11 @@ def make_spec(
         path = Path(pdb)
         if not path.is_file():
             raise FileNotFoundError(f"PDB file not found: {path}")
-        text = path.read_text()
-        seq = sequence_from_pdb_text(text, str(path))
+        try:
+            text = path.read_text()
+            seq = sequence_from_pdb_text(text, str(path))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"PDB file {str(path)!r} is not a PDB text file ({e.reason})") from e
         spec = SystemSpec(name=path.stem, sequence=seq, pdb_text=text, capped=pdb_has_caps(text))
     changes: dict = {}
     if fast_implicit:
@@ -174,8 +178,8 @@ def make_spec(
         )
     if spec.histidine not in ("HIE", "HID", "HIP"):
         raise ValueError(f"unknown histidine variant {spec.histidine!r}; use HIE, HID or HIP")
-    if spec.temperature_k <= 0:
-        raise ValueError(f"temperature must be positive, got {spec.temperature_k} K")
+    checks.in_range("--temperature-k", spec.temperature_k, 0.0, 5000.0, low_open=True)
+    checks.in_range("--cutoff-nm", spec.cutoff_nm, 0.0, 100.0, low_open=True)
     return spec
 
 
@@ -196,7 +200,6 @@ class PeptideSystem:
     to_canonical: np.ndarray  # [n] int
     residue_blocks: list[tuple[int, int]]  # canonical atom range of each standard residue
     block_resnames: list[str]  # residue name (variant) of each block
-    n_workers: int = 1
     _energy: object = field(default=None, repr=False)
 
     # -- basic descriptors
@@ -370,9 +373,8 @@ class PeptideSystem:
     @property
     def energy_model(self):
         if self._energy is None:
-            self._energy = OpenMMEnergy(
-                self.create_openmm_system(), self.kT, n_workers=self.n_workers
-            )
+            # parallel on the Dask engine of the running command, if any (arbg.cluster)
+            self._energy = OpenMMEnergy(self.create_openmm_system(), self.kT)
         return self._energy
 
     def create_openmm_system(self, topology=None):
@@ -471,9 +473,7 @@ class PeptideSystem:
         }
 
 
-def build_system(
-    spec: SystemSpec | str, *, minimize: bool = True, n_workers: int = 1
-) -> PeptideSystem:
+def build_system(spec: SystemSpec | str, *, minimize: bool = True) -> PeptideSystem:
     """Build a peptide system from a spec or a preset name.
 
     The peptide is built with ideal backbone geometry (extended chain), completed by pdbfixer
@@ -482,11 +482,11 @@ def build_system(
     """
     if isinstance(spec, str):
         spec = make_spec(spec)
-    return _build_cached(spec, minimize, n_workers)
+    return _build_cached(spec, minimize)
 
 
 @functools.lru_cache(maxsize=32)
-def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSystem:
+def _build_cached(spec: SystemSpec, minimize: bool) -> PeptideSystem:
     from openmm import unit
 
     topology, positions = build_openmm_model(spec)
@@ -501,7 +501,6 @@ def _build_cached(spec: SystemSpec, minimize: bool, n_workers: int) -> PeptideSy
         to_canonical=order,
         residue_blocks=blocks,
         block_resnames=names,
-        n_workers=n_workers,
     )
     if minimize:
         system.positions = minimize_positions(system, pos)

@@ -5,7 +5,7 @@ Readable inputs (:func:`load_dataset`):
 - an ``arbg md`` output directory (see :mod:`arbg.chem.md`);
 - the published single-system layout: a directory ``{name}_{T}K/`` with
   ``{name}_{T}K_{train,val,test}.npy`` ([frames, atoms, 3], nm) and ``{name}_{T}K.pdb``
-  (``../shared/reference.md``, "Published data layouts");
+  (``docs/references.md``, "Published data layouts");
 - a ``.npy`` / ``.npz`` array [frames, atoms, 3] in nm plus a PDB topology;
 - any trajectory mdtraj reads (.dcd, .h5, .nc, ...) plus a topology.
 
@@ -20,7 +20,6 @@ array, that array. Weights follow their frames through the splits.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 from arbg.reweight import kish_ess
@@ -80,6 +80,8 @@ class Dataset:
             )
         if np.isnan(self.log_weights).any() or np.isposinf(self.log_weights).any():
             raise ValueError("log-weights must not be NaN or +inf")
+        source = str(self.metadata.get("source", "dataset")) if self.metadata else "dataset"
+        checks.coordinates_in_nm(source, self.positions, bonds=_bonds(self.system))
 
     @property
     def weighted(self) -> bool:
@@ -110,6 +112,26 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+
+def _bonds(system) -> np.ndarray | None:
+    """[k, 2] bonded atom pairs of ``system`` (None when it has no topology)."""
+    top = getattr(system, "topology", None)
+    if top is None or not hasattr(top, "bonds"):
+        return None
+    pairs = [(a.index, b.index) for a, b in top.bonds]
+    return np.asarray(pairs, dtype=np.int64) if pairs else None
+
+
+def _load_topology(path: Path):
+    import mdtraj
+
+    try:
+        return mdtraj.load_topology(str(path))
+    except Exception as e:  # mdtraj raises many types for a file that is not a topology
+        raise checks.ArgumentError(
+            f"topology {str(path)!r} is not a readable PDB/topology: {e}"
+        ) from e
 
 
 def check_frames(frames: np.ndarray, n_atoms: int, source: str = "data") -> np.ndarray:
@@ -193,7 +215,8 @@ def load_dataset(
     ----------
     path : an ``arbg md`` directory, a published-layout directory, a .npy/.npz file or a
         trajectory file.
-    topology : PDB (or other mdtraj topology) for array and trajectory files.
+    topology : PDB (or other mdtraj topology) for array and trajectory files; default: the PDB
+        with the same name beside the file (``reference.npz`` -> ``reference.pdb``).
     system : a PeptideSystem or preset name giving the force field; default: the one recorded
         by ``arbg md``, else built from the PDB with default settings.
     """
@@ -203,7 +226,7 @@ def load_dataset(
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.is_dir() and (path / "metadata.json").exists():
-        meta = json.loads((path / "metadata.json").read_text())
+        meta = checks.read_json(path / "metadata.json", "MD metadata")
         if isinstance(system, PeptideSystem):
             sys_ = system
         else:
@@ -233,41 +256,62 @@ def load_dataset(
         stem = re.sub(r"_train\.npy$", "", trains[0].name)
         pdb = path / f"{stem}.pdb" if (path / f"{stem}.pdb").exists() else pdbs[0]
         sys_ = _system_for_pdb(pdb, system)
-        idx = match_atoms(mdtraj.load_topology(str(pdb)), sys_, str(pdb))
+        idx = match_atoms(_load_topology(pdb), sys_, str(pdb))
         parts, splits, start = [], {}, 0
         for name in ("train", "val", "test"):
             f = path / f"{stem}_{name}.npy"
             if f.exists():
-                arr = check_frames(np.load(f), sys_.n_atoms, str(f))[:, idx]
+                arr = check_frames(checks.load_npy(f, "frames"), sys_.n_atoms, str(f))[:, idx]
                 parts.append(arr)
                 splits[name] = [start, start + len(arr)]
                 start += len(arr)
         return Dataset(np.concatenate(parts), sys_, splits, {"source": str(path)})
+    if topology is None and path.with_suffix(".pdb").exists() and path.suffix != ".pdb":
+        topology = path.with_suffix(".pdb")  # e.g. reference.npz + reference.pdb
+        log.info("%s: topology from %s", path, topology)
     if topology is None:
-        raise ValueError(f"{path}: a topology (PDB) is needed to read this file (--topology)")
+        raise ValueError(
+            f"{path}: a topology (PDB) is needed to read this file (--topology, or a "
+            f"{path.with_suffix('.pdb').name} beside it)"
+        )
     top_path = Path(topology)
     if not top_path.exists():
         raise FileNotFoundError(f"topology not found: {top_path}")
     sys_ = _system_for_pdb(top_path, system)
-    top = mdtraj.load_topology(str(top_path))
+    top = _load_topology(top_path)
     idx = match_atoms(top, sys_, str(top_path))
     log_w = None
-    if path.suffix in (".npy", ".npz"):
-        arr = np.load(path)
-        if path.suffix == ".npz":
-            if "log_weights" in arr.files:
-                log_w = arr["log_weights"]
-            key = (
-                "positions"
-                if "positions" in arr.files
-                else next(k for k in arr.files if k != "log_weights")
-            )
-            arr = arr[key]
+    if path.suffix == ".npy":
+        frames = check_frames(checks.load_npy(path, "frames"), top.n_atoms, str(path))
+    elif path.suffix == ".npz":
+        arr, log_w = _load_npz_frames(path)
         frames = check_frames(arr, top.n_atoms, str(path))
     else:
-        frames = mdtraj.load(str(path), top=str(top_path)).xyz
+        try:
+            frames = mdtraj.load(str(path), top=str(top_path)).xyz
+        except Exception as e:  # mdtraj raises many types for an unreadable trajectory
+            raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
     return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)}, log_w)
+
+
+def _load_npz_frames(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Positions (``positions`` or the first array) and optional ``log_weights`` of a .npz."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"PK":
+            raise checks.ArgumentError(f"{str(path)!r} is not a .npz archive (no zip header)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = [k for k in f.files if k != "log_weights"]
+            if not names:
+                raise checks.ArgumentError(f"{str(path)!r} holds no positions array")
+            arr = f["positions" if "positions" in f.files else names[0]]
+            log_w = f["log_weights"] if "log_weights" in f.files else None
+    except checks.ArgumentError:
+        raise
+    except Exception as e:  # zipfile/numpy raise many types for a corrupt archive
+        raise checks.ArgumentError(f"{str(path)!r} is not a readable .npz archive: {e}") from e
+    return arr, log_w
 
 
 def _fractions(splits: dict | None, meta: dict) -> dict[str, float] | None:

@@ -1,6 +1,6 @@
 """`arbg evaluate`: metrics of a sampling run against reference MD, observables, the report.
 
-Follows the published benchmark recipe (``../shared/reference.md``, "Published evaluation"):
+Follows the published benchmark recipe (``docs/references.md``, "Published evaluation"):
 E-W2 on reduced energies, T-W2 over all phi/psi with the periodic cost, TICA-W2 in a 2-D TICA
 space fitted on the reference (lag 100 frames), each for the raw proposal and the reweighted
 ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
@@ -12,39 +12,55 @@ is understood everywhere: its weights are transported into the W2 problems (or t
 resampled by weight with the seed, ``reference_weights="resample"``), the MD-vs-MD floor
 compares the weighted halves, basin populations of the reference are weighted with block
 (jackknife) standard errors, and metrics.json gives the Kish ESS of the reference weights.
+
+Which sample weights make which number: the W2 metrics keep the published clipping (the run's
+``log_w``: the largest 0.2 % of the weights dropped); populations, free-energy differences, the
+report's plots and its structures use the unbiased, unclipped self-normalised weights
+(``log_w_raw``) by default (``population_weights="unbiased"``): clipping removes the
+highest-weight conformations and biases the populations (on alanine dipeptide it doubled the
+alpha-L population). ``metrics["weights"]`` says which is which.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from arbg import checks
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
-from arbg.eval.metrics import backbone_torsions, dihedrals, energy_w2, evaluate_ensemble, torsion_w2
-from arbg.eval.report import compute_populations, write_metrics_json, write_report
-from arbg.reweight import clip_log_weights, multinomial_resample, normalize_log_weights
+from arbg.eval.metrics import (
+    Ensemble,
+    backbone_torsions,
+    dihedrals,
+    evaluate_ensemble,
+    resampled_score,
+    score,
+    strided_reference,
+    weights_from_log,
+)
+from arbg.eval.report import compute_populations, write_metrics_json
+from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported)
+    bond_angle_triples,
+    report_context,
+    residue_labels,
+    write_run_report,
+)
+from arbg.reweight import (
+    clip_log_weights,
+    kish_ess,
+    normalize_log_weights,
+    psis,
+)
 from arbg.sampling.runs import read_run
 
 log = logging.getLogger(__name__)
-
-
-def bond_angle_triples(bonds: np.ndarray, n_atoms: int) -> np.ndarray:
-    """[a, 3] angle triples (i, j, k) with bonds i-j and j-k, from [b, 2] bonds."""
-    neighbours: list[list[int]] = [[] for _ in range(n_atoms)]
-    for i, j in bonds:
-        neighbours[i].append(int(j))
-        neighbours[j].append(int(i))
-    out = []
-    for j, nb in enumerate(neighbours):
-        for a in range(len(nb)):
-            for b in range(a + 1, len(nb)):
-                out.append((nb[a], j, nb[b]))
-    return np.array(out, dtype=np.int64).reshape(-1, 3)
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -56,12 +72,32 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {**run["arrays"], "summary": run["summary"]}
 
 
-def reference_energies(dataset: Dataset) -> np.ndarray:
-    """Reduced energies (kT) of every reference frame (computed once, kept on the dataset)."""
-    cached = dataset.metadata.get("_energies")
+def reference_energies(dataset: Dataset, system: PeptideSystem | None = None) -> np.ndarray:
+    """Reduced energies (kT) of every reference frame under ``system`` (the samples' target;
+    default the dataset's own system), computed once per force field and temperature and kept
+    on the dataset.
+
+    A reference read from a PDB topology gets the default force field and temperature, not the
+    run's: its energies must come from the run's system, or E-W2 compares two different
+    energy functions.
+    """
+    system = system or dataset.system
+    spec = {k: v for k, v in system.spec.to_dict().items() if k not in ("name", "pdb_text")}
+    key = json.dumps(spec, sort_keys=True)
+    cache = dataset.metadata.setdefault("_energies_by_system", {})
+    cached = cache.get(key)
     if cached is None or len(cached) != len(dataset):
-        cached = dataset.system.reduced_energy(dataset.positions)
-        dataset.metadata["_energies"] = cached
+        log.info("evaluate: energies of %d reference frames (OpenMM)", len(dataset))
+        if system is not dataset.system and spec != {
+            k: v for k, v in dataset.system.spec.to_dict().items() if k not in ("name", "pdb_text")
+        }:
+            log.info(
+                "reference energies with the run's force field (%s, %s K), not the reference's",
+                ", ".join(spec["forcefield"]),
+                spec["temperature_k"],
+            )
+        cached = system.reduced_energy(dataset.positions)
+        cache[key] = cached
     return cached
 
 
@@ -87,8 +123,16 @@ def evaluate_samples(
     floor: bool = True,
     info: dict[str, Any] | None = None,
     reference_weights: str = "transport",
+    log_w_raw: np.ndarray | None = None,
+    population_weights: str = "unbiased",
 ) -> dict[str, Any]:
     """Metrics of samples (canonical order, nm) with normalised log-weights against `reference`.
+
+    ``log_w`` [N] are the (clipped) weights of the W2 metrics, ``log_w_raw`` [N] the unclipped
+    log-weights. ``population_weights``: which weights make the basin populations and free-energy
+    differences, ``"unbiased"`` (default: ``log_w_raw``; ``log_w`` when it is not given),
+    ``"psis"`` (Pareto-smoothed ``log_w_raw``) or ``"clipped"`` (``log_w``, the behaviour
+    before issue 17).
 
     ``reference_weights``: how the reference's frame weights enter, ``"transport"`` (default),
     ``"resample"`` (by weight, seeded) or ``"ignore"`` (treat the frames as equilibrium MD);
@@ -100,7 +144,7 @@ def evaluate_samples(
 
     _check_same_system(system, reference.system)
     ref_x = reference.positions
-    ref_u = reference_energies(reference)
+    ref_u = reference_energies(reference, system)
     n_eval = min(n_eval, len(ref_x) // (2 if floor else 1))
     log_w = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
     ref_lw = reference_log_weights(reference, reference_weights)
@@ -123,7 +167,11 @@ def evaluate_samples(
         ref_log_weights=ref_lw,
         ref_weight_mode="resample" if reference_weights == "resample" else "transport",
     )
-    weights = np.exp(log_w)
+    pop_lw, metrics["weights"] = population_log_weights(log_w, log_w_raw, population_weights)
+    if log_w_raw is not None:
+        metrics["ess_unbiased"] = float(kish_ess(np.asarray(log_w_raw, dtype=np.float64)))
+        metrics["pareto_k"] = psis(np.asarray(log_w_raw, dtype=np.float64)).pareto_k
+    weights = np.exp(pop_lw)
     ref_weights = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw))
     metrics["populations"] = compute_populations(
         ref_x,
@@ -131,11 +179,44 @@ def evaluate_samples(
         weights,
         system.phi_indices,
         system.psi_indices,
-        residue_labels=_residue_labels(system),
+        residue_labels=residue_labels(system),
         ref_weights=ref_weights,
     )
     metrics["basin_table"] = basin_table(system, ref_x, positions, weights, ref_weights=ref_weights)
     return metrics
+
+
+def population_log_weights(
+    log_w: np.ndarray, log_w_raw: np.ndarray | None, mode: str = "unbiased"
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Normalised log-weights [N] for populations and dF, and a description of the weights.
+
+    ``mode``: ``"unbiased"`` uses ``log_w_raw`` (unclipped; falls back to ``log_w`` with a
+    warning when it is None), ``"clipped"`` uses ``log_w``, ``"psis"`` the Pareto-smoothed
+    ``log_w_raw`` (:func:`arbg.reweight.psis`).
+    """
+    if mode not in ("unbiased", "clipped", "psis"):
+        raise ValueError(
+            f"population_weights must be 'unbiased', 'clipped' or 'psis', got {mode!r}"
+        )
+    w2 = "the clipped weights (published recipe: the largest 0.2 % of the weights dropped)"
+    if mode != "clipped" and log_w_raw is None:
+        log.warning("no unclipped log-weights (log_w_raw): populations use the clipped weights")
+        mode = "clipped"
+    if mode == "psis":
+        res = psis(np.asarray(log_w_raw, dtype=np.float64))
+        what = (
+            "Pareto-smoothed importance weights (PSIS, Vehtari et al.; tail shape k = "
+            f"{res.pareto_k:.2f}{', above 0.7: unreliable' if res.pareto_k > 0.7 else ''})"
+        )
+        return res.log_w, {"w2_metrics": w2, "populations": what, "population_weights": mode}
+    if mode == "unbiased":
+        lw = normalize_log_weights(np.asarray(log_w_raw, dtype=np.float64))
+        what = "the unbiased (unclipped) self-normalised importance weights"
+    else:
+        lw = normalize_log_weights(np.asarray(log_w, dtype=np.float64))
+        what = "the clipped weights (as the W2 metrics)"
+    return lw, {"w2_metrics": w2, "populations": what, "population_weights": mode}
 
 
 def reference_log_weights(reference: Dataset, mode: str = "transport") -> np.ndarray | None:
@@ -162,7 +243,7 @@ def basin_table(
     reweighted ensemble (delta-method SE)."""
 
     rows = []
-    labels = _residue_labels(system)
+    labels = residue_labels(system)
     n = min(len(system.phi_indices), len(system.psi_indices))
     for r in range(n):
         phi_i, psi_i = system.phi_indices[r : r + 1], system.psi_indices[r : r + 1]
@@ -190,10 +271,6 @@ def basin_table(
     return rows
 
 
-def _residue_labels(system: PeptideSystem) -> list[str]:
-    return [f"{name}{i + 1}" for i, name in enumerate(system.block_resnames)]
-
-
 def evaluate_run(
     run_dir: str | Path,
     reference: str | Path | Dataset,
@@ -209,8 +286,11 @@ def evaluate_run(
     extra_figures: list[tuple[Path, str]] | None = None,
     extra_metrics: dict[str, Any] | None = None,
     reference_weights: str = "transport",
+    population_weights: str = "unbiased",
+    viewer: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate an ``arbg sample`` run against reference MD; write metrics.json and the report.
+    """Evaluate an ``arbg sample`` or ``arbg smc`` run against reference MD; write metrics.json
+    and the report.
 
     Parameters
     ----------
@@ -220,20 +300,29 @@ def evaluate_run(
     out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
     reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
         weights (see :func:`evaluate_samples`).
+    population_weights : ``"unbiased"`` (default) or ``"clipped"`` weights for the populations,
+        free-energy differences, plots and structures (see :func:`evaluate_samples`).
+    viewer : include the interactive 3-D view of representative conformations in the report.
     """
 
+    checks.positive_int("--n-eval", n_eval)
+    checks.nonnegative_int("--seed", seed)
+    checks.positive_int("--repeats", repeats)
+    checks.positive_int("--tica-lag", tica_lag)
+    checks.one_of("--reference-weights", reference_weights, ("transport", "resample", "ignore"))
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")
+    run_system = (
+        build_system(SystemSpec.from_dict(spec), minimize=False) if isinstance(spec, dict) else None
+    )
     if isinstance(reference, Dataset):
         ref = reference
-    else:
-        ref = load_dataset(reference, topology=topology)
-    system = (
-        build_system(SystemSpec.from_dict(spec), minimize=False)
-        if isinstance(spec, dict)
-        else ref.system
-    )
+    elif Path(reference).is_dir() and (Path(reference) / "metadata.json").exists():
+        ref = load_dataset(reference, topology=topology)  # an arbg md run knows its system
+    else:  # frames + topology: the reference's energies use the samples' force field
+        ref = load_dataset(reference, topology=topology, system=run_system)
+    system = run_system if run_system is not None else ref.system
     positions = run["coords"].astype(np.float64)
     info = {
         k: summary[k]
@@ -262,53 +351,56 @@ def evaluate_run(
         tica_lag=tica_lag,
         info=info,
         reference_weights=reference_weights,
+        log_w_raw=run.get("log_w_raw"),
+        population_weights=population_weights,
     )
     ref_lw = reference_log_weights(ref, reference_weights)
-    metrics["reference"] = {
-        "source": str(
-            reference
-            if not isinstance(reference, Dataset)
-            else reference.metadata.get("source", "dataset")
-        ),
-        "n_frames": len(ref),
-        "weighted": ref_lw is not None,
-        "weights": reference_weights if ref.weighted else None,
-        "kish_ess": ref.kish_ess() if ref_lw is not None else float(len(ref)),
-        "sampling_temperature_k": ref.metadata.get("sampling_temperature_k"),
-        "target_temperature_k": ref.metadata.get("target_temperature_k"),
-        "biased": bool(ref.metadata.get("bias")),
-    }
+    metrics["reference"] = _reference_info(reference, ref, ref_lw, reference_weights)
     if extra_metrics:
         metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     if report:
-        bonds = system.bonds
-        write_report(
+        log.info("evaluate: writing the report and its plots to %s", out)
+        pop_lw, _ = population_log_weights(run["log_w"], run.get("log_w_raw"), population_weights)
+        write_run_report(
             out,
-            reference_positions=ref.positions,
-            reference_energies=reference_energies(ref),
-            proposal_positions=positions,
-            proposal_energies=run["u"],
-            log_weights=run["log_w"],
-            reference_log_weights=ref_lw,
-            metrics=metrics,
-            phi_indices=system.phi_indices,
-            psi_indices=system.psi_indices,
-            omega_indices=system.omega_indices,
-            backbone_indices=system.backbone_heavy_indices,
-            bonds=bonds,
-            angles=bond_angle_triples(bonds, system.n_atoms),
-            residue_labels=_residue_labels(system),
-            populations=metrics.get("populations"),
-            tica_lag=tica_lag,
+            system,
+            ref.positions,
+            reference_energies(ref, system),
+            ref_lw,
+            positions,
+            run["u"],
+            pop_lw,
+            metrics,
+            context=report_context(summary, system),
             title=title or f"arbg report: {system.name}",
+            tica_lag=tica_lag,
             seed=seed,
             extra_figures=extra_figures or (),
+            viewer=viewer,
         )
     else:
         write_metrics_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _reference_info(
+    source: Any, ref: Dataset, ref_lw: np.ndarray | None, mode: str
+) -> dict[str, Any]:
+    """What the report says about the reference: source, frames, weights and their ESS."""
+    return {
+        "source": str(
+            source if not isinstance(source, Dataset) else source.metadata.get("source", "dataset")
+        ),
+        "n_frames": len(ref),
+        "weighted": ref_lw is not None,
+        "weights": mode if ref.weighted else None,
+        "kish_ess": ref.kish_ess() if ref_lw is not None else float(len(ref)),
+        "sampling_temperature_k": ref.metadata.get("sampling_temperature_k"),
+        "target_temperature_k": ref.metadata.get("target_temperature_k"),
+        "biased": bool(ref.metadata.get("bias")),
+    }
 
 
 def md_cost_curve(
@@ -339,49 +431,47 @@ def md_cost_curve(
     """
 
     rng = np.random.default_rng(seed)
-    ref_u = reference_energies(reference)
-    stride = max(1, len(reference) // n_max)
-    ref_t = backbone_torsions(reference.positions[::stride], system.phi_indices, system.psi_indices)
-    ref_u_s = ref_u[::stride]
-    ref_lw = reference_log_weights(reference)
-    ref_w = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw[::stride]))
+    phi, psi = system.phi_indices, system.psi_indices
+    ref = strided_reference(
+        reference_energies(reference, system),
+        backbone_torsions(reference.positions, phi, psi),
+        n_max,
+        reference_log_weights(reference),
+    )
     out: dict[str, Any] = {
         "budgets": [],
         "bg": {"e_w2": [], "t_w2": []},
         "md": {"budgets": [], "e_w2": [], "t_w2": []},
     }
-    for k in budgets:
+    t0 = time.perf_counter()
+    for i, k in enumerate(budgets):
+        log.info(
+            "cost curve: budget %d of %d (%d energy evaluations), %.0f s so far",
+            i + 1,
+            len(budgets),
+            k,
+            time.perf_counter() - t0,
+        )
         n_bg = int(k / evals_per_sample)
         if 2 <= n_bg <= len(positions):
             lw, _ = clip_log_weights(np.asarray(log_w_raw[:n_bg], dtype=np.float64))
-            lw = normalize_log_weights(lw)
-            idx = multinomial_resample(lw, min(n_bg, n_max), rng)
-            x = positions[:n_bg][idx]
+            bg = Ensemble(energies[:n_bg], backbone_torsions(positions[:n_bg], phi, psi))
+            scored = resampled_score(bg, normalize_log_weights(lw), ref, min(n_bg, n_max), rng)
             out["budgets"].append(k)
-            out["bg"]["e_w2"].append(energy_w2(energies[:n_bg][idx], ref_u_s, None, ref_w))
-            out["bg"]["t_w2"].append(
-                torsion_w2(
-                    backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t, None, ref_w
-                )
-            )
+            out["bg"]["e_w2"].append(scored["e_w2"])
+            out["bg"]["t_w2"].append(scored["t_w2"])
         n_md = k // steps_per_frame
         if 2 <= n_md <= len(md_frames):
             sub = slice(0, n_md, max(1, n_md // n_max))
             frames = md_frames[sub]
-            md_w = (
-                None
-                if md_log_weights is None
-                else np.exp(normalize_log_weights(np.asarray(md_log_weights[sub], np.float64)))
+            md_w = None
+            if md_log_weights is not None:
+                md_w = weights_from_log(np.asarray(md_log_weights[sub], np.float64))
+            md = Ensemble(
+                system.reduced_energy(frames), backbone_torsions(frames, phi, psi), None, md_w
             )
-            u_md = system.reduced_energy(frames)
+            scored = score(md, ref)
             out["md"]["budgets"].append(k)
-            out["md"]["e_w2"].append(energy_w2(u_md, ref_u_s, md_w, ref_w))
-            out["md"]["t_w2"].append(
-                torsion_w2(
-                    backbone_torsions(frames, system.phi_indices, system.psi_indices),
-                    ref_t,
-                    md_w,
-                    ref_w,
-                )
-            )
+            out["md"]["e_w2"].append(scored["e_w2"])
+            out["md"]["t_w2"].append(scored["t_w2"])
     return out

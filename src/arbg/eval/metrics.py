@@ -19,19 +19,22 @@ re-exported here. Units: positions in nm, energies in kT, angles in radians.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ot
 
+from arbg.chem.geometry import dihedrals  # noqa: F401  (re-exported)
 from arbg.eval.basins import (  # noqa: F401  (re-exported public API)
     DEFAULT_BASINS,
     Basin,
     basin_populations,
     free_energy_differences,
 )
-from arbg.reweight import kish_ess, multinomial_resample
+from arbg.eval.tica import TicaFit, fit_tica, tica_features, tica_project  # noqa: F401
+from arbg.reweight import kish_ess, multinomial_resample, weights_from_log  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +58,6 @@ def _normalize(weights: np.ndarray | None, n: int) -> np.ndarray:
     if total <= 0:
         raise ValueError("weights sum to zero")
     return w / total
-
-
-def weights_from_log(log_w: np.ndarray) -> np.ndarray:
-    """Normalized weights from (possibly unnormalized) log weights.
-
-    Parameters
-    ----------
-    log_w : ndarray, shape (N,)
-        Log importance weights; ``-inf`` means zero weight, NaN is treated as ``-inf``.
-
-    Returns
-    -------
-    ndarray, shape (N,)
-        Non-negative weights summing to one.
-    """
-    lw = np.asarray(log_w, dtype=np.float64).copy()
-    lw[np.isnan(lw)] = -np.inf
-    top = np.max(lw)
-    if not np.isfinite(top):
-        raise ValueError("all log weights are -inf")
-    w = np.exp(lw - top)
-    return w / w.sum()
 
 
 def n_nonfinite(values: np.ndarray) -> int:
@@ -225,33 +206,6 @@ def w2_euclidean(
 # --------------------------------------------------------------------------------------------
 # Features
 # --------------------------------------------------------------------------------------------
-def dihedrals(x: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Dihedral angles (mdtraj convention, ``compute_dihedrals`` without PBC).
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, n_atoms, 3)
-        Positions in nm.
-    indices : ndarray, shape (k, 4)
-        Atom indices of each dihedral.
-
-    Returns
-    -------
-    ndarray, shape (N, k)
-        Angles in radians in (-pi, pi].
-    """
-    x = np.asarray(x, dtype=np.float64)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1, 4)
-    if idx.shape[0] == 0:
-        return np.zeros((x.shape[0], 0))
-    p0, p1, p2, p3 = (x[:, idx[:, j]] for j in range(4))
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    c1, c2 = np.cross(b2, b3), np.cross(b1, b2)
-    p1_ = np.sum(b1 * c1, axis=-1) * np.linalg.norm(b2, axis=-1)
-    p2_ = np.sum(c1 * c2, axis=-1)
-    return np.arctan2(p1_, p2_)
-
-
 def backbone_torsions(
     x: np.ndarray, phi_indices: np.ndarray, psi_indices: np.ndarray
 ) -> np.ndarray:
@@ -259,146 +213,87 @@ def backbone_torsions(
     return np.concatenate([dihedrals(x, phi_indices), dihedrals(x, psi_indices)], axis=1)
 
 
-def tica_features(
-    x: np.ndarray,
-    backbone_indices: np.ndarray,
-    phi_indices: np.ndarray,
-    psi_indices: np.ndarray,
-    omega_indices: np.ndarray | None = None,
-) -> np.ndarray:
-    """TICA input features: backbone pairwise distances plus sin/cos of phi, psi, omega.
-
-    The published recipe uses the pairwise distances between backbone C and N atoms; arbg
-    passes the backbone heavy atoms N, CA and C (CA included) via ``backbone_indices``.
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, n_atoms, 3)
-        Positions in nm.
-    backbone_indices : ndarray, shape (b,)
-        Atom indices whose pairwise distances (all ``i < j`` pairs) are features, nm.
-    phi_indices, psi_indices, omega_indices : ndarray, shape (k, 4)
-        Dihedral definitions; ``omega_indices`` may be None or empty.
-
-    Returns
-    -------
-    ndarray, shape (N, b(b-1)/2 + 2(k_phi + k_psi + k_omega))
-        Features (distances in nm, then sines, then cosines).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    bb = np.asarray(backbone_indices, dtype=np.int64).reshape(-1)
-    i, j = np.triu_indices(bb.size, k=1)
-    dist = np.linalg.norm(x[:, bb[i]] - x[:, bb[j]], axis=-1)
-    groups = [phi_indices, psi_indices]
-    if omega_indices is not None and len(omega_indices):
-        groups.append(omega_indices)
-    ang = np.concatenate([dihedrals(x, g) for g in groups], axis=1)
-    return np.concatenate([dist, np.sin(ang), np.cos(ang)], axis=1)
-
-
 # --------------------------------------------------------------------------------------------
-# TICA
+# Scoring ensembles: one stride-subsampled reference, one resample-and-score
 # --------------------------------------------------------------------------------------------
 @dataclass
-class TicaFit:
-    """A TICA projection fitted on a reference trajectory.
+class Ensemble:
+    """Energies ``[n]`` kT, backbone torsions ``[n, 2k]`` rad, optional TICA ``[n, d]`` and
+    normalized frame weights ``[n]`` (None = uniform) of a set of conformations."""
 
-    Attributes
-    ----------
-    model : deeptime CovarianceKoopmanModel
-        The fitted deeptime model (kinetic-map scaling).
-    lag : int
-        Lag time in frames.
-    dim : int
-        Number of components kept.
-    koopman_reweighting : bool
-        Whether Koopman reweighting (``deeptime.covariance.KoopmanWeightingEstimator``) was used
-        for the covariances, as in the published recipe; False if it failed and plain TICA
-        was fitted.
-    """
+    energies: np.ndarray
+    torsions: np.ndarray
+    tica: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
-    model: Any
-    lag: int
-    dim: int
-    koopman_reweighting: bool
-
-    def transform(self, features: np.ndarray) -> np.ndarray:
-        """Project features ``[N, f]`` to ``[N, dim]`` TICA coordinates."""
-        return tica_project(self, features)
+    def take(self, idx: np.ndarray, weights: np.ndarray | None = None) -> Ensemble:
+        """Frames ``idx``; with ``weights`` ([T], non-negative) they carry them, renormalised."""
+        w = None if weights is None else weights[idx] / weights[idx].sum()
+        tica = None if self.tica is None else self.tica[idx]
+        return Ensemble(self.energies[idx], self.torsions[idx], tica, w)
 
 
-def fit_tica(
-    ref_features: np.ndarray, lag: int = 100, dim: int = 2, koopman: bool = True
-) -> TicaFit:
-    """Fit TICA (deeptime, kinetic-map scaling) on a reference feature trajectory.
-
-    Parameters
-    ----------
-    ref_features : ndarray, shape (T, f)
-        Time-ordered features of the reference MD (see :func:`tica_features`).
-    lag : int
-        Lag time in frames (published default: 100).
-    dim : int
-        Number of TICA components (published default: 2).
-    koopman : bool
-        Use Koopman reweighting of the covariances (published recipe); falls back to plain TICA
-        with a warning if deeptime fails.
-
-    Returns
-    -------
-    TicaFit
-    """
-    from deeptime.covariance import KoopmanWeightingEstimator
-    from deeptime.decomposition import TICA
-
-    feats = np.asarray(ref_features, dtype=np.float64)
-    if feats.shape[0] <= 2 * lag:
-        raise ValueError(
-            f"reference trajectory has {feats.shape[0]} frames; "
-            f"TICA with lag {lag} needs more than {2 * lag}"
-        )
-    if koopman:
-        try:
-            weights = KoopmanWeightingEstimator(lagtime=lag).fit(feats).fetch_model()
-            model = TICA(lagtime=lag, dim=dim).fit_from_timeseries(feats, weights=weights)
-            return TicaFit(model.fetch_model(), lag, dim, True)
-        except Exception as exc:  # noqa: BLE001 - deeptime raises assorted numerical errors
-            log.warning("Koopman-reweighted TICA failed (%s); fitting plain TICA", exc)
-    model = TICA(lagtime=lag, dim=dim).fit(feats).fetch_model()
-    return TicaFit(model, lag, dim, False)
-
-
-def tica_project(tica: TicaFit, features: np.ndarray) -> np.ndarray:
-    """Project features ``[N, f]`` onto the fitted TICA components, ``[N, dim]``."""
-    out = np.asarray(tica.model.transform(np.asarray(features, dtype=np.float64)))[:, : tica.dim]
-    if out.shape[1] < tica.dim:  # deeptime keeps fewer components for (near-)degenerate data
-        log.warning("TICA kept %d of %d components; padding with zeros", out.shape[1], tica.dim)
-        out = np.concatenate([out, np.zeros((len(out), tica.dim - out.shape[1]))], axis=1)
+def score(a: Ensemble, b: Ensemble, what: str = "") -> dict[str, float]:
+    """E-W2 and T-W2 (and TICA-W2 where both have TICA coordinates) between two ensembles;
+    ``what`` names the pair in a timing log line."""
+    t0 = time.perf_counter()
+    out = {
+        "e_w2": energy_w2(a.energies, b.energies, a.weights, b.weights),
+        "t_w2": torsion_w2(a.torsions, b.torsions, a.weights, b.weights),
+    }
+    if a.tica is not None and b.tica is not None:
+        out["tica_w2"] = w2_euclidean(a.tica, b.tica, a.weights, b.weights)
+    if what:
+        log.info("evaluate: %s W2 done (%.1f s)", what, time.perf_counter() - t0)
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Ensemble evaluation
-# --------------------------------------------------------------------------------------------
-@dataclass
-class _Ensemble:
-    energies: np.ndarray
-    torsions: np.ndarray
-    tica: np.ndarray
-    weights: np.ndarray | None = None
+def strided_reference(
+    energies: np.ndarray,
+    torsions: np.ndarray,
+    n: int,
+    log_weights: np.ndarray | None = None,
+) -> Ensemble:
+    """Every ``len // n``-th frame of a time-ordered reference, at most ``n`` of them.
 
-    def take(self, idx: np.ndarray, weights: np.ndarray | None = None) -> _Ensemble:
-        """Frames `idx`; with `weights` ([T], non-negative) they carry them, renormalised."""
-        w = None if weights is None else weights[idx] / weights[idx].sum()
-        return _Ensemble(self.energies[idx], self.torsions[idx], self.tica[idx], w)
+    ``log_weights`` ([T], unnormalised; biased or heated MD) become the renormalised weights of
+    the kept frames; None or constant log-weights give an unweighted ensemble.
+    """
+    energies = np.asarray(energies, dtype=np.float64)
+    idx = np.arange(0, len(energies), max(1, len(energies) // n))[:n]
+    full = Ensemble(energies, np.asarray(torsions))
+    if log_weights is None or np.ptp(np.asarray(log_weights, dtype=np.float64)) == 0:
+        return full.take(idx)
+    return full.take(idx, weights_from_log(log_weights))
 
 
-def _metrics(a: _Ensemble, b: _Ensemble) -> dict[str, float]:
-    return {
-        "e_w2": energy_w2(a.energies, b.energies, a.weights, b.weights),
-        "t_w2": torsion_w2(a.torsions, b.torsions, a.weights, b.weights),
-        "tica_w2": w2_euclidean(a.tica, b.tica, a.weights, b.weights),
-    }
+def resampled_score(
+    proposals: Ensemble,
+    log_weights: np.ndarray,
+    reference: Ensemble,
+    n: int,
+    rng: np.random.Generator,
+    what: str = "",
+) -> dict[str, float]:
+    """Draw ``n`` proposals by importance weight (multinomial) and score them against
+    ``reference``; ``unique`` counts the distinct conformations drawn."""
+    idx = multinomial_resample(np.asarray(log_weights, dtype=np.float64), n, rng)
+    return {**score(proposals.take(idx), reference, what), "unique": int(np.unique(idx).size)}
+
+
+def estimate_ot_seconds(n: int, n_problems: int, seed: int = 0) -> float:
+    """Rough wall time (s) of ``n_problems`` exact OT problems of ``n`` against ``n`` points.
+
+    One torus problem of ``m = min(n, 1000)`` random points is timed on this machine and scaled
+    as ``(n / m) ** 2.8`` (measured on POT's network simplex: 0.11 s at 1,000 points, 0.81 s at
+    2,000, one core).
+    """
+    m = max(2, min(int(n), 1000))
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(-np.pi, np.pi, (2, m, 2))
+    t0 = time.perf_counter()
+    torsion_w2(a, b)
+    return (time.perf_counter() - t0) * (n / m) ** 2.8 * n_problems
 
 
 def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
@@ -411,6 +306,21 @@ def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
             "values": [float(t) for t in v],
         }
     return out
+
+
+def _check_ensemble_inputs(T: int, N: int, n_eval: int, floor: bool, mode: str, *lengths) -> None:
+    if T < n_eval:
+        raise ValueError(f"reference has {T} frames, fewer than n_eval={n_eval}")
+    if floor and T // 2 < n_eval:
+        raise ValueError(
+            f"the MD floor needs two disjoint blocks of n_eval={n_eval} frames, i.e. a reference "
+            f"of at least {2 * n_eval} frames; got {T}. Use a longer reference, a smaller n_eval, "
+            "or floor=False."
+        )
+    if any(n != N for n in lengths):
+        raise ValueError("positions, energies and log_weights must have the same length")
+    if mode not in ("transport", "resample"):
+        raise ValueError(f"ref_weight_mode must be 'transport' or 'resample', got {mode!r}")
 
 
 def evaluate_ensemble(
@@ -500,41 +410,26 @@ def evaluate_ensemble(
         JSON-serializable results; ``result["metrics"][ensemble][metric]`` has ``mean``, ``std``,
         ``values``.
     """
-    ref_positions = np.asarray(ref_positions)
     ref_energies = np.asarray(ref_energies, dtype=np.float64)
     energies = np.asarray(energies, dtype=np.float64)
     log_weights = np.asarray(log_weights, dtype=np.float64)
-    T, N = ref_positions.shape[0], positions.shape[0]
-    if T < n_eval:
-        raise ValueError(f"reference has {T} frames, fewer than n_eval={n_eval}")
-    if floor and T // 2 < n_eval:
-        raise ValueError(
-            f"the MD floor needs two disjoint blocks of n_eval={n_eval} frames, i.e. a reference "
-            f"of at least {2 * n_eval} frames; got {T}. Use a longer reference, a smaller n_eval, "
-            "or floor=False."
-        )
-    if energies.shape[0] != N or log_weights.shape[0] != N:
-        raise ValueError("positions, energies and log_weights must have the same length")
+    T, N = len(ref_positions), len(positions)
+    _check_ensemble_inputs(T, N, n_eval, floor, ref_weight_mode, len(energies), len(log_weights))
     rng = np.random.default_rng(seed)
 
-    def feats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        tors = backbone_torsions(x, phi_indices, psi_indices)
+    def featurize(x: np.ndarray, u: np.ndarray, tica: TicaFit | None) -> tuple[Ensemble, Any]:
         tf = tica_features(x, backbone_indices, phi_indices, psi_indices, omega_indices)
-        return tors, tf
+        tica = tica or fit_tica(tf, lag=tica_lag, dim=tica_dim)
+        return Ensemble(
+            u, backbone_torsions(x, phi_indices, psi_indices), tica_project(tica, tf)
+        ), tica
 
-    ref_tors, ref_tf = feats(ref_positions)
-    tica = fit_tica(ref_tf, lag=tica_lag, dim=tica_dim)
-    ref = _Ensemble(ref_energies, ref_tors, tica_project(tica, ref_tf))
-    tors, tf = feats(positions)
-    prop = _Ensemble(energies, tors, tica_project(tica, tf))
+    ref, tica = featurize(np.asarray(ref_positions), ref_energies, None)
+    prop, _ = featurize(positions, energies, tica)
     w = weights_from_log(log_weights)
     ref_w = None if ref_log_weights is None else weights_from_log(ref_log_weights)
-    if ref_weight_mode not in ("transport", "resample"):
-        raise ValueError(
-            f"ref_weight_mode must be 'transport' or 'resample', got {ref_weight_mode!r}"
-        )
 
-    def ref_block(lo: int, hi: int, step: int, off: int) -> _Ensemble:
+    def ref_block(lo: int, hi: int, step: int, off: int) -> Ensemble:
         if ref_w is None:
             return ref.take(np.arange(lo + off, hi, step)[:n_eval])
         if ref_weight_mode == "resample":
@@ -542,60 +437,72 @@ def evaluate_ensemble(
             return ref.take(np.sort(lo + multinomial_resample(lw, n_eval, rng)))
         return ref.take(np.arange(lo + off, hi, step)[:n_eval], ref_w)
 
+    n_problems = 2 * n_repeats * (2 + floor) + (2 if weighted else 0)
+    log.info(
+        "evaluate: %d exact W2 problems of %d samples; roughly %.0f s on this machine "
+        "(lower --n-eval to go faster: the time grows as n_eval^2.8)",
+        n_problems,
+        n_eval,
+        estimate_ot_seconds(n_eval, n_problems, seed),
+    )
     stride, half_stride = T // n_eval, (T // 2) // n_eval
     results: dict[str, list[dict[str, float]]] = {"proposal": [], "reweighted_resampled": []}
-    if floor:
-        results["md_floor"] = []
-    if weighted:
-        results["reweighted_weighted"] = []
+    results.update({"md_floor": []} if floor else {})
+    results.update({"reweighted_weighted": []} if weighted else {})
     unique: list[int] = []
     for r in range(n_repeats):
         ref_sub = ref_block(0, T, stride, r % stride)
         sub = rng.permutation(N)[:n_eval] if N > n_eval else np.arange(N)
-        results["proposal"].append(_metrics(prop.take(sub), ref_sub))
-        idx = multinomial_resample(log_weights, n_eval, rng)
-        unique.append(int(np.unique(idx).size))
-        results["reweighted_resampled"].append(_metrics(prop.take(idx), ref_sub))
+        results["proposal"].append(score(prop.take(sub), ref_sub, "proposal"))
+        scored = resampled_score(prop, log_weights, ref_sub, n_eval, rng, "reweighted")
+        unique.append(scored.pop("unique"))
+        results["reweighted_resampled"].append(scored)
         if weighted and r == 0:
             nz = np.flatnonzero(w > 0)
             if nz.size > max_weighted:
                 nz = np.sort(rng.choice(nz, size=max_weighted, replace=False))
-            wset = prop.take(nz)
-            wset.weights = w[nz] / w[nz].sum()
-            results["reweighted_weighted"].append(_metrics(wset, ref_sub))
+            wset = prop.take(nz, w)
+            results["reweighted_weighted"].append(score(wset, ref_sub, "weighted transport"))
         if floor:
             off = r % half_stride
-            a = ref_block(0, T // 2, half_stride, off)
-            b = ref_block(T // 2, T, half_stride, off)
-            results["md_floor"].append(_metrics(a, b))
+            a, b = ref_block(0, T // 2, half_stride, off), ref_block(T // 2, T, half_stride, off)
+            results["md_floor"].append(score(a, b, "MD floor"))
         log.info("evaluate_ensemble: repeat %d/%d done", r + 1, n_repeats)
+    out = _ensemble_record(T, N, n_eval, stride, seed, n_repeats, tica, log_weights, ref_w)
+    out["n_nonfinite_energies"] = {
+        "reference": n_nonfinite(ref_energies),
+        "proposal": n_nonfinite(energies),
+    }
+    out["unique_resampled"] = {"mean": float(np.mean(unique)), "values": unique}
+    out["metrics"] = {k: _summary(v) for k, v in results.items() if v}
+    out["reference_weight_mode"] = None if ref_w is None else ref_weight_mode
+    out.update(info or {})
+    return out
 
+
+def _ensemble_record(
+    T: int,
+    N: int,
+    n_eval: int,
+    stride: int,
+    seed: int,
+    n_repeats: int,
+    tica: TicaFit,
+    log_weights: np.ndarray,
+    ref_w: np.ndarray | None,
+) -> dict[str, Any]:
     ess = float(kish_ess(log_weights))
-    out: dict[str, Any] = {
+    return {
         "n_eval": int(n_eval),
         "n_proposals": int(N),
         "n_reference_frames": int(T),
         "reference_stride": int(stride),
         "seed": int(seed),
         "n_repeats": int(n_repeats),
-        "tica": {
-            "lag": int(tica_lag),
-            "dim": int(tica_dim),
-            "koopman_reweighting": tica.koopman_reweighting,
-        },
+        "tica": {"lag": tica.lag, "dim": tica.dim, "koopman_reweighting": tica.koopman_reweighting},
         "ess": ess,
         "ess_fraction": ess / N,
         "reference_weighted": ref_w is not None,
         "reference_ess": float(T if ref_w is None else 1.0 / np.sum(ref_w**2)),
-        "reference_weight_mode": None if ref_w is None else ref_weight_mode,
-        "n_nonzero_weights": int(np.count_nonzero(w > 0)),
-        "n_nonfinite_energies": {
-            "reference": n_nonfinite(ref_energies),
-            "proposal": n_nonfinite(energies),
-        },
-        "unique_resampled": {"mean": float(np.mean(unique)), "values": unique},
-        "metrics": {k: _summary(v) for k, v in results.items() if v},
+        "n_nonzero_weights": int(np.count_nonzero(weights_from_log(log_weights) > 0)),
     }
-    if info:
-        out.update(info)
-    return out

@@ -45,6 +45,21 @@ def _axes(target: Target, n: int = 1, panel_size: tuple[float, float] = (4.5, 3.
         yield axes
 
 
+def _note_empty(ax: Any, n_inside: float, n_total: int, what: str = "samples") -> None:
+    """Say in the panel itself when none of its ``n_total`` samples fall inside its range."""
+    if n_total and n_inside <= 0:
+        ax.text(
+            0.5,
+            0.5,
+            f"all {n_total} {what}\noutside this range",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="tab:red",
+        )
+
+
 def _norm_w(weights: np.ndarray | None, n: int) -> np.ndarray | None:
     if weights is None:
         return None
@@ -96,6 +111,9 @@ def plot_energy_histograms(
             inside = np.isfinite(u) & (u >= edges[0]) & (u <= edges[-1])
             frac_out = 1.0 - (inside.mean() if w is None else w[inside].sum())
             lbl = f"{label} ({100 * frac_out:.1f}% outside)" if frac_out > 1e-3 else label
+            if not inside.any():
+                _note_empty(ax, 0, len(u), f"{label} energies")
+                continue
             ax.hist(
                 u[inside],
                 bins=edges,
@@ -121,11 +139,19 @@ def _fes_2d(
     vmax: float,
     cmap: str = "viridis",
 ) -> Any:
+    """-ln density (kT, minimum 0) on a grid; bins above ``vmax`` (empty, or holding only
+    near-zero importance weights) are left blank rather than drawn in the ``vmax`` colour."""
+    inside = (x >= edges[0][0]) & (x <= edges[0][-1]) & (y >= edges[1][0]) & (y <= edges[1][-1])
+    mass = inside.sum() if w is None else np.sum(np.asarray(w)[inside])
+    if mass <= 0:
+        _note_empty(ax, 0, len(x))
+        return None
     h, _, _ = np.histogram2d(x, y, bins=edges, weights=w, density=True)
     with np.errstate(divide="ignore"):
         f = -np.log(h.T)
     f -= np.min(f[np.isfinite(f)]) if np.isfinite(f).any() else 0.0
-    return ax.pcolormesh(edges[0], edges[1], np.ma.masked_invalid(f), cmap=cmap, vmin=0, vmax=vmax)
+    f = np.ma.masked_where(~np.isfinite(f) | (f > vmax), f)
+    return ax.pcolormesh(edges[0], edges[1], f, cmap=cmap, vmin=0, vmax=vmax)
 
 
 def plot_ramachandran(
@@ -139,32 +165,46 @@ def plot_ramachandran(
     title: str = "",
     bins: int = 60,
     vmax: float = 8.0,
+    show_proposal: bool = True,
 ) -> None:
-    """Ramachandran free-energy plots (-ln density, kT) of the reference beside a sample set.
+    """Ramachandran free-energy plots (-ln density, kT): reference MD, the raw proposal and the
+    reweighted samples.
+
+    Bins above ``vmax`` kT (empty, or holding only near-zero weights) are left blank.
 
     Parameters
     ----------
-    target : path or two Axes
+    target : path, or two Axes (three with ``weights`` and ``show_proposal``)
     phi_ref, psi_ref : ndarray, shape (T,)
         Reference dihedrals, radians.
     phi, psi : ndarray, shape (N,)
         Sample dihedrals, radians.
     weights : ndarray, shape (N,), optional
-        Importance weights of the samples.
+        Importance weights of the samples; with ``show_proposal`` the unweighted proposal gets a
+        panel of its own before the reweighted one.
     """
     edges = [np.linspace(-180, 180, bins + 1)] * 2
     w = _norm_w(weights, len(phi))
-    with _axes(target, 2, (4.0, 3.6)) as axes:
-        for ax, (a, b, ww, name) in zip(
-            axes, [(phi_ref, psi_ref, None, "reference MD"), (phi, psi, w, label)], strict=False
-        ):
-            mesh = _fes_2d(ax, np.degrees(a), np.degrees(b), ww, edges, vmax)
+    panels = [(phi_ref, psi_ref, None, "reference MD")]
+    if w is not None and show_proposal:
+        panels.append((phi, psi, None, "proposal"))
+    panels.append((phi, psi, w, label if w is not None else "samples"))
+    with _axes(target, len(panels), (4.0, 3.6)) as axes:
+        meshes = []
+        for ax, (a, b, ww, name) in zip(axes, panels, strict=False):
+            meshes.append(_fes_2d(ax, np.degrees(a), np.degrees(b), ww, edges, vmax))
             ax.set_xlabel("phi (deg)")
             ax.set_ylabel("psi (deg)")
             ax.set_title(f"{title} {name}".strip(), fontsize=10)
             ax.set_xticks([-180, -90, 0, 90, 180])
             ax.set_yticks([-180, -90, 0, 90, 180])
-        axes[1].figure.colorbar(mesh, ax=axes[1], label="free energy (kT)")
+        _colorbar(axes[len(panels) - 1], meshes, vmax)
+
+
+def _colorbar(ax: Any, meshes: list[Any], vmax: float) -> None:
+    mesh = next((m for m in reversed(meshes) if m is not None), None)
+    if mesh is not None:
+        ax.figure.colorbar(mesh, ax=ax, label=f"free energy (kT; blank above {vmax:g})")
 
 
 def plot_tica_fes(
@@ -194,14 +234,15 @@ def plot_tica_fes(
     edges = [np.linspace(lo[i] - pad[i], hi[i] + pad[i], bins + 1) for i in range(2)]
     w = _norm_w(weights, len(tica))
     with _axes(target, 2, (4.0, 3.6)) as axes:
+        meshes = []
         for ax, (z, ww, name) in zip(
             axes, [(tica_ref, None, "reference MD"), (tica, w, label)], strict=False
         ):
-            mesh = _fes_2d(ax, z[:, 0], z[:, 1], ww, edges, vmax)
+            meshes.append(_fes_2d(ax, z[:, 0], z[:, 1], ww, edges, vmax))
             ax.set_xlabel("TIC 1")
             ax.set_ylabel("TIC 2")
             ax.set_title(f"TICA: {name}", fontsize=10)
-        axes[1].figure.colorbar(mesh, ax=axes[1], label="free energy (kT)")
+        _colorbar(axes[1], meshes, vmax)
 
 
 def plot_log_weights(
@@ -296,6 +337,7 @@ def plot_bond_distributions(
         Per-bond/angle z-scores and std ratios (JSON-serializable).
     """
     w = _norm_w(weights, len(x))
+    what = "reweighted proposals (SNIS)" if w is not None else "proposals (unweighted)"
     data = {
         "bonds": (bond_lengths(x_ref, bonds), bond_lengths(x, bonds), "length (nm)", 1.0),
         "angles": (
@@ -305,6 +347,7 @@ def plot_bond_distributions(
             180.0 / np.pi,
         ),
     }
+    y_units = {"bonds": "density (1/nm)", "angles": "density (1/deg)"}
     n_panels = max(1, n_show)
     fig, axes = plt.subplots(3, n_panels, figsize=(3.4 * n_panels, 9.0), squeeze=False)
     top = fig.add_subplot(3, 1, 1)
@@ -331,9 +374,9 @@ def plot_bond_distributions(
             q_lo, q_hi = np.percentile(vr[:, i] * scale, [0.1, 99.9])
             span = max(q_hi - q_lo, 1e-9)
             edges = np.linspace(q_lo - span, q_hi + span, 61)
-            outside = np.count_nonzero(
-                (vs[:, i] * scale < edges[0]) | (vs[:, i] * scale > edges[-1])
-            )
+            out_mask = (vs[:, i] * scale < edges[0]) | (vs[:, i] * scale > edges[-1])
+            outside = np.count_nonzero(out_mask)
+            inside_mass = np.count_nonzero(~out_mask) if w is None else np.sum(w[~out_mask])
             ax.hist(
                 vr[:, i] * scale,
                 bins=edges,
@@ -342,25 +385,29 @@ def plot_bond_distributions(
                 color=COLORS["reference"],
                 label="reference",
             )
-            ax.hist(
-                vs[:, i] * scale,
-                bins=edges,
-                weights=w,
-                density=True,
-                histtype="step",
-                color=COLORS["reweighted"],
-                label="samples",
-            )
+            if inside_mass > 0:
+                ax.hist(
+                    vs[:, i] * scale,
+                    bins=edges,
+                    weights=w,
+                    density=True,
+                    histtype="step",
+                    color=COLORS["reweighted"],
+                    label=what,
+                )
+            else:
+                _note_empty(ax, 0, len(vs), what if w is None else "samples with weight")
             ax.set_title(
                 f"{names[i]}: z={z[i]:+.2f}" + (f" ({outside} outside)" if outside else ""),
                 fontsize=9,
             )
             ax.set_xlabel(unit)
+            ax.set_ylabel(y_units[kind])
         axes[row][0].legend(fontsize=7)
     top.axhline(0, color="k", lw=0.5)
     top.set_xlabel("bonds, then angles (index)")
-    top.set_ylabel("deviation")
-    top.set_title("Bond lengths and angles: samples vs reference")
+    top.set_ylabel("z (ref. std) or log2 std ratio")
+    top.set_title(f"Bond lengths and angles: {what} vs reference MD")
     top.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -378,8 +425,12 @@ def plot_cost_curve(
     bg_metrics: Mapping[str, Sequence[float]],
     md_metrics: Mapping[str, Sequence[float]],
     md_budgets: Sequence[float] | None = None,
+    floor: Mapping[str, float] | None = None,
 ) -> None:
     """Metric vs energy evaluations, BG vs MD at matched cost (one panel per metric).
+
+    Both axes are logarithmic (E-W2 of short MD or of a poor proposal spans decades); a dotted
+    line marks the MD-vs-MD floor of each metric when ``floor`` gives it.
 
     Parameters
     ----------
@@ -391,6 +442,8 @@ def plot_cost_curve(
         Metric values of the Boltzmann generator and of MD (e.g. ``{"e_w2": [...]}``).
     md_budgets : sequence of float, optional
         Separate budgets for MD if they differ from ``budgets``.
+    floor : mapping name -> float, optional
+        The MD-vs-MD floor of each metric (what a perfect sampler reaches at this sample count).
     """
     names = list(dict.fromkeys([*bg_metrics, *md_metrics]))
     with _axes(path, max(1, len(names)), (4.0, 3.4)) as axes:
@@ -405,9 +458,11 @@ def plot_cost_curve(
                     color=COLORS["reference"],
                     label="MD",
                 )
+            if floor and np.isfinite(floor.get(name, np.nan)) and floor[name] > 0:
+                ax.axhline(floor[name], color="tab:gray", ls=":", lw=1.2, label="MD floor")
             ax.set_xscale("log")
+            ax.set_yscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_ylim(bottom=0)
             ax.set_xlabel("energy evaluations")
             ax.set_ylabel(METRIC_LABELS.get(name, name))
             ax.legend(fontsize=8)

@@ -1,21 +1,21 @@
 """The evaluation report: PNG plots, ``metrics.json`` and one self-contained HTML file.
 
 ``write_report`` draws the plots of :mod:`arbg.eval.plots` (energy histograms, Ramachandran plots
-per
-residue, TICA free-energy surfaces, log-weight distribution, bond/angle distributions), embeds
-them as base64 PNGs in ``report.html`` beside a metrics table (from
-:func:`arbg.eval.metrics.evaluate_ensemble`) and the Ramachandran basin populations with free-energy
-differences. The reweighted ensemble is shown as the proposal weighted by its importance
-weights (no resampling noise).
+per residue, TICA free-energy surfaces, log-weight distribution, bond/angle distributions) and
+writes ``report.html``, in order: a summary block (system, force field, temperature, what was
+run, W2 against the MD floor and MD at matched cost, ESS, one verdict per metric), the
+interactive 3-D structures (:mod:`arbg.eval.viewer`), the basin populations and free-energy
+differences per residue, the W2 table, MD at matched cost, the plots (base64 PNGs) and every
+other result as key/value rows (:mod:`arbg.eval.report_tables`, :mod:`arbg.eval.htmlkit`). The
+page needs no network. The reweighted ensemble is shown as the proposal weighted by its
+importance weights (no resampling noise).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,27 +24,22 @@ import numpy as np
 
 from arbg.eval import plots
 from arbg.eval.basins import basin_populations, free_energy_differences
+from arbg.eval.htmlkit import esc, page
 from arbg.eval.metrics import dihedrals, fit_tica, tica_features, tica_project, weights_from_log
+from arbg.eval.report_tables import (  # noqa: F401 (re-exported)
+    ENSEMBLE_NAMES,
+    METRIC_NAMES,
+    cost_table_html,
+    metrics_table_html,
+    populations_table_html,
+    settings_html,
+    summary_html,
+    weights_note_html,
+)
 from arbg.io import atomic_write_text
 from arbg.reweight import multinomial_resample
 
 log = logging.getLogger(__name__)
-
-METRIC_NAMES = {"e_w2": "E-W2 (kT)", "t_w2": "T-W2 (rad)", "tica_w2": "TICA-W2"}
-ENSEMBLE_NAMES = {
-    "proposal": "proposal (raw)",
-    "reweighted_resampled": "reweighted (resampled)",
-    "reweighted_weighted": "reweighted (weighted transport)",
-    "md_floor": "MD vs MD floor",
-}
-
-_CSS = """
-body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em 0}
-td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
-th{background:#eee} td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #ddd;margin:4px 0}
-"""
 
 
 def _json_default(obj: Any) -> Any:
@@ -65,80 +60,6 @@ def write_metrics_json(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}"
-    return html.escape(str(v))
-
-
-def metrics_table_html(metrics: Mapping[str, Any]) -> str:
-    """HTML tables of an :func:`arbg.eval.metrics.evaluate_ensemble` result.
-
-    One table of ensembles x metrics (``mean +- std`` over repeats) and one of the scalar entries.
-    """
-    parts = []
-    ens = metrics.get("metrics", {})
-    if ens:
-        keys = [k for k in METRIC_NAMES if any(k in v for v in ens.values())]
-        rows = [
-            "<tr><th>ensemble</th>" + "".join(f"<th>{METRIC_NAMES[k]}</th>" for k in keys) + "</tr>"
-        ]
-        for name, vals in ens.items():
-            cells = []
-            for k in keys:
-                m = vals.get(k)
-                if m is None:
-                    cells.append("<td>-</td>")
-                elif len(m.get("values", [])) > 1:
-                    cells.append(f"<td>{_fmt(m['mean'])} &plusmn; {_fmt(m['std'])}</td>")
-                else:
-                    cells.append(f"<td>{_fmt(m['mean'])}</td>")
-            label = html.escape(ENSEMBLE_NAMES.get(name, name))
-            rows.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
-        parts.append("<table>" + "".join(rows) + "</table>")
-    scalars = []
-    for k, v in metrics.items():
-        if k == "metrics":
-            continue
-        if isinstance(v, Mapping):
-            v = ", ".join(f"{kk}={_fmt(vv)}" for kk, vv in v.items() if not isinstance(vv, list))
-        elif isinstance(v, list):
-            continue
-        scalars.append(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>")
-    if scalars:
-        parts.append(
-            "<table><tr><th>quantity</th><th>value</th></tr>" + "".join(scalars) + "</table>"
-        )
-    return "\n".join(parts)
-
-
-def populations_table_html(populations: Mapping[str, Mapping[str, Any]]) -> str:
-    """HTML table of basin populations and free-energy differences.
-
-    ``populations`` maps a label (e.g. ``"residue 1 / reference MD"``) to
-    ``{"populations": basin_populations(...), "dF": free_energy_differences(...)}``.
-    """
-    rows = [
-        "<tr><th>residue / ensemble</th><th>basin</th><th>population &plusmn; SE</th>"
-        "<th>&Delta;F (kT) [95% CI]</th></tr>"
-    ]
-    for label, entry in populations.items():
-        pops, dfs = entry["populations"], entry["dF"]
-        for basin, b in pops["basins"].items():
-            d = dfs[basin]
-            df_txt = (
-                f"{_fmt(d['dF'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
-                f" vs {html.escape(d['reference'])}"
-            )
-            rows.append(
-                f"<tr><td>{html.escape(label)}</td><td>{html.escape(basin)}</td>"
-                f"<td>{b['p']:.4f} &plusmn; {b['se']:.4f}</td><td>{df_txt}</td></tr>"
-            )
-    return "<table>" + "".join(rows) + "</table>"
-
-
 def compute_populations(
     ref_positions: np.ndarray,
     positions: np.ndarray,
@@ -157,22 +78,24 @@ def compute_populations(
     phi_s, psi_s = dihedrals(positions, phi_indices), dihedrals(positions, psi_indices)
     for k in range(min(phi_r.shape[1], psi_r.shape[1])):
         res = residue_labels[k] if residue_labels else f"residue {k + 1}"
-        for name, pops in (
-            (
-                "reference MD",
-                basin_populations(phi_r[:, k], psi_r[:, k], weights=ref_weights, n_blocks=n_blocks),
-            ),
-            ("reweighted", basin_populations(phi_s[:, k], psi_s[:, k], weights=weights)),
-        ):
-            out[f"{res} / {name}"] = {"populations": pops, "dF": free_energy_differences(pops)}
+        ref = basin_populations(phi_r[:, k], psi_r[:, k], weights=ref_weights, n_blocks=n_blocks)
+        rew = basin_populations(phi_s[:, k], psi_s[:, k], weights=weights)
+        # both dF columns relative to the basin most populated in the reference
+        top = max(ref["basins"], key=lambda b: ref["basins"][b]["p"])
+        for name, pops in (("reference MD", ref), ("reweighted", rew)):
+            out[f"{res} / {name}"] = {
+                "populations": pops,
+                "dF": free_energy_differences(pops, reference=top),
+            }
     return out
 
 
 def _img(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = esc(caption).replace('"', "&quot;")
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
     )
 
 
@@ -206,6 +129,8 @@ def write_report(
     max_points: int = 50_000,
     seed: int = 0,
     reference_log_weights: np.ndarray | None = None,
+    context: Mapping[str, Any] | None = None,
+    viewer_html: str = "",
 ) -> Path:
     """Write PNG plots, ``metrics.json`` and a self-contained ``report.html`` into ``out_dir``.
 
@@ -251,6 +176,11 @@ def write_report(
     reference_log_weights : ndarray, shape (T,), optional
         Frame log-weights of a weighted reference (biased/heated MD): its plots show
         ``max_points`` frames resampled by weight (seeded), its populations are weighted.
+    context : mapping, optional
+        ``{"system": {...}, "run": {...}}`` facts for the summary block
+        (:func:`arbg.eval.evaluate.report_context`).
+    viewer_html : str
+        The 3-D structure section (:func:`arbg.eval.viewer.ensemble_viewer_html`), or empty.
 
     Returns
     -------
@@ -334,22 +264,38 @@ def write_report(
     if bond_summary is not None:
         full["bond_angle_deviation"] = bond_summary
     write_metrics_json(out / "metrics.json", full)
-
-    body = [
-        f"<h1>{html.escape(title)}</h1>",
-        "<h2>Metrics</h2>",
-        metrics_table_html(metrics),
-        "<h2>Ramachandran basin populations and free-energy differences</h2>",
-        populations_table_html(populations),
-        extra_html,
-        "<h2>Plots</h2>",
-        *(_img(p, c) for p, c in figures),
-    ]
-    html_text = (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
-    )
+    html_text = _compose(title, full, context, viewer_html, extra_html, figures)
     path = out / "report.html"
-    path.write_text(html_text)
-    log.info("report written to %s", path)
+    atomic_write_text(path, html_text)
+    log.info("report written to %s (%.2f MB)", path, len(html_text.encode()) / 1e6)
     return path
+
+
+def _compose(
+    title: str,
+    metrics: Mapping[str, Any],
+    context: Mapping[str, Any] | None,
+    viewer_html: str,
+    extra_html: str,
+    figures: Sequence[tuple[Path, str]],
+) -> str:
+    """The report page: summary, structures, populations, metrics, cost, settings, plots."""
+    body = [f"<h1>{esc(title)}</h1>", summary_html(metrics, context or {})]
+    if viewer_html:
+        body += ["<h2>Sampled structures</h2>", viewer_html]
+    body += [
+        "<h2>Ramachandran basin populations and free-energy differences</h2>",
+        weights_note_html(metrics),
+        populations_table_html(
+            metrics.get("basin_populations", {}), metrics.get("basin_table", [])
+        ),
+        "<h2>Sample quality: Wasserstein-2 distances to the reference MD</h2>",
+        metrics_table_html(metrics),
+    ]
+    curve = metrics.get("md_cost_curve")
+    if curve:
+        body += ["<h2>Boltzmann generator vs MD at matched cost</h2>", cost_table_html(curve)]
+    body.append(extra_html)
+    body += ["<h2>Plots</h2>", *(_img(p, c) for p, c in figures)]
+    body += ["<h2>Run details and settings</h2>", settings_html(metrics)]
+    return page(title, body, max_width_em=80)

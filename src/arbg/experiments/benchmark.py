@@ -31,7 +31,6 @@ formatting (:func:`format_table`) is here.
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from arbg.data.datasets import Dataset
+from arbg.eval.htmlkit import esc, html_table_page  # noqa: F401 (html_table_page re-exported)
 from arbg.experiments.stages import (
     RESAMPLED,
     BudgetConfig,
@@ -81,7 +81,7 @@ class BenchmarkConfig(BudgetConfig):
 
     heads: list[str] = field(default_factory=lambda: ["bins", "mol", "gmm", "givt"])
     taus: list[float] = field(default_factory=lambda: [0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
-    tune_heads: list[str] | None = None
+    tune_heads: list[str] | None = field(default=None, metadata={"nargs": "*"})
     tune_n: int = 2000
     tune_n_eval: int = 1000
     md_steps_per_frame: int | None = None
@@ -178,7 +178,7 @@ def format_table(
         return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
 
     def html_cell(text: str, mark: str) -> str:
-        text = html.escape(text)
+        text = esc(text)
         return (
             f"<b>{text}</b>" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
         )
@@ -197,36 +197,9 @@ def format_table(
         hcells = "".join(
             f"<td>{html_cell(_cell(r.get(k, {})), marks[k][i])}</td>" for k, _ in columns
         )
-        body.append(f"<tr><td>{html.escape(r['method'])}</td>{hcells}</tr>")
+        body.append(f"<tr><td>{esc(r['method'])}</td>{hcells}</tr>")
     md += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(md), html_table_page(title, head, body, notes)
-
-
-def html_table_page(
-    title: str,
-    head: Sequence[str],
-    rows_html: Sequence[str],
-    notes: Sequence[str] = (),
-    max_width_em: int = 60,
-) -> str:
-    """A self-contained HTML page: heading, one table (``head`` escaped here; ``rows_html`` are
-    finished ``<tr>`` elements) and the notes as a list."""
-    style = (
-        f"body{{font-family:sans-serif;max-width:{max_width_em}em;margin:2em auto}}"
-        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 10px;"
-        "text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}"
-    )
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<table>\n<tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr>\n"
-        + "\n".join(rows_html)
-        + "\n</table>\n<ul>\n"
-        + "\n".join(f"<li>{html.escape(n)}</li>" for n in notes)
-        + "\n</ul>\n</body></html>\n"
-    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,37 +12,66 @@ the reference would see it. The model is trained plain on the biased frames (a b
 SNIS corrects) and the reference is reweighted exactly; ``plain_md=True`` gives the unbiased
 recipe.
 
-``--quick`` (under 3 minutes): samples from the pretrained checkpoint shipped in
-``arbg/assets/aldp/`` and evaluates against the shipped reference trajectory; see
-``arbg/assets/aldp/COMMANDS.md`` for the commands that made both.
+``--quick`` (71 s to 2.6 minutes measured on 2 loaded CPU cores): samples from the pretrained
+checkpoint shipped in ``arbg/assets/aldp/`` and evaluates against the shipped reference
+trajectory; see ``arbg/assets/aldp/COMMANDS.md`` for the commands that made both.
 
 Every stage is resumable: re-running the demo with the same output directory reuses what is done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
+from arbg.chem.md import (
+    MDConfig,
+    contiguous_splits,
+    load_md_frames,
+    load_md_log_weights,
+    run_md,
+)
 from arbg.chem.systems import build_system
-from arbg.data.datasets import load_dataset
-from arbg.eval.evaluate import evaluate_run, load_run, md_cost_curve
+from arbg.data.datasets import Dataset, load_dataset
+from arbg.eval.evaluate import (
+    evaluate_run,
+    load_run,
+    md_cost_curve,
+    reference_energies,
+    reference_log_weights,
+)
+from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
 from arbg.eval.plots import plot_cost_curve
+from arbg.experiments.demo_checks import (
+    DemoNotTrained,
+    not_trained_message,
+    result_summary,
+    training_verdict,
+)
+from arbg.io import atomic_write_json
+from arbg.reweight import normalize_log_weights
 from arbg.sampling.runs import run_sampling
 from arbg.train.trainer import TrainConfig, Trainer, train
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets" / "aldp"
+# the tiny model's best val NLL on aldp came at ~500 steps (DemoConfig notes): fewer steps in the
+# budget get a warning before the MD starts
+MIN_USEFUL_STEPS = 500
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "aldp"
 
 
 @dataclass
@@ -51,9 +80,37 @@ class DemoConfig:
 
     Sized for 2 CPU cores: the two MD runs (12 + 1 ns and 8 + 1 ns with the bias build) take
     about 11 minutes in parallel; training stops early (``patience`` evaluations without a
-    better val NLL) or after ``train_minutes``. With 5 ns of training data the tiny model
-    overfit after ~4 epochs (best val NLL 5.14 nats/coord at step 500 of 3,320; SNIS ESS 8 of
-    10,000), so the budget goes to data rather than to steps.
+    better val NLL) or after ``train_minutes``. The step schedule is sized by timing a few steps
+    (kept in ``demo_state.json``; ``reset_schedule`` discards it and the model, and a re-run of an
+    unfinished model re-probes and restarts when the machine is ``reprobe_speedup`` times
+    faster). A model whose best val NLL is not ``min_nll_gain`` nats/coord below the marginal
+    baseline stops the demo (:class:`arbg.experiments.demo_checks.DemoNotTrained`). With 5 ns
+    of training data the tiny model overfit after ~4 epochs (best val NLL 5.14 nats/coord at
+    step 500 of 3,320; SNIS ESS 8 of 10,000), so the budget goes to data rather than to steps.
+
+    Attributes
+    ----------
+    quick : sample and evaluate the shipped checkpoint against the shipped reference (no MD, no
+        training; 3,000 samples, 2,000 per W2)
+    train_ns, reference_ns : ns of production MD for training and for the reference
+    train_minutes : training budget in minutes; a larger value on a re-run trains longer
+    patience : early stopping after this many evaluations without a better val NLL
+    train_steps : fixed number of training steps (default: sized by timing this machine)
+    n_samples : proposals to sample (energy evaluations)
+    n_eval : samples per W2 in the evaluation
+    tau : sampling temperature of the model
+    chirality : policy for samples of the wrong chirality (see arbg sample)
+    seed : seed of the MD (+1, +2), training, sampling and evaluation
+    progress : progress bars
+    plain_md : unbiased MD for training and reference (default: phi-biased MD with exact frame
+        weights, which covers the alpha-L basin)
+    bias_build_ns : ns of metadynamics that build the phi bias before it is frozen
+    data_weights : how the biased training frames' weights enter training
+    reset_schedule : forget the recorded training speed and schedule (demo_state.json) and the
+        model, re-time the machine and train from scratch
+    min_nll_gain : nats/coord the best val NLL must lie below the marginal baseline
+    reprobe_speedup : a re-run of a model that failed its check starts over with a new schedule
+        when the machine is now this many times faster
     """
 
     quick: bool = False
@@ -65,12 +122,15 @@ class DemoConfig:
     n_samples: int = 10_000
     n_eval: int = 5_000
     tau: float = 1.0
-    chirality: str = "mirror"
+    chirality: str = field(default="mirror", metadata={"choices": ("mirror", "zero", "none")})
     seed: int = 0
     progress: bool = True
     plain_md: bool = False
     bias_build_ns: float = 1.0
-    data_weights: str = "plain"
+    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
+    reset_schedule: bool = False
+    min_nll_gain: float = 0.1
+    reprobe_speedup: float = 1.5
 
 
 def shipped_assets() -> dict[str, Path]:
@@ -120,40 +180,12 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
         n_samples = min(cfg.n_samples, 3000)
         n_eval = min(cfg.n_eval, 2000)
     else:
-        build = None if cfg.plain_md else cfg.bias_build_ns
-        kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
-        t = _stage(
-            f"MD, {kind}: {cfg.train_ns} ns training data and {cfg.reference_ns} ns "
-            "reference (two independent runs in parallel)"
-        )
-        jobs = [
-            (str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1, build),
-            (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2, build),
-        ]
-        with ProcessPoolExecutor(2) as pool:
-            list(pool.map(_md_job, jobs))
-        timings["md"] = time.time() - t
-        t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
-        data = load_dataset(out / "md" / "train")
-        tcfg = TrainConfig(
-            preset="tiny",
-            max_minutes=cfg.train_minutes,
-            seed=cfg.seed,
-            data_weights=cfg.data_weights,
-            patience=cfg.patience,
-        )
-        tcfg.steps = cfg.train_steps or _steps_for_budget(data, tcfg, cfg.train_minutes, out)
-        log.info("demo: %d training steps (batch %d)", tcfg.steps, tcfg.batch_size)
-        model_dir = out / "model"
-        final = train(data, model_dir, tcfg, progress=cfg.progress)
-        checkpoint = model_dir / "best" if (model_dir / "best").exists() else final
-        timings["train"] = time.time() - t
-        reference = load_dataset(out / "md" / "reference")
+        checkpoint, reference = _md_and_train(out, cfg, system, timings)
         n_samples, n_eval = cfg.n_samples, cfg.n_eval
 
     t = _stage(f"sampling {n_samples} conformations with exact log q (tau={cfg.tau})")
     run_dir = out / "samples"
-    if (run_dir / "samples.npz").exists():
+    if _fresh(run_dir / "samples.npz", Path(checkpoint) / "model.safetensors"):
         log.info("demo: reusing samples in %s", run_dir)
     else:
         # aldp has one chiral centre, so a wrong sample is wholly mirrored: the exact "mirror"
@@ -172,21 +204,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
 
     if not cfg.quick:
         t = _stage("MD at matched cost")
-        cost = _cost_curve(system, out, run_dir, reference)
-        if cost is not None:
-            path = out / "report" / "cost_curve.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
-            plot_cost_curve(
-                path, cost["budgets"], cost["bg"], md_metrics, md_budgets=cost["md"]["budgets"]
-            )
-            extra_figures.append(
-                (
-                    path,
-                    "E-W2 and T-W2 against energy evaluations: the "
-                    "Boltzmann generator (SNIS) vs MD at matched cost",
-                )
-            )
+        cost = _cost_stage(system, out, run_dir, reference, extra_figures)
         timings["cost_curve"] = time.time() - t
 
     t = _stage("evaluation and report")
@@ -202,37 +220,225 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     )
     timings["evaluate"] = time.time() - t
     metrics["demo_timings_s"] = timings
-    (out / "report" / "demo_timings.json").write_text(json.dumps(timings, indent=2))
+    atomic_write_json(out / "report" / "demo_timings.json", timings)
+    summary = result_summary(metrics)
+    atomic_write_json(out / "report" / "demo_summary.json", {**summary, "timings_s": timings})
+    for flag in summary["flags"]:
+        log.warning("demo: %s", flag)
+    log.info("demo: summary in %s", out / "report" / "demo_summary.json")
     return out / "report" / "report.html"
 
 
-def _steps_for_budget(data, tcfg, minutes: float, out: Path) -> int:
-    """Steps that fit `minutes` on this machine, so the cosine schedule ends inside the budget.
+def _md_and_train(
+    out: Path, cfg: DemoConfig, system: Any, timings: dict[str, float]
+) -> tuple[Path, Dataset]:
+    """Plan the training (before the MD, so a too-small budget is reported early), run both MD
+    runs in parallel, train and check the model; returns (checkpoint, reference dataset)."""
+    t = _stage("timing training steps on this machine (shipped aldp frames)")
+    assets = shipped_assets()
+    probe = load_dataset(assets["reference"], topology=assets["topology"], system=system)
+    tcfg = plan_training(out, _every(probe, 10), cfg)
+    timings["plan"] = time.time() - t
+    build = None if cfg.plain_md else cfg.bias_build_ns
+    kind = "plain" if build is None else f"phi-biased (bias built in {build} ns, then frozen)"
+    t = _stage(
+        f"MD, {kind}: {cfg.train_ns} ns training data and {cfg.reference_ns} ns "
+        "reference (two independent runs in parallel)"
+    )
+    jobs = [
+        (str(out / "md" / "train"), cfg.train_ns, cfg.seed + 1, build),
+        (str(out / "md" / "reference"), cfg.reference_ns, cfg.seed + 2, build),
+    ]
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(_md_job, jobs))
+    timings["md"] = time.time() - t
+    t = _stage(f"training a tiny model for at most {cfg.train_minutes} minutes")
+    checkpoint = train_stage(out, load_dataset(out / "md" / "train"), cfg, tcfg)
+    timings["train"] = time.time() - t
+    reference = load_dataset(out / "md" / "reference")
+    return checkpoint, reference
 
-    Timed once with a few training steps; the choice is kept in ``out/demo_state.json`` so a
-    resumed demo keeps the same schedule.
+
+def _cost_stage(
+    system: Any, out: Path, run_dir: Path, reference: Dataset, figures: list[tuple[Path, str]]
+) -> dict[str, Any] | None:
+    """MD at matched cost and its plot (appended to `figures`); None without biased-MD data."""
+    cost = _cost_curve(system, out, run_dir, reference)
+    if cost is None:
+        return None
+    path = out / "report" / "cost_curve.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md_metrics = {k: v for k, v in cost["md"].items() if k != "budgets"}
+    plot_cost_curve(
+        path,
+        cost["budgets"],
+        cost["bg"],
+        md_metrics,
+        md_budgets=cost["md"]["budgets"],
+        floor=cost.get("floor"),
+    )
+    figures.append(
+        (
+            path,
+            "E-W2 and T-W2 (log scales) against energy evaluations: the Boltzmann generator "
+            "(SNIS) vs MD at matched cost; dotted: the MD-vs-MD floor",
+        )
+    )
+    return cost
+
+
+def plan_training(out: Path, probe_data: Dataset, cfg: DemoConfig) -> TrainConfig:
+    """The demo's training settings, with the step schedule for ``cfg.train_minutes``.
+
+    The speed is timed on `probe_data` (any aldp frames: the demo times before its MD, on the
+    shipped reference) or read from ``out/demo_state.json`` (:func:`_schedule`); the choice is
+    written there. Warns when fewer than :data:`MIN_USEFUL_STEPS` steps fit the budget.
     """
-    import dataclasses
-    import tempfile
+    tcfg = TrainConfig(
+        preset="tiny",
+        max_minutes=cfg.train_minutes,
+        seed=cfg.seed,
+        data_weights=cfg.data_weights,
+        patience=cfg.patience,
+    )
+    state = _read_state(out)
+    if cfg.reset_schedule:
+        _discard_model(out / "model", "--reset-schedule")
+        state = {}
+    if cfg.train_steps:
+        tcfg.steps, per_step = cfg.train_steps, state.get("seconds_per_step")
+    else:
+        per_step = _schedule(probe_data, tcfg, cfg, state, out / "model")
+        tcfg.steps = steps_for_budget(per_step, cfg.train_minutes)
+        fit = 0.85 * cfg.train_minutes * 60.0 / per_step
+        if fit < MIN_USEFUL_STEPS:
+            need = MIN_USEFUL_STEPS * per_step / 0.85 / 60.0
+            log.warning(
+                "demo: at %.2f s/step the %g-minute training budget fits only %d steps; the "
+                "tiny model reached its best val NLL at ~%d steps on aldp, so the model will "
+                "probably fail its check. --train-minutes %.0f fits %d steps here.",
+                per_step,
+                cfg.train_minutes,
+                int(fit),
+                MIN_USEFUL_STEPS,
+                math.ceil(need),
+                MIN_USEFUL_STEPS,
+            )
+    state.update(train_steps=tcfg.steps, train_minutes=cfg.train_minutes)
+    if per_step is not None:
+        state["seconds_per_step"] = per_step
+    atomic_write_json(out / "demo_state.json", state)
+    return tcfg
 
-    state_path = out / "demo_state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if "train_steps" in state:
-        return int(state["train_steps"])
+
+def train_stage(out: Path, data: Dataset, cfg: DemoConfig, tcfg: TrainConfig | None = None) -> Path:
+    """Train (or resume) the demo's model into ``out/model`` and check it; returns the checkpoint.
+
+    The step schedule fits ``cfg.train_minutes`` on this machine (`tcfg` from
+    :func:`plan_training`; planned here on `data` if None) unless ``cfg.train_steps`` fixes it.
+    After training, the best checkpoint must beat the marginal baseline by ``cfg.min_nll_gain``
+    nats/coord (:func:`training_verdict`).
+
+    Raises
+    ------
+    DemoNotTrained
+        When it does not: the message says why and how to resume.
+    """
+    model_dir = out / "model"
+    tcfg = tcfg or plan_training(out, data, cfg)
+    state = _read_state(out)
+    per_step = state.get("seconds_per_step")
+    log.info(
+        "demo: %d training steps (batch %d)%s",
+        tcfg.steps,
+        tcfg.batch_size,
+        f", {per_step:.2f} s/step measured" if per_step else "",
+    )
+    final = train(data, model_dir, tcfg, progress=cfg.progress)
+    checkpoint = model_dir / "best" if (model_dir / "best").exists() else final
+    verdict = training_verdict(checkpoint, cfg.min_nll_gain)
+    state.update(trained_ok=verdict["ok"], verdict=verdict)
+    atomic_write_json(out / "demo_state.json", state)
+    if not verdict["ok"]:
+        raise DemoNotTrained(not_trained_message(verdict, out, cfg.train_minutes, per_step))
+    log.info("demo: the model is trained: %s", verdict["reason"])
+    return checkpoint
+
+
+def _every(data: Dataset, k: int) -> Dataset:
+    """Every k-th frame of `data` (with its weights), split into contiguous blocks."""
+    x = data.positions[::k]
+    return Dataset(x, data.system, contiguous_splits(len(x)), {}, data.log_weights[::k])
+
+
+def _fresh(path: Path, source: Path) -> bool:
+    """Whether `path` exists and is newer than `source` (samples of the current model)."""
+    return path.exists() and (not source.exists() or path.stat().st_mtime >= source.stat().st_mtime)
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / "demo_state.json"
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); delete it or use --reset-schedule"
+        ) from e
+
+
+def _discard_model(model_dir: Path, why: str) -> None:
+    if model_dir.exists():
+        log.warning("demo: %s: discarding the model in %s (training restarts)", why, model_dir)
+        shutil.rmtree(model_dir)
+
+
+def _schedule(
+    data: Dataset, tcfg: TrainConfig, cfg: DemoConfig, state: dict[str, Any], model_dir: Path
+) -> float:
+    """Seconds per training step on this machine, from ``demo_state.json`` or a probe.
+
+    The first run probes and records the speed, so a resumed demo keeps its schedule. A re-run
+    whose model did not pass its check probes again: when the machine is now more than
+    ``cfg.reprobe_speedup`` times faster (a first run on a loaded machine), the old schedule and
+    model are discarded and training restarts with the steps that fit the budget now.
+    """
+    old = state.get("seconds_per_step")
+    if old is None:
+        return probe_seconds_per_step(data, tcfg)
+    if state.get("trained_ok"):
+        return float(old)
+    new = probe_seconds_per_step(data, tcfg)
+    if new * cfg.reprobe_speedup < old:
+        log.info(
+            "demo: this machine is now %.1fx faster (%.2f s/step, was %.2f): new schedule",
+            old / new,
+            new,
+            old,
+        )
+        _discard_model(model_dir, "faster machine")
+        return new
+    return float(old)
+
+
+def steps_for_budget(seconds_per_step: float, minutes: float) -> int:
+    """Steps that fit `minutes` at `seconds_per_step` (~15% left for validation passes and
+    checkpoints), between 50 and 20,000."""
+    return int(max(50, min(20_000, 0.85 * minutes * 60.0 / seconds_per_step)))
+
+
+def probe_seconds_per_step(data: Dataset, tcfg: TrainConfig) -> float:
+    """Seconds per training step of `tcfg` on `data`, timed over 4 steps after a warm-up."""
     probe = dataclasses.replace(tcfg, eval_every=10**9, checkpoint_every=10**9, max_minutes=None)
+    log.info("demo: timing a few training steps to size the schedule")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(data, tmp, probe, progress=False)
         trainer.train_step()  # warm-up
         t0 = time.perf_counter()
         for _ in range(4):
             trainer.train_step()
-        per_step = (time.perf_counter() - t0) / 4
-    # ~15% of the budget goes to validation passes and checkpoints
-    steps = int(max(50, min(20_000, 0.85 * minutes * 60.0 / per_step)))
-    state["train_steps"] = steps
-    state["seconds_per_step"] = per_step
-    state_path.write_text(json.dumps(state, indent=2))
-    return steps
+        return (time.perf_counter() - t0) / 4
 
 
 def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] | None:
@@ -250,7 +456,7 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
     )
     # biased MD at matched cost is reweighted with its exact frame weights
     md_lw = load_md_log_weights(md_dir) if meta.get("log_weights") else None
-    return md_cost_curve(
+    curve = md_cost_curve(
         system,
         frames,
         steps_per_frame,
@@ -261,3 +467,23 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
         budgets,
         md_log_weights=md_lw,
     )
+    curve["floor"] = cost_floor(system, reference)
+    return curve
+
+
+def cost_floor(system, reference: Dataset, n_max: int = 5000) -> dict[str, float]:
+    """E-W2 (kT) and T-W2 (rad) of the reference's first half against its second half, each
+    stride-subsampled to at most ``n_max / 2`` frames and carrying its frame weights: the floor
+    line of the cost curve."""
+    u = reference_energies(reference)
+    lw = reference_log_weights(reference)
+    half = len(reference) // 2
+    stride = max(1, (2 * half) // n_max)
+    parts = []
+    for sl in (slice(0, half, stride), slice(half, 2 * half, stride)):
+        x = reference.positions[sl]
+        w = None if lw is None else np.exp(normalize_log_weights(lw[sl]))
+        t = backbone_torsions(x, system.phi_indices, system.psi_indices)
+        parts.append((u[sl], t, w))
+    (ua, ta, wa), (ub, tb, wb) = parts
+    return {"e_w2": energy_w2(ua, ub, wa, wb), "t_w2": torsion_w2(ta, tb, wa, wb)}

@@ -66,7 +66,7 @@ class BudgetConfig:
     report : also write the HTML report of every run (slower).
     """
 
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
     steps: int = 1600
     batch_size: int = 32
     n_bins: int | None = None
@@ -77,9 +77,9 @@ class BudgetConfig:
     n_samples: int = 10_000
     n_eval: int = 5_000
     tica_lag: int = 100
-    chirality: str = "zero"
+    chirality: str = field(default="zero", metadata={"choices": ("zero", "mirror")})
     clip_fraction: float = 0.002
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     report: bool = False
 
     def validate(self) -> None:

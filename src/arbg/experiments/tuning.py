@@ -4,7 +4,7 @@ For each tau in a list, draw proposals at that tau (with the exact log q of the 
 proposal), reweight them by SNIS, resample ``n_eval`` conformations and measure E-W2 + T-W2
 against the validation split (stride-subsampled to ``n_eval`` frames). The tau with the lowest sum
 wins. The paper tunes tau per system this way (1.03 for aldp, 0.88 for Chignolin;
-``../shared/reference.md``).
+``docs/references.md``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2, weights_from_log
-from arbg.reweight import multinomial_resample, snis
+from arbg import checks
+from arbg.eval.metrics import Ensemble, backbone_torsions, resampled_score, strided_reference
+from arbg.reweight import snis
 from arbg.sampling.sampler import generate
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,21 @@ def tune_temperature(
     """
 
     system = checkpoint.system
-    if not taus or any(t <= 0 for t in taus):
-        raise ValueError(f"taus must be positive numbers, got {taus}")
-    stride = max(1, len(validation_positions) // n_eval)
-    ref = validation_positions[::stride][:n_eval]
-    ref_u = system.reduced_energy(ref)
-    ref_t = backbone_torsions(ref, system.phi_indices, system.psi_indices)
-    ref_w = None
-    if validation_log_weights is not None and np.ptp(validation_log_weights) > 0:
-        ref_w = weights_from_log(np.asarray(validation_log_weights)[::stride][:n_eval])
+    if not taus:
+        raise checks.ArgumentError("--taus: got no values; expected one or more numbers > 0")
+    for t in taus:
+        checks.positive_float("--taus", t)
+    checks.positive_int("--n", n)
+    checks.positive_int("--n-eval", n_eval)
+    step = max(1, len(validation_positions) // n_eval)
+    ref_x = validation_positions[::step][:n_eval]  # energies of the kept frames only
+    ref_lw = None if validation_log_weights is None else validation_log_weights[::step][:n_eval]
+    ref = strided_reference(
+        system.reduced_energy(ref_x),
+        backbone_torsions(ref_x, system.phi_indices, system.psi_indices),
+        n_eval,
+        ref_lw,
+    )
     rows = []
     for i, tau in enumerate(taus):
         batch = generate(
@@ -72,12 +79,13 @@ def tune_temperature(
         u = system.reduced_energy(batch.coords)
         u_eff = np.where(batch.chirality_wrong, np.inf, u)
         res = snis(u_eff, batch.log_q)
-        idx = multinomial_resample(res.log_w, min(n_eval, n), np.random.default_rng(seed + i))
-        x = batch.coords[idx]
-        e = energy_w2(u[idx], ref_u, None, ref_w)
-        t = torsion_w2(
-            backbone_torsions(x, system.phi_indices, system.psi_indices), ref_t, None, ref_w
+        proposals = Ensemble(
+            u, backbone_torsions(batch.coords, system.phi_indices, system.psi_indices)
         )
+        scored = resampled_score(
+            proposals, res.log_w, ref, min(n_eval, n), np.random.default_rng(seed + i)
+        )
+        e, t = scored["e_w2"], scored["t_w2"]
         row = {
             "tau": float(tau),
             "e_w2": float(e),

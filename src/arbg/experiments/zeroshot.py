@@ -1,6 +1,6 @@
 """Zero-shot evaluation of a transferable checkpoint on the held-out sequences of a corpus.
 
-The paper's transferable experiment (ROBIN, §5 and Table 2 of ``../shared/seeds/arbg-paper.txt``):
+The paper's transferable experiment (ROBIN, §5 and Table 2 of ``docs/references.md``):
 a model trained on many sequences samples peptides it never saw; each sequence's proposals are
 reweighted (SNIS) against its own force field and compared with that sequence's MD. For every
 sequence of a corpus split (default ``test``), :func:`evaluate_zero_shot`
@@ -22,20 +22,18 @@ The table (``table.md``, ``table.html``) has one row per sequence and the mean o
 
 from __future__ import annotations
 
-import argparse
-import html
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from arbg.data.corpora import load_corpus
-from arbg.experiments.benchmark import html_table_page
+from arbg.eval.htmlkit import esc, html_table_page
 from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.train.checkpoints import read_config
@@ -64,13 +62,13 @@ class ZeroShotConfig:
     """
 
     split: str = "test"
-    sequences: list[str] | None = None
-    n_samples: int = 5000
+    sequences: list[str] | None = field(default=None, metadata={"comma": True})
+    n_samples: int = field(default=5000, metadata={"flag": "--n"})
     n_eval: int = 1000
     tau: float = 1.0
     seed: int = 0
     tica_lag: int = 100
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     report: bool = False
 
     def validate(self) -> None:
@@ -193,10 +191,8 @@ def format_zero_shot_table(
         md.append(
             "| " + " | ".join([r["sequence"], *(f"**{t}**" if b else t for t, b in c)]) + " |"
         )
-        hc = "".join(
-            f"<td><b>{html.escape(t)}</b></td>" if b else f"<td>{html.escape(t)}</td>" for t, b in c
-        )
-        body.append(f"<tr><td>{html.escape(r['sequence'])}</td>{hc}</tr>")
+        hc = "".join(f"<td><b>{esc(t)}</b></td>" if b else f"<td>{esc(t)}</td>" for t, b in c)
+        body.append(f"<tr><td>{esc(r['sequence'])}</td>{hc}</tr>")
     md += [""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(md), html_table_page(title, head, body, notes, max_width_em=80)
 
@@ -302,47 +298,11 @@ def evaluate_zero_shot(
     return result
 
 
-def add_zero_shot_parser(sub: Any) -> None:
-    """The ``arbg zero-shot`` sub-command."""
-    s = sub.add_parser(
-        "zero-shot",
-        help="evaluate a transferable checkpoint on held-out "
-        "sequences of a corpus (sample, reweight, vs MD)",
-    )
-    s.add_argument("checkpoint", help="transferable checkpoint directory")
-    s.add_argument("--corpus", required=True, help="arbg corpus directory with their MD")
-    s.add_argument("--out", required=True, help="output directory (resumable)")
-    s.add_argument("--split", default="test")
-    s.add_argument("--sequences", help="comma-separated sequences (default: the whole split)")
-    s.add_argument("--n", type=int, default=5000, help="proposals per sequence")
-    s.add_argument("--n-eval", type=int, default=1000)
-    s.add_argument("--tau", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--tica-lag", type=int, default=100)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument("--report", action="store_true", help="also each sequence's HTML report")
-    s.set_defaults(func=cmd_zero_shot)
-
-
-def cmd_zero_shot(args: argparse.Namespace) -> int:
-    seqs = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
-    cfg = ZeroShotConfig(
-        split=args.split,
-        sequences=seqs,
-        n_samples=args.n,
-        n_eval=args.n_eval,
-        tau=args.tau,
-        seed=args.seed,
-        tica_lag=args.tica_lag,
-        device=args.device,
-        report=args.report,
-    )
-    result = evaluate_zero_shot(args.checkpoint, args.corpus, args.out, cfg)
-    print((Path(args.out) / "table.md").read_text())
+def zero_shot_summary(result: dict[str, Any]) -> str:
+    """One line: mean proposal -> reweighted E-W2 and T-W2 over the evaluated sequences."""
     m = result["mean"]
-    print(
+    return (
         f"mean over {len(result['rows'])} sequences: E-W2 {_fmt(m['proposal']['e_w2'])} -> "
         f"{_fmt(m['reweighted_resampled']['e_w2'])}, T-W2 {_fmt(m['proposal']['t_w2'])} -> "
-        f"{_fmt(m['reweighted_resampled']['t_w2'])}; table in {args.out}/table.md"
+        f"{_fmt(m['reweighted_resampled']['t_w2'])}"
     )
-    return 0

@@ -10,7 +10,7 @@ inside the chosen bin turns it into a piecewise-constant density on R^D with
 and the density of the centred conformation in nm adds the standardization Jacobian
 (:attr:`arbg.nn.standardize.Standardization.log_det_forward`). This follows the uniform binning of
 the
-ARBG paper (``../shared/seeds/arbg-paper.txt``, Sec. 3 and Table A.5).
+ARBG paper (``docs/references.md``, Sec. 3 and Table A.5).
 
 Only uniform de-quantization has a density. Bin-centre and bin-mean decoding are point masses:
 code that reports ``log q`` (importance weights) must refuse them (:meth:`Binning.has_density`).
@@ -255,7 +255,7 @@ def fit_binning(
     largest *distance* of any atom from the centre (not the per-axis extremes of the unrotated
     data), times a safety ``margin``. The bin widths of the paper's Table A.5 (e.g. aldp: std
     0.163 nm, 0.358 pm per bin, 4096 bins) imply a range of about +-4.5 std
-    (``../shared/seeds/arbg-paper.txt``). In the gauge frame (no rotations) the range covers the
+    (``docs/references.md``). In the gauge frame (no rotations) the range covers the
     largest absolute modelled coordinate instead (:meth:`Standardization.atom_radius`).
 
     Parameters

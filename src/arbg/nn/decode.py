@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -257,11 +258,14 @@ class StaticDecoder:
     # ---- public
 
     @torch.no_grad()
-    def run(self, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(
+        self, generator: torch.Generator | None, tick: Callable[[float], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode one chunk of ``batch`` sequences.
 
         The ``[T, batch]`` float64 uniforms are drawn first, in one call (the same stream as
-        the eager path of :func:`arbg.sampling.sampler.sample_bins`).
+        the eager path of :func:`arbg.sampling.sampler.sample_bins`). ``tick(batch / T)`` is
+        called on the host after each step is queued (progress bars; no synchronisation).
 
         Returns
         -------
@@ -279,6 +283,8 @@ class StaticDecoder:
                 self._graph_for(n_keys).replay()
             else:
                 self._step(n_keys)
+            if tick is not None:
+                tick(self.B / self.T)
         return self.bins.clone(), self.log_pi.clone()
 
 

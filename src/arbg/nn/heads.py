@@ -9,7 +9,7 @@ Every head describes a coordinate in *bin units* ``u = (z - low) / width`` of th
 * ``"mol"`` (:class:`MoLHead`, the paper's MoL-PixelCNN++ baseline) and ``"gmm"``
   (:class:`GMMHead`, GMM-PixelCNN++): a mixture of ``K`` logistics / Gaussians discretized to the
   same bins, the bin mass being the CDF difference at its edges (PixelCNN++, Salimans et al. 2017;
-  ``../shared/seeds/arbg-paper.txt`` Eq. 2); the first and last bins take the tails.
+  ``docs/references.md`` Eq. 2); the first and last bins take the tails.
 * ``"givt"`` (:class:`GIVTHead`, the GIVT baseline, Tschannen et al. 2024): a continuous ``K``-
   component Gaussian mixture, no bins.
 

@@ -6,7 +6,7 @@ plus embeddings of the axis, atom index, atom type, residue type and residue ind
 coordinate ``j`` it *predicts*, and outputs the parameters of ``p(b_j | b_<j)`` (logits over the
 ``L`` bins for the categorical :class:`BinHead`).
 
-The recipe follows the paper (``../shared/seeds/arbg-paper.txt``, Sec. E.1 and Table A.5) in the
+The recipe follows the paper (``docs/references.md``, Sec. E.1 and Table A.5) in the
 nanoGPT / nanochat style: pre-norm RMSNorm, SwiGLU MLP, causal scaled-dot-product attention
 (``F.scaled_dot_product_attention``, flash kernels on a GPU), no biases, rotary position embeddings
 over the token index (or learned positions). The attention width ``n_head * head_dim`` is

@@ -34,7 +34,7 @@ Two tempting alternatives are wrong and are not supported:
   the reported ``log q`` does not belong to the sample that is returned.
 
 After centring, each coordinate is divided by one scalar standard deviation ``std_nm`` fitted on
-the training frames (following the published preprocessing, see ``../shared/seeds/arbg-paper.txt``,
+the training frames (following the published preprocessing, see ``docs/references.md``,
 Table A.5 "Std"), and during training frames are randomly rotated (the target is rotation
 invariant, so rotation is a free data augmentation).
 

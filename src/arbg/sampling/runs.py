@@ -10,7 +10,7 @@ appends samples and recomputes the weights over all of them.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import time
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from arbg.io import atomic_save_npz, atomic_write_json
+from arbg import checks
+from arbg.io import Commit, lock_dir, recover
 from arbg.nn.binning import Binning
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.nn.standardize import Standardization
@@ -30,6 +31,7 @@ from arbg.sampling.sampler import ProposalState, TransformerProposal, generate, 
 from arbg.sampling.smc import SMCRepeats, twisted_smc
 from arbg.sampling.targets import wrong_chirality
 from arbg.train.checkpoints import load_checkpoint
+from arbg.train.trainer import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
@@ -70,25 +72,11 @@ def _resolve_parts(obj: Any) -> SamplerParts:
     )
 
 
-def _save_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
-    """Write a DCD atomically (mdtraj; nm in, Angstrom float32 on disk)."""
+def _write_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
+    """Write a DCD (mdtraj; nm in, Angstrom float32 on disk) to ``path`` as it is."""
     import mdtraj
 
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.dcd")
-    try:
-        mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _dist() -> tuple[int, int]:
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        return tdist.get_rank(), tdist.get_world_size()
-    return 0, 1
+    mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(str(path))
 
 
 def run_sampling(
@@ -105,9 +93,14 @@ def run_sampling(
     ensemble_size: int | None = None,
     batch_size: int | str = 1024,
     progress: bool = False,
+    wait: bool = False,
     dtype: str = "float32",
 ) -> dict[str, Any]:
     """Sample into (or extend) a run directory and reweight all its samples.
+
+    The directory is locked for the whole read-sample-write (:func:`arbg.io.lock_dir`; a second
+    writer fails naming the holder, or waits with ``wait=True``), and its files are replaced
+    together by one :class:`arbg.io.Commit`. Arguments are checked before anything is sampled.
 
     Files (fixed names, canonical atom order = the order of ``topology.pdb``, which is the
     system's own topology): ``topology.pdb``; ``proposals.dcd`` (every proposal); ``samples.npz``
@@ -115,9 +108,8 @@ def run_sampling(
     ``log_w`` (normalized, after clipping; -inf = weight zero), ``log_w_raw`` (float64),
     ``chirality_wrong``, ``mirrored`` (bool), ``seed`` (int64 per sample); ``ensemble.dcd``
     (systematic resampling of the normalized weights, ``ensemble_size`` frames, default all
-    samples; not written when every weight is zero); ``summary.json``. All files are rewritten
-    atomically, each on its own (a crash between two renames leaves a mix of old and new files;
-    ``samples.npz`` and ``summary.json`` are written last).
+    samples; not written when every weight is zero); ``summary.json``. All files are staged and
+    made current by one atomic commit (a crash leaves the old run or the new one, never a mix).
 
     Running again on an existing directory with a new ``seed`` appends samples and recomputes the
     weights over all of them; a seed already used is refused, as are a different ``tau``,
@@ -148,13 +140,62 @@ def run_sampling(
     -------
     dict, the content of ``summary.json``
     """
+    c = checks
+    n = c.positive_int("--n", n)
+    tau = c.positive_float("--tau", tau)
+    seed = c.nonnegative_int("--seed", seed)
+    c.in_range("--clip", clip_fraction, 0.0, 0.5, high_open=True)
+    c.one_of("--clip-mode", clip_mode, (None, "drop", "cap"))
+    c.one_of("--chirality", chirality, ("zero", "mirror", "none"))
+    c.optional(c.positive_int, "--ensemble-size", ensemble_size)
+    if batch_size != "auto":
+        c.positive_int("--batch-size", batch_size)
+    c.one_of("--dtype", dtype, ("float32", "bf16"))
+    rank, _ = rank_and_world_size()
+    with lock_dir(out_dir, wait=wait) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            recover(out_dir)
+        return _run_sampling(
+            checkpoint_or_parts,
+            Path(out_dir),
+            n,
+            tau,
+            seed,
+            device,
+            energy,
+            clip_fraction,
+            clip_mode,
+            chirality,
+            ensemble_size,
+            batch_size,
+            progress,
+            dtype,
+        )
+
+
+def _run_sampling(
+    checkpoint_or_parts: Any,
+    out: Path,
+    n: int,
+    tau: float,
+    seed: int,
+    device: torch.device | str | None,
+    energy: Any,
+    clip_fraction: float,
+    clip_mode: str | None,
+    chirality: str,
+    ensemble_size: int | None,
+    batch_size: int | str,
+    progress: bool,
+    dtype: str = "float32",
+) -> dict[str, Any]:
+    """:func:`run_sampling` once the arguments are checked and ``out`` is locked."""
     t0 = time.perf_counter()
     parts = _resolve_parts(checkpoint_or_parts)
     system = energy if energy is not None else parts.system
     if system is None:
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
-    out = Path(out_dir)
-    rank, world = _dist()
+    rank, world = rank_and_world_size()
     seeds = [int(seed) + r for r in range(world)]
     old = read_run(out)
     if old is not None:
@@ -195,6 +236,7 @@ def run_sampling(
         dtype=dtype,
     )
     t_e = time.perf_counter()
+    logger.info("reduced energies of %d samples (OpenMM)", len(batch))
     u = (
         np.asarray(system.reduced_energy(batch.coords), dtype=np.float64)
         if len(batch)
@@ -252,9 +294,19 @@ def read_run(out: Path) -> dict[str, Any] | None:
         return None
     if not js.exists():
         raise ValueError(f"{out}: samples.npz without summary.json; refusing to extend")
-    with np.load(npz) as f:
-        arrays = {k: f[k] for k in f.files}
-    return {"arrays": arrays, "summary": json.loads(js.read_text())}
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # zipfile/numpy raise many types for a corrupt archive
+        raise checks.ArgumentError(f"{str(npz)!r} is not a readable samples archive: {e}") from e
+    summary = checks.read_json(js, "run summary")
+    n = len(arrays.get("log_q", ()))
+    if summary.get("n_samples") != n:
+        raise checks.ArgumentError(
+            f"{out}: summary.json counts {summary.get('n_samples')} samples, samples.npz holds "
+            f"{n}; the run directory is inconsistent"
+        )
+    return {"arrays": arrays, "summary": summary}
 
 
 def _write_run(
@@ -302,14 +354,16 @@ def _write_run(
     merged["log_w"], merged["log_w_raw"] = log_w, log_w_raw
 
     out.mkdir(parents=True, exist_ok=True)
-    system.save_pdb(out / "topology.pdb")
+    commit = Commit(out)  # every file of the run, made current in one step
     top = system.topology
-    _save_dcd(out / "proposals.dcd", merged["coords"], top)
+    commit.write_with("topology.pdb", system.save_pdb)
+    commit.write_with("proposals.dcd", lambda p: _write_dcd(p, merged["coords"], top))
     if ens_idx.size:
-        _save_dcd(out / "ensemble.dcd", merged["coords"][ens_idx], top)
+        coords = merged["coords"][ens_idx]
+        commit.write_with("ensemble.dcd", lambda p: _write_dcd(p, coords, top))
     elif (out / "ensemble.dcd").exists():  # no weight anywhere: no ensemble (DCD can't be empty)
-        (out / "ensemble.dcd").unlink()
-    atomic_save_npz(out / "samples.npz", **merged)
+        commit.delete("ensemble.dcd")
+    commit.save_npz("samples.npz", **merged)
 
     prev = old["summary"] if old is not None else {}
     runs = list(prev.get("runs", []))
@@ -357,7 +411,8 @@ def _write_run(
         "wall_s_total": sum(r["wall_s"] for r in runs),
         "runs": runs,
     }
-    atomic_write_json(out / "summary.json", summary)
+    commit.write_json("summary.json", summary)
+    commit.commit()
     logger.info(
         "%s: %d samples (%d new), ESS %.1f, %d chirality-wrong, %d non-finite u",
         out,
@@ -387,8 +442,12 @@ def run_smc(
     chirality: bool = True,
     device: torch.device | str | None = None,
     ensemble_size: int | None = None,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Autoregressive twisted SMC on a peptide, written as a run directory.
+
+    The run directory is locked while it is written (``wait``: see :func:`run_sampling`) and
+    its files are made current together by one :class:`arbg.io.Commit`.
 
     ``repeats`` independent populations of ``n_particles`` particles each are drawn with a
     :class:`arbg.sampling.sampler.TransformerProposal` and the checkpoint's system as target
@@ -451,9 +510,55 @@ def run_smc(
             "or SMC on a "
             "peptide with >= 2 standard residues plus caps or >= 3 without (e.g. 'ace-aaa-nme')"
         )
-    if int(repeats) < 1 or int(n_particles) < 1:
-        raise ValueError("n_particles and repeats must be >= 1")
+    c = checks
+    c.positive_int("--particles", n_particles)
+    c.positive_int("--repeats", repeats)
+    c.positive_float("--tau", tau)
+    c.nonnegative_int("--seed", seed)
+    c.one_of("--resample", resample, (None, "systematic", "multinomial"))
+    c.optional(c.in_range, "--ess-threshold", ess_threshold, 0.0, 1.0)
+    c.optional(c.positive_float, "--early-reject-kt", early_reject_kt)
+    c.optional(c.positive_int, "--ensemble-size", ensemble_size)
     out = Path(out_dir)
+    with lock_dir(out, wait=wait):
+        recover(out)
+        return _run_smc(
+            parts,
+            system,
+            name,
+            out,
+            n_particles,
+            tau,
+            seed,
+            repeats,
+            resample,
+            ess_threshold,
+            early_reject_kt,
+            chirality,
+            device,
+            ensemble_size,
+            t0,
+        )
+
+
+def _run_smc(
+    parts: SamplerParts,
+    system: Any,
+    name: str,
+    out: Path,
+    n_particles: int,
+    tau: float,
+    seed: int,
+    repeats: int,
+    resample: str | None,
+    ess_threshold: float | None,
+    early_reject_kt: float | None,
+    chirality: bool,
+    device: torch.device | str | None,
+    ensemble_size: int | None,
+    t0: float,
+) -> dict[str, Any]:
+    """:func:`run_smc` once the arguments are checked and ``out`` is locked."""
     if (out / "samples.npz").exists():
         raise ValueError(
             f"{out} already holds samples; SMC runs are not extended, use a new directory"
@@ -512,10 +617,12 @@ def run_smc(
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    system.save_pdb(out / "topology.pdb")
-    _save_dcd(out / "proposals.dcd", arrays["coords"], system.topology)
-    _save_dcd(out / "ensemble.dcd", arrays["coords"][ens_idx], system.topology)
-    atomic_save_npz(out / "samples.npz", **arrays)
+    commit = Commit(out)
+    top = system.topology
+    commit.write_with("topology.pdb", system.save_pdb)
+    commit.write_with("proposals.dcd", lambda p: _write_dcd(p, arrays["coords"], top))
+    commit.write_with("ensemble.dcd", lambda p: _write_dcd(p, arrays["coords"][ens_idx], top))
+    commit.save_npz("samples.npz", **arrays)
 
     per = [r.summary() for r in results]
 
@@ -575,7 +682,8 @@ def run_smc(
         "wall_s_total": time.perf_counter() - t0,
         "repeat_summaries": per,
     }
-    atomic_write_json(out / "summary.json", summary)
+    commit.write_json("summary.json", summary)
+    commit.commit()
     logger.info(
         "%s: SMC %d x %d particles, ESS %.1f, %d resamplings, %d energy evaluations "
         "(%d partial), tokens saved %.3f",

@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,10 +155,12 @@ def _sample_chunk(
     feats: TokenFeatures,
     cache: KVCache | None,
     dtype: torch.dtype = torch.float32,
+    tick: Callable[[float], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Eager reference path: bins [b, T], log_pi [b] float64 and, for a continuous head, the
     values [b, T] float64 (bin units; None otherwise). The bins head draws from the same
-    [T, b] uniforms as :class:`arbg.nn.decode.StaticDecoder`."""
+    [T, b] uniforms as :class:`arbg.nn.decode.StaticDecoder`. ``tick(b / T)`` after every
+    token (progress bars)."""
     dev = _model_device(model)
     head = model.head
     bins = torch.empty(b, T, dtype=torch.long, device=dev)
@@ -188,6 +191,8 @@ def _sample_chunk(
         bins[:, j] = head.tokens(xj)[:, 0]
         if values is not None:
             values[:, j] = xj[:, 0]
+        if tick is not None:
+            tick(b / T)
     return bins, log_pi, values
 
 
@@ -301,25 +306,30 @@ def sample_bins(
 
     out_bins, out_lp, out_val = [], [], []
     cache: KVCache | StaticDecoder | None = None
-    with tqdm(total=n, disable=not progress, desc="sampling", unit="sample") as bar:
+    # the bar moves token by token (a batch takes minutes on a loaded CPU), redrawn every 2 s
+    fmt = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    with tqdm(
+        total=n, disable=not progress, desc="sampling", unit="sample", bar_format=fmt, mininterval=2
+    ) as bar:
+        tick = bar.update if progress else None
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
             if static:
                 if cache is None or cache.B != b:
                     cache = StaticDecoder(model, b, f, tau, dtype)
-                bins, lp = cache.run(generator)
+                bins, lp = cache.run(generator, tick=tick)
                 val = None
             else:
                 if use_cache and (cache is None or cache.batch != b):
                     cache = model.new_kv_cache(b, max_T=T)
                 bins, lp, val = _sample_chunk(
-                    model, b, T, tau, generator, _rows(f, s, s + b), cache, dtype
+                    model, b, T, tau, generator, _rows(f, s, s + b), cache, dtype, tick=tick
                 )
             out_bins.append(bins.cpu())
             out_lp.append(lp.cpu())
             if val is not None:
                 out_val.append(val.cpu())
-            bar.update(b)
+            bar.n = s + b  # exact count (no float drift)
     if not out_bins:
         res = (torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64))
         values = torch.empty(0, T, dtype=torch.float64) if continuous else None
@@ -491,6 +501,7 @@ def apply_chirality(
     idx = np.flatnonzero(pair)
     mirrored = all_d.copy()
     if idx.size:
+        logger.info("chirality (mirror): scoring q(-x) of %d samples (teacher-forced)", idx.size)
         xm = -x[idx]
         zm = standardization.forward(xm)
         bm, n_clip = binning.encode(zm)  # bins of -x

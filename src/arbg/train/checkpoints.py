@@ -10,19 +10,23 @@ Layout of a checkpoint directory::
         ema.safetensors     EMA of the weights (only when training used EMA)
         trainer_state.pt    optional: optimizer, schedule, step, RNG states, data position
                             (everything :mod:`arbg.train.trainer` needs to resume bit-exactly)
+        checksums.json      sha256 of every other file, written at save and checked at load
+                            (an edited config or corrupted weights are refused)
 
 ``arbg sample CHECKPOINT`` needs nothing else: the system is rebuilt from its spec and the
 preprocessing (standardization, binning) is undone exactly. A checkpoint is written into a
-temporary sibling directory and renamed into place, so a reader never sees a half-written one.
+staged directory and made current by one :class:`arbg.io.Commit` (journal rename), so a reader
+never sees a half-written one and a crash mid-replace is finished by :func:`arbg.io.recover`.
+Loading verifies the checksums, that every parameter is finite and that the force-field files
+hash as recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,9 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 import arbg
+from arbg.checks import ArgumentError, read_json
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, validate_sequence
+from arbg.io import Commit, note_write
 from arbg.nn.binning import Binning
 from arbg.nn.conditioning import (
     _TEMPLATE_KEYS,
@@ -53,10 +59,74 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
+CHECKSUMS_FILE = "checksums.json"
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the system or binning it is loaded with."""
+
+
+class CheckpointIntegrityError(ArgumentError):
+    """A checkpoint's files do not match the checksums recorded at save, or hold NaN weights."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(path: str | Path) -> dict[str, str]:
+    """Record the sha256 of every file of checkpoint directory ``path`` in ``checksums.json``."""
+    path = Path(path)
+    sums = {
+        f.name: _sha256(f)
+        for f in sorted(path.iterdir())
+        if f.is_file() and f.name != CHECKSUMS_FILE and not f.name.startswith(".")
+    }
+    (path / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2) + "\n")
+    return sums
+
+
+def verify_checkpoint(path: str | Path) -> bool:
+    """Check the files of a checkpoint against its ``checksums.json``.
+
+    Returns False (with a warning) for a checkpoint without checksums (written before they
+    existed); raises :class:`CheckpointIntegrityError` naming the file that differs.
+    """
+    path = Path(path)
+    if not (path / CHECKSUMS_FILE).exists():
+        logger.warning("%s has no %s: its files cannot be verified", path, CHECKSUMS_FILE)
+        return False
+    sums = read_json(path / CHECKSUMS_FILE, "checkpoint checksums")
+    for name, digest in sums.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointIntegrityError(f"checkpoint {str(path)!r}: {name} is missing")
+        if _sha256(f) != digest:
+            raise CheckpointIntegrityError(
+                f"checkpoint {str(path)!r}: {name} was modified or corrupted after it was saved "
+                f"(sha256 differs from {CHECKSUMS_FILE}); retrain or restore the checkpoint"
+            )
+    return True
+
+
+def load_weights(path: str | Path, name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """The tensors of ``path/name`` (safetensors), refusing unreadable or non-finite weights."""
+    f = Path(path) / name
+    try:
+        state = load_file(str(f))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointIntegrityError(f"{str(f)!r} is not a readable safetensors file: {e}") from e
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointIntegrityError(
+            f"{str(f)!r}: non-finite (NaN/inf) parameters in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
+    return state
 
 
 @dataclass
@@ -205,65 +275,54 @@ def write_checkpoint_dir(
     The directory is assembled in a temporary sibling and renamed into place (shared by
     :func:`save_checkpoint` and :func:`arbg.nn.conditioning.save_transferable_checkpoint`).
     """
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
-        if ema_model is not None:
-            save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
-        if trainer_state is not None:
-            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    commit = Commit(path.parent)
+    tmp = commit.stage_dir(path.name)
+    save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
+    note_write(f"staged {path.name}/{WEIGHTS_FILE}")
+    if ema_model is not None:
+        save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        note_write(f"staged {path.name}/{TRAINER_STATE_FILE}")
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    write_checksums(tmp)
+    note_write(f"staged {path.name}/{CHECKSUMS_FILE}")
+    commit.commit()
     logger.info("saved checkpoint %s", path)
     return path
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing an existing ``dst`` (rename based)."""
-    os.chmod(src, 0o755)  # mkdtemp creates 0700
-    for f in src.iterdir():
-        os.chmod(f, 0o644)
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
-        os.replace(dst, old / "x")  # dst disappears here; src is renamed right after
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def copy_checkpoint(src: str | Path, dst: str | Path, with_trainer_state: bool = False) -> Path:
-    """Copy a checkpoint directory atomically (e.g. ``last`` -> ``best``)."""
+    """Copy a checkpoint directory atomically (e.g. ``last`` -> ``best``), with checksums."""
     src, dst = Path(src), Path(dst)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
-    try:
-        for f in src.iterdir():
-            if f.name == TRAINER_STATE_FILE and not with_trainer_state:
-                continue
+    commit = Commit(dst.parent)
+    tmp = commit.stage_dir(dst.name)
+    for f in src.iterdir():
+        if f.name == TRAINER_STATE_FILE and not with_trainer_state:
+            continue
+        if f.is_file() and not f.name.startswith("."):
             shutil.copy2(f, tmp / f.name)
-        _replace_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_checksums(tmp)
+    commit.commit()
     return dst
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """Parse and validate ``config.json`` of a checkpoint directory."""
+def read_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Parse and validate ``config.json`` of a checkpoint directory (checksums verified)."""
     path = Path(path)
     cfg_path = path / CONFIG_FILE
+    if not path.exists():
+        raise ArgumentError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ArgumentError(f"checkpoint {str(path)!r} is not a directory (a checkpoint is one)")
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path} is not an arbg checkpoint (no {CONFIG_FILE})")
-    config = json.loads(cfg_path.read_text())
+    if verify:
+        verify_checkpoint(path)
+    config = read_json(cfg_path, "checkpoint config")
+    if not isinstance(config, dict):
+        raise ArgumentError(f"{cfg_path}: not a checkpoint config (a JSON object)")
     version = config.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ValueError(
@@ -299,11 +358,29 @@ def _check_system(record: dict[str, Any], system: PeptideSystem) -> None:
         logger.warning(
             "force field differs: checkpoint %s, system %s", spec.forcefield, system.spec.forcefield
         )
+    else:
+        _check_forcefield_hashes(record.get("forcefield_sha256") or {}, system)
     if abs(system.temperature_k - record["temperature_k"]) > 1e-9:
         logger.warning(
             "temperature differs: checkpoint %.2f K, system %.2f K",
             record["temperature_k"],
             system.temperature_k,
+        )
+
+
+def _check_forcefield_hashes(recorded: dict[str, str], system: PeptideSystem) -> None:
+    """The force-field files must hash as recorded at training (same name, other content)."""
+    if not recorded:
+        return
+    try:
+        now = system.forcefield_hashes()
+    except Exception as exc:  # an unresolvable file: say so instead of guessing
+        raise CheckpointMismatchError(f"cannot hash the force-field files: {exc}") from exc
+    diff = [k for k, v in recorded.items() if k in now and now[k] != v]
+    if diff:
+        raise CheckpointMismatchError(
+            f"force-field file(s) {', '.join(diff)} differ from the ones the checkpoint was "
+            "trained with (sha256 recorded in config.json); energies and the model disagree"
         )
 
 
@@ -383,7 +460,7 @@ def load_checkpoint(
     used_ema = bool(use_ema and (path / EMA_FILE).exists())
     if used_ema:
         weights_file = path / EMA_FILE
-    state = load_file(str(weights_file))
+    state = load_weights(path, weights_file.name)
     for name, t in feats.tensors().items():
         stored = state.get(f"feat_{name}")
         if stored is not None and not torch.equal(stored, t):
@@ -408,6 +485,7 @@ def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
     f = Path(path) / TRAINER_STATE_FILE
     if not f.exists():
         return None
+    verify_checkpoint(path)
     return torch.load(f, map_location="cpu", weights_only=False)
 
 
@@ -499,7 +577,7 @@ def load_transferable(
     )
     used_ema = bool(use_ema and (path / "ema.safetensors").exists())
     net.load_state_dict(
-        load_file(str(path / ("ema.safetensors" if used_ema else "model.safetensors"))), strict=True
+        load_weights(path, "ema.safetensors" if used_ema else "model.safetensors"), strict=True
     )
     net.to(device).eval()
     enc = encode_system(system, config["standardization"]["std_nm"], stored)

@@ -1,7 +1,7 @@
 """Optimizers: Muon (momentum + Newton-Schulz orthogonalised updates) for 2-D weight matrices.
 
 Recipe from Keller Jordan's Muon (the paper's choice: lr 0.02, Nesterov momentum 0.95, 5
-Newton-Schulz steps; ``../shared/reference.md``); AdamW handles embeddings, head and norms.
+Newton-Schulz steps; ``docs/references.md``); AdamW handles embeddings, head and norms.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training of the ARBG model: teacher-forced cross-entropy on binned, standardized coordinates.
 
-Recipe (the paper, ``../shared/seeds/arbg-paper.txt`` Sec. E.1, and ``../shared/reference.md``):
+Recipe (the paper, ``docs/references.md`` Sec. E.1, and ``docs/references.md``):
 Muon (lr 0.02, Nesterov momentum 0.95, 5 Newton-Schulz steps) for the 2-D weight matrices of the
 transformer blocks, AdamW (lr 2e-3, betas 0.9/0.999) for embeddings, output head and norms,
 weight decay 0.01, cosine schedule with 5% linear warm-up, gradient clipping, optional EMA and
@@ -46,6 +46,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from arbg import checks
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
+from arbg.io import atomic_write_text, lock_dir, recover
 from arbg.nn.binning import Binning, default_n_bins, fit_binning
 from arbg.nn.conditioning import system_features
 from arbg.nn.heads import z_to_values
@@ -71,6 +74,7 @@ from arbg.reweight import normalize_log_weights
 from arbg.train.checkpoints import (
     copy_checkpoint,
     load_trainer_state,
+    load_weights,
     read_config,
     save_checkpoint,
 )
@@ -144,12 +148,12 @@ class TrainConfig:
         at ~4 epochs, then rising), so the demo uses it.
     """
 
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
     model_overrides: dict[str, Any] = field(default_factory=dict)
     n_bins: int | None = None
     steps: int = 1600
     batch_size: int = 32
-    optimizer: str = "muon"
+    optimizer: str = field(default="muon", metadata={"choices": ("muon", "adamw")})
     lr_adamw: float = 2e-3
     lr_muon: float = 0.02
     momentum_muon: float = 0.95
@@ -161,8 +165,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: bool = False
     ema_decay: float = 0.999
-    frame: str = "gauge"
-    augment_rotations: bool = True
+    frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
+    augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250
@@ -171,16 +175,50 @@ class TrainConfig:
     eval_seed: int = 1234
     checkpoint_every: int = 500
     log_every: int = 10
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     margin: float = 1.1
     max_minutes: float | None = None
     stop_after_steps: int | None = None
-    data_weights: str = "plain"
+    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
     patience: int | None = None
     grad_accum: int = 1
     compile: bool = True
     fused_ce: bool | None = None
     peak_tflops: float | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting (:mod:`arbg.checks`; messages name the CLI flag)."""
+        c = checks
+        c.one_of("--preset", self.preset, ("tiny", "small", "medium", "large"))
+        c.optional(c.int_in_range, "--n-bins", self.n_bins, 2, 1 << 20)
+        c.positive_int("--steps", self.steps)
+        c.positive_int("--batch-size", self.batch_size)
+        c.one_of("--optimizer", self.optimizer, ("muon", "adamw"))
+        c.positive_float("--lr-adamw", self.lr_adamw)
+        c.positive_float("--lr-muon", self.lr_muon)
+        c.in_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
+        c.in_range("min_lr_frac", self.min_lr_frac, 0.0, 1.0)
+        c.nonnegative_float("grad_clip", self.grad_clip)
+        c.in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
+        c.one_of("--frame", self.frame, ("gauge", "centroid"))
+        c.nonnegative_int("--seed", self.seed)
+        c.nonnegative_int("--eval-every", self.eval_every)
+        c.positive_int("eval_frames", self.eval_frames)
+        c.positive_int("eval_batch", self.eval_batch)
+        c.nonnegative_int("--checkpoint-every", self.checkpoint_every)
+        c.positive_int("log_every", self.log_every)
+        c.in_range("margin", self.margin, 1.0, 100.0)
+        c.optional(c.positive_float, "--max-minutes", self.max_minutes)
+        c.optional(c.positive_int, "stop_after_steps", self.stop_after_steps)
+        c.one_of("--data-weights", self.data_weights, ("plain", "weighted"))
+        c.optional(c.positive_int, "--patience", self.patience)
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise c.ArgumentError(
+                f"--device: got {self.device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -270,7 +308,8 @@ def _normalized(log_w: np.ndarray) -> np.ndarray:
     return np.exp(normalize_log_weights(log_w))
 
 
-def _dist_info() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed; (0, 1) outside a process group."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -286,7 +325,7 @@ def init_distributed() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-    return _dist_info()
+    return rank_and_world_size()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,10 +347,11 @@ class Trainer:
         self, dataset: Dataset, out_dir: str | Path, config: TrainConfig, progress: bool = True
     ) -> None:
         self.cfg = cfg = config
+        cfg.validate()  # fields may have been set after construction
         self.out = Path(out_dir)
         self.dataset, self.system = dataset, getattr(dataset, "system", None)
         self.progress = progress
-        self.rank, self.world = _dist_info()
+        self.rank, self.world = rank_and_world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} not divisible by {self.world} ranks")
         self.local_batch = cfg.batch_size // self.world
@@ -329,6 +369,8 @@ class Trainer:
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
         resume = load_trainer_state(self.out / "last")
+        if resume is None and self.rank == 0:  # a fresh start: records of a crashed one go
+            (self.out / "train_log.jsonl").unlink(missing_ok=True)
         self._setup_data(resume)  # standardization, binning, training frames, self.D
         torch.manual_seed(cfg.seed)  # identical init on every rank
         self.model = self._build_model()
@@ -473,14 +515,12 @@ class Trainer:
         }
 
     def _restore(self, st: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
         last = self.out / "last"
-        self.model.load_state_dict(load_file(str(last / "model.safetensors")))
+        self.model.load_state_dict(load_weights(last, "model.safetensors"))
         if self.ema is not None:
             ema_file = last / "ema.safetensors"
             src = ema_file if ema_file.exists() else last / "model.safetensors"
-            self.ema.load_state_dict(load_file(str(src)))
+            self.ema.load_state_dict(load_weights(last, src.name))
         for o, s in zip(self.optimizers, st["optimizers"], strict=True):
             o.load_state_dict(s)
         for o in self.optimizers:  # base_lr is config, not state
@@ -496,6 +536,7 @@ class Trainer:
             seed = self.cfg.seed * 1_000_003 + 7919 * self.rank + 17 + int(st["step"])
             self.data_gen.manual_seed(seed)
         self.step = int(st["step"])
+        self._truncate_log()
         self.best_val = float(st["best_val"])
         self.evals_since_best = int(st.get("evals_since_best", 0))
         self.early_stopped = bool(st.get("early_stopped", False))
@@ -609,6 +650,26 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "train_log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self) -> None:
+        """Drop log records past the resumed step (written after ``last`` before a crash)."""
+        path = self.out / "train_log.jsonl"
+        if self.rank != 0 or not path.exists():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by a crash
+                dropped += 1
+                continue
+            if int(rec.get("step", 0)) > self.step:
+                dropped += 1
+            else:
+                keep.append(line)
+        if dropped:
+            logger.info("train_log.jsonl: dropped %d records past step %d", dropped, self.step)
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
 
     def _summary(self) -> dict[str, Any]:
         return {
@@ -815,7 +876,11 @@ class Trainer:
 
 
 def train(
-    dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None, progress: bool = True
+    dataset: Dataset,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    wait: bool = False,
 ) -> Path:
     """Train (or resume) an ARBG model on ``dataset``; returns the final checkpoint directory.
 
@@ -826,10 +891,29 @@ def train(
         state is resumed.
     config : TrainConfig (defaults if None).
     progress : tqdm progress bar on rank 0.
+    wait : wait for another process writing ``out_dir`` instead of failing.
 
     Returns
     -------
     Path of ``out_dir/last`` (``out_dir/best`` holds the lowest val NLL).
     """
     init_distributed()
-    return Trainer(dataset, out_dir, config or TrainConfig(), progress=progress).run()
+    with locked_output(out_dir, wait=wait):
+        return Trainer(dataset, out_dir, config or TrainConfig(), progress=progress).run()
+
+
+@contextlib.contextmanager
+def locked_output(out_dir: str | Path, wait: bool = False) -> Iterator[None]:
+    """Rank 0 locks ``out_dir`` (:func:`arbg.io.lock_dir`) and finishes an interrupted
+    checkpoint commit (:func:`arbg.io.recover`) before training reads ``last``."""
+    rank, world = rank_and_world_size()
+    if rank != 0:
+        if world > 1:
+            dist.barrier()  # rank 0 recovers first
+        yield
+        return
+    with lock_dir(out_dir, wait=wait):
+        recover(out_dir)
+        if world > 1:
+            dist.barrier()
+        yield

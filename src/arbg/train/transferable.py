@@ -32,7 +32,7 @@ from arbg.nn.conditioning import (
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.nn.standardize import Standardization
 from arbg.train.checkpoints import read_config, save_transferable_checkpoint
-from arbg.train.trainer import TrainConfig, Trainer, init_distributed
+from arbg.train.trainer import TrainConfig, Trainer, init_distributed, locked_output
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +246,13 @@ def train_transferable(
     config: TrainConfig | None = None,
     conditioning: ConditioningConfig | None = None,
     progress: bool = True,
+    wait: bool = False,
 ) -> Path:
-    """Train (or resume) a transferable model on ``corpus``; returns ``out_dir/last``."""
+    """Train (or resume) a transferable model on ``corpus``; returns ``out_dir/last``.
+
+    ``out_dir`` is locked while training writes it (``wait``: block instead of failing)."""
     init_distributed()
-    return TransferableTrainer(
-        corpus, out_dir, config or TrainConfig(), conditioning, progress=progress
-    ).run()
+    with locked_output(out_dir, wait=wait):
+        return TransferableTrainer(
+            corpus, out_dir, config or TrainConfig(), conditioning, progress=progress
+        ).run()

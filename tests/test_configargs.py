@@ -1,0 +1,58 @@
+"""CLI flags made from config dataclasses (arbg.configargs)."""
+
+import argparse
+from dataclasses import dataclass, field
+
+import pytest
+
+from arbg.configargs import add_config_args, config_from_args, field_help
+
+
+@dataclass
+class Toy:
+    """A toy job.
+
+    Attributes
+    ----------
+    n_samples : proposals, a number
+        that spans two lines.
+    tau : sampling temperature.
+    names : which sequences.
+    sizes : several sizes.
+    quiet : less output.
+    """
+
+    n_samples: int = field(default=5, metadata={"flag": "--n"})
+    tau: float = 1.0
+    names: list[str] | None = field(default=None, metadata={"comma": True})
+    sizes: tuple[int, ...] = (1, 2)
+    quiet: bool = False
+    device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser()
+    add_config_args(p, Toy)
+    return config_from_args(Toy, p.parse_args(argv))
+
+
+def test_defaults_come_from_the_dataclass():
+    assert _parse([]) == Toy()
+
+
+def test_flags_types_and_renames():
+    t = _parse(["--n", "7", "--tau", "0.5", "--names", "AA, GS", "--sizes", "3", "4", "--quiet"])
+    assert t == Toy(n_samples=7, tau=0.5, names=["AA", "GS"], sizes=(3, 4), quiet=True)
+
+
+def test_choices_and_bad_values_exit_2():
+    for argv in (["--device", "tpu"], ["--n", "x"]):
+        with pytest.raises(SystemExit) as e:
+            _parse(argv)
+        assert e.value.code == 2
+
+
+def test_help_from_docstring():
+    h = field_help(Toy)
+    assert h["n_samples"] == "proposals, a number that spans two lines."
+    assert h["tau"] == "sampling temperature."
