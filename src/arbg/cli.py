@@ -297,17 +297,15 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
 
 
 def _batch_size(text: str) -> int | str:
-    """``--batch-size``: a positive int or ``auto``."""
+    """``--batch-size``: an integer >= 1 or ``auto``."""
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        msg = f"--batch-size must be an int or 'auto', not {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--batch-size must be >= 1, got {value}")
-    return value
+        return int(checks.argparse_type(checks.positive_int, int)(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected an integer >= 1 or 'auto'"
+        ) from None
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
