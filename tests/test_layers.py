@@ -40,7 +40,7 @@ def _top_level_imports(tree: ast.Module) -> list[str]:
             if isinstance(node, ast.Import):
                 out.extend(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                out.append(node.module)
+                # `from pkg import mod` is an arrow to pkg.mod (resolved in _graph), else to pkg
                 out.extend(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, (ast.If, ast.Try)):
                 visit(node.body)
@@ -62,7 +62,8 @@ def _graph() -> dict[str, set[str]]:
                 continue
             # `from arbg.x import y` names module arbg.x.y when it is one, else arbg.x
             deps.add(imp if imp in files else imp.rsplit(".", 1)[0] if "." in imp else imp)
-        graph[name] = {d for d in deps if d in files and d != name}
+        # a package's own __init__ runs before its submodules anyway: not an arrow
+        graph[name] = {d for d in deps if d in files and d != name and not name.startswith(d + ".")}
     return graph
 
 

@@ -1,0 +1,19 @@
+"""Training (one loop for single-system and transferable models) and checkpoints (every
+save and load)."""
+
+from __future__ import annotations
+
+from arbg.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from arbg.train.trainer import TrainConfig, Trainer, train
+from arbg.train.transferable import TransferableTrainer, train_transferable
+
+__all__ = [
+    "Checkpoint",
+    "TrainConfig",
+    "Trainer",
+    "TransferableTrainer",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+    "train_transferable",
+]
