@@ -194,7 +194,7 @@ def time_sampler(model, std, binning, batch: int, dtype, repeats: int = 2) -> di
         t0 = time.perf_counter()
         bins, log_pi = dec.run(g)
         bins, log_pi = bins.cpu(), log_pi.cpu()  # waits for the device
-        z = binning.decode(bins, "uniform", g_off)
+        z = binning.decode(bins, g_off)
         log_q = log_pi.numpy() - std.n_coords * math.log(binning.width) + std.log_det(z.numpy())
         best = min(best, time.perf_counter() - t0)
     assert np.isfinite(log_q).all()

@@ -12,8 +12,8 @@ and the density of the centred conformation in nm adds the standardization Jacob
 the
 ARBG paper (``docs/references.md``, Sec. 3 and Table A.5).
 
-Only uniform de-quantization has a density. Bin-centre and bin-mean decoding are point masses:
-code that reports ``log q`` (importance weights) must refuse them (:meth:`Binning.has_density`).
+De-quantization is uniform inside the bin (:meth:`Binning.decode`), the only choice with a
+density; bin centres (:attr:`Binning.centres`) are for plots and tests, never for log q.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from arbg.nn.standardize import Standardization
 logger = logging.getLogger(__name__)
 
 ArrayLike = np.ndarray | torch.Tensor
-DECODE_MODES = ("uniform", "centre", "mean")
 
 
 def default_n_bins(n_atoms: int) -> int:
@@ -74,13 +73,6 @@ class Binning:
     def centres(self) -> np.ndarray:
         """Bin centres, shape [L], float64."""
         return self.low + self.width * (np.arange(self.n_bins, dtype=np.float64) + 0.5)
-
-    @staticmethod
-    def has_density(mode: str) -> bool:
-        """Whether decoding with ``mode`` yields a density (only ``"uniform"`` does)."""
-        if mode not in DECODE_MODES:
-            raise ValueError(f"unknown decode mode {mode!r}; expected one of {DECODE_MODES}")
-        return mode == "uniform"
 
     def encode(self, z: ArrayLike) -> tuple[ArrayLike, int]:
         """Map standardized coordinates to bin indices.
@@ -126,57 +118,34 @@ class Binning:
     def decode(
         self,
         bins: ArrayLike,
-        mode: str = "uniform",
         generator: torch.Generator | np.random.Generator | None = None,
-        bin_means: ArrayLike | None = None,
     ) -> ArrayLike:
-        """Map bin indices back to standardized coordinates.
+        """Uniform de-quantization: bin start + U(0, w), the draw whose density is exact.
 
         Parameters
         ----------
         bins : int array/tensor, any shape, values in [0, L)
-        mode : {"uniform", "centre", "mean"}
-            ``"uniform"``: bin centre + U(-w/2, w/2) (the only mode with a density);
-            ``"centre"``: bin centre; ``"mean"``: empirical mean of the training data in the bin
-            (``bin_means``, shape [L], from :func:`empirical_bin_means`).
         generator : torch.Generator or np.random.Generator, optional
-            Source of the uniform noise. Torch ``bins`` need a torch generator (or None);
+            Source of the uniform offsets. Torch ``bins`` need a torch generator (or None);
             numpy ``bins`` accept either.
-        bin_means : array of shape [L], required for ``mode="mean"``.
 
         Returns
         -------
         z : float64, same library and shape as ``bins``, standardized units
         """
-        self.has_density(mode)  # validates mode
         if isinstance(bins, torch.Tensor):
-            b = bins.to(torch.float64)
-            if mode == "mean":
-                if bin_means is None:
-                    raise ValueError("decode(mode='mean') needs bin_means")
-                means = torch.as_tensor(bin_means, dtype=torch.float64, device=bins.device)
-                return means[bins.long()]
-            u = 0.5
-            if mode == "uniform":
-                if isinstance(generator, np.random.Generator):
-                    u = torch.from_numpy(generator.random(tuple(bins.shape))).to(bins.device)
-                else:
-                    u = torch.rand(
-                        bins.shape, generator=generator, dtype=torch.float64, device=bins.device
-                    )
-            return self.low + (b + u) * self.width
-        b = np.asarray(bins)
-        if mode == "mean":
-            if bin_means is None:
-                raise ValueError("decode(mode='mean') needs bin_means")
-            return np.asarray(bin_means, dtype=np.float64)[b]
-        u: Any = 0.5
-        if mode == "uniform":
-            if isinstance(generator, torch.Generator):
-                u = torch.rand(b.shape, generator=generator, dtype=torch.float64).numpy()
+            if isinstance(generator, np.random.Generator):
+                u = torch.from_numpy(generator.random(tuple(bins.shape))).to(bins.device)
             else:
-                rng = generator if generator is not None else np.random.default_rng()
-                u = rng.random(b.shape)
+                u = torch.rand(
+                    bins.shape, generator=generator, dtype=torch.float64, device=bins.device
+                )
+            return self.low + (bins.to(torch.float64) + u) * self.width
+        b = np.asarray(bins)
+        if isinstance(generator, torch.Generator):
+            u = torch.rand(b.shape, generator=generator, dtype=torch.float64).numpy()
+        else:
+            u = (generator if generator is not None else np.random.default_rng()).random(b.shape)
         return self.low + (b.astype(np.float64) + u) * self.width
 
     def log_density(self, sum_log_probs: Any, n_coords: int) -> Any:
@@ -294,29 +263,6 @@ def fit_binning(
     return binning
 
 
-def empirical_bin_means(z_train: ArrayLike, binning: Binning) -> np.ndarray:
-    """Mean of the training values falling in each bin (pooled over coordinates).
-
-    Parameters
-    ----------
-    z_train : array, any shape, standardized units
-    binning : Binning
-
-    Returns
-    -------
-    np.ndarray, shape [L], float64; empty bins get their centre.
-    """
-    z = np.asarray(z_train, dtype=np.float64).ravel()
-    z = z[np.isfinite(z)]
-    bins, _ = binning.encode(z)
-    counts = np.bincount(bins, minlength=binning.n_bins)
-    sums = np.bincount(bins, weights=z, minlength=binning.n_bins)
-    means = binning.centres.copy()
-    filled = counts > 0
-    means[filled] = sums[filled] / counts[filled]
-    return means
-
-
 def _w2_1d(a: np.ndarray, b: np.ndarray) -> float:
     """Exact squared 1-D Wasserstein-2 distance between two empirical distributions.
 
@@ -392,7 +338,7 @@ def quantization_bound(
         else:
             binning = Binning(int(n_bins), float(binning_range[0]), float(binning_range[1]))
         bins, n_clipped = binning.encode(z)
-        z_dq = binning.decode(bins, mode="uniform", generator=rng)
+        z_dq = binning.decode(bins, generator=rng)
         x_dq = standardization.inverse(z_dq)  # [F, n, 3] nm
         u_dq = np.asarray(energy_fn(x_dq), dtype=np.float64)
         dq_ok = np.isfinite(u_dq)

@@ -169,7 +169,7 @@ class TransformerProposal:
                 state.z[:, j] = values_to_z(xj[:, 0].cpu(), self.binning)
         if j1 > j0 and not head.continuous:
             state.z[:, j0:j1] = self.binning.decode(
-                state.bins[:, j0:j1].cpu(), "uniform", self.offset_generator
+                state.bins[:, j0:j1].cpu(), self.offset_generator
             )
         state.n_done = j1
         inc = lp.cpu().numpy() + (j1 - j0) * self._per_coord

@@ -19,9 +19,7 @@ translation-reduced configuration space: the space in which ``exp(-u)`` of a
 translation-invariant energy is normalisable. Importance weights ``-u - log q`` are then exact up
 to one global constant.
 
-Only uniform de-quantization has a density: :func:`bins_to_positions` returns ``log_q_offset =
-None`` (with a warning) for the point-mass modes ``"centre"`` / ``"mean"``, and :func:`generate`
-refuses them.
+De-quantization is always uniform inside the bin, the only choice with a density.
 
 Atom order
 ----------
@@ -369,9 +367,7 @@ def bins_to_positions(
     binning: Binning,
     standardization: Standardization,
     generator: torch.Generator | None = None,
-    mode: str = "uniform",
-    bin_means: np.ndarray | None = None,
-) -> tuple[np.ndarray, float | None]:
+) -> tuple[np.ndarray, float | np.ndarray]:
     """De-quantize bins to centred conformations.
 
     Parameters
@@ -380,8 +376,6 @@ def bins_to_positions(
     binning, standardization
     generator : torch.Generator (CPU)
         Source of the uniform in-bin offsets, drawn as one ``torch.rand([n, D], float64)``.
-    mode : {"uniform", "centre", "mean"}
-    bin_means : [L], for ``mode="mean"``
 
     Returns
     -------
@@ -389,15 +383,11 @@ def bins_to_positions(
     log_q_offset : float, np.ndarray [n] or None
         ``-D log(width) + log Jacobian`` so that ``log q(x) = log_pi + log_q_offset`` (nm^-D
         density, see the module docstring; an array in the gauge frame, whose Jacobian depends
-        on the conformation); ``None`` for the point-mass modes ``"centre"`` and ``"mean"``,
-        which have no density (a warning is logged).
+        on the conformation).
     """
     b = torch.as_tensor(bins).cpu().long()
-    z = binning.decode(b, mode=mode, generator=generator, bin_means=bin_means)  # [n, D] float64
+    z = binning.decode(b, generator=generator)  # [n, D] float64, uniform in each bin
     x = standardization.inverse(z).numpy()  # [n, N, 3]
-    if not Binning.has_density(mode):
-        logger.warning("decode mode %r is a point mass: no log q is returned", mode)
-        return x, None
     return x, log_q_offset(binning, standardization, z)
 
 
