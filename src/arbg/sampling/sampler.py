@@ -60,6 +60,12 @@ from arbg.nn.decode import StaticDecoder, auto_batch_size, static_supported
 from arbg.nn.heads import BinHead, draw_categorical, values_to_z
 from arbg.nn.model import ARBG, KVCache, TokenFeatures
 from arbg.nn.standardize import Standardization
+from arbg.sampling.proposal import (  # noqa: F401  (ProposalState, TransformerProposal re-exported)
+    ProposalState,
+    TransformerProposal,
+    _features,
+    _model_device,
+)
 from arbg.sampling.targets import chirality_signs
 
 logger = logging.getLogger(__name__)
@@ -88,22 +94,11 @@ CHIRALITY_POLICIES = ("zero", "mirror", "none")
 # helpers
 
 
-def _features(model: ARBG, feats: TokenFeatures | None) -> TokenFeatures:
-    f = feats if feats is not None else model.default_features()
-    if f is None:
-        raise ValueError("the model has no default features; pass feats")
-    return f
-
-
 def _rows(feats: TokenFeatures, start: int, stop: int) -> TokenFeatures:
     """Rows ``start:stop`` of per-sample [n, T] features ([T] features are shared)."""
     if feats.axis.dim() == 1:
         return feats
     return TokenFeatures(**{k: v[start:stop] for k, v in feats.tensors().items()})
-
-
-def _model_device(model: ARBG) -> torch.device:
-    return next(model.parameters()).device
 
 
 def make_generators(
@@ -708,7 +703,3 @@ def generate(
         "generated %d samples in %.2f s (%.1f/s)", n, batch.wall_s, n / max(batch.wall_s, 1e-12)
     )
     return batch
-
-
-# the SMC adapter lives in arbg.sampling.proposal; re-exported here for compatibility
-from arbg.sampling.proposal import ProposalState, TransformerProposal  # noqa: E402
