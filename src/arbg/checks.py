@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,9 @@ def output_dir(name: str, path: str | Path) -> Path:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArgumentError(f"{name}: cannot create directory {str(p)!r}: {e.strerror}") from e
-    probe = p / ".arbg-write-probe"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
+    try:  # a probe file of this process's own: concurrent writers must not remove each other's
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".arbg-write-probe-"):
+            pass
     except OSError as e:
         raise ArgumentError(f"{name}: directory {str(p)!r} is not writable: {e.strerror}") from e
     return p

@@ -422,11 +422,13 @@ def _command_line(args: argparse.Namespace) -> str:
     return "arbg " + shlex.join(sys.argv[1:] if argv is None else argv)
 
 
-def add_budget_args(p: argparse.ArgumentParser, cls: type = BudgetConfig, **kw) -> None:
+def add_budget_args(
+    p: argparse.ArgumentParser, cls: type = BudgetConfig, skip: tuple[str, ...] = ()
+) -> None:
     """Output, topology and the budget flags (from ``cls``) of `benchmark` and `ablate bins`."""
     p.add_argument("--topology", help="PDB for array/trajectory data and reference")
     p.add_argument("--out", required=True, help="output directory (re-running resumes)")
-    add_config_args(p, cls, skip=("model_overrides", "train_overrides", *kw.get("skip", ())))
+    add_config_args(p, cls, skip=("model_overrides", "train_overrides", *skip))
 
 
 def cmd_ablate_bins(args: argparse.Namespace) -> int:

@@ -107,12 +107,21 @@ HOLDER_FILE = ".arbg.lock.json"
 _held: dict[str, list] = {}  # resolved dir -> [FileLock, depth]
 
 
-def _holder(path: Path) -> str:
-    try:
-        h = json.loads((path / HOLDER_FILE).read_text())
-        return f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')}, since {h.get('since')})"
-    except (OSError, ValueError):
-        return "another process"
+def _holder(path: Path, patience_s: float = 2.0) -> str:
+    """Who holds ``path``'s lock. The holder writes its record right after acquiring the lock,
+    so a missing record is waited for briefly before falling back to "another process"."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            h = json.loads((path / HOLDER_FILE).read_text())
+            return (
+                f"pid {h.get('pid')} on {h.get('host')} ({h.get('command')}, "
+                f"since {h.get('since')})"
+            )
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -151,7 +160,11 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
             "command": " ".join(sys.argv[:6]),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        (path / HOLDER_FILE).write_text(json.dumps(info))
+        # written whole (temp + rename), so a reader never sees half of it; not a data step,
+        # so not reported to the crash-test hook
+        tmp = path / f".{HOLDER_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path / HOLDER_FILE)
         yield path
     finally:
         del _held[key]

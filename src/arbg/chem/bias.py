@@ -343,6 +343,18 @@ def _save_state(path: Path, context, meta, steps: int, deposit_steps: int, wall:
     )
 
 
+def _built_from(saved: dict[str, np.ndarray], total: int) -> BuiltBias:
+    """The finished build stored in ``build.npz`` (``saved``: its arrays)."""
+    return BuiltBias(
+        saved["grid"],
+        saved["positions"],
+        saved["velocities"],
+        total,
+        int(saved["n_gaussians"]),
+        float(saved["wall_s"]),
+    )
+
+
 def build_bias(
     omm_system,
     positions: np.ndarray,
@@ -388,14 +400,7 @@ def build_bias(
             raise ValueError(
                 f"{state_path} holds a {int(saved['steps'])}-step build, asked {total}"
             )
-        return BuiltBias(
-            saved["grid"],
-            saved["positions"],
-            saved["velocities"],
-            total,
-            int(saved["n_gaussians"]),
-            float(saved["wall_s"]),
-        )
+        return _built_from(saved, total)
 
     system = openmm.XmlSerializer.clone(omm_system)
     variables = [
@@ -470,11 +475,4 @@ def build_bias(
         float(np.max(saved["grid"])),
         float(saved["wall_s"]),
     )
-    return BuiltBias(
-        saved["grid"],
-        saved["positions"],
-        saved["velocities"],
-        total,
-        int(saved["n_gaussians"]),
-        float(saved["wall_s"]),
-    )
+    return _built_from(saved, total)

@@ -72,6 +72,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {**run["arrays"], "summary": run["summary"]}
 
 
+def _energy_spec(system: PeptideSystem) -> dict[str, Any]:
+    """The settings that define a system's energy function (its spec less name and PDB text)."""
+    return {k: v for k, v in system.spec.to_dict().items() if k not in ("name", "pdb_text")}
+
+
 def reference_energies(dataset: Dataset, system: PeptideSystem | None = None) -> np.ndarray:
     """Reduced energies (kT) of every reference frame under ``system`` (the samples' target;
     default the dataset's own system), computed once per force field and temperature and kept
@@ -82,15 +87,13 @@ def reference_energies(dataset: Dataset, system: PeptideSystem | None = None) ->
     energy functions.
     """
     system = system or dataset.system
-    spec = {k: v for k, v in system.spec.to_dict().items() if k not in ("name", "pdb_text")}
+    spec = _energy_spec(system)
     key = json.dumps(spec, sort_keys=True)
     cache = dataset.metadata.setdefault("_energies_by_system", {})
     cached = cache.get(key)
     if cached is None or len(cached) != len(dataset):
         log.info("evaluate: energies of %d reference frames (OpenMM)", len(dataset))
-        if system is not dataset.system and spec != {
-            k: v for k, v in dataset.system.spec.to_dict().items() if k not in ("name", "pdb_text")
-        }:
+        if system is not dataset.system and spec != _energy_spec(dataset.system):
             log.info(
                 "reference energies with the run's force field (%s, %s K), not the reference's",
                 ", ".join(spec["forcefield"]),
