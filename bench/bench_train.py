@@ -1,15 +1,19 @@
 """Training throughput (tokens/s) of the presets, and on the CPU against a plain PyTorch
 transformer of the same size.
 
-aldp-sized inputs: 22 atoms -> 63 tokens per frame (gauge frame), 4096 bins. Runs warm-up steps,
+aldp-sized inputs: 22 atoms -> 60 tokens per frame (gauge frame), 4096 bins. Runs warm-up steps,
 then times ``--steps`` optimizer steps of :class:`arbg.train.trainer.Trainer` (Muon + AdamW,
 grad clipping; fp32 on the CPU, fp32 and bf16 autocast on CUDA). ``--plain`` also times a plain
-PyTorch transformer of the same width, depth, heads, parameter count and bins
-(``nn.TransformerEncoder``, pre-norm, causal mask, ``F.cross_entropy``, AdamW, grad clipping),
-interleaved and in process CPU seconds: issue 14 asks the arbg step to be at least as fast on the
-CPU (``arbg/plain`` >= 1; arbg with its default Muon and with AdamW, the plain model's optimizer).
+PyTorch transformer of the same width, depth, heads, parameter count, sequence length and bins
+(``nn.TransformerEncoder``, pre-norm, causal mask, learned positions, ``F.cross_entropy``), fp32,
+same batch and threads, trained with the *same* optimizer as the arbg step it is compared with
+(:func:`arbg.train.optim.build_optimizers` with the trainer's config: AdamW, or Muon for the 2-D
+block matrices + AdamW for the rest) and the same grad clipping. Interleaved rounds, best of each,
+in process CPU seconds: issue 14 asks the arbg step to be at least as fast on the CPU
+(``arbg/plain`` >= 1 for each optimizer); ``vs plain AdamW`` puts arbg's default Muon step next
+to a plain AdamW one (Muon's Newton-Schulz iterations cost ~20% more at batch 64 on the CPU).
 
-Usage: python bench/bench_train.py [--threads 1 2] [--steps 10] [--batch 256] [--presets tiny small]
+Usage: python bench/bench_train.py [--threads 1 2] [--steps 5] [--batch 64] [--presets tiny small]
 [--plain]
 """
 
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
 from arbg.nn.model import ModelConfig
+from arbg.train.optim import build_optimizers
 from arbg.train.trainer import TrainConfig, Trainer
 
 
@@ -132,61 +137,60 @@ class PlainTransformer(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def plain_step(preset: str, batch: int, T: int):
-    """(step function, parameter count) of :class:`PlainTransformer` with AdamW."""
-    cfg = ModelConfig.preset(preset, n_bins=4096)
+def plain_step(preset: str, batch: int, T: int, cfg: TrainConfig):
+    """(step function, parameter count) of :class:`PlainTransformer` with the optimizers and the
+    gradient clipping of the trainer config ``cfg``."""
+    mcfg = ModelConfig.preset(preset, n_bins=4096)
     torch.manual_seed(0)
-    model = PlainTransformer(cfg, T)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = PlainTransformer(mcfg, T)
+    opts = build_optimizers(model, cfg)  # model.blocks: Muon for their matrices with "muon"
     g = torch.Generator().manual_seed(0)
-    bins = torch.randint(0, cfg.n_bins, (512, T), generator=g)
+    bins = torch.randint(0, mcfg.n_bins, (512, T), generator=g)
 
     def step() -> None:
         pick = torch.randint(len(bins), (batch,), generator=g)
         b = bins[pick]
-        tokens = torch.cat([torch.full_like(b[:, :1], cfg.n_bins), b[:, :-1]], dim=1)
+        tokens = torch.cat([torch.full_like(b[:, :1], mcfg.n_bins), b[:, :-1]], dim=1)
         loss = model(tokens, b)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
     return step, sum(p.numel() for p in model.parameters())
 
 
 def compare_plain(preset: str, steps: int, warmup: int, batch: int, rounds: int = 4) -> None:
-    """arbg (Muon, the default, and AdamW, the plain model's optimizer) vs plain on the CPU.
+    """arbg vs plain on the CPU, each with AdamW and with Muon (+ AdamW).
 
     Interleaved rounds, the best of each, timed in CPU seconds of this process
     (``time.process_time``): on a shared machine other processes' load does not count.
     """
+    opts = ("adamw", "muon")
     with tempfile.TemporaryDirectory() as out:
-        trs = {
-            o: arbg_trainer(preset, "cpu", False, batch, f"{out}/{o}", o) for o in ("muon", "adamw")
-        }
-        D = trs["muon"].D
-        step, n_plain = plain_step(preset, batch, D)  # same tokens per frame
-        best = {"muon": float("inf"), "adamw": float("inf"), "plain": float("inf")}
-        fns = {"muon": trs["muon"].train_step, "adamw": trs["adamw"].train_step, "plain": step}
+        trs = {o: arbg_trainer(preset, "cpu", False, batch, f"{out}/{o}", o) for o in opts}
+        D = trs["muon"].D  # same tokens per frame
+        plains = {o: plain_step(preset, batch, D, trs[o].cfg) for o in opts}
+        fns = {f"arbg {o}": trs[o].train_step for o in opts}
+        fns.update({f"plain {o}": plains[o][0] for o in opts})
+        best = dict.fromkeys(fns, float("inf"))
         for _ in range(rounds):
             for name, fn in fns.items():
                 t = _time_steps(fn, "cpu", steps, warmup, 1, time.process_time)
                 best[name] = min(best[name], t)
             warmup = 0
-    plain = batch * D / best["plain"]
-    print(
-        f"plain  {preset:6s} cpu   params={n_plain / 1e6:5.2f}M batch={batch} "
-        f"tokens/step={batch * D} {best['plain'] * 1e3:8.1f} ms/step {plain:10.0f} tokens/s",
-        flush=True,
-    )
-    for o in ("muon", "adamw"):
-        tr = trs[o]
-        tps = batch * D / best[o]
+    n_plain = plains["adamw"][1]
+    for o in opts:
+        tr, a, p = trs[o], best[f"arbg {o}"], best[f"plain {o}"]
         print(
+            f"plain  {preset:6s} cpu   {o:5s} params={n_plain / 1e6:5.2f}M batch={batch} "
+            f"tokens/step={batch * D} {p * 1e3:8.1f} ms/step {batch * D / p:10.0f} tokens/s\n"
             f"arbg   {preset:6s} cpu   {o:5s} params={tr.model.num_params() / 1e6:5.2f}M "
-            f"{best[o] * 1e3:8.1f} ms/step {tps:10.0f} tokens/s  arbg/plain = {tps / plain:.2f}",
+            f"{a * 1e3:8.1f} ms/step {batch * D / a:10.0f} tokens/s  arbg/plain = {p / a:.2f}",
             flush=True,
         )
+    print(f"arbg muon vs plain adamw: {best['plain adamw'] / best['arbg muon']:.2f}", flush=True)
 
 
 def main() -> None:

@@ -49,13 +49,15 @@ def test_chunked_ce_equals_plain(chunk):
     assert gh[0, 3].abs().max() == 0  # ignored target: no gradient
 
 
-def test_unchunked_ce_equals_masked_ce():
-    """recompute=False (the CPU mode: logits kept and reused in place) and [B, T] floors."""
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_unchunked_ce_equals_masked_ce(chunk):
+    """recompute=False (the CPU mode: log-softmax kept per chunk and turned into the gradient in
+    place) and [B, T] floors."""
     h, w, t, floor = _inputs(seed=2)
     ref = _plain(h, w, t, floor)
     g_ref = torch.autograd.grad(ref, (h, w))
     for fl in (floor, floor.expand(t.shape)):  # [T] (single system) and [B, T] (transferable)
-        loss = linear_cross_entropy(h, w, t, fl, recompute=False)
+        loss = linear_cross_entropy(h, w, t, fl, chunk_rows=chunk, recompute=False)
         torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
         for a, b in zip(torch.autograd.grad(loss, (h, w)), g_ref, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

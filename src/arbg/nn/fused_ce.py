@@ -16,10 +16,15 @@ import math
 
 import torch
 
-__all__ = ["DEFAULT_CHUNK_ELEMENTS", "linear_cross_entropy"]
+__all__ = ["DEFAULT_CHUNK_ELEMENTS", "KEPT_CHUNK_ELEMENTS", "linear_cross_entropy"]
 
-#: logits elements per chunk (64M float32 = 256 MB)
+#: logits elements per chunk with ``recompute`` (64M float32 = 256 MB)
 DEFAULT_CHUNK_ELEMENTS = 1 << 26
+#: logits elements per chunk without (1M float32 = 4 MB): every chunk's log-softmax is kept for
+#: the backward either way, but small blocks come back from the allocator's free lists step after
+#: step, where one [N, L] block is fresh memory each step (a page fault per 4 kB, on the CPU ~15%
+#: of the loss's time at 4096 bins), and each chunk's log-softmax reads its logits from cache
+KEPT_CHUNK_ELEMENTS = 1 << 20
 
 
 def _chunk_logits(
@@ -107,9 +112,10 @@ def linear_cross_entropy(
 
     ``recompute=True`` (GPUs): chunks of rows; the forward keeps only the loss, the backward
     recomputes each chunk's logits (one more head product): peak memory one chunk.
-    ``recompute=False`` (CPU): one chunk, whose float32 log-softmax the backward turns into the
-    gradient in place: fewer passes over [N, L] than ``log_softmax`` + ``nll_loss`` and their
-    backwards (no zero-filled gradient, no separate gradient tensor).
+    ``recompute=False`` (CPU): chunks of :data:`KEPT_CHUNK_ELEMENTS` whose float32 log-softmax
+    the backward turns into the gradient in place: fewer passes over [N, L] than ``log_softmax``
+    + ``nll_loss`` and their backwards (no zero-filled gradient, no separate gradient tensor),
+    and no fresh [N, L] memory per step.
 
     Parameters
     ----------
@@ -117,7 +123,8 @@ def linear_cross_entropy(
     weight : Tensor [L, C], the output projection
     targets : LongTensor [...], bins (``-1`` = ignored)
     floor : LongTensor broadcastable to ``targets``, optional, lowest allowed bin per row
-    chunk_rows : rows per chunk with ``recompute`` (default :data:`DEFAULT_CHUNK_ELEMENTS` / L)
+    chunk_rows : rows per chunk (default :data:`DEFAULT_CHUNK_ELEMENTS` / L with ``recompute``,
+        else :data:`KEPT_CHUNK_ELEMENTS` / L)
     recompute : see above
 
     Returns
@@ -135,8 +142,7 @@ def linear_cross_entropy(
     dtype = h.dtype
     if torch.is_autocast_enabled(h.device.type):
         dtype = torch.get_autocast_dtype(h.device.type)
-    chunk = int(chunk_rows or max(1, DEFAULT_CHUNK_ELEMENTS // L))
-    if not recompute:
-        chunk = max(1, hf.shape[0])
+    elements = DEFAULT_CHUNK_ELEMENTS if recompute else KEPT_CHUNK_ELEMENTS
+    chunk = int(chunk_rows or max(1, elements // L))
     with torch.autocast(h.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hf, weight, tf, fl, chunk, dtype, recompute)

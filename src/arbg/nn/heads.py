@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:  # pragma: no cover
     from arbg.nn.binning import Binning
-    from arbg.nn.model import ModelConfig
+    from arbg.nn.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

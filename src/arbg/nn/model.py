@@ -21,367 +21,36 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from arbg.nn.config import PRESETS, ModelConfig
+from arbg.nn.features import TokenFeatures, token_features_for_system
 from arbg.nn.fused_ce import linear_cross_entropy
-from arbg.nn.heads import HEADS, BinHead, Head, build_head  # noqa: F401  (re-exported)
+from arbg.nn.heads import HEADS, BinHead, Head, build_head
+from arbg.nn.layers import Block, KVCache, RMSNorm, apply_rotary, rotary_tables
 
 logger = logging.getLogger(__name__)
 
-
-# --------------------------------------------------------------------------------------------------
-# Configuration
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # trains on a 2-core CPU in minutes
-    "tiny": dict(n_layer=4, n_embd=128, n_head=4, head_dim=32),
-    # the paper's single-system model (aldp, aaa): 7.4M parameters at 4096 bins
-    "small": dict(n_layer=8, n_embd=256, n_head=8, head_dim=32),
-    # the paper's Chignolin model
-    "medium": dict(n_layer=12, n_embd=512, n_head=8, head_dim=64),
-    # the transferable model's size
-    "large": dict(n_layer=16, n_embd=768, n_head=8, head_dim=64),
-}
-
-
-@dataclass
-class ModelConfig:
-    """Hyper-parameters of :class:`ARBG`.
-
-    Attributes
-    ----------
-    n_bins : int
-        Number of bins ``L`` (the start token has id ``L``, so the input vocabulary is ``L + 1``).
-    n_layer, n_head, head_dim, n_embd : int
-        Depth, attention heads, per-head width and residual channel width.
-    mlp_ratio : float
-        Width of the fused SwiGLU gate+up projection in units of ``n_embd`` (hidden width is
-        ``mlp_ratio * n_embd / 2``) unless ``mlp_hidden`` is given.
-    mlp_hidden : int or None
-        Explicit SwiGLU hidden width.
-    max_atoms : int
-        Size of the atom-index embedding; ``max_tokens`` defaults to ``3 * (max_atoms - 1)``.
-    max_tokens : int or None
-        Longest sequence (rotary table / learned positions / KV cache default).
-    n_atom_types, n_residue_types, max_residues : int
-        Vocabulary sizes of the atom-type, residue-type and residue-index embeddings.
-    head : str
-        Output head, a key of :data:`arbg.nn.heads.HEADS`: ``"bins"`` (categorical over the bins,
-        default), ``"mol"`` / ``"gmm"`` (discretized mixtures of logistics / Gaussians over the
-        bins), ``"givt"`` (continuous Gaussian mixture). Configs without it load as ``"bins"``.
-    rope : bool
-        Rotary position embeddings (True) or a learned absolute position embedding (False).
-    rope_base : float
-        Rotary frequency base.
-    head_kwargs : dict
-        Extra keyword arguments of the head (``{"n_mixtures": K}`` for the mixture heads).
-    value_fourier : int
-        Number of Fourier octaves of the previous coordinate's *value* added to its bin
-        embedding (0 = off). A bin-id embedding alone must learn from data that neighbouring bins
-        are neighbouring numbers; the value features give that for free, which makes training
-        far cheaper (an arbg addition, not in the paper).
-    """
-
-    n_bins: int = 4096
-    n_layer: int = 8
-    n_head: int = 8
-    head_dim: int = 32
-    n_embd: int = 256
-    mlp_ratio: float = 4.0
-    mlp_hidden: int | None = None
-    max_atoms: int = 256
-    max_tokens: int | None = None
-    n_atom_types: int = 64
-    n_residue_types: int = 32
-    max_residues: int = 64
-    head: str = "bins"
-    rope: bool = True
-    rope_base: float = 10000.0
-    head_kwargs: dict[str, Any] = field(default_factory=dict)
-    value_fourier: int = 12
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is None:
-            self.max_tokens = 3 * (self.max_atoms - 1)
-        if self.mlp_hidden is None:
-            self.mlp_hidden = int(round(self.mlp_ratio * self.n_embd / 2))
-        if self.rope and self.head_dim % 2:
-            raise ValueError("rotary embeddings need an even head_dim")
-
-    @classmethod
-    def preset(cls, name: str, n_bins: int, **overrides: Any) -> ModelConfig:
-        """Build a config from :data:`PRESETS` (``tiny``, ``small``, ``medium``, ``large``).
-
-        Parameters
-        ----------
-        name : str
-        n_bins : int
-        **overrides
-            Any other :class:`ModelConfig` field (e.g. ``max_atoms``, ``n_atom_types``).
-        """
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-        return cls(n_bins=n_bins, **{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable representation."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are rejected)."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-token conditioning features
-
-
-@dataclass
-class TokenFeatures:
-    """Features of the coordinate predicted at each position; long tensors of shape [T] or [B, T].
-
-    Attributes
-    ----------
-    axis : 0/1/2 for x/y/z
-    atom_index : index of the atom in canonical order
-    atom_type : atom-type id (``arbg.chem.systems`` vocabulary)
-    residue_type : residue-type id
-    residue_index : 0-based residue index
-    """
-
-    axis: torch.Tensor
-    atom_index: torch.Tensor
-    atom_type: torch.Tensor
-    residue_type: torch.Tensor
-    residue_index: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.axis.shape[-1])
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Name -> tensor."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def slice(self, start: int, stop: int) -> TokenFeatures:
-        """Positions ``start:stop`` along the last (token) dimension."""
-        return TokenFeatures(**{k: v[..., start:stop] for k, v in self.tensors().items()})
-
-    def to(self, device: torch.device | str) -> TokenFeatures:
-        """Move all tensors to ``device``."""
-        return TokenFeatures(**{k: v.to(device) for k, v in self.tensors().items()})
-
-
-def token_features_for_system(
-    atom_type_id: np.ndarray,
-    residue_type_id: np.ndarray,
-    residue_index: np.ndarray,
-    n_coords: int | None = None,
-    coord_index: tuple[np.ndarray, np.ndarray] | None = None,
-) -> TokenFeatures:
-    """Token features of one system from per-atom arrays.
-
-    By default coordinate ``j`` belongs to atom ``j // 3`` and axis ``j % 3`` (atom-major
-    flattening, as in :meth:`arbg.nn.standardize.Standardization.forward`); ``coord_index`` gives
-    the (atom, axis) of each token explicitly (the gauge frame skips six coordinates).
-
-    Parameters
-    ----------
-    atom_type_id, residue_type_id, residue_index : np.ndarray, shape [n], int
-    n_coords : int, optional
-        Number of modelled coordinates, default ``3(n-1)``.
-    coord_index : (atom [T], axis [T]) int arrays, optional
-        :attr:`arbg.nn.standardize.Standardization.coord_index`; overrides ``n_coords``.
-
-    Returns
-    -------
-    TokenFeatures with [T] long tensors, ``T = n_coords``.
-    """
-    n = len(atom_type_id)
-    if coord_index is not None:
-        atom, axis = (np.asarray(a, dtype=np.int64) for a in coord_index)
-    else:
-        if n_coords is None:
-            n_coords = 3 * (n - 1)
-        j = np.arange(n_coords)
-        atom, axis = j // 3, j % 3
-    if atom.size and atom.max() >= n:
-        raise ValueError(f"{atom.size} coordinates need more than the {n} atoms given")
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), dtype=torch.long)
-
-    return TokenFeatures(
-        axis=t(axis),
-        atom_index=t(atom),
-        atom_type=t(np.asarray(atom_type_id)[atom]),
-        residue_type=t(np.asarray(residue_type_id)[atom]),
-        residue_index=t(np.asarray(residue_index)[atom]),
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# KV cache
-
-
-class KVCache:
-    """Preallocated keys/values of every layer for incremental decoding.
-
-    ``k`` and ``v`` have shape [n_layer, B, n_head, max_T, head_dim]; ``pos`` is the number of
-    positions already filled (the next token is at position ``pos``).
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch: int,
-        n_head: int,
-        max_T: int,
-        head_dim: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        shape = (n_layer, batch, n_head, max_T, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
-
-    @property
-    def batch(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def max_T(self) -> int:
-        return self.k.shape[3]
-
-    def reset(self) -> None:
-        """Forget all positions (the buffers are reused)."""
-        self.pos = 0
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Gather the batch dimension by ``index`` [B'] (e.g. after SMC resampling).
-
-        ``B'`` may differ from ``B``; the buffers are replaced.
-        """
-        index = index.to(self.k.device).long()
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Write k, v [B, H, T, Dh] at ``pos`` for ``layer``; return the keys/values so far."""
-        t0, t1 = self.pos, self.pos + k.shape[2]
-        if t1 > self.max_T:
-            raise ValueError(f"KV cache overflow: {t1} > {self.max_T}")
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]  # [B, H, t1, Dh]
-
-
-# --------------------------------------------------------------------------------------------------
-# Transformer
-
-
-def _rotary_tables(max_T: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables [max_T, head_dim] (float32), each half-width table repeated twice."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    ang = torch.arange(max_T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # [T, Dh/2]
-    ang = torch.cat([ang, ang], dim=-1)  # [T, Dh]
-    return ang.cos().float(), ang.sin().float()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of ``x`` [..., Dh] by the full-width tables
-    cos/sin (broadcastable to ``x``; see :func:`_rotary_tables`): ``(x1 cos + x2 sin,
-    x2 cos - x1 sin)``, computed as ``x * cos + [x2, -x1] * sin``."""
-    d = x.shape[-1] // 2
-    swapped = torch.cat([x[..., d:], -x[..., :d]], dim=-1)  # [x2, -x1]
-    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        width = config.n_head * config.head_dim  # may differ from n_embd
-        self.q = nn.Linear(config.n_embd, width, bias=False)
-        self.k = nn.Linear(config.n_embd, width, bias=False)
-        self.v = nn.Linear(config.n_embd, width, bias=False)
-        self.o = nn.Linear(width, config.n_embd, bias=False)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None,
-        kv_cache: KVCache | None,
-    ) -> torch.Tensor:
-        B, T, _ = x.shape
-        H, Dh = self.n_head, self.head_dim
-        # one product for q, k, v (the weights stay three Linear modules in the checkpoint)
-        w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # [3 H Dh, C]
-        qkv = F.linear(x, w).view(B, T, 3, H, Dh)
-        qk, v = qkv.split([2, 1], dim=2)  # split: its backward is a cat, not zeros + copies
-        v = v.squeeze(2).transpose(1, 2)  # [B, H, T, Dh]
-        if rotary is not None:  # q and k together; tables [T, Dh] -> [T, 1, 1, Dh]
-            qk = apply_rotary(qk, rotary[0][:, None, None], rotary[1][:, None, None])
-        q, k = qk.permute(2, 0, 3, 1, 4)  # [B, H, T, Dh] each
-        pos0 = 0
-        if kv_cache is not None:
-            pos0 = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k.to(kv_cache.k.dtype), v.to(kv_cache.v.dtype))
-            k, v = k.to(q.dtype), v.to(q.dtype)  # [B, H, pos0+T, Dh]
-        if pos0 == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one query attends to all cached keys
-        else:
-            # query i (absolute position pos0+i) sees keys 0..pos0+i
-            key_pos = torch.arange(pos0 + T, device=x.device)
-            mask = key_pos[None, :] <= (pos0 + torch.arange(T, device=x.device))[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, Dh]
-        y = y.transpose(1, 2).reshape(B, T, H * Dh)  # [B, T, H*Dh]
-        return self.o(y)
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        hidden = int(config.mlp_hidden)  # type: ignore[arg-type]
-        self.up = nn.Linear(config.n_embd, 2 * hidden, bias=False)  # fused gate + value
-        self.down = nn.Linear(hidden, config.n_embd, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, val = self.up(x).chunk(2, dim=-1)  # 2 x [B, T, hidden]
-        return self.down(F.silu(gate) * val)
-
-
-class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.norm1 = nn.RMSNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config, layer_idx)
-        self.norm2 = nn.RMSNorm(config.n_embd)
-        self.mlp = SwiGLU(config)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor] | None,
-        kv_cache: KVCache | None,
-    ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rotary, kv_cache)
-        return x + self.mlp(self.norm2(x))
+__all__ = [  # the model's names, with those of its parts (arbg.nn.config, .features, .layers)
+    "ARBG",
+    "HEADS",
+    "PRESETS",
+    "BinHead",
+    "Head",
+    "KVCache",
+    "ModelConfig",
+    "TokenFeatures",
+    "apply_rotary",
+    "build_head",
+    "count_params",
+    "describe",
+    "token_features_for_system",
+]
 
 
 class ARBG(nn.Module):
@@ -410,10 +79,10 @@ class ARBG(nn.Module):
         self.residue_index_emb = nn.Embedding(config.max_residues, C)
         self.wpe = None if config.rope else nn.Embedding(int(config.max_tokens), C)  # type: ignore[arg-type]
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
-        self.norm_f = nn.RMSNorm(C)
+        self.norm_f = RMSNorm(C)
         self.head = build_head(config)
         if config.rope:
-            cos, sin = _rotary_tables(int(config.max_tokens), config.head_dim, config.rope_base)  # type: ignore[arg-type]
+            cos, sin = rotary_tables(int(config.max_tokens), config.head_dim, config.rope_base)  # type: ignore[arg-type]
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         # per-token lowest allowed bin (gauge frame: a, c > 0); empty = no constraint
@@ -592,14 +261,14 @@ class ARBG(nn.Module):
         x = self.wte(tokens)  # [B, T, C]
         if self.value_proj is not None:
             x = x + self.value_proj(self._value_features(tokens))
-        x = (
-            x
-            + self.axis_emb(f.axis)
+        # [T, C] features summed first, then broadcast over the batch once
+        x = x + (
+            self.axis_emb(f.axis)
             + self.atom_emb(f.atom_index)
             + self.atom_type_emb(f.atom_type)
             + self.residue_type_emb(f.residue_type)
             + self.residue_index_emb(f.residue_index)
-        )  # [T, C] features broadcast over the batch
+        )
         if extra is not None:
             x = x + extra
         rotary = None
