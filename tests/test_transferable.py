@@ -236,9 +236,8 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
         tok = m.shift_right(bins)
         f = m.default_features()
         x = m.wte(tok) + m.value_proj(m._value_features(tok))
-        x = (
-            x
-            + m.axis_emb(f.axis)
+        x = x + (  # the [T, C] feature embeddings summed, then broadcast over the batch
+            m.axis_emb(f.axis)
             + m.atom_emb(f.atom_index)
             + m.atom_type_emb(f.atom_type)
             + m.residue_type_emb(f.residue_type)

@@ -48,6 +48,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -81,30 +82,25 @@ LOG_SCALE_MIN = math.log(1e-5)
 LOG_SCALE_MAX = math.log(10.0)
 #: means are soft-limited to +-MEAN_LIMIT (bin range = [-1, 1])
 MEAN_LIMIT = 4.0
-_LOG_2PI = math.log(2.0 * math.pi)
-_LN2 = math.log(2.0)
+_LOG_2PI, _LN2 = math.log(2.0 * math.pi), math.log(2.0)
 
 
 # --------------------------------------------------------------------------------------------------
 # bin units
 
 
+def _float64(a: Any) -> Any:
+    return a.to(torch.float64) if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
+
+
 def values_to_z(values: Any, binning: Binning) -> Any:
     """Standardized coordinates ``z = low + u * width`` (float64) from bin-unit values ``u``."""
-    if isinstance(values, torch.Tensor):
-        return binning.low + values.to(torch.float64) * binning.width
-    import numpy as np
-
-    return binning.low + np.asarray(values, dtype=np.float64) * binning.width
+    return binning.low + _float64(values) * binning.width
 
 
 def z_to_values(z: Any, binning: Binning) -> Any:
     """Bin-unit values ``u = (z - low) / width`` (float64) of standardized coordinates."""
-    if isinstance(z, torch.Tensor):
-        return (z.to(torch.float64) - binning.low) / binning.width
-    import numpy as np
-
-    return (np.asarray(z, dtype=np.float64) - binning.low) / binning.width
+    return (_float64(z) - binning.low) / binning.width
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,11 +231,11 @@ class Head(nn.Module):
         raise NotImplementedError
 
     def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood over the valid targets (scalar)."""
-        mask = targets != -1
-        lp = self.log_prob(params, targets.clamp_min(0))
-        lp = torch.where(mask, lp, torch.zeros_like(lp))
-        return -lp.sum() / mask.sum().clamp_min(1)
+        """Mean negative log-likelihood (a log-density in bin units for a continuous head) over
+        the valid targets (scalar): bins ``-1`` and non-finite values are ignored."""
+        mask = torch.isfinite(targets) if self.continuous else targets != -1
+        lp = self.log_prob(params, torch.where(mask, targets, torch.zeros_like(targets)))
+        return -torch.where(mask, lp, torch.zeros_like(lp)).sum() / mask.sum().clamp_min(1)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Bins (int64, same shape) of samples/targets ``x``: the next position's input token."""
@@ -309,15 +305,8 @@ class BinHead(Head):
 
 
 class MixtureHead(Head):
-    """Common parametrization of the ``K``-component mixture heads (module docstring).
-
-    Parameters
-    ----------
-    n_embd : int
-    n_bins : int
-    n_mixtures : int
-        Number of components ``K``.
-    """
+    """Common parametrization of the mixture heads of ``K = n_mixtures`` components (module
+    docstring) on ``n_bins`` bins from ``n_embd`` channels."""
 
     #: value of the floor channel meaning "no floor"
     no_floor: float = 0.0
@@ -381,8 +370,6 @@ class _DiscretizedMixtureHead(MixtureHead):
     Sampling draws a component, a real value from it and takes its bin, clipped into
     ``[floor, L-1]``: exactly that distribution.
     """
-
-    no_floor = 0.0
 
     @staticmethod
     def _log_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -489,13 +476,6 @@ class GIVTHead(MixtureHead):
         value = mu_k - s_k * torch.special.ndtri(p)
         return torch.where(torch.isfinite(floor), torch.maximum(value, floor), value)
 
-    def loss(self, params: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-density (bin units) over the finite targets."""
-        mask = torch.isfinite(targets)
-        lp = self.log_prob(params, torch.where(mask, targets, torch.zeros_like(targets)))
-        lp = torch.where(mask, lp, torch.zeros_like(lp))
-        return -lp.sum() / mask.sum().clamp_min(1)
-
     def apply_floor(self, params: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
         """Truncate to ``u >= floor`` (the lower edge of bin ``floor``) where ``floor > 0``;
         bin 0 extends to ``-inf`` (its token), so a floor of 0 restricts nothing."""
@@ -503,12 +483,7 @@ class GIVTHead(MixtureHead):
         return super().apply_floor(params, torch.where(f > 0, f, torch.full_like(f, -math.inf)))
 
 
-HEADS: dict[str, type[Head]] = {
-    "bins": BinHead,
-    "mol": MoLHead,
-    "gmm": GMMHead,
-    "givt": GIVTHead,
-}
+HEADS: dict[str, type[Head]] = {"bins": BinHead, "mol": MoLHead, "gmm": GMMHead, "givt": GIVTHead}
 
 
 def build_head(config: ModelConfig) -> Head:

@@ -40,14 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import os
-import random
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,30 +51,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from arbg import checks
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
-from arbg.io import atomic_write_text, lock_dir, recover
 from arbg.nn.binning import Binning, default_n_bins, fit_binning
 from arbg.nn.conditioning import system_features
-from arbg.nn.heads import z_to_values
 from arbg.nn.model import ARBG, ModelConfig
-from arbg.nn.standardize import (
-    Standardization,
-    centre_frames,
-    fit_standardization,
-    random_rotations,
-    rotate,
-)
-from arbg.reweight import normalize_log_weights
-from arbg.train.checkpoints import (
-    copy_checkpoint,
-    load_trainer_state,
-    load_weights,
-    read_config,
-    save_checkpoint,
-)
-from arbg.train.optim import (  # noqa: F401  (re-exported)
+from arbg.nn.standardize import Standardization, centre_frames, fit_standardization
+from arbg.train.checkpoints import copy_checkpoint, load_trainer_state, read_config
+from arbg.train.config import TrainConfig, lr_factor
+from arbg.train.data import encode_frames, encode_values, marginal_baseline, normalized_weights
+from arbg.train.distributed import init_distributed, locked_output, rank_and_world_size
+from arbg.train.optim import (
     PEAK_BF16_FLOPS,
     Muon,
     build_optimizers,
@@ -86,253 +69,28 @@ from arbg.train.optim import (  # noqa: F401  (re-exported)
     newton_schulz,
     peak_flops,
 )
+from arbg.train.trainer_state import TrainerState
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters.
-
-    Defaults: the paper's optimizer recipe; ``steps=1600, batch_size=32`` were tuned for the
-    ``tiny`` preset on aldp on one CPU core (~10 minutes, val NLL ~6.10 nats/coord against a
-    marginal baseline of ~7.67). The paper trains single systems with batches of 512-1024 on a
-    GPU: raise ``batch_size`` (and lower ``steps``) there.
-
-    Attributes
-    ----------
-    preset : model size preset (``tiny``, ``small``, ``medium``, ``large``).
-    model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
-    n_bins : bins ``L``; default :func:`arbg.nn.binning.default_n_bins` of the atom count.
-    steps : total optimizer steps (defines the schedule).
-    batch_size : global batch (frames per step, split across ranks).
-    optimizer : ``"muon"`` (Muon for block matrices + AdamW for the rest) or ``"adamw"``.
-    lr_adamw, lr_muon, momentum_muon, ns_steps, betas, weight_decay : optimizer settings.
-    warmup_frac, min_lr_frac : linear warm-up fraction of ``steps``; cosine floor.
-    grad_clip : max global gradient norm (0 = off).
-    ema, ema_decay : keep an exponential moving average of the weights (saved, used for eval).
-    frame : ``"centroid"`` (published: centre of geometry removed, rotation augmentation) or
-        ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
-        augmentation needed); see :mod:`arbg.nn.standardize`.
-    augment_rotations : random 3-D rotation of every training frame (centroid frame only).
-    bf16 : bf16 autocast (CUDA only; ignored on the CPU); the weights and optimizer state stay
-        float32 (master weights).
-    grad_accum : micro-batches per optimizer step (``batch_size / world`` must divide by it):
-        large effective batches in bounded memory.
-    compile : ``torch.compile`` the model on CUDA (falls back to eager, with a warning, if
-        compilation fails); ignored on the CPU.
-    fused_ce : chunked cross-entropy of the ``bins`` head (:mod:`arbg.nn.fused_ce`), never
-        materialising the float32 [batch, tokens, bins] logits; None = on CUDA only (on the CPU
-        memory is not the limit and recomputing the logits in the backward costs time; the CPU
-        loss applies the bin floors on the floored rows only).
-    peak_tflops : the device's peak dense bf16 TFLOP/s for the MFU in the log (default: a table of
-        known GPUs; no MFU where unknown, e.g. on the CPU).
-    seed : seed of the model init and the data stream.
-    eval_every, eval_frames, eval_batch, eval_seed : validation cadence / size / fixed rotations.
-    checkpoint_every, log_every : cadence of ``last`` checkpoints and log records.
-    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
-    margin : multiplicative margin of the bin range over the largest atom radius.
-    max_minutes : stop gracefully (checkpoint saved) after this wall time in one invocation.
-    stop_after_steps : stop gracefully after this many steps in one invocation (preemption).
-    data_weights : how frame weights of a weighted dataset (biased or heated MD,
-        :attr:`arbg.data.datasets.Dataset.log_weights`) enter training. ``"plain"``: every frame
-        counts once, so the proposal learns the broad biased ensemble and over-covers rare
-        modes; SNIS corrects the rest. ``"weighted"``: weighted cross-entropy, with minibatches
-        drawn with probability proportional to the frame weights (an unbiased stochastic
-        gradient of the target-ensemble cross-entropy, with lower variance than scaling
-        per-frame losses); validation NLL is then weighted as well and picks ``best``.
-        Ignored for unweighted data.
-    patience : early stopping: stop (with ``last`` and ``best`` saved) after this many
-        consecutive evaluations without a new best validation objective; None = off. Small
-        single-system datasets overfit within a few epochs (aldp, 4,000 frames: best val NLL
-        at ~4 epochs, then rising), so the demo uses it.
-    """
-
-    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "medium", "large")})
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    n_bins: int | None = None
-    steps: int = 1600
-    batch_size: int = 32
-    optimizer: str = field(default="muon", metadata={"choices": ("muon", "adamw")})
-    lr_adamw: float = 2e-3
-    lr_muon: float = 0.02
-    momentum_muon: float = 0.95
-    ns_steps: int = 5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05
-    min_lr_frac: float = 0.0
-    grad_clip: float = 1.0
-    ema: bool = False
-    ema_decay: float = 0.999
-    frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
-    augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
-    bf16: bool = False
-    seed: int = 0
-    eval_every: int = 250
-    eval_frames: int = 1000
-    eval_batch: int = 250
-    eval_seed: int = 1234
-    checkpoint_every: int = 500
-    log_every: int = 10
-    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
-    margin: float = 1.1
-    max_minutes: float | None = None
-    stop_after_steps: int | None = None
-    data_weights: str = field(default="plain", metadata={"choices": ("plain", "weighted")})
-    patience: int | None = None
-    grad_accum: int = 1
-    compile: bool = True
-    fused_ce: bool | None = None
-    peak_tflops: float | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every setting (:mod:`arbg.checks`; messages name the CLI flag)."""
-        c = checks
-        c.one_of("--preset", self.preset, ("tiny", "small", "medium", "large"))
-        c.optional(c.int_in_range, "--n-bins", self.n_bins, 2, 1 << 20)
-        c.positive_int("--steps", self.steps)
-        c.positive_int("--batch-size", self.batch_size)
-        c.one_of("--optimizer", self.optimizer, ("muon", "adamw"))
-        c.positive_float("--lr-adamw", self.lr_adamw)
-        c.positive_float("--lr-muon", self.lr_muon)
-        c.in_range("warmup_frac", self.warmup_frac, 0.0, 1.0, high_open=True)
-        c.in_range("min_lr_frac", self.min_lr_frac, 0.0, 1.0)
-        c.nonnegative_float("grad_clip", self.grad_clip)
-        c.in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
-        c.one_of("--frame", self.frame, ("gauge", "centroid"))
-        c.nonnegative_int("--seed", self.seed)
-        c.nonnegative_int("--eval-every", self.eval_every)
-        c.positive_int("eval_frames", self.eval_frames)
-        c.positive_int("eval_batch", self.eval_batch)
-        c.nonnegative_int("--checkpoint-every", self.checkpoint_every)
-        c.positive_int("log_every", self.log_every)
-        c.in_range("margin", self.margin, 1.0, 100.0)
-        c.optional(c.positive_float, "--max-minutes", self.max_minutes)
-        c.optional(c.positive_int, "stop_after_steps", self.stop_after_steps)
-        c.one_of("--data-weights", self.data_weights, ("plain", "weighted"))
-        c.optional(c.positive_int, "--patience", self.patience)
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise c.ArgumentError(
-                f"--device: got {self.device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+__all__ = [  # with the names of the modules split from this one (config, data, distributed)
+    "PEAK_BF16_FLOPS",
+    "Muon",
+    "TrainConfig",
+    "Trainer",
+    "encode_frames",
+    "encode_values",
+    "init_distributed",
+    "locked_output",
+    "lr_factor",
+    "marginal_baseline",
+    "newton_schulz",
+    "rank_and_world_size",
+    "train",
+]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Schedule multiplier at (0-based) ``step``: linear warm-up, then cosine to ``min_lr_frac``."""
-    warm = max(1, int(round(cfg.warmup_frac * cfg.steps)))
-    if step < warm:
-        return (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
-    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-# --------------------------------------------------------------------------------------------------
-# Data and baselines
-
-
-def encode_frames(
-    x_centred: torch.Tensor,
-    standardization: Standardization,
-    binning: Binning,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, int]:
-    """Rotate (if ``generator``), standardize and bin centred frames.
-
-    Parameters
-    ----------
-    x_centred : Tensor [B, n, 3] float64, nm, centred on the centre of geometry
-    generator : torch.Generator for the random rotations, or None for no rotation
-
-    Returns
-    -------
-    bins : LongTensor [B, 3(n-1)]
-    n_clipped : int
-    """
-    if generator is not None:
-        x_centred = rotate(x_centred, random_rotations(x_centred.shape[0], generator))
-    z = standardization.forward(x_centred)  # [B, D] float64
-    return binning.encode(z)  # type: ignore[return-value]
-
-
-def encode_values(
-    x_centred: torch.Tensor,
-    standardization: Standardization,
-    binning: Binning,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, int]:
-    """:func:`encode_frames` for a continuous head (GIVT): exact values in bin units, not bins.
-
-    Returns
-    -------
-    values : float64 Tensor [B, D], ``(z - low) / width`` (not clipped)
-    n_outside : int, values outside the bin range (their input tokens are the end bins)
-    """
-    if generator is not None:
-        x_centred = rotate(x_centred, random_rotations(x_centred.shape[0], generator))
-    z = torch.as_tensor(standardization.forward(x_centred))  # [B, D] float64
-    values = z_to_values(z, binning)
-    return values, int(((values < 0) | (values >= binning.n_bins)).sum())
-
-
-def marginal_baseline(train_bins: torch.Tensor, val_bins: torch.Tensor, n_bins: int) -> float:
-    """NLL (nats per coordinate) on ``val_bins`` of per-coordinate histograms of ``train_bins``.
-
-    Parameters
-    ----------
-    train_bins : LongTensor [N, D]; val_bins : LongTensor [V, D]
-
-    Returns
-    -------
-    float: ``-mean log((count + 1) / (N + L))`` (add-one smoothing).
-    """
-    N, D = train_bins.shape
-    counts = torch.zeros(D, n_bins, dtype=torch.float64)
-    counts.scatter_add_(1, train_bins.T.contiguous(), torch.ones(D, N, dtype=torch.float64))
-    logp = torch.log((counts + 1.0) / (N + n_bins))  # [D, L]
-    lp = logp.gather(1, val_bins.T.contiguous())  # [D, V]
-    return float(-lp.mean())
-
-
-def _normalized(log_w: np.ndarray) -> np.ndarray:
-    """Normalized weights [f] float64 from unnormalised log-weights."""
-
-    return np.exp(normalize_log_weights(log_w))
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed; (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (no-op for single processes).
-
-    Returns (rank, world_size); gloo on the CPU, NCCL when CUDA is available.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-    return rank_and_world_size()
-
-
-# --------------------------------------------------------------------------------------------------
-# Trainer
-
-
-class Trainer:
+class Trainer(TrainerState):
     """Training loop state (see the module docstring); :func:`train` is the usual entry point.
 
     Parameters
@@ -429,7 +187,7 @@ class Trainer:
         # frame sampling probabilities of weighted cross-entropy (None: uniform)
         self.train_p: torch.Tensor | None = None
         if dataset.weighted and cfg.data_weights == "weighted":
-            self.train_p = torch.as_tensor(_normalized(dataset.split_log_weights("train")))
+            self.train_p = torch.as_tensor(normalized_weights(dataset.split_log_weights("train")))
             logger.info(
                 "weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
                 1.0 / float((self.train_p**2).sum()),
@@ -473,223 +231,6 @@ class Trainer:
         model = ARBG(mcfg, default_feats=system_features(self.system, self.std))
         model.set_bin_floor(self.binning.token_floor(self.std))
         return model
-
-    def _write_checkpoint(
-        self, path: Path, training: dict[str, Any], trainer_state: dict[str, Any] | None
-    ) -> None:
-        """Write one checkpoint directory (rank 0 only)."""
-        save_checkpoint(
-            path,
-            self.model,
-            self.binning,
-            self.std,
-            self.system,
-            training=training,
-            ema_model=self.ema,
-            trainer_state=trainer_state,
-        )
-
-    # ---- state
-
-    def _trainer_state(self) -> dict[str, Any]:
-        gens = [self.data_gen.get_state()]
-        if self.world > 1:
-            gens = [None] * self.world  # type: ignore[list-item]
-            dist.all_gather_object(gens, self.data_gen.get_state())
-        return {
-            "step": self.step,
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "data_generators": gens,
-            "world_size": self.world,
-            "best_val": self.best_val,
-            "evals_since_best": self.evals_since_best,
-            "early_stopped": self.early_stopped,
-            "n_clipped": self.n_clipped,
-            "train_config": self.cfg.to_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-        }
-
-    def _restore(self, st: dict[str, Any]) -> None:
-        last = self.out / "last"
-        self.model.load_state_dict(load_weights(last, "model.safetensors"))
-        if self.ema is not None:
-            ema_file = last / "ema.safetensors"
-            src = ema_file if ema_file.exists() else last / "model.safetensors"
-            self.ema.load_state_dict(load_weights(last, src.name))
-        for o, s in zip(self.optimizers, st["optimizers"], strict=True):
-            o.load_state_dict(s)
-        for o in self.optimizers:  # base_lr is config, not state
-            for g, base in zip(o.param_groups, self._base_lrs(o), strict=True):
-                g["base_lr"] = base
-        gens = st["data_generators"]
-        if len(gens) == self.world:
-            self.data_gen.set_state(gens[self.rank])
-        else:
-            logger.warning(
-                "resuming %d ranks from a %d-rank run: data streams reseeded", self.world, len(gens)
-            )
-            seed = self.cfg.seed * 1_000_003 + 7919 * self.rank + 17 + int(st["step"])
-            self.data_gen.manual_seed(seed)
-        self.step = int(st["step"])
-        self._truncate_log()
-        self.best_val = float(st["best_val"])
-        self.evals_since_best = int(st.get("evals_since_best", 0))
-        self.early_stopped = bool(st.get("early_stopped", False))
-        self.n_clipped = int(st.get("n_clipped", 0))
-        rng = st["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        old = st.get("train_config", {})
-        changed = {
-            k: (old.get(k), v)
-            for k, v in self.cfg.to_dict().items()
-            if k in old and old[k] != v and k not in ("max_minutes", "stop_after_steps")
-        }
-        if changed:
-            logger.warning("resuming with changed settings (old, new): %s", changed)
-        logger.info("resumed from %s at step %d", last, self.step)
-
-    def _base_lrs(self, opt: torch.optim.Optimizer) -> list[float]:
-        if isinstance(opt, Muon):
-            return [self.cfg.lr_muon] * len(opt.param_groups)
-        return [self.cfg.lr_adamw] * len(opt.param_groups)
-
-    # ---- evaluation
-
-    def _prepare_eval(self) -> None:
-        """Fixed, rotated val set and the two baselines (rank 0 only)."""
-        if self.rank != 0:
-            return
-        cfg = self.cfg
-        val = self.dataset.split("val")
-        if len(val) == 0:
-            logger.warning("no val frames: evaluating on the last training frames")
-            val = self.dataset.split("train")[-max(1, len(self.train_x) // 10) :]
-        idx = np.linspace(0, len(val) - 1, min(cfg.eval_frames, len(val))).round().astype(int)
-        g = torch.Generator().manual_seed(cfg.eval_seed)
-        xv = torch.as_tensor(centre_frames(val[idx]))
-        val_lw = (
-            self.dataset.split_log_weights("val")[idx]
-            if len(self.dataset.split("val"))
-            else np.zeros(len(idx))
-        )
-        self.val_w = torch.as_tensor(_normalized(val_lw)) if self.dataset.weighted else None
-        self.val_bins, n_clip = self._encode(xv, self.std, self.binning, g if self.rotate else None)
-        # conformation-dependent Jacobian (gauge frame); rotation invariant, so unrotated frames
-        self.val_logdet = torch.as_tensor(
-            np.broadcast_to(self.std.log_det(self.std.forward(xv.numpy())), (len(xv),)).copy()
-        )
-        if n_clip:
-            logger.warning("%d val coordinates fall outside the bin range", n_clip)
-        # marginal histogram of the augmented training data (enough rotated copies)
-        passes = min(50, max(1, -(-200_000 // len(self.train_x))))
-        if not self.rotate:
-            passes = 1
-        gm = torch.Generator().manual_seed(cfg.eval_seed + 1)
-        parts = [
-            encode_frames(self.train_x, self.std, self.binning, gm if self.rotate else None)[0]
-            for _ in range(passes)
-        ]
-        L = self.binning.n_bins
-        self.baselines = {
-            "uniform_nll": math.log(L),
-            "marginal_nll": marginal_baseline(
-                torch.cat(parts), self.model.head.tokens(self.val_bins), L
-            ),
-            "n_val_frames": int(len(idx)),
-        }
-        logger.info(
-            "baselines (nats/coord on %d val frames): uniform %.4f, marginal histogram %.4f",
-            len(idx),
-            self.baselines["uniform_nll"],
-            self.baselines["marginal_nll"],
-        )
-        if (self.out / "last").exists():
-            return
-        self._log({"event": "baselines", **self.baselines})
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Val NLL per coordinate (nats) and mean exact ``log q(x)`` per frame (nats, nm)."""
-        model = self.ema if self.ema is not None else self.model
-        was_training = model.training
-        model.eval()
-        logp = []
-        for s in range(0, len(self.val_bins), self.cfg.eval_batch):
-            bins = self.val_bins[s : s + self.cfg.eval_batch].to(self.device)
-            with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
-                logp.append(model.log_prob(bins).cpu())  # [b] float64
-        model.train(was_training)
-        lp = torch.cat(logp)  # [V]
-        logq = lp - self.D * math.log(self.binning.width) + self.val_logdet
-        out = {"val_nll": float(-lp.mean() / self.D), "val_logq": float(logq.mean())}
-        if self.val_w is not None:  # target-ensemble (weighted) versions
-            out["val_nll_weighted"] = float(-(self.val_w * lp).sum() / self.D)
-            out["val_logq_weighted"] = float((self.val_w * logq).sum())
-        return out
-
-    def _objective(self) -> float:
-        """The val number that picks ``best``: weighted NLL under weighted cross-entropy."""
-        if self.train_p is not None and "val_nll_weighted" in self.last_eval:
-            return self.last_eval["val_nll_weighted"]
-        return self.last_eval["val_nll"]
-
-    # ---- io
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.rank != 0:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "train_log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _truncate_log(self) -> None:
-        """Drop log records past the resumed step (written after ``last`` before a crash)."""
-        path = self.out / "train_log.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep, dropped = [], 0
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut by a crash
-                dropped += 1
-                continue
-            if int(rec.get("step", 0)) > self.step:
-                dropped += 1
-            else:
-                keep.append(line)
-        if dropped:
-            logger.info("train_log.jsonl: dropped %d records past step %d", dropped, self.step)
-            atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-    def _summary(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            **self.last_eval,
-            "best_val_nll": self.best_val,
-            "early_stopped": self.early_stopped,
-            "baselines": self.baselines,
-            "n_clipped_train": self.n_clipped,
-            "world_size": self.world,
-            "train_config": self.cfg.to_dict(),
-        }
-
-    def save(self, name: str = "last", with_state: bool = True) -> Path:
-        """Write ``out_dir/name`` (collective under DDP: every rank must call it)."""
-        state = self._trainer_state() if with_state else None
-        path = self.out / name
-        if self.rank == 0:
-            self._write_checkpoint(path, self._summary(), state)
-        return path
 
     # ---- loop
 
@@ -900,20 +441,3 @@ def train(
     init_distributed()
     with locked_output(out_dir, wait=wait):
         return Trainer(dataset, out_dir, config or TrainConfig(), progress=progress).run()
-
-
-@contextlib.contextmanager
-def locked_output(out_dir: str | Path, wait: bool = False) -> Iterator[None]:
-    """Rank 0 locks ``out_dir`` (:func:`arbg.io.lock_dir`) and finishes an interrupted
-    checkpoint commit (:func:`arbg.io.recover`) before training reads ``last``."""
-    rank, world = rank_and_world_size()
-    if rank != 0:
-        if world > 1:
-            dist.barrier()  # rank 0 recovers first
-        yield
-        return
-    with lock_dir(out_dir, wait=wait):
-        recover(out_dir)
-        if world > 1:
-            dist.barrier()
-        yield
