@@ -81,6 +81,9 @@ def test_dask_workers_equal_serial(aldp, monkeypatch):
             u = par(x)
             u2 = par(x[:60])  # Contexts are cached on the workers: same answers again
         assert par.n_tasks >= 2 and par.sec_per_eval > 0
+        assert 0 < par.task_cpu_seconds <= par.task_seconds * 1.05 + 0.01
+        # many tasks over two calls, yet each worker built the system's Context once
+        assert par.n_contexts_built == 2 < par.n_tasks
         # one Context per worker and system: the task ran where the system's XML was cached
         client = engine.client
         workers = list(client.scheduler_info()["workers"])
@@ -89,6 +92,28 @@ def test_dask_workers_equal_serial(aldp, monkeypatch):
     np.testing.assert_array_equal(u, serial)
     np.testing.assert_array_equal(u2, serial[:60])
     assert np.isinf(u[70]) and par.n_nonfinite == 1
+
+
+def test_unaligned_and_float32_batches_give_the_same_energies(aldp):
+    """Dask hands tasks unaligned arrays: copied once, not evaluated differently."""
+    from arbg.chem.energy import _energies_kj, make_context
+
+    rng = np.random.default_rng(3)
+    x = aldp.positions[None] + rng.normal(scale=0.003, size=(6, aldp.n_atoms, 3))
+    raw = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=np.float64, count=x.size, offset=1)
+    unaligned = unaligned.reshape(x.shape)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    context = make_context(aldp.create_openmm_system())
+    ref = np.array([_energies_kj(context, xi[None])[0] for xi in x])
+    np.testing.assert_array_equal(_energies_kj(context, unaligned), ref)
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(
+        _energies_kj(context, x32), _energies_kj(context, x32.astype(float))
+    )
+    # force groups as a set (every group of the system here): the same total
+    np.testing.assert_array_equal(_energies_kj(context, x, groups=set(range(32))), ref)
 
 
 def _cached_keys():
