@@ -17,7 +17,7 @@ processes outside this benchmark used during that round (0 on a quiet machine; t
 paused by tools/quiet do not count); ``per worker`` the Dask rate / (workers x bare x1) (goal
 >= 0.8); ``x 1 worker`` the speed-up of 2 workers (goal >= 1.7 on a quiet machine); ``busy`` the
 share of the workers' wall time inside the energy loop of a task (the rest: Dask's overhead and
-waiting); ``cpu`` the share of that loop's wall time the worker thread was on a core (below
+waiting); ``cpu`` the share of that loop's wall time the worker process was on a core (below
 100%: the core was shared with another process).
 """
 
@@ -39,13 +39,14 @@ from arbg.cluster import local_cluster
 
 
 class OtherLoad:
-    """CPU used by processes outside this one and its children, in cores, over a block."""
+    """CPU used by processes outside this one and its descendants, in cores, over a block."""
 
     def __init__(self):
         self.me = psutil.Process()
 
     def _mine(self) -> float:
-        total = 0.0
+        done = os.times()  # children that ended (a closed cluster's workers) and were waited for
+        total = done.children_user + done.children_system
         for p in [self.me, *self.me.children(recursive=True)]:
             try:
                 t = p.cpu_times()

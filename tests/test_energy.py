@@ -131,6 +131,28 @@ def test_plan_tasks_sizes_chunks():
     assert plan_tasks(10, 1.0, 4) == 10 and plan_tasks(3, 1.0, 4) == 3  # no empty chunk
 
 
+def test_cpu_context_runs_one_thread_whatever_the_environment(aldp, monkeypatch):
+    """A worker per core needs one OpenMM thread each: OPENMM_CPU_THREADS does not override."""
+    from arbg.chem.energy import make_context
+
+    monkeypatch.setenv("ARBG_OPENMM_PLATFORM", "CPU")
+    monkeypatch.setenv("OPENMM_CPU_THREADS", "2")
+    context = make_context(aldp.create_openmm_system())
+    platform = context.getPlatform()
+    assert platform.getName() == "CPU"
+    assert platform.getPropertyValue(context, "Threads") == "1"
+
+
+def test_assign_workers_round_robin_over_threads():
+    from arbg.chem.energy import assign_workers
+
+    two = {"tcp://b:2": 1, "tcp://a:1": 1}
+    assert assign_workers(4, two) == ["tcp://a:1", "tcp://b:2"] * 2  # equal chunks, equal shares
+    assert assign_workers(3, {"w1": 2, "w2": 1}) == ["w1", "w1", "w2"]  # by threads
+    assert assign_workers(6, {"w1": 2, "w2": 1}).count("w1") == 4
+    assert assign_workers(2, {}) == [None, None]  # no worker yet: the scheduler decides
+
+
 def test_shape_mismatch(aldp):
     with pytest.raises(ValueError, match=r"\[B, 22, 3\]"):
         aldp.reduced_energy(np.zeros((2, 21, 3)))

@@ -152,10 +152,23 @@ def plan_tasks(n: int, sec_per_eval: float, n_workers: int) -> int:
     return int(min(n, max(1, n_workers) * per_worker))
 
 
+def assign_workers(n_tasks: int, threads: dict[str, int]) -> list[str | None]:
+    """The worker each of `n_tasks` equal chunks goes to: round robin over the worker threads.
+
+    Every worker gets a share of the chunks in proportion to its threads, whatever the
+    scheduler's estimate of their load (left to itself it may give two equal chunks to one
+    of two idle workers). The restriction is loose: a chunk whose worker is gone or busy can
+    still run (or be stolen) elsewhere. None for every chunk when no worker is known yet.
+    """
+    slots = [w for w in sorted(threads) for _ in range(threads[w])]
+    return [slots[i % len(slots)] if slots else None for i in range(n_tasks)]
+
+
 def _energy_task(key: str, system_xml: str, x: np.ndarray) -> tuple[np.ndarray, float, float, bool]:
     """Dask task: energies (kJ/mol) of x [B, n, 3] nm with this worker's cached Context.
 
-    Returns the energies [B], the wall and CPU (this thread) seconds of the energy loop, and
+    Returns the energies [B], the wall and CPU seconds of the energy loop (CPU: the worker
+    process's, OpenMM's CPU platform computing in threads of its own), and
     whether the Context had to be built (a cache miss: the first task of a system on a worker).
     """
     cache = worker_cache()
@@ -168,9 +181,9 @@ def _energy_task(key: str, system_xml: str, x: np.ndarray) -> tuple[np.ndarray, 
         while len(cache) >= MAX_CACHED_CONTEXTS:
             cache.pop(next(iter(cache)))
         cache[("openmm-energy", key)] = context
-    t0, c0 = time.perf_counter(), time.thread_time()
+    t0, c0 = time.perf_counter(), time.process_time()
     e = _energies_kj(context, x)
-    return e, time.perf_counter() - t0, time.thread_time() - c0, built
+    return e, time.perf_counter() - t0, time.process_time() - c0, built
 
 
 class OpenMMEnergy:
@@ -245,10 +258,11 @@ class OpenMMEnergy:
             return np.concatenate([head, self._evaluate(x[PROBE:], engine)])
         if engine is None or self.sec_per_eval is None:
             return self._timed_local(x)
-        n_tasks = plan_tasks(len(x), self.sec_per_eval, engine.n_workers)
+        threads = engine.worker_threads()
+        n_tasks = plan_tasks(len(x), self.sec_per_eval, sum(threads.values()))
         if n_tasks == 0:
             return self._timed_local(x)
-        return self._distributed(x, engine.client, n_tasks)
+        return self._distributed(x, engine.client, assign_workers(n_tasks, threads))
 
     def _timed_local(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -260,7 +274,8 @@ class OpenMMEnergy:
         rate = seconds / max(n, 1)
         self.sec_per_eval = rate if self.sec_per_eval is None else 0.5 * (self.sec_per_eval + rate)
 
-    def _distributed(self, x: np.ndarray, client, n_tasks: int) -> np.ndarray:
+    def _distributed(self, x: np.ndarray, client, workers: list[str | None]) -> np.ndarray:
+        """Energies (kJ/mol) of x in ``len(workers)`` Dask tasks, chunk i on ``workers[i]``."""
         if self._scattered is None or self._scattered[0] is not client:
             future = client.scatter(self._xml, broadcast=True, hash=False)
             self._scattered = (client, future)
@@ -268,9 +283,18 @@ class OpenMMEnergy:
         # positions travel inside the tasks (not scattered): a task lost with its worker is
         # re-run elsewhere from what the scheduler holds; one submission per chunk keeps each
         # message small however large the batch
+        n_tasks = len(workers)
         futures = [
-            client.submit(_energy_task, self.key, xml, chunk, pure=False)
-            for chunk in np.array_split(x, n_tasks)
+            client.submit(
+                _energy_task,
+                self.key,
+                xml,
+                chunk,
+                pure=False,
+                workers=None if w is None else [w],
+                allow_other_workers=True,
+            )
+            for chunk, w in zip(np.array_split(x, n_tasks), workers, strict=True)
         ]
         results = client.gather(futures)
         self.n_tasks += n_tasks
