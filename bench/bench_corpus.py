@@ -6,11 +6,14 @@ Runs the same small corpus (fast-implicit, 1 fs, 5 ps warm-up) into a fresh temp
 directory per setting and prints ns of production MD per wall-clock hour over the whole job
 (builds, minimisation, warm-up, consolidation and the LocalCluster's start-up included; the
 start-up is also shown apart), the ratio to the in-process run per worker and the speed-up over
-one Dask worker, and checks that every setting gave the same frames. ``2 processes`` runs the
-corpus in-process in two plain processes at once (half the sequences each, no Dask, started
-together once imported): what two cores of this machine give right now, the ceiling of 2
-workers. The settings are run in interleaved rounds (best kept); ``other`` is the CPU (cores)
-used by processes outside this benchmark meanwhile (0 on a quiet machine).
+one Dask worker, and checks that every setting gave the same frames.
+
+``1 process`` is ``arbg corpus`` without Dask: the corpus run in-process, in a fresh process
+(arbg imported before the clock starts, no build or force field cached from an earlier round).
+``2 processes`` runs that in two plain processes at once (half the sequences each, started
+together): what two cores of this machine give right now, the ceiling of 2 workers. The
+settings are run in interleaved rounds (best kept); ``other`` is the CPU (cores) used by
+processes outside this benchmark meanwhile (0 on a quiet machine).
 """
 
 from __future__ import annotations
@@ -30,18 +33,14 @@ from arbg.cluster import local_cluster
 from arbg.data.corpora import CorpusConfig, parse_sequences, run_corpus
 
 
-def run(out: Path, seqs: list[str], cfg: CorpusConfig, workers: int | None) -> tuple:
-    """(ns/h, cluster start-up s, other load) of one corpus run (None: in-process, no Dask)."""
+def run(out: Path, seqs: list[str], cfg: CorpusConfig, workers: int) -> tuple:
+    """(ns/h, cluster start-up s, other load) of one corpus run on a new LocalCluster."""
     with OtherLoad() as load:
         t0 = time.perf_counter()
-        start = 0.0
-        if workers is None:
-            m = run_corpus(out, seqs, cfg, progress=False)
-        else:
-            with local_cluster(workers) as engine:
-                start = time.perf_counter() - t0
-                quiet_dask_logs()
-                m = run_corpus(out, seqs, cfg, engine=engine, progress=False)
+        with local_cluster(workers) as engine:
+            start = time.perf_counter() - t0
+            quiet_dask_logs()
+            m = run_corpus(out, seqs, cfg, engine=engine, progress=False)
         wall = time.perf_counter() - t0
     assert m["totals"]["done"] == len(seqs), m["totals"]
     return m["totals"]["ns_done"] / wall * 3600.0, start, load.cores
@@ -63,8 +62,8 @@ def _part_run(out: str, seqs: list[str], cfg: dict) -> tuple[float, float, float
     return t0, time.time(), m["totals"]["ns_done"]
 
 
-def run_processes(out: Path, seqs: list[str], cfg: CorpusConfig, k: int = 2) -> tuple:
-    """(ns/h, 0, other load) of `k` in-process corpora in `k` processes at once."""
+def run_processes(out: Path, seqs: list[str], cfg: CorpusConfig, k: int) -> tuple:
+    """(ns/h, 0, other load) of `k` in-process corpora in `k` new processes at once."""
     ctx = mp.get_context("spawn")
     parts = [seqs[i::k] for i in range(k)]
     with ProcessPoolExecutor(
@@ -100,20 +99,20 @@ def main() -> None:
     cfg = CorpusConfig(ns=args.ns, fractions=(1.0, 0.0, 0.0), warmup_ps=5.0, chunk_frames=50)
     print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
     print(f"corpus of {len(seqs)} sequences x {args.ns} ns")
-    keys = ["in-process", "2 processes", *args.workers]
+    keys = ["1 process", "2 processes", *args.workers]
     best: dict = {}
     with tempfile.TemporaryDirectory(prefix="arbg-bench-corpus-") as tmp:
         for r in range(args.rounds):  # interleaved: the machine's load hits every setting alike
             for key in keys:
                 out = Path(tmp) / f"{key}-{r}".replace(" ", "_")
-                if key == "2 processes":
-                    result = run_processes(out, seqs, cfg)
+                if isinstance(key, str):
+                    result = run_processes(out, seqs, cfg, int(key[0]))
                 else:
-                    result = run(out, seqs, cfg, None if key == "in-process" else key)
+                    result = run(out, seqs, cfg, key)
                 if key not in best or result[0] > best[key][0]:
                     best[key] = result
         report(best, args.workers)
-        ref = Path(tmp) / "in-process-0"
+        ref = Path(tmp) / "1_process-0"
         for s in seqs:
             for key in keys[1:]:
                 out = Path(tmp) / f"{key}-0".replace(" ", "_")
@@ -123,16 +122,16 @@ def main() -> None:
 
 
 def report(best: dict, workers: list[int]) -> None:
-    base, _, other = best["in-process"]
-    print(f"  in-process          {base:8.2f} ns/h  [other {other:.2f} cores]")
+    base, _, other = best["1 process"]
+    print(f"  1 process           {base:8.2f} ns/h  (no Dask)  [other {other:.2f} cores]")
     two, _, other = best["2 processes"]
     print(
-        f"  2 processes         {two:8.2f} ns/h  ({two / base:.2f} x in-process: the ceiling of"
+        f"  2 processes         {two:8.2f} ns/h  ({two / base:.2f} x 1 process: the ceiling of"
         f" 2 workers)  [other {other:.2f} cores]"
     )
     for w in workers:
         rate, start, other = best[w]
-        note = f"{rate / (w * base):.2f} x in-process per worker"
+        note = f"{rate / (w * base):.2f} x 1 process per worker"
         if w > 1 and 1 in workers:
             note += f", {rate / best[1][0]:.2f} x 1 worker, {rate / two:.2f} x 2 processes"
         print(
