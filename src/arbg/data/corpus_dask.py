@@ -138,7 +138,7 @@ def run_on_dask(
             seq,
             split_of[seq],
             config.to_dict(),
-            key=f"arbg-corpus-{seq}-{run_id}",
+            key=f"arbg-corpus-{run_id}-{seq}",  # one task group: durations learnt, work stolen
             retries=0,
         ): seq
         for seq in todo
