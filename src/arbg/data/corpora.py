@@ -437,9 +437,11 @@ def _run_locked(
 
     try:
         if engine.distributed:
-            run_on_dask(
-                out, todo, split_of, config, engine.client, _run_in_worker, record, tracker, poll_s
-            )
+            # a cluster of our own has a fixed size: feed it longest first, one task per thread
+            limit = engine.n_workers if engine.cluster is not None else None
+            client = engine.client
+            args = (out, todo, split_of, config, client, _run_in_worker, record, tracker, poll_s)
+            run_on_dask(*args, max_in_flight=limit)
         else:
             for seq in todo:
                 try:

@@ -117,11 +117,18 @@ def run_on_dask(
     record: Callable,
     tracker: Progress,
     poll_s: float,
+    *,
+    max_in_flight: int | None = None,
 ) -> None:
     """One Dask task per sequence; results are recorded as they finish (any order).
 
     `task(out_dir, sequence, split, config_dict)` runs one sequence on a worker and returns its
     manifest entry; `record(sequence, entry, error)` takes each result (entry None: failed).
+    `max_in_flight`: submit at most this many tasks at a time, the next (in `todo`'s order,
+    longest first) when one ends: on a cluster of fixed size, the next free worker takes the
+    longest sequence left (Dask assigns a task to a worker when it is submitted; a few long
+    tasks would otherwise queue behind each other on one worker while another idles). None:
+    submit every task at once (an adaptive cluster scales on that backlog).
 
     A worker that dies mid-sequence costs that sequence's frames since its last chunk: the
     scheduler re-runs the task on another worker, which resumes ``work/{SEQ}``. Exceptions
@@ -131,25 +138,25 @@ def run_on_dask(
 
     root = str(out.resolve())  # workers may run in another directory
     run_id = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(
-            task,
-            root,
-            seq,
-            split_of[seq],
-            config.to_dict(),
-            key=f"arbg-corpus-{run_id}-{seq}",  # one task group: durations learnt, work stolen
-            retries=0,
-        ): seq
-        for seq in todo
-    }
-    running = set(futures)
+    pending, futures, running = list(todo), {}, set()
+
+    def submit_more() -> None:
+        while pending and (max_in_flight is None or len(running) < max_in_flight):
+            seq = pending.pop(0)
+            key = f"arbg-corpus-{run_id}-{seq}"  # one task group: durations learnt, work stolen
+            fut = client.submit(
+                task, root, seq, split_of[seq], config.to_dict(), key=key, retries=0
+            )
+            futures[fut] = seq
+            running.add(fut)
+
+    submit_more()
     try:
         while running:
             try:
                 with client.as_current():  # wait() looks up the client of the futures there
                     done, left = wait(list(running), timeout=poll_s, return_when="FIRST_COMPLETED")
-                running = set(left)
+                running.intersection_update(left)
             except TimeoutError:
                 done = set()
             for fut in done:
@@ -159,9 +166,10 @@ def run_on_dask(
                     record(futures[fut], None, e)
                 else:
                     record(futures[fut], entry, None)
+            submit_more()
             tracker.update(partial_frames(out, [futures[f] for f in running]))
     finally:
-        client.cancel(list(running))  # pending ones; a running one finishes its chunk
+        client.cancel(list(running))  # a running task finishes its chunk; the rest never start
 
 
 def partial_frames(out: Path, sequences: Iterable[str]) -> dict[str, int]:
