@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from arbg.cluster import ClusterConfig, open_engine, use_engine
 from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
-from arbg.eval.evaluate import evaluate_run
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.eval.metrics import dihedrals
 from arbg.eval.report_tables import format_metrics
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
@@ -27,15 +28,17 @@ from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
 from arbg.experiments.demo_checks import DemoNotTrained, format_summary
 from arbg.experiments.stages import BudgetConfig
-from arbg.experiments.tuning import tune_temperature
+from arbg.experiments.tuning import TuneConfig, tune_temperature
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
 from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.binning import quantization_bound
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.nn.standardize import fit_standardization
 from arbg.reweight import kish_ess
-from arbg.sampling.runs import run_sampling, run_smc
+from arbg.sampling.config import SampleConfig, SMCConfig
+from arbg.sampling.runs import run_sampling
 from arbg.sampling.sampler import resolve_batch_size
+from arbg.sampling.smc_runs import run_smc
 from arbg.train.checkpoints import load_checkpoint
 from arbg.train.trainer import TrainConfig, train
 from arbg.train.transferable import train_transferable
@@ -253,25 +256,15 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     checks.existing_dir("run_dir", args.run_dir)
+    cfg = config_from_args(EvaluateConfig, args)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
     with lock_dir(out, wait=args.wait):
         metrics = evaluate_run(
-            args.run_dir,
-            args.reference,
-            out_dir=args.out,
-            n_eval=args.n_eval,
-            seed=args.seed,
-            repeats=args.repeats,
-            tica_lag=args.tica_lag,
-            topology=args.topology,
-            report=not args.no_report,
-            reference_weights=args.reference_weights,
-            population_weights=args.population_weights,
-            viewer=not args.no_viewer,
+            args.run_dir, args.reference, cfg, out_dir=args.out, topology=args.topology
         )
     print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
-    if not args.no_report:
+    if cfg.report:
         print(f"report: {out / 'report.html'}")
     return 0
 
@@ -296,45 +289,15 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_size(text: str) -> int | str:
-    """``--batch-size``: an integer >= 1 or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        return int(checks.argparse_type(checks.positive_int, int)(text))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected an integer >= 1 or 'auto'"
-        ) from None
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-
+    cfg = config_from_args(SampleConfig, args)
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
-    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    batch_size = args.batch_size
-    if batch_size == "auto":
-        batch_size = resolve_batch_size(
-            ck.model, "auto", ck.standardization.n_coords, args.device, args.dtype
-        )
-        print(f"batch size (auto, {args.dtype} on {args.device}): {batch_size}")
-    summary = run_sampling(
-        ck,
-        args.out,
-        n=args.n,
-        tau=args.tau,
-        seed=args.seed,
-        device=args.device,
-        energy=ck.system,
-        clip_fraction=args.clip,
-        clip_mode=None if args.clip_mode == "off" else args.clip_mode,
-        chirality=args.chirality,
-        ensemble_size=args.ensemble_size,
-        batch_size=batch_size,
-        progress=not args.quiet,
-        wait=args.wait,
-        dtype=args.dtype,
-    )
+    ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
+    if cfg.batch_size == "auto":
+        n = resolve_batch_size(ck.model, "auto", ck.standardization.n_coords, cfg.device, cfg.dtype)
+        cfg = dataclasses.replace(cfg, batch_size=n)
+        print(f"batch size (auto, {cfg.dtype} on {cfg.device}): {n}")
+    summary = run_sampling(ck, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
         f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
@@ -344,44 +307,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_smc(args: argparse.Namespace) -> int:
-
-    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_smc(
-        ck,
-        args.out,
-        n_particles=args.particles,
-        tau=args.tau,
-        seed=args.seed,
-        repeats=args.repeats,
-        resample=None if args.resample == "off" else args.resample,
-        ess_threshold=args.ess_threshold,
-        early_reject_kt=args.early_reject_kt,
-        device=args.device,
-        ensemble_size=args.ensemble_size,
-        wait=args.wait,
-    )
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("n_samples", "ess", "energy_evaluations") if k in summary}
-        )
-    )
+    cfg = config_from_args(SMCConfig, args)
+    ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
+    summary = run_smc(ck, args.out, cfg, wait=args.wait)
+    keys = ("n_samples", "ess", "energy_evaluations")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     print(f"run: {args.out} (summary.json has the SMC counts)")
     return 0
 
 
 def cmd_tune_temperature(args: argparse.Namespace) -> int:
-
-    ck = load_checkpoint(args.checkpoint, device=args.device)
+    cfg = config_from_args(TuneConfig, args)
+    ck = load_checkpoint(args.checkpoint, device=cfg.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
     result = tune_temperature(
-        ck,
-        data.split(args.split),
-        args.taus,
-        n=args.n,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        device=args.device,
-        validation_log_weights=data.split_log_weights(args.split),
+        ck, data.split(args.split), cfg, validation_log_weights=data.split_log_weights(args.split)
     )
     print(f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}")
     for r in result["rows"]:
@@ -621,29 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", required=True, help="reference MD (not the training data)")
     s.add_argument("--topology", help="PDB for array/trajectory references")
     s.add_argument("--out", help="output directory (default RUN_DIR/report)")
-    s.add_argument("--n-eval", type=int, default=10_000)
-    s.add_argument("--repeats", type=int, default=1)
-    s.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-report", action="store_true", help="metrics.json only")
-    s.add_argument(
-        "--reference-weights",
-        choices=["transport", "resample", "ignore"],
-        default="transport",
-        help="a weighted reference (biased/heated MD): transport its frame weights "
-        "into the W2 problems, resample it by weight (seeded), or ignore them",
-    )
-    s.add_argument(
-        "--population-weights",
-        choices=["unbiased", "psis", "clipped"],
-        default="unbiased",
-        help="weights of the basin populations, free-energy differences, plots and structures: "
-        "the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the clipped ones of "
-        "the W2 metrics",
-    )
-    s.add_argument(
-        "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"
-    )
+    add_config_args(s, EvaluateConfig)
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_evaluate)
 
@@ -681,28 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample with exact log q and reweight (SNIS)")
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (extended if it exists)")
-    s.add_argument("--n", type=int, default=10_000)
-    s.add_argument("--tau", type=float, default=1.0, help="sampling temperature (logits/tau)")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sequence", help="for transferable checkpoints only")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default=1024,
-        help="rows decoded in lock-step, or 'auto': the largest that fits the free device "
-        "memory (KV cache + logits; capped at 1024 on the CPU)",
-    )
-    s.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bf16"],
-        help="matrix precision of the sampler; log q is the exact density of the draws either way",
-    )
-    s.add_argument("--clip", type=float, default=0.002, help="fraction of log-weights clipped")
-    s.add_argument("--clip-mode", default="drop", choices=["drop", "cap", "off"])
-    s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
-    s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
+    add_config_args(s, SampleConfig)
     s.add_argument("--quiet", action="store_true")
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
@@ -714,29 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (new)")
     s.add_argument("--sequence", help="for transferable checkpoints only")
-    s.add_argument("--particles", type=int, default=1000, help="particles per population")
-    s.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="independent populations, combined through their evidence",
-    )
-    s.add_argument("--tau", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resample", default="systematic", choices=["systematic", "multinomial", "off"])
-    s.add_argument(
-        "--ess-threshold",
-        type=float,
-        help="resample only when ESS/M falls below this (default: always)",
-    )
-    s.add_argument(
-        "--early-reject-kt",
-        type=float,
-        default=100.0,
-        help="kill particles above min(u_k) + this at a boundary",
-    )
-    s.add_argument("--ensemble-size", type=int)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, SMCConfig, skip=("chirality",))
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 
@@ -745,11 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="the training dataset (its val split is used)")
     s.add_argument("--topology")
     s.add_argument("--split", default="val")
-    s.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
-    s.add_argument("--n", type=int, default=2000)
-    s.add_argument("--n-eval", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, TuneConfig)
     s.add_argument("--json")
     s.set_defaults(func=cmd_tune_temperature)
 
