@@ -14,7 +14,8 @@ from pathlib import Path
 from arbg import checks
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, SimulationError, run_md
-from arbg.chem.systems import build_system, make_spec
+from arbg.chem.spec import SystemOptions
+from arbg.chem.systems import build_system
 from arbg.cliflags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, open_engine, use_engine
 from arbg.configargs import add_config_args, config_from_args
@@ -51,44 +52,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ARBG_CACHE", Path.home() / ".cache" / "arbg"))
 
 
-def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        p.add_argument(
-            "system",
-            nargs="?",
-            default=None,
-            help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)",
-        )
-    p.add_argument("--sequence", help="one-letter sequence (20 standard amino acids)")
-    p.add_argument("--pdb", help="a PDB file with one peptide chain")
+def add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--capped",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="ACE/NME caps (default: zwitterionic for sequences)",
+        "system", nargs="?", help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)"
     )
-    p.add_argument(
-        "--force-field",
-        "--forcefield",  # the old spelling, still accepted
-        dest="forcefield",
-        nargs="+",
-        default=None,
-        help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
-    )
-    p.add_argument("--nonbonded", choices=["NoCutoff", "CutoffNonPeriodic"], default=None)
-    p.add_argument("--cutoff-nm", type=float, default=None)
-    p.add_argument(
-        "--temperature-k",
-        type=float,
-        default=None,
-        help="physical temperature of the target in K (not the sampling --tau)",
-    )
-    p.add_argument(
-        "--fast-implicit",
-        action="store_true",
-        help="amber99sbildn + amber99_obc, NoCutoff, 310 K (fast on CPUs)",
-    )
-    p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
+    add_config_args(p, SystemOptions)
 
 
 @contextlib.contextmanager
@@ -108,22 +76,7 @@ def cluster_engine(args: argparse.Namespace):
 
 
 def system_from_args(args: argparse.Namespace):
-
-    system = getattr(args, "system", None)
-    if system is None and args.sequence is None and args.pdb is None:
-        system = "aldp"
-    spec = make_spec(
-        system,
-        sequence=args.sequence,
-        pdb=args.pdb,
-        capped=args.capped,
-        forcefield=tuple(args.forcefield) if args.forcefield else None,
-        nonbonded=args.nonbonded,
-        cutoff_nm=args.cutoff_nm,
-        temperature_k=args.temperature_k,
-        fast_implicit=args.fast_implicit,
-        histidine=args.histidine,
-    )
+    spec = config_from_args(SystemOptions, args).spec(args.system)
     return build_system(spec, minimize=args.pdb is None)
 
 
@@ -484,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_experiment_commands(sub)
+    add_wait_args(sub)
+    apply_arg_checks(p)
+    return p
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg system`, `md`, `corpus` and `bound`."""
     s = sub.add_parser("system", help="build a peptide system and print its description")
     add_system_args(s)
     s.add_argument("--out", help="write the built peptide (canonical order) to this PDB")
@@ -556,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the rows to this JSON file")
     s.set_defaults(func=cmd_bound)
 
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg evaluate`, `train`, `train-transferable`, `sample`, `smc`, `tune-temperature`."""
     s = sub.add_parser("evaluate", help="metrics and report of a sampling run against MD")
     s.add_argument("run_dir")
     s.add_argument("--reference", required=True, help="reference MD (not the training data)")
@@ -625,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json")
     s.set_defaults(func=cmd_tune_temperature)
 
+
+def _add_experiment_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg demo`, `ablate`, `benchmark` and `zero-shot`."""
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     add_config_args(s, DemoConfig, skip=("progress",))
@@ -642,9 +611,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (resumable)")
     add_config_args(s, ZeroShotConfig)
     s.set_defaults(func=cmd_zero_shot)
-    add_wait_args(sub)
-    apply_arg_checks(p)
-    return p
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> int:
