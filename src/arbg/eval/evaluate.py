@@ -338,28 +338,25 @@ def evaluate_run(
     extra_figures: list[tuple[Path, str]] | None = None,
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an ``arbg sample`` or ``arbg smc`` run against reference MD; write metrics.json
-    and (``config.report``) the report.
+    """Evaluate a sample/smc run against reference MD: metrics.json and (config.report) report.
 
     Parameters
     ----------
     run_dir : the run directory (samples.npz, summary.json, topology.pdb).
-    reference : anything :func:`arbg.data.datasets.load_dataset` reads, or a Dataset. It should not
-        be the training data; all of its frames are used, in time order.
+    reference : what :func:`arbg.data.datasets.load_dataset` reads, or a Dataset: not the
+        training data; all of its frames are used, in time order.
     config : the settings (:class:`EvaluateConfig`; None: its defaults).
     out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
     topology : PDB of an array/trajectory reference.
-    title, extra_figures, extra_metrics : the report's title, more figures (path, caption) and
-        more entries of metrics.json.
+    title, extra_figures, extra_metrics : report title, figures (path, caption), metrics.json keys.
     """
-    cfg = config if config is not None else EvaluateConfig()
-    cfg.check()
+    (cfg := config if config is not None else EvaluateConfig()).check()
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")
-    run_system = (
-        build_system(SystemSpec.from_dict(spec), minimize=False) if isinstance(spec, dict) else None
-    )
+    run_system = None
+    if isinstance(spec, dict):
+        run_system = build_system(SystemSpec.from_dict(spec), minimize=False)
     ref = _load_reference(reference, topology, run_system)
     system = run_system if run_system is not None else ref.system
     positions = run["coords"].astype(np.float64)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +38,6 @@ from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.checkpoints import load_checkpoint, read_config
 from arbg.train.trainer import TrainConfig, train
-
-if TYPE_CHECKING:
-    from arbg.train.trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -250,8 +247,7 @@ def ensure_trained(
 
     A run is complete when ``out_dir/last`` reached ``config.steps``; an incomplete one is
     resumed by :func:`arbg.train.trainer.train` from ``last``. A directory trained with another
-    head or
-    bin count is refused.
+    head or bin count is refused.
 
     Returns
     -------
@@ -307,8 +303,7 @@ def ensure_run(
     force field); single-system checkpoints take None.
 
     The run (:func:`arbg.sampling.runs.run_sampling`) is reused when it has the same checkpoint,
-    tau and
-    sample count and is newer than the checkpoint's weights; otherwise it is deleted and redone.
+    tau and sample count and is newer than the checkpoint's weights; else it is redone.
     ``run_dir/report/metrics.json`` (:func:`arbg.eval.evaluate.evaluate_run`) is reused when it is
     newer than the samples and was made with the same ``n_eval``, seed, TICA lag and reference.
 
