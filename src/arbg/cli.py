@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -13,13 +14,14 @@ from pathlib import Path
 from arbg import checks
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, SimulationError, run_md
-from arbg.chem.systems import build_system, make_spec
+from arbg.chem.spec import SystemOptions
+from arbg.chem.systems import build_system
 from arbg.cliflags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, open_engine, use_engine
 from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, load_corpus, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset
-from arbg.eval.evaluate import evaluate_run
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.eval.metrics import dihedrals
 from arbg.eval.report_tables import format_metrics
 from arbg.experiments.ablations import ablate_bins, ablate_temperature
@@ -27,15 +29,17 @@ from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
 from arbg.experiments.demo_checks import DemoNotTrained, format_summary
 from arbg.experiments.stages import BudgetConfig
-from arbg.experiments.tuning import tune_temperature
+from arbg.experiments.tuning import TuneConfig, tune_temperature
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
 from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.binning import quantization_bound
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.nn.standardize import fit_standardization
 from arbg.reweight import kish_ess
-from arbg.sampling.runs import run_sampling, run_smc
+from arbg.sampling.config import SampleConfig, SMCConfig
+from arbg.sampling.runs import run_sampling
 from arbg.sampling.sampler import resolve_batch_size
+from arbg.sampling.smc_runs import run_smc
 from arbg.train.checkpoints import load_checkpoint
 from arbg.train.trainer import TrainConfig, train
 from arbg.train.transferable import train_transferable
@@ -48,44 +52,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ARBG_CACHE", Path.home() / ".cache" / "arbg"))
 
 
-def add_system_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        p.add_argument(
-            "system",
-            nargs="?",
-            default=None,
-            help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)",
-        )
-    p.add_argument("--sequence", help="one-letter sequence (20 standard amino acids)")
-    p.add_argument("--pdb", help="a PDB file with one peptide chain")
+def add_system_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--capped",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="ACE/NME caps (default: zwitterionic for sequences)",
+        "system", nargs="?", help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)"
     )
-    p.add_argument(
-        "--force-field",
-        "--forcefield",  # the old spelling, still accepted
-        dest="forcefield",
-        nargs="+",
-        default=None,
-        help="OpenMM force-field XML files (e.g. amber14-all.xml implicit/obc1.xml)",
-    )
-    p.add_argument("--nonbonded", choices=["NoCutoff", "CutoffNonPeriodic"], default=None)
-    p.add_argument("--cutoff-nm", type=float, default=None)
-    p.add_argument(
-        "--temperature-k",
-        type=float,
-        default=None,
-        help="physical temperature of the target in K (not the sampling --tau)",
-    )
-    p.add_argument(
-        "--fast-implicit",
-        action="store_true",
-        help="amber99sbildn + amber99_obc, NoCutoff, 310 K (fast on CPUs)",
-    )
-    p.add_argument("--histidine", choices=["HIE", "HID", "HIP"], default=None)
+    add_config_args(p, SystemOptions)
 
 
 @contextlib.contextmanager
@@ -105,22 +76,7 @@ def cluster_engine(args: argparse.Namespace):
 
 
 def system_from_args(args: argparse.Namespace):
-
-    system = getattr(args, "system", None)
-    if system is None and args.sequence is None and args.pdb is None:
-        system = "aldp"
-    spec = make_spec(
-        system,
-        sequence=args.sequence,
-        pdb=args.pdb,
-        capped=args.capped,
-        forcefield=tuple(args.forcefield) if args.forcefield else None,
-        nonbonded=args.nonbonded,
-        cutoff_nm=args.cutoff_nm,
-        temperature_k=args.temperature_k,
-        fast_implicit=args.fast_implicit,
-        histidine=args.histidine,
-    )
+    spec = config_from_args(SystemOptions, args).spec(args.system)
     return build_system(spec, minimize=args.pdb is None)
 
 
@@ -253,25 +209,15 @@ def cmd_bound(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     checks.existing_dir("run_dir", args.run_dir)
+    cfg = config_from_args(EvaluateConfig, args)
     out = Path(args.out) if args.out else Path(args.run_dir) / "report"
     with lock_dir(out, wait=args.wait):
         metrics = evaluate_run(
-            args.run_dir,
-            args.reference,
-            out_dir=args.out,
-            n_eval=args.n_eval,
-            seed=args.seed,
-            repeats=args.repeats,
-            tica_lag=args.tica_lag,
-            topology=args.topology,
-            report=not args.no_report,
-            reference_weights=args.reference_weights,
-            population_weights=args.population_weights,
-            viewer=not args.no_viewer,
+            args.run_dir, args.reference, cfg, out_dir=args.out, topology=args.topology
         )
     print(format_metrics(metrics))
     print(f"metrics: {out / 'metrics.json'}")
-    if not args.no_report:
+    if cfg.report:
         print(f"report: {out / 'report.html'}")
     return 0
 
@@ -296,45 +242,15 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_size(text: str) -> int | str:
-    """``--batch-size``: an integer >= 1 or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        return int(checks.argparse_type(checks.positive_int, int)(text))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected an integer >= 1 or 'auto'"
-        ) from None
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-
+    cfg = config_from_args(SampleConfig, args)
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
-    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    batch_size = args.batch_size
-    if batch_size == "auto":
-        batch_size = resolve_batch_size(
-            ck.model, "auto", ck.standardization.n_coords, args.device, args.dtype
-        )
-        print(f"batch size (auto, {args.dtype} on {args.device}): {batch_size}")
-    summary = run_sampling(
-        ck,
-        args.out,
-        n=args.n,
-        tau=args.tau,
-        seed=args.seed,
-        device=args.device,
-        energy=ck.system,
-        clip_fraction=args.clip,
-        clip_mode=None if args.clip_mode == "off" else args.clip_mode,
-        chirality=args.chirality,
-        ensemble_size=args.ensemble_size,
-        batch_size=batch_size,
-        progress=not args.quiet,
-        wait=args.wait,
-        dtype=args.dtype,
-    )
+    ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
+    if cfg.batch_size == "auto":
+        n = resolve_batch_size(ck.model, "auto", ck.standardization.n_coords, cfg.device, cfg.dtype)
+        cfg = dataclasses.replace(cfg, batch_size=n)
+        print(f"batch size (auto, {cfg.dtype} on {cfg.device}): {n}")
+    summary = run_sampling(ck, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(
         f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
         f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
@@ -344,44 +260,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_smc(args: argparse.Namespace) -> int:
-
-    ck = load_checkpoint(args.checkpoint, device=args.device, sequence=args.sequence)
-    summary = run_smc(
-        ck,
-        args.out,
-        n_particles=args.particles,
-        tau=args.tau,
-        seed=args.seed,
-        repeats=args.repeats,
-        resample=None if args.resample == "off" else args.resample,
-        ess_threshold=args.ess_threshold,
-        early_reject_kt=args.early_reject_kt,
-        device=args.device,
-        ensemble_size=args.ensemble_size,
-        wait=args.wait,
-    )
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("n_samples", "ess", "energy_evaluations") if k in summary}
-        )
-    )
+    cfg = config_from_args(SMCConfig, args)
+    ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
+    summary = run_smc(ck, args.out, cfg, wait=args.wait)
+    keys = ("n_samples", "ess", "energy_evaluations")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     print(f"run: {args.out} (summary.json has the SMC counts)")
     return 0
 
 
 def cmd_tune_temperature(args: argparse.Namespace) -> int:
-
-    ck = load_checkpoint(args.checkpoint, device=args.device)
+    cfg = config_from_args(TuneConfig, args)
+    ck = load_checkpoint(args.checkpoint, device=cfg.device)
     data = load_dataset(args.data, topology=args.topology, system=ck.system)
     result = tune_temperature(
-        ck,
-        data.split(args.split),
-        args.taus,
-        n=args.n,
-        n_eval=args.n_eval,
-        seed=args.seed,
-        device=args.device,
-        validation_log_weights=data.split_log_weights(args.split),
+        ck, data.split(args.split), cfg, validation_log_weights=data.split_log_weights(args.split)
     )
     print(f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}")
     for r in result["rows"]:
@@ -544,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_experiment_commands(sub)
+    add_wait_args(sub)
+    apply_arg_checks(p)
+    return p
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg system`, `md`, `corpus` and `bound`."""
     s = sub.add_parser("system", help="build a peptide system and print its description")
     add_system_args(s)
     s.add_argument("--out", help="write the built peptide (canonical order) to this PDB")
@@ -616,34 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the rows to this JSON file")
     s.set_defaults(func=cmd_bound)
 
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg evaluate`, `train`, `train-transferable`, `sample`, `smc`, `tune-temperature`."""
     s = sub.add_parser("evaluate", help="metrics and report of a sampling run against MD")
     s.add_argument("run_dir")
     s.add_argument("--reference", required=True, help="reference MD (not the training data)")
     s.add_argument("--topology", help="PDB for array/trajectory references")
     s.add_argument("--out", help="output directory (default RUN_DIR/report)")
-    s.add_argument("--n-eval", type=int, default=10_000)
-    s.add_argument("--repeats", type=int, default=1)
-    s.add_argument("--tica-lag", type=int, default=100, help="TICA lag in reference frames")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-report", action="store_true", help="metrics.json only")
-    s.add_argument(
-        "--reference-weights",
-        choices=["transport", "resample", "ignore"],
-        default="transport",
-        help="a weighted reference (biased/heated MD): transport its frame weights "
-        "into the W2 problems, resample it by weight (seeded), or ignore them",
-    )
-    s.add_argument(
-        "--population-weights",
-        choices=["unbiased", "psis", "clipped"],
-        default="unbiased",
-        help="weights of the basin populations, free-energy differences, plots and structures: "
-        "the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the clipped ones of "
-        "the W2 metrics",
-    )
-    s.add_argument(
-        "--no-viewer", action="store_true", help="report without the interactive 3-D viewer"
-    )
+    add_config_args(s, EvaluateConfig)
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_evaluate)
 
@@ -681,28 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample with exact log q and reweight (SNIS)")
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (extended if it exists)")
-    s.add_argument("--n", type=int, default=10_000)
-    s.add_argument("--tau", type=float, default=1.0, help="sampling temperature (logits/tau)")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sequence", help="for transferable checkpoints only")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument(
-        "--batch-size",
-        type=_batch_size,
-        default=1024,
-        help="rows decoded in lock-step, or 'auto': the largest that fits the free device "
-        "memory (KV cache + logits; capped at 1024 on the CPU)",
-    )
-    s.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bf16"],
-        help="matrix precision of the sampler; log q is the exact density of the draws either way",
-    )
-    s.add_argument("--clip", type=float, default=0.002, help="fraction of log-weights clipped")
-    s.add_argument("--clip-mode", default="drop", choices=["drop", "cap", "off"])
-    s.add_argument("--chirality", default="zero", choices=["zero", "mirror"])
-    s.add_argument("--ensemble-size", type=int, help="size of ensemble.dcd (default: N)")
+    add_config_args(s, SampleConfig)
     s.add_argument("--quiet", action="store_true")
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
@@ -714,29 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (new)")
     s.add_argument("--sequence", help="for transferable checkpoints only")
-    s.add_argument("--particles", type=int, default=1000, help="particles per population")
-    s.add_argument(
-        "--repeats",
-        type=int,
-        default=1,
-        help="independent populations, combined through their evidence",
-    )
-    s.add_argument("--tau", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resample", default="systematic", choices=["systematic", "multinomial", "off"])
-    s.add_argument(
-        "--ess-threshold",
-        type=float,
-        help="resample only when ESS/M falls below this (default: always)",
-    )
-    s.add_argument(
-        "--early-reject-kt",
-        type=float,
-        default=100.0,
-        help="kill particles above min(u_k) + this at a boundary",
-    )
-    s.add_argument("--ensemble-size", type=int)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, SMCConfig, skip=("chirality",))
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 
@@ -745,14 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="the training dataset (its val split is used)")
     s.add_argument("--topology")
     s.add_argument("--split", default="val")
-    s.add_argument("--taus", type=float, nargs="+", default=[0.9, 0.95, 1.0, 1.03, 1.06, 1.1])
-    s.add_argument("--n", type=int, default=2000)
-    s.add_argument("--n-eval", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_config_args(s, TuneConfig)
     s.add_argument("--json")
     s.set_defaults(func=cmd_tune_temperature)
 
+
+def _add_experiment_commands(sub: argparse._SubParsersAction) -> None:
+    """`arbg demo`, `ablate`, `benchmark` and `zero-shot`."""
     s = sub.add_parser("demo", help="the end-to-end demo on alanine dipeptide")
     s.add_argument("--out", help="output directory (default runs/demo or runs/demo-quick)")
     add_config_args(s, DemoConfig, skip=("progress",))
@@ -770,9 +611,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (resumable)")
     add_config_args(s, ZeroShotConfig)
     s.set_defaults(func=cmd_zero_shot)
-    add_wait_args(sub)
-    apply_arg_checks(p)
-    return p
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> int:

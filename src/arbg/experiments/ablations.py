@@ -46,6 +46,7 @@ from arbg.experiments.stages import (
     stats,
     tau_name,
 )
+from arbg.experiments.tuning import TuneConfig
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.nn.binning import quantization_bound
 from arbg.train.checkpoints import load_checkpoint, read_config
@@ -375,12 +376,8 @@ def ablate_temperature(
                 ref.positions,
                 ref.log_weights,
                 out / "curves" / f"seed{seed}.json",
-                taus,
-                n=n_samples,
-                n_eval=n_eval,
-                seed=1000 * int(seed),
-                device=device,
-                log=log,
+                TuneConfig(tuple(taus), n_samples, n_eval, 1000 * int(seed), device),
+                log,
             )
         )
     rows = []

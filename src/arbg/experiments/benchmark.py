@@ -12,7 +12,7 @@ the training data by :func:`arbg.experiments.tuning.tune_temperature` (every hea
 only the heads
 in ``tune_heads``); the tuned model is then sampled again at its tau. MD at the same
 energy-evaluation budget (one force evaluation per integration step, so ``n_samples`` steps) is
-evaluated by :func:`arbg.eval.evaluate.md_cost_curve` on consecutive blocks of the training MD, one
+evaluated by :func:`arbg.eval.cost.md_cost_curve` on consecutive blocks of the training MD, one
 block per seed.
 
 Layout of the output directory ``DIR`` (every stage is reused when complete)::
@@ -56,6 +56,7 @@ from arbg.experiments.stages import (
     stats,
     tau_name,
 )
+from arbg.experiments.tuning import TuneConfig
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.nn.heads import HEADS
 
@@ -295,12 +296,8 @@ def run_benchmark(
                     data.split("val"),
                     data.split_log_weights("val"),
                     out / "tune" / f"{key}.json",
-                    cfg.taus,
-                    n=cfg.tune_n,
-                    n_eval=cfg.tune_n_eval,
-                    seed=seed,
-                    device=cfg.device,
-                    log=log,
+                    TuneConfig(tuple(cfg.taus), cfg.tune_n, cfg.tune_n_eval, seed, cfg.device),
+                    log,
                 )
                 tau = float(tune["best_tau"])
                 run_dir = out / "runs" / f"{key}-{tau_name(tau)}"
