@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from arbg import checks
+from arbg.chem.geometry import dihedrals
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 from arbg.reweight import kish_ess
@@ -293,6 +294,30 @@ def load_dataset(
             raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
     return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)}, log_w)
+
+
+def weighting_summary(
+    data: Dataset, sampling_temperature_k: float, biased: bool, out_dir: str | Path
+) -> list[str]:
+    """What the weights of a weighted ``arbg md`` run amount to, as lines of text.
+
+    The temperatures, the Kish ESS and where the log-weights are; when the system has a phi
+    dihedral, P(phi1 > 0) of the frames as sampled and after reweighting.
+    """
+    target = data.system.temperature_k
+    lines = [
+        f"weighted frames: sampled at {sampling_temperature_k:g} K for {target:g} K"
+        f"{' under a dihedral bias' if biased else ''}; Kish ESS {kish_ess(data.log_weights):.1f}"
+        f" of {len(data)}; log-weights in {Path(out_dir) / 'log_weights.npy'} (unnormalised)"
+    ]
+    if len(data.system.phi_indices):
+        phi = dihedrals(data.positions, data.system.phi_indices[:1])[:, 0]
+        w = np.exp(data.log_weights - data.log_weights.max())
+        lines.append(
+            f"P(phi1 > 0): raw {np.mean(phi > 0):.4f}, reweighted "
+            f"{np.sum(w * (phi > 0)) / np.sum(w):.4f}"
+        )
+    return lines
 
 
 def _load_npz_frames(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
