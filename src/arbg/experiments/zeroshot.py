@@ -13,7 +13,7 @@ sequence of a corpus split (default ``test``), :func:`evaluate_zero_shot`
    T-W2 and TICA-W2 of the proposal and of the reweighted ensemble, the MD-vs-MD floor;
 3. evaluates MD that spent the same number of energy evaluations (one force evaluation per
    integration step: the first ``n_samples`` steps of the sequence's MD, at its saved stride;
-   :func:`arbg.experiments.stages.md_at_budget`).
+   :func:`arbg.experiments.md_baseline.md_at_budget`).
 
 Everything is resumable: a sequence whose run and metrics exist with the same settings is reused.
 The table (``table.md``, ``table.html``) has one row per sequence and the mean over sequences;
@@ -34,7 +34,8 @@ import numpy as np
 
 from arbg.data.corpora import load_corpus
 from arbg.eval.htmlkit import esc, html_table_page
-from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
+from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
+from arbg.experiments.stages import BudgetConfig, ensure_run
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.train.checkpoints import read_config
 
