@@ -283,7 +283,7 @@ def test_cli_train_transferable_and_sample(tmp_path, monkeypatch, capsys):
     from arbg.cli import main
 
     corpus = synthetic_corpus({"AA": "train", "GS": "train"}, n_frames=12)
-    monkeypatch.setattr("arbg.cli.load_corpus", lambda path: corpus)
+    monkeypatch.setattr("arbg.cli._model.load_corpus", lambda path: corpus)
     out = tmp_path / "t"
     assert (
         main(

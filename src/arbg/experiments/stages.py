@@ -8,8 +8,8 @@ Each stage reuses its output when it is complete and was made with the same sett
   evaluations at one tau, SNIS) and :func:`arbg.eval.evaluate.evaluate_run`
   (``report/metrics.json``).
 - :func:`ensure_tuned`: :func:`arbg.experiments.tuning.tune_temperature`, cached as JSON.
-- :func:`md_at_budget`: MD with the same number of energy evaluations
-  (:func:`arbg.eval.cost.md_cost_curve`).
+
+MD with the same number of energy evaluations is :mod:`arbg.experiments.md_baseline`.
 
 :class:`BudgetConfig` is the budget every trained model gets; :class:`StageLog` records what each
 stage did (ran or reused, seconds).
@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.cost import md_cost_curve
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.experiments.tuning import TuneConfig, tune_temperature
 from arbg.io import atomic_write_json
@@ -312,8 +311,21 @@ def ensure_run(
     dict: the content of metrics.json (``metrics[ensemble][e_w2|t_w2|tica_w2]``, ESS, ...).
     """
 
-    ckpt = Path(checkpoint).resolve()
     run = Path(run_dir)
+    _ensure_samples(Path(checkpoint).resolve(), run, budget, tau, seed, log, sequence)
+    return _ensure_metrics(run, reference, budget, seed, log)
+
+
+def _ensure_samples(
+    ckpt: Path,
+    run: Path,
+    budget: BudgetConfig,
+    tau: float,
+    seed: int,
+    log: StageLog | None,
+    sequence: str | None,
+) -> None:
+    """The sampling stage of :func:`ensure_run`: redo a run made otherwise or interrupted."""
     samples, summary_path = run / "samples.npz", run / "summary.json"
     t0 = time.time()
     if samples.exists() and summary_path.exists():
@@ -346,6 +358,12 @@ def ensure_run(
     if log is not None:
         log.add("sample", run.name, ran, time.time() - t0)
 
+
+def _ensure_metrics(
+    run: Path, reference: Dataset, budget: BudgetConfig, seed: int, log: StageLog | None
+) -> dict[str, Any]:
+    """The evaluation stage of :func:`ensure_run`: ``report/metrics.json``, reused when it is
+    newer than the samples and was asked for the same way."""
     t0 = time.time()
     metrics_path = run / "report" / "metrics.json"
     request = {
@@ -355,7 +373,7 @@ def ensure_run(
         "reference": dataset_id(reference),
     }
     ran = True
-    if metrics_path.exists() and _mtime(metrics_path) >= _mtime(samples):
+    if metrics_path.exists() and _mtime(metrics_path) >= _mtime(run / "samples.npz"):
         if json.loads(metrics_path.read_text()).get("benchmark_request") == request:
             ran = False
     if ran:
@@ -424,77 +442,3 @@ def ensure_tuned(
     if log is not None:
         log.add("tune", path.stem, True, time.time() - t0)
     return result
-
-
-def md_steps_per_frame(data: Dataset) -> int | None:
-    """Integration steps per saved frame recorded by ``arbg md`` (None when unknown)."""
-    meta = data.metadata
-    if "frame_interval_ps" in meta and "step_fs" in meta:
-        return max(1, int(round(float(meta["frame_interval_ps"]) * 1000 / float(meta["step_fs"]))))
-    return None
-
-
-def md_at_budget(
-    data: Dataset,
-    reference: Dataset,
-    budget: int,
-    seeds: Sequence[int],
-    steps_per_frame: int,
-    n_eval: int,
-) -> dict[str, Any]:
-    """E-W2 and T-W2 of MD that spent ``budget`` energy evaluations, one block per seed.
-
-    Repeat ``i`` takes the ``i``-th block of ``budget // steps_per_frame`` consecutive frames of
-    ``data`` (time order) and evaluates it with :func:`arbg.eval.cost.md_cost_curve` (at most
-    ``n_eval`` frames per side); weighted (biased or heated) data transport their frame
-    weights. Blocks with fewer than 2 frames, or beyond the data, are left out (a NaN row when
-    none is left).
-    """
-
-    n_md = budget // steps_per_frame
-    empty = np.zeros((0, data.system.n_atoms, 3))
-    e, t, blocks = [], [], []
-    for i, seed in enumerate(seeds):
-        start = i * n_md
-        if n_md < 2 or start + n_md > len(data):
-            logger.warning(
-                "MD at %d energy evaluations: block %d (%d frames from frame %d) "
-                "is not available in %d frames",
-                budget,
-                i,
-                n_md,
-                start,
-                len(data),
-            )
-            continue
-        # weighted (biased/heated) MD transports its exact frame weights
-        weights = {"md_log_weights": data.log_weights[start:]} if data.weighted else {}
-        curve = md_cost_curve(
-            data.system,
-            data.positions[start:],
-            steps_per_frame,
-            empty,
-            np.zeros(0),
-            np.zeros(0),
-            reference,
-            [budget],
-            n_max=n_eval,
-            seed=seed,
-            **weights,
-        )
-        e.append(curve["md"]["e_w2"][0])
-        t.append(curve["md"]["t_w2"][0])
-        blocks.append([start, start + n_md])
-    if data.weighted:
-        logger.info(
-            "MD at %d energy evaluations: weighted training MD, its frame weights are transported",
-            budget,
-        )
-    return {
-        "budget": int(budget),
-        "steps_per_frame": int(steps_per_frame),
-        "n_frames": int(n_md),
-        "blocks": blocks,
-        "e_w2": stats(e),
-        "t_w2": stats(t),
-    }

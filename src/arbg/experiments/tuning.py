@@ -122,3 +122,13 @@ def tune_temperature(
         rows.append(row)
     best = min(rows, key=lambda r: r["score"])
     return {"rows": rows, "best_tau": best["tau"], "n": n, "n_eval": n_eval, "seed": seed}
+
+
+def format_tune_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows of :func:`tune_temperature` as a text table (tau, E-W2, T-W2, sum, ESS)."""
+    lines = [f"{'tau':>6s} {'E-W2':>8s} {'T-W2':>8s} {'sum':>8s} {'ESS':>8s}"]
+    for r in rows:
+        lines.append(
+            f"{r['tau']:6.3f} {r['e_w2']:8.3f} {r['t_w2']:8.3f} {r['score']:8.3f} {r['ess']:8.1f}"
+        )
+    return lines

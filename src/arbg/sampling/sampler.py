@@ -186,6 +186,7 @@ def resolve_batch_size(
     return int(batch_size)
 
 
+# long: a 57-line numpy docstring (12 parameters, three engines); the chunk loop is _draw_chunks
 def sample_bins(
     model: ARBG,
     n: int,
@@ -268,9 +269,36 @@ def sample_bins(
     static = use_cache and engine != "eager" and static_supported(model, f)
     if engine == "static" and not static:
         raise ValueError("engine='static' needs the bins head, shared [T] features and use_cache")
+    out_bins, out_lp, out_val = _draw_chunks(
+        model, n, f, tau, generator, batch_size, static, use_cache, dtype, progress
+    )
+    if not out_bins:
+        res = (torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64))
+        values = torch.empty(0, T, dtype=torch.float64) if continuous else None
+    else:
+        res = (torch.cat(out_bins), torch.cat(out_lp))
+        values = torch.cat(out_val) if continuous else None
+    return (*res, values) if return_values else res
+
+
+def _draw_chunks(
+    model: ARBG,
+    n: int,
+    f: TokenFeatures,
+    tau: float,
+    generator: torch.Generator,
+    batch_size: int,
+    static: bool,
+    use_cache: bool,
+    dtype: torch.dtype,
+    progress: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The chunks of :func:`sample_bins` in order (one decoder or KV cache reused while the
+    chunk size stays): bins, log pi and (continuous heads) values per chunk, on the CPU."""
+    T = len(f)
     from tqdm.auto import tqdm
 
-    out_bins, out_lp, out_val = [], [], []
+    out_bins, out_lp, out_val = [], [], []  # per chunk, on the CPU
     cache: KVCache | StaticDecoder | None = None
     # the bar moves token by token (a batch takes minutes on a loaded CPU), redrawn every 2 s
     fmt = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
@@ -296,13 +324,7 @@ def sample_bins(
             if val is not None:
                 out_val.append(val.cpu())
             bar.n = s + b  # exact count (no float drift)
-    if not out_bins:
-        res = (torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64))
-        values = torch.empty(0, T, dtype=torch.float64) if continuous else None
-    else:
-        res = (torch.cat(out_bins), torch.cat(out_lp))
-        values = torch.cat(out_val) if continuous else None
-    return (*res, values) if return_values else res
+    return out_bins, out_lp, out_val
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,6 +393,7 @@ class SampleBatch:
         }
 
 
+# long: 14 parameters and their docstring; the body is one recipe (draw, decode, chirality)
 def generate(
     model: ARBG,
     binning: Binning,
