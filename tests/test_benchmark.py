@@ -12,7 +12,12 @@ import pytest
 from test_train import synthetic_dataset
 
 from arbg.cli import main
-from arbg.experiments.ablations import ablate_bins, ablate_temperature, check_bins
+from arbg.experiments.ablations import (
+    AblateTemperatureConfig,
+    ablate_bins,
+    ablate_temperature,
+    check_bins,
+)
 from arbg.experiments.benchmark import BenchmarkConfig, format_table, rank_marks, run_benchmark
 from arbg.experiments.stages import BudgetConfig, ensure_trained, make_train_config, stats
 
@@ -250,9 +255,10 @@ def test_ablate_temperature(tmp_path, data, reference, capsys):
         data, tmp_path / "model", make_train_config(BudgetConfig(**budget()), "bins", 0)
     )
     taus = [0.9, 1.0, 1.2]
-    res = ablate_temperature(
-        ckpt, reference, tmp_path / "abl", taus, n_samples=20, n_eval=10, seeds=[0, 1], device="cpu"
+    abl_cfg = AblateTemperatureConfig(
+        tuple(taus), n_samples=20, n_eval=10, seeds=(0, 1), device="cpu"
     )
+    res = ablate_temperature(ckpt, reference, tmp_path / "abl", abl_cfg)
     assert [r["tau"] for r in res["rows"]] == taus and res["best_tau"] in taus
     for r in res["rows"]:
         assert r["e_w2"]["n"] == 2 and math.isfinite(r["t_w2"]["mean"])
@@ -260,9 +266,7 @@ def test_ablate_temperature(tmp_path, data, reference, capsys):
     for name in ("json", "csv", "png"):
         assert Path(res["paths"][name]).exists()
     assert len((tmp_path / "abl" / "ablate_temperature.csv").read_text().splitlines()) == 4
-    again = ablate_temperature(
-        ckpt, reference, tmp_path / "abl", taus, n_samples=20, n_eval=10, seeds=[0, 1], device="cpu"
-    )
+    again = ablate_temperature(ckpt, reference, tmp_path / "abl", abl_cfg)
     assert again["ran"] == [] and again["rows"] == res["rows"]
     # through the CLI, with the reference from disk
     pdb, ref = tmp_path / "ref.pdb", tmp_path / "ref.npy"
@@ -317,7 +321,7 @@ def test_bad_input(tmp_path, data, reference):
     with pytest.raises(ValueError, match="seed"):
         BudgetConfig(seeds=[]).validate()
     with pytest.raises(ValueError, match="taus"):
-        ablate_temperature(tmp_path, reference, tmp_path / "t", [])
+        ablate_temperature(tmp_path, reference, tmp_path / "t", AblateTemperatureConfig(taus=()))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

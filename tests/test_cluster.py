@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -239,7 +240,6 @@ def test_build_is_the_same_whatever_the_threads_and_run():
 def test_task_waits_for_a_run_of_its_sequence_then_skips_it(tmp_path, monkeypatch):
     """A resumed client's task meets a task of the killed client still running: it waits for
     that run's lock instead of failing, then finds the sequence finished (no second MD)."""
-    import threading
 
     import arbg.data.corpora as C
 
@@ -291,3 +291,50 @@ def test_failed_task_is_recorded_and_the_rest_finish(tmp_path):
     assert m["sequences"]["GG"]["status"] == "failed"
     assert "holds a run with different" in m["sequences"]["GG"]["error"]
     assert m["totals"]["done"] == 1 and m["totals"]["failed"] == 1
+
+
+_LIVE = {"now": 0, "max": 0}
+_LIVE_LOCK = threading.Lock()
+
+
+def _counting_task(out_dir: str, sequence: str, split: str, config: dict) -> dict:
+    with _LIVE_LOCK:
+        _LIVE["now"] += 1
+        _LIVE["max"] = max(_LIVE["max"], _LIVE["now"])
+    time.sleep(0.2)
+    with _LIVE_LOCK:
+        _LIVE["now"] -= 1
+    return {"sequence": sequence}
+
+
+@pytest.mark.parametrize("limit", [1, None])
+def test_corpus_tasks_fed_at_most_max_in_flight(tmp_path, limit):
+    """On a cluster of fixed size the client feeds tasks one per free thread, longest first."""
+    from distributed import Client, LocalCluster
+
+    from arbg.data.corpus_dask import run_on_dask
+
+    todo = ["AAA", "AA", "GA", "GG"]
+    _LIVE.update(now=0, max=0)
+    recorded = []
+    tracker = type("Tracker", (), {"update": lambda self, partial: None})()
+    cfg = CorpusConfig(ns=0.004, fractions=(1.0, 0.0, 0.0))
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            run_on_dask(
+                tmp_path,
+                todo,
+                dict.fromkeys(todo, "train"),
+                cfg,
+                client,
+                _counting_task,
+                lambda seq, entry, error: recorded.append((seq, entry, error)),
+                tracker,
+                0.05,
+                max_in_flight=limit,
+            )
+    assert sorted(s for s, _, _ in recorded) == sorted(todo)
+    assert all(e == {"sequence": s} and err is None for s, e, err in recorded)
+    assert _LIVE["max"] == (1 if limit == 1 else 2)
+    if limit == 1:
+        assert [s for s, _, _ in recorded] == todo  # one at a time, in the given order

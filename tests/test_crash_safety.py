@@ -171,9 +171,10 @@ def parts():
 
 
 def _sample(parts, out, seed):
+    from arbg.sampling.config import SampleConfig
     from arbg.sampling.runs import run_sampling
 
-    return run_sampling(parts, out, n=6, seed=seed, batch_size=6, energy=parts.system)
+    return run_sampling(parts, out, SampleConfig(n=6, seed=seed, batch_size=6), energy=parts.system)
 
 
 def test_sample_killed_between_every_pair_of_writes_recovers(tmp_path, monkeypatch, parts):

@@ -134,12 +134,13 @@ def test_full_demo_stops_before_sampling_an_untrained_model(tmp_path):
 
 def test_cli_demo_exit_status_and_message(monkeypatch, tmp_path, capsys):
     import arbg.cli as cli
+    import arbg.cli._experiments as experiments_cli
 
     def not_trained(out, cfg):
         assert cfg.reset_schedule and cfg.train_minutes == 30
         raise DemoNotTrained("the model is not trained: because")
 
-    monkeypatch.setattr(cli, "run_demo", not_trained)
+    monkeypatch.setattr(experiments_cli, "run_demo", not_trained)
     argv = ["demo", "--out", str(tmp_path), "--reset-schedule", "--train-minutes", "30"]
     assert cli.main(argv) == 3
     assert "arbg demo: the model is not trained: because" in capsys.readouterr().err

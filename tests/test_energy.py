@@ -81,6 +81,9 @@ def test_dask_workers_equal_serial(aldp, monkeypatch):
             u = par(x)
             u2 = par(x[:60])  # Contexts are cached on the workers: same answers again
         assert par.n_tasks >= 2 and par.sec_per_eval > 0
+        assert 0 < par.task_cpu_seconds <= par.task_seconds * 1.05 + 0.01
+        # many tasks over two calls, yet each worker built the system's Context once
+        assert par.n_contexts_built == 2 < par.n_tasks
         # one Context per worker and system: the task ran where the system's XML was cached
         client = engine.client
         workers = list(client.scheduler_info()["workers"])
@@ -89,6 +92,28 @@ def test_dask_workers_equal_serial(aldp, monkeypatch):
     np.testing.assert_array_equal(u, serial)
     np.testing.assert_array_equal(u2, serial[:60])
     assert np.isinf(u[70]) and par.n_nonfinite == 1
+
+
+def test_unaligned_and_float32_batches_give_the_same_energies(aldp):
+    """Dask hands tasks unaligned arrays: copied once, not evaluated differently."""
+    from arbg.chem.energy import _energies_kj, make_context
+
+    rng = np.random.default_rng(3)
+    x = aldp.positions[None] + rng.normal(scale=0.003, size=(6, aldp.n_atoms, 3))
+    raw = np.zeros(x.nbytes + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(raw.data, dtype=np.float64, count=x.size, offset=1)
+    unaligned = unaligned.reshape(x.shape)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    context = make_context(aldp.create_openmm_system())
+    ref = np.array([_energies_kj(context, xi[None])[0] for xi in x])
+    np.testing.assert_array_equal(_energies_kj(context, unaligned), ref)
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(
+        _energies_kj(context, x32), _energies_kj(context, x32.astype(float))
+    )
+    # force groups as a set (every group of the system here): the same total
+    np.testing.assert_array_equal(_energies_kj(context, x, groups=set(range(32))), ref)
 
 
 def _cached_keys():
@@ -104,6 +129,28 @@ def test_plan_tasks_sizes_chunks():
     assert plan_tasks(100_000, 3e-5, 2) == 2 * round(3.0 / 2 / TARGET_TASK_S)  # ~0.25 s tasks
     assert plan_tasks(100_000, 3e-5, 2) % 2 == 0
     assert plan_tasks(10, 1.0, 4) == 10 and plan_tasks(3, 1.0, 4) == 3  # no empty chunk
+
+
+def test_cpu_context_runs_one_thread_whatever_the_environment(aldp, monkeypatch):
+    """A worker per core needs one OpenMM thread each: OPENMM_CPU_THREADS does not override."""
+    from arbg.chem.energy import make_context
+
+    monkeypatch.setenv("ARBG_OPENMM_PLATFORM", "CPU")
+    monkeypatch.setenv("OPENMM_CPU_THREADS", "2")
+    context = make_context(aldp.create_openmm_system())
+    platform = context.getPlatform()
+    assert platform.getName() == "CPU"
+    assert platform.getPropertyValue(context, "Threads") == "1"
+
+
+def test_assign_workers_round_robin_over_threads():
+    from arbg.chem.energy import assign_workers
+
+    two = {"tcp://b:2": 1, "tcp://a:1": 1}
+    assert assign_workers(4, two) == ["tcp://a:1", "tcp://b:2"] * 2  # equal chunks, equal shares
+    assert assign_workers(3, {"w1": 2, "w2": 1}) == ["w1", "w1", "w2"]  # by threads
+    assert assign_workers(6, {"w1": 2, "w2": 1}).count("w1") == 4
+    assert assign_workers(2, {}) == [None, None]  # no worker yet: the scheduler decides
 
 
 def test_shape_mismatch(aldp):

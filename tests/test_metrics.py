@@ -213,3 +213,13 @@ def test_evaluate_ensemble_small():
             backbone_indices=np.arange(6),
             n_eval=500,
         )
+
+
+def test_basin_populations_all_in_one_basin_has_zero_error():
+    # 2000 equal weights 1/n sum to 1 + 2e-16; the iid error must still be 0, not a domain error
+    n = 2000
+    phi, psi = np.full(n, -1.2), np.full(n, 2.5)  # all beta/C7eq/PII
+    pops = basin_populations(phi, psi)["basins"]
+    assert pops["beta_C7eq_PII"]["p"] == 1.0
+    assert pops["beta_C7eq_PII"]["se"] == 0.0
+    assert pops["alphaL_C7ax"]["p"] == 0.0

@@ -287,16 +287,17 @@ def test_report_of_an_smc_run(tmp_path):
     from test_smc_peptide import NOISE_NM, _trained_parts
 
     from arbg.chem.systems import build_system
-    from arbg.eval.evaluate import evaluate_run
-    from arbg.sampling.runs import run_smc
+    from arbg.eval.evaluate import EvaluateConfig, evaluate_run
+    from arbg.sampling.config import SMCConfig
+    from arbg.sampling.smc_runs import run_smc
 
     system = build_system("ace-aaa-nme")
     parts = _trained_parts(system, steps=60)
-    run_smc(parts, tmp_path / "smc", n_particles=24, seed=3, repeats=2, early_reject_kt=100.0)
+    run_smc(parts, tmp_path / "smc", SMCConfig(n_particles=24, seed=3, repeats=2))
     rng = np.random.default_rng(5)
     ref_x = system.positions[None] + NOISE_NM * rng.standard_normal((200, system.n_atoms, 3))
     reference = Dataset(ref_x, system, {"test": [0, 200]}, {"source": "jitter"}, np.zeros(200))
-    metrics = evaluate_run(tmp_path / "smc", reference, n_eval=40, tica_lag=2)
+    metrics = evaluate_run(tmp_path / "smc", reference, EvaluateConfig(n_eval=40, tica_lag=2))
     text = (tmp_path / "smc" / "report" / "report.html").read_text()
     assert "twisted SMC (arbg smc)" in text and "partial (prefix) evaluations" in text
     assert "24 x 2" in text and "Sampled structures" in text

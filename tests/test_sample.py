@@ -13,6 +13,7 @@ from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.nn.binning import fit_binning
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.nn.standardize import fit_standardization
+from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import SamplerParts, run_sampling
 from arbg.sampling.sampler import (
     TransformerProposal,
@@ -210,7 +211,9 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
     import mdtraj
 
     out = tmp_path / "run"
-    s1 = run_sampling(parts, out, n=12, tau=1.0, seed=0, energy=aldp, batch_size=8, ensemble_size=5)
+    s1 = run_sampling(
+        parts, out, SampleConfig(n=12, seed=0, batch_size=8, ensemble_size=5), energy=aldp
+    )
     for name in ("topology.pdb", "proposals.dcd", "samples.npz", "ensemble.dcd", "summary.json"):
         assert (out / name).exists(), name
     with np.load(out / "samples.npz") as f:
@@ -226,7 +229,7 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
     assert traj.n_frames == 12
     np.testing.assert_allclose(traj.xyz, d1["coords"], atol=1e-5)
 
-    s2 = run_sampling(parts, out, n=8, tau=1.0, seed=1, energy=aldp, batch_size=8)
+    s2 = run_sampling(parts, out, SampleConfig(n=8, seed=1, batch_size=8), energy=aldp)
     with np.load(out / "samples.npz") as f:
         d2 = {k: f[k] for k in f.files}
     assert s2["n_samples"] == 20 and s2["n_new"] == 8 and s2["seeds"] == [0, 1]
@@ -234,9 +237,9 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
     np.testing.assert_array_equal(d2["seed"], [0] * 12 + [1] * 8)
     assert len(json.loads((out / "summary.json").read_text())["runs"]) == 2
     with pytest.raises(ValueError, match=r"seed\(s\) \[1\] already used"):
-        run_sampling(parts, out, n=4, tau=1.0, seed=1, energy=aldp)
+        run_sampling(parts, out, SampleConfig(n=4, seed=1), energy=aldp)
     with pytest.raises(ValueError, match="tau"):
-        run_sampling(parts, out, n=4, tau=0.5, seed=7, energy=aldp)
+        run_sampling(parts, out, SampleConfig(n=4, tau=0.5, seed=7), energy=aldp)
 
 
 def test_transformer_proposal_matches_generate(parts):

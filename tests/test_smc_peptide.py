@@ -14,9 +14,11 @@ from arbg.nn.binning import fit_binning
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.nn.standardize import fit_standardization
 from arbg.reweight import normalize_log_weights, snis
-from arbg.sampling.runs import RUN_FILES, SamplerParts, run_smc
+from arbg.sampling.config import SMCConfig
+from arbg.sampling.runs import RUN_FILES, SamplerParts
 from arbg.sampling.sampler import TransformerProposal, make_generators
 from arbg.sampling.smc import twisted_smc
+from arbg.sampling.smc_runs import run_smc
 
 torch.set_num_threads(1)
 N_BINS = 512
@@ -110,16 +112,8 @@ def test_no_resampling_equals_snis_on_peptide(capped, parts):
 
 def test_run_smc_writes_run_dir(capped, parts, tmp_path):
     out = tmp_path / "smc"
-    summary = run_smc(
-        parts,
-        out,
-        n_particles=24,
-        tau=1.0,
-        seed=3,
-        repeats=2,
-        early_reject_kt=100.0,
-        ensemble_size=16,
-    )
+    cfg = SMCConfig(n_particles=24, seed=3, repeats=2, early_reject_kt=100.0, ensemble_size=16)
+    summary = run_smc(parts, out, cfg)
     for name in RUN_FILES:
         assert (out / name).exists(), name
     with np.load(out / "samples.npz") as f:
@@ -144,10 +138,10 @@ def test_run_smc_writes_run_dir(capped, parts, tmp_path):
     assert s["tokens_generated"] + s["tokens_saved"] >= s["tokens_total"] - s["tokens_saved"]
     assert s["ensemble_size"] == 16
     with pytest.raises(ValueError, match="already holds samples"):
-        run_smc(parts, out, n_particles=4)
+        run_smc(parts, out, SMCConfig(n_particles=4))
 
 
 def test_run_smc_refuses_aldp(aldp, tmp_path):
     parts = SamplerParts(model=None, binning=None, standardization=None, system=aldp)
     with pytest.raises(ValueError, match=r"no interior residue boundary.*arbg sample"):
-        run_smc(parts, tmp_path / "x", n_particles=8)
+        run_smc(parts, tmp_path / "x", SMCConfig(n_particles=8))

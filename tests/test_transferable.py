@@ -188,16 +188,16 @@ def test_train_on_corpus_resume_and_zero_shot(tmp_path):
     ck = load_checkpoint(tmp_path / "full" / "best", sequence="SG")
     assert ck.system.spec.forcefield == ("amber99sbildn.xml", "amber99_obc.xml")
     assert ck.system.temperature_k == 310.0
+    from arbg.sampling.config import SampleConfig
     from arbg.sampling.runs import run_sampling
 
-    summary = run_sampling(ck, tmp_path / "run", n=8, seed=0, chirality="zero")
+    summary = run_sampling(ck, tmp_path / "run", SampleConfig(n=8, seed=0, chirality="zero"))
     assert summary["n_samples"] == 8 and summary["system"] == "SG"
     with pytest.raises(ValueError, match="system"):  # one run directory, one sequence
         run_sampling(
             load_checkpoint(tmp_path / "full" / "best", sequence="GS"),
             tmp_path / "run",
-            n=4,
-            seed=1,
+            SampleConfig(n=4, seed=1),
         )
 
     last = tmp_path / "full" / "last"
@@ -253,8 +253,10 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
 
 
 def test_smc_with_a_bound_model(tmp_path):
-    from arbg.sampling.runs import SamplerParts, run_smc
+    from arbg.sampling.config import SMCConfig
+    from arbg.sampling.runs import SamplerParts
     from arbg.sampling.sampler import teacher_forced_log_pi
+    from arbg.sampling.smc_runs import run_smc
 
     net = random_net(4)
     calls = []
@@ -263,7 +265,9 @@ def test_smc_with_a_bound_model(tmp_path):
     enc = encode_system(system, STD, BINNING)
     bound = BoundModel(net, enc)
     parts = SamplerParts(bound, BINNING, enc.standardization, system, None, "toy")
-    summary = run_smc(parts, tmp_path / "smc", n_particles=6, tau=1.0, seed=0, early_reject_kt=None)
+    summary = run_smc(
+        parts, tmp_path / "smc", SMCConfig(n_particles=6, seed=0, early_reject_kt=None)
+    )
     assert summary["n_samples"] == 6 and len(calls) == 1
     with np.load(tmp_path / "smc" / "samples.npz") as f:
         bins, log_q, coords = f["bins"].astype(np.int64), f["log_q"], f["coords"]
@@ -278,7 +282,7 @@ def test_cli_train_transferable_and_sample(tmp_path, monkeypatch, capsys):
     from arbg.cli import main
 
     corpus = synthetic_corpus({"AA": "train", "GS": "train"}, n_frames=12)
-    monkeypatch.setattr("arbg.cli.load_corpus", lambda path: corpus)
+    monkeypatch.setattr("arbg.cli._model.load_corpus", lambda path: corpus)
     out = tmp_path / "t"
     assert (
         main(

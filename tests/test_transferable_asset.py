@@ -11,7 +11,7 @@ import torch
 import arbg
 from arbg.cli import main
 from arbg.data.corpora import load_corpus
-from arbg.eval.evaluate import evaluate_run
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.train.checkpoints import read_config
 
 torch.set_num_threads(1)
@@ -45,5 +45,7 @@ def test_shipped_checkpoint_zero_shot_on_a_held_out_dipeptide(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["system"] == "GA" and summary["n_samples"] == 2000
     assert summary["system_spec"]["forcefield"] == ["amber99sbildn.xml", "amber99_obc.xml"]
-    m = evaluate_run(run, heldout.dataset("GA"), n_eval=1000, report=False)["metrics"]
+    m = evaluate_run(run, heldout.dataset("GA"), EvaluateConfig(n_eval=1000, report=False))[
+        "metrics"
+    ]
     assert m["reweighted_resampled"]["e_w2"]["mean"] < m["proposal"]["e_w2"]["mean"]

@@ -229,7 +229,7 @@ def test_cli_evaluate_against_a_weighted_reference(biased_aldp, tmp_path, aldp, 
 
 
 def test_md_cost_curve_transports_md_frame_weights(biased_aldp):
-    from arbg.eval.evaluate import md_cost_curve
+    from arbg.eval.cost import md_cost_curve
 
     ds = load_dataset(biased_aldp)
     x = ds.positions.astype(np.float64)

@@ -100,9 +100,13 @@ class Engine:
     @property
     def n_workers(self) -> int:
         """Workers (threads) available now: 1 in-process, else the cluster's total threads."""
+        return max(1, sum(self.worker_threads().values()))
+
+    def worker_threads(self) -> dict[str, int]:
+        """Threads of each worker now, by address ({} in-process; one scheduler round trip)."""
         if self.client is None:
-            return 1
-        return max(1, sum(self.client.nthreads().values()))  # {address: threads}
+            return {}
+        return dict(self.client.nthreads())
 
     @property
     def dashboard_link(self) -> str | None:

@@ -7,7 +7,8 @@ flag per field with :func:`add_config_args` and builds the config back with
 
 Field types map to flags: ``int``/``float``/``str`` take one value, ``bool`` gives
 ``--flag/--no-flag``, ``list[X]`` and ``tuple[X, ...]`` take several values (``nargs="+"``).
-Field metadata refines a flag: ``choices``, ``flag`` (its name), ``aliases`` (more names),
+Field metadata refines a flag: ``choices``, ``type`` (an argparse type replacing the one of
+the hint), ``flag`` (its name), ``aliases`` (more names),
 ``comma`` (a list given as ``A,B,C``), ``nargs``, ``metavar``, ``dest`` (where argparse
 stores it, when another flag already uses the field's name); ``prefix`` (an argument of
 :func:`add_config_args`) names the flags of a nested config (``--bias-build-ns``).
@@ -101,7 +102,9 @@ def add_config_args(parser: Any, cls: type, skip: tuple[str, ...] = (), prefix: 
             if key in f.metadata:
                 kw[key] = f.metadata[key]
         kind, elem = _element_type(hints[f.name])
-        if elem is bool and kind is None:
+        if "type" in f.metadata:
+            kw["type"] = f.metadata["type"]
+        elif elem is bool and kind is None:
             kw["action"] = argparse.BooleanOptionalAction
         elif kind is not None and f.metadata.get("comma"):
             kw.update(type=_comma_list, metavar=kw.get("metavar", "A,B,..."))

@@ -355,6 +355,72 @@ def _built_from(saved: dict[str, np.ndarray], total: int) -> BuiltBias:
     )
 
 
+def _metadynamics(
+    omm_system: Any,
+    dihedrals: np.ndarray,
+    config: BiasConfig,
+    temperature_k: float,
+    deposit_steps: int,
+) -> tuple[Any, Any]:
+    """A copy of ``omm_system`` and the ``openmm.app.Metadynamics`` that biases it."""
+    import openmm
+    from openmm import app, unit
+
+    system = openmm.XmlSerializer.clone(omm_system)
+    variables = [
+        app.BiasVariable(
+            _torsion_cv(d), -np.pi, np.pi, config.width_rad, periodic=True, gridWidth=config.n_grid
+        )
+        for d in dihedrals
+    ]
+    kT = BOLTZMANN_KJ_PER_MOL_K * temperature_k
+    meta = app.Metadynamics(
+        system,
+        variables,
+        temperature_k * unit.kelvin,
+        config.bias_factor,
+        config.height_kt * kT * unit.kilojoule_per_mole,
+        deposit_steps,
+    )
+    return system, meta
+
+
+def _run_segments(
+    stepper: _Stepper,
+    meta: Any,
+    state_path: Path,
+    total: int,
+    segment: int,
+    deposit_steps: int,
+    step_fs: float,
+    wall: float,
+    progress: bool,
+) -> None:
+    """Metadynamics up to ``total`` steps in segments, the state saved after each."""
+    context, ns = stepper.context, step_fs * 1e-6  # ns per step
+    done = context.getStepCount()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        fmt = "{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}]"
+        kw = {"unit": "ns", "desc": "metadynamics build", "bar_format": fmt}
+        bar = tqdm(total=total * ns, initial=done * ns, **kw)
+    while done < total:
+        n = min(segment, total - done)
+        t0 = time.time()
+        meta.step(stepper, n)
+        wall += time.time() - t0
+        done = context.getStepCount()
+        _save_state(state_path, context, meta, done, deposit_steps, wall)
+        if bar is not None:
+            bar.update(n * ns)
+        else:
+            log.info("metadynamics build: %.3f of %.3f ns (%.1f s)", done * ns, total * ns, wall)
+    if bar is not None:
+        bar.close()
+
+
 def build_bias(
     omm_system,
     positions: np.ndarray,
@@ -388,7 +454,6 @@ def build_bias(
     state_path : the resumable state file.
     """
     import openmm
-    from openmm import app, unit
 
     state_path = Path(state_path)
     deposit_steps = max(1, int(round(config.deposit_ps * 1000.0 / step_fs)))
@@ -402,22 +467,7 @@ def build_bias(
             )
         return _built_from(saved, total)
 
-    system = openmm.XmlSerializer.clone(omm_system)
-    variables = [
-        app.BiasVariable(
-            _torsion_cv(d), -np.pi, np.pi, config.width_rad, periodic=True, gridWidth=config.n_grid
-        )
-        for d in dihedrals
-    ]
-    kT = BOLTZMANN_KJ_PER_MOL_K * temperature_k
-    meta = app.Metadynamics(
-        system,
-        variables,
-        temperature_k * unit.kelvin,
-        config.bias_factor,
-        config.height_kt * kT * unit.kilojoule_per_mole,
-        deposit_steps,
-    )
+    system, meta = _metadynamics(omm_system, dihedrals, config, temperature_k, deposit_steps)
     integrator = openmm.LangevinMiddleIntegrator(temperature_k, friction_per_ps, step_fs * 1e-3)
     integrator.setRandomNumberSeed(seed + 1)
     context = make_context(system, integrator)
@@ -433,40 +483,11 @@ def build_bias(
         context.setVelocitiesToTemperature(temperature_k, seed + 1)
         integrator.step(int(round(warmup_ps * 1000.0 / step_fs)))
         context.setStepCount(0)
-    done = context.getStepCount()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total * step_fs * 1e-6,
-            initial=done * step_fs * 1e-6,
-            unit="ns",
-            desc="metadynamics build",
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}]",
-        )
     stepper = _Stepper(context, integrator)
-    segment = max(deposit_steps, segment_steps - segment_steps % deposit_steps)
     if saved is None and total == 0:  # no build asked: a zero bias from the warmed-up state
         _save_state(state_path, context, meta, 0, deposit_steps, wall)
-    while done < total:
-        n = min(segment, total - done)
-        t0 = time.time()
-        meta.step(stepper, n)
-        wall += time.time() - t0
-        done = context.getStepCount()
-        _save_state(state_path, context, meta, done, deposit_steps, wall)
-        if bar is not None:
-            bar.update(n * step_fs * 1e-6)
-        else:
-            log.info(
-                "metadynamics build: %.3f of %.3f ns (%.1f s so far)",
-                done * step_fs * 1e-6,
-                total * step_fs * 1e-6,
-                wall,
-            )
-    if bar is not None:
-        bar.close()
+    segment = max(deposit_steps, segment_steps - segment_steps % deposit_steps)
+    _run_segments(stepper, meta, state_path, total, segment, deposit_steps, step_fs, wall, progress)
     saved = dict(np.load(state_path))
     log.info(
         "bias built: %d steps, %d Gaussians, max %.2f kJ/mol, %.1f s",

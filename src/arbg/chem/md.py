@@ -12,24 +12,9 @@ gets the exact, unnormalised log-weight ``log w = V/(k T_s) - (1 - T_t/T_s) u_ta
 ``u_target = E/(k T_t)`` (:func:`arbg.chem.bias.frame_log_weights`), computed on the stored float32
 frame.
 
-Layout of an ``arbg md`` output directory::
-
-    metadata.json           system spec, force field hashes, target and sampling temperatures,
-                            step, seed, versions, splits (contiguous time blocks), and for
-                            weighted runs "log_weights" (definition) and "bias" (settings, build)
-    topology.pdb            the peptide in canonical atom order
-    chunks/chunk_000000.npy float32 [frames, atoms, 3] nm, one file per chunk
-    chunks/energy_000000.npy  weighted runs: float64 [frames] u_target = E/(k_B T_target), kT
-    chunks/bias_000000.npy    weighted runs: float64 [frames] V/(k_B T_sampling), kT (0 unbiased)
-    log_weights.npy         weighted runs: float64 [frames] unnormalised log-weights (a copy
-                            made from the chunks at the end; the chunks are authoritative)
-    bias/build.npz          biased runs: the resumable metadynamics build state
-    bias/grid.npy           biased runs: the frozen bias grid, kJ/mol
-    state.chk, progress.json  OpenMM checkpoint and frame count after the last complete chunk
-    trajectory.dcd          all frames for viewers (VMD, PyMOL, mdtraj), written at the end
-
-An interrupted run restarts from the last complete chunk (or build segment): nothing lost,
-nothing duplicated.
+The directory layout, its metadata and the readers (:func:`load_md_frames`,
+:func:`load_md_log_weights`) are in :mod:`arbg.chem.md_layout`. An interrupted run restarts from
+the last complete chunk (or build segment): nothing lost, nothing duplicated.
 """
 
 from __future__ import annotations
@@ -38,33 +23,35 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-import arbg
 from arbg import checks
 from arbg.chem.bias import (
     BiasConfig,
     build_bias,
-    frame_log_weights,
     free_force_group,
     frozen_bias_force,
     grid_sha256,
     select_bias_dihedrals,
 )
 from arbg.chem.energy import _energies_kj, make_context
+from arbg.chem.md_layout import (  # noqa: F401  (load_md_*, contiguous_splits re-exported)
+    bias_metadata,
+    contiguous_splits,
+    finalize,
+    is_weighted,
+    keep_recorded,
+    load_md_frames,
+    load_md_log_weights,
+    n_done,
+    run_metadata,
+)
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
 from arbg.io import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
 
 log = logging.getLogger(__name__)
-
-FORMAT = "arbg-md"
-FORMAT_VERSION = 2  # 2: optional per-frame weight terms (weighted runs); 1 reads the same
-LOG_WEIGHTS_DEFINITION = (
-    "log w = bias_kT - (1 - T_target/T_sampling) * u_target, with "
-    "u_target = E/(k_B T_target) (chunks/energy_*.npy) and bias_kT = "
-    "V/(k_B T_sampling) (chunks/bias_*.npy); unnormalised"
-)
 
 
 @dataclass(frozen=True)
@@ -130,89 +117,6 @@ class MDConfig:
     @property
     def n_frames(self) -> int:
         return int(round(self.ns * 1000.0 / self.frame_interval_ps))
-
-
-def default_split_fractions() -> dict[str, float]:
-    return {"train": 0.8, "val": 0.1, "test": 0.1}
-
-
-def contiguous_splits(
-    n_frames: int, fractions: dict[str, float] | None = None
-) -> dict[str, list[int]]:
-    """Split frames 0..n into contiguous time blocks (never shuffled). Returns name -> [a, b)."""
-    fractions = fractions or default_split_fractions()
-    total = sum(fractions.values())
-    out, start = {}, 0
-    names = list(fractions)
-    for i, name in enumerate(names):
-        stop = (
-            n_frames
-            if i == len(names) - 1
-            else start + int(round(n_frames * fractions[name] / total))
-        )
-        out[name] = [start, stop]
-        start = stop
-    return out
-
-
-def _versions() -> dict[str, str]:
-    import openmm
-
-    return {"arbg": arbg.__version__, "openmm": openmm.__version__}
-
-
-def _is_weighted(config: MDConfig, target_k: float, sampling_k: float) -> bool:
-    return config.bias is not None or sampling_k != target_k
-
-
-def _metadata(system: PeptideSystem, config: MDConfig, temperature: float) -> dict:
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "system": system.spec.to_dict(),
-        "forcefield_sha256": system.forcefield_hashes(),
-        "n_atoms": system.n_atoms,
-        "target_temperature_k": system.temperature_k,
-        "sampling_temperature_k": temperature,
-        "step_fs": config.step_fs,
-        "friction_per_ps": config.friction_per_ps,
-        "frame_interval_ps": config.frame_interval_ps,
-        "warmup_ps": config.warmup_ps,
-        "seed": config.seed,
-        "integrator": "LangevinMiddleIntegrator",
-        "constraints": None,
-        "units": {"positions": "nm", "time": "ps"},
-        "versions": _versions(),
-    }
-    if _is_weighted(config, system.temperature_k, temperature):
-        meta["log_weights"] = {
-            "file": "log_weights.npy",
-            "normalised": False,
-            "definition": LOG_WEIGHTS_DEFINITION,
-        }
-    return meta
-
-
-def _bias_metadata(
-    config: BiasConfig, dihedrals: np.ndarray, names: list[str], temperature: float, step_fs: float
-) -> dict:
-    kT = BOLTZMANN_KJ_PER_MOL_K * temperature
-    return {
-        "settings": {
-            **config.to_dict(),
-            "names": names,
-            "dihedrals": dihedrals.tolist(),
-            "height_kj_mol": config.height_kt * kT,
-            "deposit_steps": max(1, int(round(config.deposit_ps * 1000.0 / step_fs))),
-        },
-        "method": "well-tempered metadynamics (openmm.app.Metadynamics) for build_ns, then "
-        "frozen: CustomCVForce table(cv...) of CustomTorsionForce theta variables, "
-        "periodic Continuous{1,2,3}DFunction over [-pi, pi]",
-        "grid_file": "bias/grid.npy",
-        "grid_units": "kJ/mol",
-        "grid_layout": "axes in reverse variable order (OpenMM's layout); grid_points nodes per "
-        "axis from -pi to pi inclusive (first node == last)",
-    }
 
 
 class SimulationError(RuntimeError):
@@ -281,58 +185,55 @@ def _run_md(
     ``temperature_k``, ``create_openmm_system()``, ``forcefield_hashes()``, ``save_pdb()``,
     ``topology``, and for a bias ``phi_indices``, ``psi_indices``, ``residue_index``).
     """
-    import openmm
-
     out = Path(out_dir)
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     temperature = config.temperature_k or system.temperature_k
-    weighted = _is_weighted(config, system.temperature_k, temperature)
-    meta = _metadata(system, config, temperature)
+    meta = run_metadata(system, config, temperature)
     dihedrals = None
     if config.bias is not None:
         dihedrals, names = select_bias_dihedrals(system, config.bias)
-        meta["bias"] = _bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
-    meta_path = out / "metadata.json"
-    old = checks.read_json(meta_path, "MD metadata") if meta_path.exists() else None
-    if old is not None:
-        for key in (
-            "system",
-            "step_fs",
-            "friction_per_ps",
-            "frame_interval_ps",
-            "seed",
-            "sampling_temperature_k",
-            "bias",
-        ):
-            a = old.get(key) if key != "bias" else (old.get(key) or {}).get("settings")
-            b = meta.get(key) if key != "bias" else (meta.get(key) or {}).get("settings")
-            if a != b:
-                raise ValueError(
-                    f"{out} holds a run with different {key!r} ({a!r} vs {b!r}); use another --out"
-                )
-        for key in ("build", "force_group"):  # what the build recorded stays
-            if key in (old.get("bias") or {}):
-                meta["bias"][key] = old["bias"][key]
-    progress_path = out / "progress.json"
-    done = _n_done(out)
-    n_total = config.n_frames
-    meta["n_frames"] = max(done, n_total)
+        meta["bias"] = bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
+    keep_recorded(out, meta)
+    done = n_done(out)
+    meta["n_frames"] = max(done, config.n_frames)
     meta["splits"] = contiguous_splits(meta["n_frames"])
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(out / "metadata.json", meta)
     system.save_pdb(out / "topology.pdb")
-    if done >= n_total:
-        log.info("%s already holds %d frames (asked %d)", out, done, n_total)
-        _finalize(system, out, meta)
+    if done >= config.n_frames:
+        log.info("%s already holds %d frames (asked %d)", out, done, config.n_frames)
+        finalize(system, out, meta)
         return out
 
     omm = system.create_openmm_system()
     start_state = None
+    if config.bias is not None:
+        start_state = _add_bias(omm, system, config, dihedrals, temperature, meta, out, progress)
+    run = _Production(system, config, omm, temperature, meta, out)
+    run.start(done, start_state)
+    run.run(progress)
+    finalize(system, out, meta)
+    return out
+
+
+def _add_bias(
+    omm: Any,
+    system: PeptideSystem,
+    config: MDConfig,
+    dihedrals: np.ndarray,
+    temperature: float,
+    meta: dict,
+    out: Path,
+    progress: bool,
+) -> Any:
+    """Build the metadynamics bias (or read the frozen grid of a production under way) and add
+    it to ``omm`` in a free force group; returns the build's end state (None when read)."""
     grid_path = out / "bias" / "grid.npy"
-    if config.bias is not None and done > 0 and grid_path.exists():
+    built = None
+    if n_done(out) > 0 and grid_path.exists():
         grid = np.load(grid_path)  # production under way: its bias is fixed
         if grid_sha256(grid) != meta["bias"].get("build", {}).get("grid_sha256"):
             raise ValueError(f"{grid_path} does not match the grid recorded in metadata.json")
-    elif config.bias is not None:
+    else:
         built = build_bias(
             omm,
             system.positions,
@@ -359,108 +260,133 @@ def _run_md(
             "grid_sha256": grid_sha256(grid),
             "grid_max_kj_mol": float(grid.max()),
         }
-        start_state = built
-    if config.bias is not None:
-        group = free_force_group(omm)
-        meta["bias"]["force_group"] = group
-        omm.addForce(frozen_bias_force(dihedrals, grid, group))
-        atomic_write_json(meta_path, meta)
-    kT_target = BOLTZMANN_KJ_PER_MOL_K * system.temperature_k
-    kT_sample = BOLTZMANN_KJ_PER_MOL_K * temperature
-    bias_group = meta["bias"]["force_group"] if config.bias is not None else None
+    group = free_force_group(omm)
+    meta["bias"]["force_group"] = group
+    omm.addForce(frozen_bias_force(dihedrals, grid, group))
+    atomic_write_json(out / "metadata.json", meta)
+    return built
 
-    integrator = openmm.LangevinMiddleIntegrator(
-        temperature, config.friction_per_ps, config.step_fs * 1e-3
-    )
-    # the build used seed + 1; production under a bias continues with its own stream
-    integrator.setRandomNumberSeed(config.seed + (2 if config.bias is not None else 1))
-    context = make_context(omm, integrator)
-    evaluator = make_context(omm) if weighted else None
-    chk = out / "state.chk"
-    warmup_steps = int(round(config.warmup_ps * 1000.0 / config.step_fs))
-    if done > 0 and chk.exists():
-        context.loadCheckpoint(chk.read_bytes())
-        log.info("resuming %s at frame %d of %d", out, done, n_total)
-    elif start_state is not None:  # from the end of the build, re-equilibrated under the bias
-        done = 0
-        context.setPositions(start_state.positions)
-        context.setVelocities(start_state.velocities)
-        integrator.step(warmup_steps)
-    else:
-        done = 0
-        context.setPositions(system.positions)
-        openmm.LocalEnergyMinimizer.minimize(context, 1.0, 1000)
-        context.setVelocitiesToTemperature(temperature, config.seed + 1)
-        integrator.step(warmup_steps)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+class _Production:
+    """The production phase of one run: an OpenMM context that writes chunks of frames (and,
+    for weighted runs, their energy and bias terms) by atomic commits."""
 
-        bar = tqdm(
-            total=n_total * config.frame_interval_ps / 1000.0,
-            initial=done * config.frame_interval_ps / 1000.0,
-            unit="ns",
-            desc=f"md {system.name}",
-            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
+    def __init__(
+        self,
+        system: PeptideSystem,
+        config: MDConfig,
+        omm: Any,
+        temperature: float,
+        meta: dict,
+        out: Path,
+    ) -> None:
+        import openmm
+
+        self.system, self.config, self.out, self.temperature = system, config, out, temperature
+        self.integrator = openmm.LangevinMiddleIntegrator(
+            temperature, config.friction_per_ps, config.step_fs * 1e-3
         )
-    t0, frames_this_run = time.time(), 0
-    ticker = ProgressLog(
-        f"md {system.name} ({out})", n_total, done, config.frame_interval_ps / 1000.0
-    )
-    while done < n_total:
-        n_chunk = min(config.chunk_frames - done % config.chunk_frames, n_total - done)
-        frames = np.empty((n_chunk, system.n_atoms, 3), dtype=np.float32)
-        for i in range(n_chunk):
-            integrator.step(config.steps_per_frame)
-            state = context.getState(getPositions=True)
-            frames[i] = state.getPositions(asNumpy=True)._value
-            _check_finite(frames[i], None, out, done + i, config)
+        # the build used seed + 1; production under a bias continues with its own stream
+        self.integrator.setRandomNumberSeed(config.seed + (2 if config.bias is not None else 1))
+        self.context = make_context(omm, self.integrator)
+        weighted = is_weighted(config, system.temperature_k, temperature)
+        self.evaluator = make_context(omm) if weighted else None
+        self.bias_group = meta["bias"]["force_group"] if config.bias is not None else None
+        self.kT_target = BOLTZMANN_KJ_PER_MOL_K * system.temperature_k
+        self.kT_sample = BOLTZMANN_KJ_PER_MOL_K * temperature
+        self.done = 0
+
+    def start(self, done: int, start_state: Any) -> None:
+        """Resume from ``state.chk``, or start (warm-up) from the bias build's end or from the
+        minimized system."""
+        import openmm
+
+        cfg, context = self.config, self.context
+        chk = self.out / "state.chk"
+        warmup_steps = int(round(cfg.warmup_ps * 1000.0 / cfg.step_fs))
+        if done > 0 and chk.exists():
+            context.loadCheckpoint(chk.read_bytes())
+            self.done = done
+            log.info("resuming %s at frame %d of %d", self.out, done, cfg.n_frames)
+            return
+        if start_state is not None:  # from the end of the build, re-equilibrated under the bias
+            context.setPositions(start_state.positions)
+            context.setVelocities(start_state.velocities)
+        else:
+            context.setPositions(self.system.positions)
+            openmm.LocalEnergyMinimizer.minimize(context, 1.0, 1000)
+            context.setVelocitiesToTemperature(self.temperature, cfg.seed + 1)
+        self.integrator.step(warmup_steps)
+
+    def run(self, progress: bool) -> None:
+        """Chunks until ``config.n_frames`` frames are committed (a bar or log lines)."""
+        cfg, n_total, ns_per_frame = (
+            self.config,
+            self.config.n_frames,
+            self.config.frame_interval_ps / 1000.0,
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=n_total * ns_per_frame,
+                initial=self.done * ns_per_frame,
+                unit="ns",
+                desc=f"md {self.system.name}",
+                bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
+            )
+        ticker = ProgressLog(
+            f"md {self.system.name} ({self.out})", n_total, self.done, ns_per_frame
+        )
+        t0, frames_this_run = time.time(), 0
+        while self.done < n_total:
+            n_chunk = min(cfg.chunk_frames - self.done % cfg.chunk_frames, n_total - self.done)
+            frames = self._frames(n_chunk, bar, ticker)
+            self._commit(frames)
+            frames_this_run += n_chunk
             if bar is not None:
-                bar.update(config.frame_interval_ps / 1000.0)
+                ns_day = frames_this_run * ns_per_frame / max(time.time() - t0, 1e-9) * 86400.0
+                bar.set_postfix_str(f"{ns_day:.1f} ns/day")
+        if bar is not None:
+            bar.close()
+
+    def _frames(self, n_chunk: int, bar: Any, ticker: ProgressLog) -> np.ndarray:
+        """The next ``n_chunk`` frames, float32 nm, each checked for a blow-up."""
+        cfg, done = self.config, self.done
+        frames = np.empty((n_chunk, self.system.n_atoms, 3), dtype=np.float32)
+        for i in range(n_chunk):
+            self.integrator.step(cfg.steps_per_frame)
+            state = self.context.getState(getPositions=True)
+            frames[i] = state.getPositions(asNumpy=True)._value
+            _check_finite(frames[i], None, self.out, done + i, cfg)
+            if bar is not None:
+                bar.update(cfg.frame_interval_ps / 1000.0)
             else:
                 ticker.update(done + i + 1)
-        _check_finite(frames[-1], context.getState(getEnergy=True), out, done + n_chunk, config)
-        chunk_id = done // config.chunk_frames
-        keep = done % config.chunk_frames  # frames of a partial chunk already on disk
+        energy = self.context.getState(getEnergy=True)
+        _check_finite(frames[-1], energy, self.out, done + n_chunk, cfg)
+        return frames
+
+    def _commit(self, frames: np.ndarray) -> None:
+        """Frames, weight terms, OpenMM state and frame count: one atomic step."""
+        chunk_id = self.done // self.config.chunk_frames
+        keep = self.done % self.config.chunk_frames  # frames of a partial chunk already on disk
         parts = {"chunk": frames}
-        if evaluator is not None:
-            energy_kj, bias_kj = _frame_terms(evaluator, frames, bias_group)
-            parts["energy"] = energy_kj / kT_target
-            parts["bias"] = bias_kj / kT_sample
-        commit = Commit(out)  # frames, weight terms, state and count: one atomic step
+        if self.evaluator is not None:
+            energy_kj, bias_kj = _frame_terms(self.evaluator, frames, self.bias_group)
+            parts["energy"] = energy_kj / self.kT_target
+            parts["bias"] = bias_kj / self.kT_sample
+        commit = Commit(self.out)
         for prefix, arr in parts.items():
             rel = f"chunks/{prefix}_{chunk_id:06d}.npy"
             if keep:  # complete a partial chunk (ignore anything past the recorded count)
-                arr = np.concatenate([checks.load_npy(out / rel, "MD chunk")[:keep], arr])
+                arr = np.concatenate([checks.load_npy(self.out / rel, "MD chunk")[:keep], arr])
             commit.save_npy(rel, arr)
-        done += n_chunk
-        frames_this_run += n_chunk
-        commit.write_bytes(chk.name, context.createCheckpoint())
-        commit.write_json(progress_path.name, {"n_frames": done})
+        self.done += len(frames)
+        commit.write_bytes("state.chk", self.context.createCheckpoint())
+        commit.write_json("progress.json", {"n_frames": self.done})
         commit.commit()
-        if bar is not None:
-            ns_day = (
-                frames_this_run
-                * config.frame_interval_ps
-                / 1000.0
-                / max(time.time() - t0, 1e-9)
-                * 86400.0
-            )
-            bar.set_postfix_str(f"{ns_day:.1f} ns/day")
-    if bar is not None:
-        bar.close()
-    _finalize(system, out, meta)
-    return out
-
-
-def _n_done(out: Path) -> int:
-    """Frames committed in ``out`` (0 when none)."""
-    path = out / "progress.json"
-    if not path.exists():
-        return 0
-    n = checks.read_json(path, "MD progress file").get("n_frames")
-    return checks.nonnegative_int(f"{path} n_frames", n)
 
 
 def _check_finite(x: np.ndarray, state, out: Path, frame: int, config: MDConfig) -> None:
@@ -472,7 +398,7 @@ def _check_finite(x: np.ndarray, state, out: Path, frame: int, config: MDConfig)
         raise SimulationError(
             f"MD blew up near frame {frame} (non-finite positions or energy) at "
             f"--step-fs {config.step_fs}; nothing of this chunk was written and {out} keeps the "
-            f"last good state ({_n_done(out)} frames); use a smaller --step-fs (no constraints: "
+            f"last good state ({n_done(out)} frames); use a smaller --step-fs (no constraints: "
             "1-2 fs)"
         )
 
@@ -481,72 +407,8 @@ def _frame_terms(
     context, frames: np.ndarray, bias_group: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Physical and bias energies (kJ/mol) of stored frames [F, n, 3] (as float32 -> float64)."""
-
     x = frames.astype(np.float64)
     if bias_group is None:
         return _energies_kj(context, x), np.zeros(len(x))
     physical = set(range(32)) - {bias_group}
     return _energies_kj(context, x, groups=physical), _energies_kj(context, x, groups={bias_group})
-
-
-def _finalize(system: PeptideSystem, out: Path, meta: dict) -> None:
-    _write_dcd(system, out)
-    if meta.get("log_weights"):
-        atomic_save_npy(out / "log_weights.npy", load_md_log_weights(out))
-
-
-def load_md_frames(out_dir: str | Path) -> np.ndarray:
-    """All frames of an ``arbg md`` directory, [F, n, 3] float32 nm, canonical order."""
-    out = Path(out_dir)
-    progress = _n_done(out)
-    chunks = sorted((out / "chunks").glob("chunk_*.npy"))
-    if not chunks:
-        raise FileNotFoundError(f"{out}: no chunks/chunk_*.npy frames")
-    frames = np.concatenate([checks.load_npy(c, "MD chunk") for c in chunks])
-    if len(frames) < progress:
-        raise checks.ArgumentError(
-            f"{out}: {len(frames)} frames in chunks/ for the {progress} of progress.json "
-            "(chunks missing or truncated)"
-        )
-    return frames[:progress]
-
-
-def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
-    """Unnormalised frame log-weights of an ``arbg md`` directory, [F] float64.
-
-    Zeros for unweighted (equilibrium) runs; for weighted runs computed from the per-chunk terms
-    (``chunks/energy_*.npy``, ``chunks/bias_*.npy``) by :func:`arbg.chem.bias.frame_log_weights`.
-    """
-
-    out = Path(out_dir)
-    meta = checks.read_json(out / "metadata.json", "MD metadata")
-    n = _n_done(out)
-    if not meta.get("log_weights"):
-        return np.zeros(n)
-    terms = {}
-    for prefix in ("energy", "bias"):
-        files = sorted((out / "chunks").glob(f"{prefix}_*.npy"))
-        arr = (
-            np.concatenate([checks.load_npy(f, "MD chunk") for f in files])
-            if files
-            else np.zeros(0)
-        )
-        if len(arr) < n:
-            raise ValueError(
-                f"{out}: {len(arr)} frames of chunks/{prefix}_*.npy for {n} "
-                "frames: the weight terms are incomplete"
-            )
-        terms[prefix] = arr[:n]
-    return frame_log_weights(
-        terms["energy"], terms["bias"], meta["target_temperature_k"], meta["sampling_temperature_k"]
-    )
-
-
-def _write_dcd(system: PeptideSystem, out: Path) -> None:
-    import mdtraj
-
-    frames = load_md_frames(out)
-    traj = mdtraj.Trajectory(frames, system.topology)
-    tmp = out / ".trajectory.dcd.tmp"
-    traj.save_dcd(str(tmp))
-    tmp.replace(out / "trajectory.dcd")

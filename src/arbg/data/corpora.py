@@ -36,24 +36,23 @@ duplicated. The state on disk (``sequences/*.json``, ``work/*/progress.json``) i
 the manifest is rebuilt from it on every start.
 
 Loaders live in :mod:`arbg.data.loaders`, sequence lists and splits in
-:mod:`arbg.data.sequences`; both are re-exported here.
+:mod:`arbg.data.sequences` (both re-exported here); the manifest built from the files in
+:mod:`arbg.data.corpus_manifest`; the Dask driving and the progress display in
+:mod:`arbg.data.corpus_dask`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import math
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import arbg
 from arbg.chem.md import MDConfig, load_md_frames, run_md
 from arbg.chem.systems import (
     SystemSpec,
@@ -61,6 +60,8 @@ from arbg.chem.systems import (
     make_spec,
 )
 from arbg.cluster import ClusterConfig, Engine, open_engine
+from arbg.data.corpus_dask import Progress, describe, run_on_dask
+from arbg.data.corpus_manifest import build_manifest, done_entry, scan, totals
 from arbg.data.loaders import (  # noqa: F401  (re-exported)
     Corpus,
     iter_wds_frames,
@@ -243,7 +244,7 @@ def run_sequence(
     with _file_lock(lock, f"sequence {sequence} of {out}", lock_wait_s):
         meta_path = out / "sequences" / f"{sequence}.json"
         if meta_path.exists() and (out / "sequences" / f"{sequence}.npz").exists():
-            return _done_entry(json.loads(meta_path.read_text()))  # finished meanwhile
+            return done_entry(json.loads(meta_path.read_text()))  # finished meanwhile
         t0 = time.time()
         system = build_system(config.spec(sequence))
         md_cfg = config.md_config(split, sequence)
@@ -279,180 +280,13 @@ def run_sequence(
         atomic_write_json(seq_dir / f"{sequence}.json", meta)  # last: marks the sequence done
         shutil.rmtree(work, ignore_errors=True)
         log.debug("%s: %d frames in %.1f s", sequence, len(frames), wall)
-        return _done_entry(meta)
+        return done_entry(meta)
 
 
 def _run_in_worker(out_dir: str, sequence: str, split: str, config: dict) -> dict:
     """Dask task of one sequence (picklable); waits for a run of it still under way."""
     config_ = CorpusConfig.from_dict(config)
     return run_sequence(out_dir, sequence, split, config_, lock_wait_s=WORKER_LOCK_WAIT_S)
-
-
-def _done_entry(meta: dict) -> dict:
-    seq = meta["sequence"]
-    return {
-        "split": meta["split"],
-        "status": "done",
-        "ns": meta["ns"],
-        "n_frames": meta["n_frames"],
-        "frames_done": meta["n_frames"],
-        "n_atoms": meta["n_atoms"],
-        "seed": meta["seed"],
-        "files": {
-            "positions": f"sequences/{seq}.npz",
-            "topology": f"sequences/{seq}.pdb",
-            "metadata": f"sequences/{seq}.json",
-        },
-        "wall_s": meta.get("wall_s"),
-    }
-
-
-def _scan(
-    out: Path, split_of: dict[str, str], config: CorpusConfig, cleanup: bool = False
-) -> dict[str, dict]:
-    """Per-sequence manifest entries from what is on disk (the authoritative state)."""
-    entries = {}
-    for seq, split in sorted(split_of.items()):
-        meta_path = out / "sequences" / f"{seq}.json"
-        work = out / "work" / seq
-        if meta_path.exists() and (out / "sequences" / f"{seq}.npz").exists():
-            entries[seq] = _done_entry(json.loads(meta_path.read_text()))
-            if cleanup and work.exists():  # killed between consolidation and clean-up
-                shutil.rmtree(work, ignore_errors=True)
-            continue
-        md_cfg = config.md_config(split, seq)
-        done = 0
-        if (work / "progress.json").exists():
-            done = int(json.loads((work / "progress.json").read_text())["n_frames"])
-        entries[seq] = {
-            "split": split,
-            "status": "partial" if done else "pending",
-            "ns": md_cfg.ns,
-            "n_frames": md_cfg.n_frames,
-            "frames_done": done,
-            "seed": md_cfg.seed,
-        }
-    return entries
-
-
-def _totals(entries: dict[str, dict], config: CorpusConfig) -> dict:
-    ps = config.frame_interval_ps
-    done = [e for e in entries.values() if e["status"] == "done"]
-    return {
-        "sequences": len(entries),
-        "done": len(done),
-        "failed": sum(e["status"] == "failed" for e in entries.values()),
-        "frames": int(sum(e["n_frames"] for e in done)),
-        "ns_done": round(sum(e["frames_done"] * ps / 1000.0 for e in entries.values()), 6),
-        "ns_total": round(sum(e["ns"] for e in entries.values()), 6),
-    }
-
-
-def _versions() -> dict:
-    import openmm
-
-    return {"arbg": arbg.__version__, "openmm": openmm.__version__}
-
-
-def _manifest(config: CorpusConfig, splits: dict[str, list[str]], entries: dict[str, dict]) -> dict:
-    ff = FORCE_FIELDS[config.force_field]
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "force_field": {
-            "name": config.force_field,
-            "files": list(ff["forcefield"]),
-            "nonbonded": ff["nonbonded"],
-            "cutoff_nm": ff.get("cutoff_nm"),
-        },
-        "temperature_k": config.temperature_k or ff["temperature_k"],
-        "termini": "ACE/NME caps" if config.capped else "zwitterionic (NH3+ / COO-)",
-        "units": {"positions": "nm", "time": "ps"},
-        "splits": splits,
-        "sequences": entries,
-        "totals": _totals(entries, config),
-        "versions": _versions(),
-    }
-
-
-class _Progress:
-    """Progress over a whole corpus: sequences done, ns done, rate and ETA (log + tqdm)."""
-
-    def __init__(self, entries: dict[str, dict], config: CorpusConfig, bar: bool):
-        self.entries, self.config = entries, config
-        self.total_ns = sum(e["ns"] for e in entries.values())
-        self.t0, self.ns0 = time.time(), self.ns_done()
-        self.last_log, self.log_every_s = self.t0, 600.0
-        self.bar = None
-        if bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=round(self.total_ns, 6),
-                initial=round(self.ns0, 6),
-                unit="ns",
-                desc="corpus",
-                bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
-            )
-            self.bar.set_postfix_str(self._postfix())
-
-    def ns_done(self, partial: dict[str, int] | None = None) -> float:
-        ps = self.config.frame_interval_ps
-        frames = {s: e["frames_done"] for s, e in self.entries.items()}
-        frames.update(partial or {})
-        return sum(f * ps / 1000.0 for f in frames.values())
-
-    def _postfix(self, ns: float | None = None) -> str:
-        n_done = sum(e["status"] == "done" for e in self.entries.values())
-        elapsed = time.time() - self.t0
-        rate = ((ns if ns is not None else self.ns0) - self.ns0) / max(elapsed, 1e-9) * 3600.0
-        return f"{n_done}/{len(self.entries)} sequences, {rate:.2f} ns/h"
-
-    def update(self, partial: dict[str, int] | None = None) -> None:
-        """Refresh the bar with the frames on disk of the sequences under way."""
-        now = self.ns_done(partial)
-        if self.bar is not None:
-            self.bar.n = round(now, 6)
-            self.bar.set_postfix_str(self._postfix(now))  # refreshes
-        if time.time() - self.last_log > self.log_every_s:  # for logs without the bar
-            self.last_log = time.time()
-            log.info("corpus: %.3f/%.3f ns, %s", now, self.total_ns, self._postfix(now))
-
-    def finished(self, seq: str) -> None:
-        e = self.entries[seq]
-        now = self.ns_done()
-        elapsed = time.time() - self.t0
-        rate = (now - self.ns0) / elapsed * 3600.0 if elapsed > 0 else 0.0
-        left = self.total_ns - now
-        eta = _format_duration(left / rate * 3600.0) if rate > 0 else "?"
-        n_done = sum(x["status"] == "done" for x in self.entries.values())
-        if e["status"] == "done":
-            what = f"{seq} done ({e['split']}, {e['ns']:g} ns, {e.get('n_atoms')} atoms)"
-        else:
-            what = f"{seq} FAILED ({e.get('error')})"
-        log.info(
-            "corpus: %s; %d/%d sequences, %.3f/%.3f ns, %.2f ns/h, ETA %s",
-            what,
-            n_done,
-            len(self.entries),
-            now,
-            self.total_ns,
-            rate,
-            eta,
-        )
-        self.update()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def run_corpus(
@@ -565,8 +399,8 @@ def _run_locked(
     """The body of :func:`run_corpus`, under the corpus lock."""
     manifest_path = out / "manifest.json"
     split_of = {s: name for name, members in splits.items() for s in members}
-    entries = _scan(out, split_of, config, cleanup=True)
-    manifest = _manifest(config, splits, entries)
+    entries = scan(out, split_of, config, cleanup=True)
+    manifest = build_manifest(config, splits, entries)
     atomic_write_json(manifest_path, manifest)
     todo = sorted(
         (s for s, e in entries.items() if e["status"] != "done"),
@@ -587,23 +421,27 @@ def _run_locked(
     )
     if engine.dashboard_link:
         log.info("Dask dashboard: %s", engine.dashboard_link)
-    tracker = _Progress(entries, config, bar=progress and bool(todo))
+    tracker = Progress(entries, config, bar=progress and bool(todo))
 
     def record(seq: str, entry: dict | None, error: BaseException | None) -> None:
         if entry is None:
-            entries[seq] = {**entries[seq], "status": "failed", "error": _describe(error)}
+            entries[seq] = {**entries[seq], "status": "failed", "error": describe(error)}
             log.error("corpus: %s failed: %s", seq, entries[seq]["error"])
         else:
             entries[seq] = entry
         manifest["sequences"] = entries
-        manifest["totals"] = _totals(entries, config)
+        manifest["totals"] = totals(entries, config)
         atomic_write_json(manifest_path, manifest)
         tracker.entries = entries
         tracker.finished(seq)
 
     try:
         if engine.distributed:
-            _run_dask(out, todo, split_of, config, engine.client, record, tracker, poll_s)
+            # a cluster of our own has a fixed size: feed it longest first, one task per thread
+            limit = engine.n_workers if engine.cluster is not None else None
+            client = engine.client
+            args = (out, todo, split_of, config, client, _run_in_worker, record, tracker, poll_s)
+            run_on_dask(*args, max_in_flight=limit)
         else:
             for seq in todo:
                 try:
@@ -615,79 +453,12 @@ def _run_locked(
     finally:
         tracker.close()
         # a kill leaves partial sequences: record what is on disk
-        for seq, e in _scan(out, split_of, config).items():
+        for seq, e in scan(out, split_of, config).items():
             if entries[seq]["status"] != "failed" or e["status"] == "done":
                 entries[seq] = e
         manifest["sequences"] = entries
-        manifest["totals"] = _totals(entries, config)
+        manifest["totals"] = totals(entries, config)
         atomic_write_json(manifest_path, manifest)
         with contextlib.suppress(OSError):
             (out / "work").rmdir()  # only when empty
     return manifest
-
-
-def _describe(error: BaseException | None) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-def _run_dask(
-    out: Path,
-    todo: list[str],
-    split_of: dict[str, str],
-    config: CorpusConfig,
-    client,
-    record: Callable,
-    tracker: _Progress,
-    poll_s: float,
-) -> None:
-    """One Dask task per sequence; results are recorded as they finish (any order).
-
-    A worker that dies mid-sequence costs that sequence's frames since its last chunk: the
-    scheduler re-runs the task on another worker, which resumes ``work/{SEQ}``. Exceptions
-    raised by a task are recorded as failures (re-run the corpus to retry them).
-    """
-    from distributed import wait
-
-    root = str(out.resolve())  # workers may run in another directory
-    run_id = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(
-            _run_in_worker,
-            root,
-            seq,
-            split_of[seq],
-            config.to_dict(),
-            key=f"arbg-corpus-{seq}-{run_id}",
-            retries=0,
-        ): seq
-        for seq in todo
-    }
-    running = set(futures)
-    try:
-        while running:
-            try:
-                with client.as_current():  # wait() looks up the client of the futures there
-                    done, left = wait(list(running), timeout=poll_s, return_when="FIRST_COMPLETED")
-                running = set(left)
-            except TimeoutError:
-                done = set()
-            for fut in done:
-                try:
-                    entry = fut.result()
-                except (Exception, asyncio.CancelledError) as e:  # its error, KilledWorker, ...
-                    record(futures[fut], None, e)
-                else:
-                    record(futures[fut], entry, None)
-            tracker.update(_partial_frames(out, [futures[f] for f in running]))
-    finally:
-        client.cancel(list(running))  # pending ones; a running one finishes its chunk
-
-
-def _partial_frames(out: Path, sequences: Iterable[str]) -> dict[str, int]:
-    """Frames on disk of the sequences under way (``work/{SEQ}/progress.json``)."""
-    partial = {}
-    for seq in sequences:
-        p = out / "work" / seq / "progress.json"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            partial[seq] = int(json.loads(p.read_text())["n_frames"])
-    return partial

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from arbg import checks
+from arbg.chem.geometry import dihedrals
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 from arbg.reweight import kish_ess
@@ -226,46 +227,9 @@ def load_dataset(
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
     if path.is_dir() and (path / "metadata.json").exists():
-        meta = checks.read_json(path / "metadata.json", "MD metadata")
-        if isinstance(system, PeptideSystem):
-            sys_ = system
-        else:
-            sys_ = build_system(SystemSpec.from_dict(meta["system"]))
-        frames = check_frames(load_md_frames(path), sys_.n_atoms, str(path))
-        splits = contiguous_splits(len(frames), _fractions(meta.get("splits"), meta))
-        ds = Dataset(frames, sys_, splits, meta, load_md_log_weights(path))
-        if meta.get("log_weights"):
-            log.info(
-                "%s: weighted frames (sampled at %s K for %s K%s), Kish ESS %.1f of %d",
-                path,
-                meta.get("sampling_temperature_k"),
-                meta.get("target_temperature_k"),
-                ", biased" if meta.get("bias") else "",
-                ds.kish_ess(),
-                len(ds),
-            )
-        return ds
+        return _load_md_dir(path, system)
     if path.is_dir():
-        pdbs = sorted(path.glob("*.pdb"))
-        trains = sorted(path.glob("*_train.npy"))
-        if not pdbs or not trains:
-            raise ValueError(
-                f"{path}: not an arbg md directory (no metadata.json) and not the "
-                "published layout ({name}_{T}K_{train,val,test}.npy + .pdb)"
-            )
-        stem = re.sub(r"_train\.npy$", "", trains[0].name)
-        pdb = path / f"{stem}.pdb" if (path / f"{stem}.pdb").exists() else pdbs[0]
-        sys_ = _system_for_pdb(pdb, system)
-        idx = match_atoms(_load_topology(pdb), sys_, str(pdb))
-        parts, splits, start = [], {}, 0
-        for name in ("train", "val", "test"):
-            f = path / f"{stem}_{name}.npy"
-            if f.exists():
-                arr = check_frames(checks.load_npy(f, "frames"), sys_.n_atoms, str(f))[:, idx]
-                parts.append(arr)
-                splits[name] = [start, start + len(arr)]
-                start += len(arr)
-        return Dataset(np.concatenate(parts), sys_, splits, {"source": str(path)})
+        return _load_published(path, system)
     if topology is None and path.with_suffix(".pdb").exists() and path.suffix != ".pdb":
         topology = path.with_suffix(".pdb")  # e.g. reference.npz + reference.pdb
         log.info("%s: topology from %s", path, topology)
@@ -293,6 +257,77 @@ def load_dataset(
             raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
     return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)}, log_w)
+
+
+def weighting_summary(
+    data: Dataset, sampling_temperature_k: float, biased: bool, out_dir: str | Path
+) -> list[str]:
+    """What the weights of a weighted ``arbg md`` run amount to, as lines of text.
+
+    The temperatures, the Kish ESS and where the log-weights are; when the system has a phi
+    dihedral, P(phi1 > 0) of the frames as sampled and after reweighting.
+    """
+    target = data.system.temperature_k
+    lines = [
+        f"weighted frames: sampled at {sampling_temperature_k:g} K for {target:g} K"
+        f"{' under a dihedral bias' if biased else ''}; Kish ESS {kish_ess(data.log_weights):.1f}"
+        f" of {len(data)}; log-weights in {Path(out_dir) / 'log_weights.npy'} (unnormalised)"
+    ]
+    if len(data.system.phi_indices):
+        phi = dihedrals(data.positions, data.system.phi_indices[:1])[:, 0]
+        w = np.exp(data.log_weights - data.log_weights.max())
+        lines.append(
+            f"P(phi1 > 0): raw {np.mean(phi > 0):.4f}, reweighted "
+            f"{np.sum(w * (phi > 0)) / np.sum(w):.4f}"
+        )
+    return lines
+
+
+def _load_md_dir(path: Path, system: PeptideSystem | str | None) -> Dataset:
+    """An ``arbg md`` directory: its frames, splits, metadata and log-weights."""
+    meta = checks.read_json(path / "metadata.json", "MD metadata")
+    if isinstance(system, PeptideSystem):
+        sys_ = system
+    else:
+        sys_ = build_system(SystemSpec.from_dict(meta["system"]))
+    frames = check_frames(load_md_frames(path), sys_.n_atoms, str(path))
+    splits = contiguous_splits(len(frames), _fractions(meta.get("splits"), meta))
+    ds = Dataset(frames, sys_, splits, meta, load_md_log_weights(path))
+    if meta.get("log_weights"):
+        log.info(
+            "%s: weighted frames (sampled at %s K for %s K%s), Kish ESS %.1f of %d",
+            path,
+            meta.get("sampling_temperature_k"),
+            meta.get("target_temperature_k"),
+            ", biased" if meta.get("bias") else "",
+            ds.kish_ess(),
+            len(ds),
+        )
+    return ds
+
+
+def _load_published(path: Path, system: PeptideSystem | str | None) -> Dataset:
+    """The published layout: ``{stem}_{train,val,test}.npy`` beside ``{stem}.pdb``."""
+    pdbs = sorted(path.glob("*.pdb"))
+    trains = sorted(path.glob("*_train.npy"))
+    if not pdbs or not trains:
+        raise ValueError(
+            f"{path}: not an arbg md directory (no metadata.json) and not the "
+            "published layout ({name}_{T}K_{train,val,test}.npy + .pdb)"
+        )
+    stem = re.sub(r"_train\.npy$", "", trains[0].name)
+    pdb = path / f"{stem}.pdb" if (path / f"{stem}.pdb").exists() else pdbs[0]
+    sys_ = _system_for_pdb(pdb, system)
+    idx = match_atoms(_load_topology(pdb), sys_, str(pdb))
+    parts, splits, start = [], {}, 0
+    for name in ("train", "val", "test"):
+        f = path / f"{stem}_{name}.npy"
+        if f.exists():
+            arr = check_frames(checks.load_npy(f, "frames"), sys_.n_atoms, str(f))[:, idx]
+            parts.append(arr)
+            splits[name] = [start, start + len(arr)]
+            start += len(arr)
+    return Dataset(np.concatenate(parts), sys_, splits, {"source": str(path)})
 
 
 def _load_npz_frames(path: Path) -> tuple[np.ndarray, np.ndarray | None]:

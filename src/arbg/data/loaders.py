@@ -210,6 +210,41 @@ def _pdb_index(root: Path, split: str | None) -> dict[str, tuple[str, Path]]:
     return out
 
 
+def _read_shards(
+    root: Path,
+    shards: list[Path],
+    wanted: set[str] | None,
+    pdbs: dict[str, tuple[str, Path]],
+    max_frames: int | None,
+    split: str | None,
+) -> dict[str, dict[int, np.ndarray]]:
+    """``{sequence: {frame index: flat coordinates}}`` of the shards: sequences with a PDB
+    only, the first copy of a frame, at most ``max_frames`` per sequence."""
+    raw: dict[str, dict[int, np.ndarray]] = {}
+    duplicates = no_pdb = 0
+    for shard in shards:
+        for seq, frame, x in iter_wds_frames(shard, wanted):
+            if seq not in pdbs:
+                no_pdb += 1
+                continue
+            frames = raw.setdefault(seq, {})
+            if frame in frames:
+                duplicates += 1
+                continue
+            if max_frames is None or len(frames) < max_frames:
+                frames[frame] = x
+    if duplicates:
+        log.warning("%s: %d duplicate frame member(s) ignored", root, duplicates)
+    if no_pdb:
+        log.warning(
+            "%s: %d frame(s) of sequences without a PDB%s ignored",
+            root,
+            no_pdb,
+            f" in pdbs/{split}" if split else "",
+        )
+    return raw
+
+
 def load_many_peptides(
     root: str | Path,
     *,
@@ -242,28 +277,7 @@ def load_many_peptides(
     wanted = None if sequences is None else set(parse_sequences(sequences))
     pdbs = _pdb_index(root, split)
     shard_list = [Path(s) for s in shards] if shards is not None else _find_shards(root)
-    raw: dict[str, dict[int, np.ndarray]] = {}
-    duplicates = no_pdb = 0
-    for shard in shard_list:
-        for seq, frame, x in iter_wds_frames(shard, wanted):
-            if seq not in pdbs:
-                no_pdb += 1
-                continue
-            frames = raw.setdefault(seq, {})
-            if frame in frames:
-                duplicates += 1
-                continue
-            if max_frames is None or len(frames) < max_frames:
-                frames[frame] = x
-    if duplicates:
-        log.warning("%s: %d duplicate frame member(s) ignored", root, duplicates)
-    if no_pdb:
-        log.warning(
-            "%s: %d frame(s) of sequences without a PDB%s ignored",
-            root,
-            no_pdb,
-            f" in pdbs/{split}" if split else "",
-        )
+    raw = _read_shards(root, shard_list, wanted, pdbs, max_frames, split)
     if wanted is not None and wanted - set(raw):
         raise ValueError(
             f"{root}: no frames for sequence(s) {', '.join(sorted(wanted - set(raw)))}"

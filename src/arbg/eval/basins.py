@@ -113,7 +113,7 @@ def basin_populations(
     for basin in basins:
         ind = basin.contains(phi, psi)
         assigned |= ind
-        p = float(np.sum(w[ind]))
+        p = min(float(np.sum(w[ind])), 1.0)  # a sum of n equal weights 1/n can round above 1
         if method == "delta_snis":
             se = math.sqrt(float(np.sum(w**2 * (ind - p) ** 2)))
         elif method == "block_jackknife":

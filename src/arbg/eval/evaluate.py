@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,8 @@ from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
 from arbg.eval.metrics import (
-    Ensemble,
-    backbone_torsions,
     dihedrals,
     evaluate_ensemble,
-    resampled_score,
-    score,
-    strided_reference,
-    weights_from_log,
 )
 from arbg.eval.report import compute_populations, write_metrics_json
 from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported)
@@ -53,7 +47,6 @@ from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported
     write_run_report,
 )
 from arbg.reweight import (
-    clip_log_weights,
     kish_ess,
     normalize_log_weights,
     psis,
@@ -274,98 +267,126 @@ def basin_table(
     return rows
 
 
+# the run's summary.json entries that metrics.json repeats
+RUN_INFO_KEYS = (
+    "n_samples",
+    "tau",
+    "ess",
+    "energy_evaluations",
+    "n_clipped",
+    "clip_fraction",
+    "n_chirality_wrong",
+    "n_nonfinite_energy",
+    "ensemble_unique",
+)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How `arbg evaluate` scores a run against reference MD.
+
+    Attributes
+    ----------
+    n_eval : samples per W2 (the reference is stride-subsampled to as many frames).
+    repeats : resamplings of the reweighted ensemble (mean and std of each metric).
+    tica_lag : TICA lag in reference frames.
+    seed : seed of the resampling.
+    report : write report.html and its plots (--no-report: metrics.json only).
+    reference_weights : a weighted reference (biased/heated MD): transport its frame weights
+        into the W2 problems, resample it by weight (seeded), or ignore them.
+    population_weights : weights of the basin populations, free-energy differences, plots and
+        structures: the unbiased unclipped ones (default), Pareto-smoothed (PSIS) or the
+        clipped ones of the W2 metrics.
+    viewer : include the interactive 3-D viewer of representative conformations in the report.
+    """
+
+    n_eval: int = 10_000
+    repeats: int = 1
+    tica_lag: int = 100
+    seed: int = 0
+    report: bool = True
+    reference_weights: str = field(
+        default="transport", metadata={"choices": ("transport", "resample", "ignore")}
+    )
+    population_weights: str = field(
+        default="unbiased", metadata={"choices": ("unbiased", "psis", "clipped")}
+    )
+    viewer: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`arbg.checks.ArgumentError` naming the flag of a bad value."""
+        checks.positive_int("--n-eval", self.n_eval)
+        checks.nonnegative_int("--seed", self.seed)
+        checks.positive_int("--repeats", self.repeats)
+        checks.positive_int("--tica-lag", self.tica_lag)
+        checks.one_of(
+            "--reference-weights", self.reference_weights, ("transport", "resample", "ignore")
+        )
+        checks.one_of(
+            "--population-weights", self.population_weights, ("unbiased", "psis", "clipped")
+        )
+
+
 def evaluate_run(
     run_dir: str | Path,
     reference: str | Path | Dataset,
+    config: EvaluateConfig | None = None,
     *,
     out_dir: str | Path | None = None,
-    n_eval: int = 10_000,
-    seed: int = 0,
-    repeats: int = 1,
-    tica_lag: int = 100,
     topology: str | Path | None = None,
-    report: bool = True,
     title: str | None = None,
     extra_figures: list[tuple[Path, str]] | None = None,
     extra_metrics: dict[str, Any] | None = None,
-    reference_weights: str = "transport",
-    population_weights: str = "unbiased",
-    viewer: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate an ``arbg sample`` or ``arbg smc`` run against reference MD; write metrics.json
-    and the report.
+    """Evaluate a sample/smc run against reference MD: metrics.json and (config.report) report.
 
     Parameters
     ----------
     run_dir : the run directory (samples.npz, summary.json, topology.pdb).
-    reference : anything :func:`arbg.data.datasets.load_dataset` reads, or a Dataset. It should not
-        be the training data; all of its frames are used, in time order.
+    reference : what :func:`arbg.data.datasets.load_dataset` reads, or a Dataset: not the
+        training data; all of its frames are used, in time order.
+    config : the settings (:class:`EvaluateConfig`; None: its defaults).
     out_dir : where metrics.json, the PNGs and report.html go (default: ``run_dir/report``).
-    reference_weights : ``"transport"``, ``"resample"`` or ``"ignore"`` the reference's frame
-        weights (see :func:`evaluate_samples`).
-    population_weights : ``"unbiased"`` (default) or ``"clipped"`` weights for the populations,
-        free-energy differences, plots and structures (see :func:`evaluate_samples`).
-    viewer : include the interactive 3-D view of representative conformations in the report.
+    topology : PDB of an array/trajectory reference.
+    title, extra_figures, extra_metrics : report title, figures (path, caption), metrics.json keys.
     """
-
-    checks.positive_int("--n-eval", n_eval)
-    checks.nonnegative_int("--seed", seed)
-    checks.positive_int("--repeats", repeats)
-    checks.positive_int("--tica-lag", tica_lag)
-    checks.one_of("--reference-weights", reference_weights, ("transport", "resample", "ignore"))
+    (cfg := config if config is not None else EvaluateConfig()).check()
     run = load_run(run_dir)
     summary = run["summary"]
     spec = summary.get("system_spec")
-    run_system = (
-        build_system(SystemSpec.from_dict(spec), minimize=False) if isinstance(spec, dict) else None
-    )
-    if isinstance(reference, Dataset):
-        ref = reference
-    elif Path(reference).is_dir() and (Path(reference) / "metadata.json").exists():
-        ref = load_dataset(reference, topology=topology)  # an arbg md run knows its system
-    else:  # frames + topology: the reference's energies use the samples' force field
-        ref = load_dataset(reference, topology=topology, system=run_system)
+    run_system = None
+    if isinstance(spec, dict):
+        run_system = build_system(SystemSpec.from_dict(spec), minimize=False)
+    ref = _load_reference(reference, topology, run_system)
     system = run_system if run_system is not None else ref.system
     positions = run["coords"].astype(np.float64)
-    info = {
-        k: summary[k]
-        for k in (
-            "n_samples",
-            "tau",
-            "ess",
-            "energy_evaluations",
-            "n_clipped",
-            "clip_fraction",
-            "n_chirality_wrong",
-            "n_nonfinite_energy",
-            "ensemble_unique",
-        )
-        if k in summary
-    }
+    info = {k: summary[k] for k in RUN_INFO_KEYS if k in summary}
     metrics = evaluate_samples(
         system,
         positions,
         run["u"],
         run["log_w"],
         ref,
-        n_eval=n_eval,
-        seed=seed,
-        repeats=repeats,
-        tica_lag=tica_lag,
+        n_eval=cfg.n_eval,
+        seed=cfg.seed,
+        repeats=cfg.repeats,
+        tica_lag=cfg.tica_lag,
         info=info,
-        reference_weights=reference_weights,
+        reference_weights=cfg.reference_weights,
         log_w_raw=run.get("log_w_raw"),
-        population_weights=population_weights,
+        population_weights=cfg.population_weights,
     )
-    ref_lw = reference_log_weights(ref, reference_weights)
-    metrics["reference"] = _reference_info(reference, ref, ref_lw, reference_weights)
+    ref_lw = reference_log_weights(ref, cfg.reference_weights)
+    metrics["reference"] = _reference_info(reference, ref, ref_lw, cfg.reference_weights)
     if extra_metrics:
         metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    if report:
+    if cfg.report:
         log.info("evaluate: writing the report and its plots to %s", out)
-        pop_lw, _ = population_log_weights(run["log_w"], run.get("log_w_raw"), population_weights)
+        pop_lw, _ = population_log_weights(
+            run["log_w"], run.get("log_w_raw"), cfg.population_weights
+        )
         write_run_report(
             out,
             system,
@@ -378,14 +399,26 @@ def evaluate_run(
             metrics,
             context=report_context(summary, system),
             title=title or f"arbg report: {system.name}",
-            tica_lag=tica_lag,
-            seed=seed,
+            tica_lag=cfg.tica_lag,
+            seed=cfg.seed,
             extra_figures=extra_figures or (),
-            viewer=viewer,
+            viewer=cfg.viewer,
         )
     else:
         write_metrics_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _load_reference(
+    reference: str | Path | Dataset, topology: str | Path | None, run_system: Any
+) -> Dataset:
+    """The reference as a Dataset: an `arbg md` directory knows its system; bare frames (with
+    ``topology``) get the run's system, so their energies use the samples' force field."""
+    if isinstance(reference, Dataset):
+        return reference
+    if Path(reference).is_dir() and (Path(reference) / "metadata.json").exists():
+        return load_dataset(reference, topology=topology)
+    return load_dataset(reference, topology=topology, system=run_system)
 
 
 def _reference_info(
@@ -404,77 +437,3 @@ def _reference_info(
         "target_temperature_k": ref.metadata.get("target_temperature_k"),
         "biased": bool(ref.metadata.get("bias")),
     }
-
-
-def md_cost_curve(
-    system: PeptideSystem,
-    md_frames: np.ndarray,
-    steps_per_frame: int,
-    positions: np.ndarray,
-    energies: np.ndarray,
-    log_w_raw: np.ndarray,
-    reference: Dataset,
-    budgets: list[int],
-    *,
-    evals_per_sample: float = 1.0,
-    n_max: int = 5000,
-    seed: int = 0,
-    md_log_weights: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """E-W2 and T-W2 against the reference at matched energy-evaluation budgets, BG vs MD.
-
-    One MD step costs one force evaluation, so MD with budget K is the first K steps of a run
-    (its frames at the saved stride: K / steps_per_frame frames). A BG with budget K reweights
-    its first K / evals_per_sample proposals. Budgets that give fewer than 2 MD frames or
-    proposals are skipped. At most ``n_max`` samples per side enter each W2 (stride-subsampled).
-    A weighted reference transports its (stride-subsampled) weights. `md_frames` are taken as
-    equilibrium MD unless `md_log_weights` ([frames] unnormalised, e.g. biased MD's exact
-    frame log-weights) are given: then MD with budget K transports the weights of its first
-    frames, renormalised over them (reweighted enhanced-sampling MD at matched cost).
-    """
-
-    rng = np.random.default_rng(seed)
-    phi, psi = system.phi_indices, system.psi_indices
-    ref = strided_reference(
-        reference_energies(reference, system),
-        backbone_torsions(reference.positions, phi, psi),
-        n_max,
-        reference_log_weights(reference),
-    )
-    out: dict[str, Any] = {
-        "budgets": [],
-        "bg": {"e_w2": [], "t_w2": []},
-        "md": {"budgets": [], "e_w2": [], "t_w2": []},
-    }
-    t0 = time.perf_counter()
-    for i, k in enumerate(budgets):
-        log.info(
-            "cost curve: budget %d of %d (%d energy evaluations), %.0f s so far",
-            i + 1,
-            len(budgets),
-            k,
-            time.perf_counter() - t0,
-        )
-        n_bg = int(k / evals_per_sample)
-        if 2 <= n_bg <= len(positions):
-            lw, _ = clip_log_weights(np.asarray(log_w_raw[:n_bg], dtype=np.float64))
-            bg = Ensemble(energies[:n_bg], backbone_torsions(positions[:n_bg], phi, psi))
-            scored = resampled_score(bg, normalize_log_weights(lw), ref, min(n_bg, n_max), rng)
-            out["budgets"].append(k)
-            out["bg"]["e_w2"].append(scored["e_w2"])
-            out["bg"]["t_w2"].append(scored["t_w2"])
-        n_md = k // steps_per_frame
-        if 2 <= n_md <= len(md_frames):
-            sub = slice(0, n_md, max(1, n_md // n_max))
-            frames = md_frames[sub]
-            md_w = None
-            if md_log_weights is not None:
-                md_w = weights_from_log(np.asarray(md_log_weights[sub], np.float64))
-            md = Ensemble(
-                system.reduced_energy(frames), backbone_torsions(frames, phi, psi), None, md_w
-            )
-            scored = score(md, ref)
-            out["md"]["budgets"].append(k)
-            out["md"]["e_w2"].append(scored["e_w2"])
-            out["md"]["t_w2"].append(scored["t_w2"])
-    return out

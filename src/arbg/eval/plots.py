@@ -26,6 +26,12 @@ Target = Any  # str | Path | Axes | Sequence[Axes]
 COLORS = {"reference": "black", "proposal": "tab:orange", "reweighted": "tab:blue"}
 
 
+def _save(fig: Any, path: str | Path) -> None:
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
 @contextmanager
 def _axes(target: Target, n: int = 1, panel_size: tuple[float, float] = (4.5, 3.6)) -> Iterator:
     """Yield a list of ``n`` Axes; save and close the figure if ``target`` is a path."""
@@ -33,9 +39,7 @@ def _axes(target: Target, n: int = 1, panel_size: tuple[float, float] = (4.5, 3.
         fig, axes = plt.subplots(1, n, figsize=(panel_size[0] * n, panel_size[1]), squeeze=False)
         try:
             yield list(axes[0])
-            fig.tight_layout()
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(target, dpi=100)
+            _save(fig, target)
         finally:
             plt.close(fig)
     else:
@@ -301,6 +305,35 @@ def _wstats(v: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray
     return mean, std
 
 
+def _deviation_histogram(
+    ax: Any, ref: np.ndarray, v: np.ndarray, w: np.ndarray | None, what: str
+) -> int:
+    """Histograms of one bond or angle: the reference and the (weighted) samples on the
+    reference's range, widened by its span on each side (a broken sample, a 1 nm "bond", must
+    not squeeze the distributions into one bin). Returns the samples outside that range."""
+    q_lo, q_hi = np.percentile(ref, [0.1, 99.9])
+    span = max(q_hi - q_lo, 1e-9)
+    edges = np.linspace(q_lo - span, q_hi + span, 61)
+    out_mask = (v < edges[0]) | (v > edges[-1])
+    inside_mass = np.count_nonzero(~out_mask) if w is None else np.sum(w[~out_mask])
+    ax.hist(
+        ref, bins=edges, density=True, histtype="step", color=COLORS["reference"], label="reference"
+    )
+    if inside_mass > 0:
+        ax.hist(
+            v,
+            bins=edges,
+            weights=w,
+            density=True,
+            histtype="step",
+            color=COLORS["reweighted"],
+            label=what,
+        )
+    else:
+        _note_empty(ax, 0, len(v), what if w is None else "samples with weight")
+    return int(np.count_nonzero(out_mask))
+
+
 def plot_bond_distributions(
     path: str | Path,
     x_ref: np.ndarray,
@@ -340,12 +373,7 @@ def plot_bond_distributions(
     what = "reweighted proposals (SNIS)" if w is not None else "proposals (unweighted)"
     data = {
         "bonds": (bond_lengths(x_ref, bonds), bond_lengths(x, bonds), "length (nm)", 1.0),
-        "angles": (
-            bond_angles(x_ref, angles),
-            bond_angles(x, angles),
-            "angle (deg)",
-            180.0 / np.pi,
-        ),
+        "angles": (bond_angles(x_ref, angles), bond_angles(x, angles), "angle (deg)", 180 / np.pi),
     }
     y_units = {"bonds": "density (1/nm)", "angles": "density (1/deg)"}
     n_panels = max(1, n_show)
@@ -369,34 +397,7 @@ def plot_bond_distributions(
         offset += z.size + 2
         names = labels[row - 1] if labels else [f"{kind[:-1]} {i}" for i in range(z.size)]
         for ax, i in zip(axes[row], np.argsort(-(np.abs(z) + np.abs(lr)))[:n_panels], strict=False):
-            # the reference's range, widened by its span on each side: a broken sample
-            # (a 1 nm "bond") must not squeeze the distributions into one bin
-            q_lo, q_hi = np.percentile(vr[:, i] * scale, [0.1, 99.9])
-            span = max(q_hi - q_lo, 1e-9)
-            edges = np.linspace(q_lo - span, q_hi + span, 61)
-            out_mask = (vs[:, i] * scale < edges[0]) | (vs[:, i] * scale > edges[-1])
-            outside = np.count_nonzero(out_mask)
-            inside_mass = np.count_nonzero(~out_mask) if w is None else np.sum(w[~out_mask])
-            ax.hist(
-                vr[:, i] * scale,
-                bins=edges,
-                density=True,
-                histtype="step",
-                color=COLORS["reference"],
-                label="reference",
-            )
-            if inside_mass > 0:
-                ax.hist(
-                    vs[:, i] * scale,
-                    bins=edges,
-                    weights=w,
-                    density=True,
-                    histtype="step",
-                    color=COLORS["reweighted"],
-                    label=what,
-                )
-            else:
-                _note_empty(ax, 0, len(vs), what if w is None else "samples with weight")
+            outside = _deviation_histogram(ax, vr[:, i] * scale, vs[:, i] * scale, w, what)
             ax.set_title(
                 f"{names[i]}: z={z[i]:+.2f}" + (f" ({outside} outside)" if outside else ""),
                 fontsize=9,
@@ -409,9 +410,7 @@ def plot_bond_distributions(
     top.set_ylabel("z (ref. std) or log2 std ratio")
     top.set_title(f"Bond lengths and angles: {what} vs reference MD")
     top.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return summary
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,52 @@ def _subsample(n: int, max_points: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=max_points, replace=False))
 
 
+def _plot_subsets(
+    x_ref: np.ndarray,
+    x: np.ndarray,
+    reference_log_weights: np.ndarray | None,
+    max_points: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The plotted reference frames (a random subset, or resampled by weight when weighted),
+    the reference weights (None: unweighted) and the plotted proposals."""
+    rng = np.random.default_rng(seed)
+    ref_w = None
+    if reference_log_weights is None:
+        sub_ref = _subsample(len(x_ref), max_points, rng)
+    else:
+        ref_lw = np.asarray(reference_log_weights, dtype=np.float64)
+        ref_w = weights_from_log(ref_lw)
+        sub_ref = np.sort(multinomial_resample(ref_lw, min(len(x_ref), max_points), rng))
+    return sub_ref, ref_w, _subsample(len(x), max_points, rng)
+
+
+def _ramachandran_figures(
+    add: Callable[[str, str], Path],
+    x_ref: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    phi_indices: np.ndarray,
+    psi_indices: np.ndarray,
+    residue_labels: Sequence[str] | None,
+) -> None:
+    """One Ramachandran plot per residue: reference against the weighted proposals."""
+    phi_r, psi_r = dihedrals(x_ref, phi_indices), dihedrals(x_ref, psi_indices)
+    phi_s, psi_s = dihedrals(x, phi_indices), dihedrals(x, psi_indices)
+    for k in range(min(phi_r.shape[1], psi_r.shape[1])):
+        res = residue_labels[k] if residue_labels else f"residue {k + 1}"
+        plots.plot_ramachandran(
+            add(f"ramachandran_{k + 1}.png", f"Ramachandran plot, {res}"),
+            phi_r[:, k],
+            psi_r[:, k],
+            phi_s[:, k],
+            psi_s[:, k],
+            weights=w,
+            title=res,
+        )
+
+
+# long: a 60-line docstring of 24 parameters; the body draws the figures one after another
 def write_report(
     out_dir: str | Path,
     *,
@@ -189,18 +235,9 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x_ref = np.asarray(reference_positions)
-    x = np.asarray(proposal_positions)
+    x_ref, x = np.asarray(reference_positions), np.asarray(proposal_positions)
     w_all = weights_from_log(np.asarray(log_weights, dtype=np.float64))
-    ref_w = None
-    if reference_log_weights is None:
-        sub_ref = _subsample(len(x_ref), max_points, rng)
-    else:
-        ref_lw = np.asarray(reference_log_weights, dtype=np.float64)
-        ref_w = weights_from_log(ref_lw)
-        sub_ref = np.sort(multinomial_resample(ref_lw, min(len(x_ref), max_points), rng))
-    sub = _subsample(len(x), max_points, rng)
+    sub_ref, ref_w, sub = _plot_subsets(x_ref, x, reference_log_weights, max_points, seed)
     w = w_all[sub] / w_all[sub].sum()
     figures: list[tuple[Path, str]] = []
 
@@ -216,19 +253,7 @@ def write_report(
         weights=w,
     )
     plots.plot_log_weights(add("log_weights.png", "Importance-weight distribution"), log_weights)
-    phi_r, psi_r = dihedrals(x_ref[sub_ref], phi_indices), dihedrals(x_ref[sub_ref], psi_indices)
-    phi_s, psi_s = dihedrals(x[sub], phi_indices), dihedrals(x[sub], psi_indices)
-    for k in range(min(phi_r.shape[1], psi_r.shape[1])):
-        res = residue_labels[k] if residue_labels else f"residue {k + 1}"
-        plots.plot_ramachandran(
-            add(f"ramachandran_{k + 1}.png", f"Ramachandran plot, {res}"),
-            phi_r[:, k],
-            psi_r[:, k],
-            phi_s[:, k],
-            psi_s[:, k],
-            weights=w,
-            title=res,
-        )
+    _ramachandran_figures(add, x_ref[sub_ref], x[sub], w, phi_indices, psi_indices, residue_labels)
     if backbone_indices is not None:
         feats_ref = tica_features(x_ref, backbone_indices, phi_indices, psi_indices, omega_indices)
         tica = fit_tica(feats_ref, lag=tica_lag, dim=2)

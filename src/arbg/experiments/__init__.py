@@ -3,13 +3,14 @@ tables and temperature tuning."""
 
 from __future__ import annotations
 
-from arbg.experiments.ablations import ablate_bins, ablate_temperature
+from arbg.experiments.ablations import AblateTemperatureConfig, ablate_bins, ablate_temperature
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, run_demo
 from arbg.experiments.tuning import tune_temperature
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot
 
 __all__ = [
+    "AblateTemperatureConfig",
     "BenchmarkConfig",
     "DemoConfig",
     "ZeroShotConfig",

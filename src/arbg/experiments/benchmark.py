@@ -12,7 +12,7 @@ the training data by :func:`arbg.experiments.tuning.tune_temperature` (every hea
 only the heads
 in ``tune_heads``); the tuned model is then sampled again at its tau. MD at the same
 energy-evaluation budget (one force evaluation per integration step, so ``n_samples`` steps) is
-evaluated by :func:`arbg.eval.evaluate.md_cost_curve` on consecutive blocks of the training MD, one
+evaluated by :func:`arbg.eval.cost.md_cost_curve` on consecutive blocks of the training MD, one
 block per seed.
 
 Layout of the output directory ``DIR`` (every stage is reused when complete)::
@@ -41,6 +41,7 @@ from typing import Any
 
 from arbg.data.datasets import Dataset
 from arbg.eval.htmlkit import esc, html_table_page  # noqa: F401 (html_table_page re-exported)
+from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
 from arbg.experiments.stages import (
     RESAMPLED,
     BudgetConfig,
@@ -51,11 +52,10 @@ from arbg.experiments.stages import (
     ensure_trained,
     ensure_tuned,
     make_train_config,
-    md_at_budget,
-    md_steps_per_frame,
     stats,
     tau_name,
 )
+from arbg.experiments.tuning import TuneConfig
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.nn.heads import HEADS
 
@@ -221,6 +221,7 @@ def _metric(metrics: dict[str, Any], key: str, ensemble: str = RESAMPLED) -> flo
     return float(v["mean"]) if v and v.get("mean") is not None else math.nan
 
 
+# long: a 27-line docstring, then the stages in order and the one result record
 def run_benchmark(
     data: str | Path | Dataset,
     reference: str | Path | Dataset,
@@ -273,43 +274,118 @@ def run_benchmark(
         cfg.n_samples,
         tuned_heads or "none",
     )
-    models: dict[str, dict[str, Any]] = {}
-    for head in cfg.heads:
-        models[head] = {}
-        for seed in cfg.seeds:
-            key = f"{head}-seed{seed}"
-            logger.info("benchmark: %s", key)
-            ckpt = ensure_trained(
-                data, out / "train" / key, make_train_config(cfg, head, seed), log
-            )
-            rec: dict[str, Any] = {"checkpoint": str(ckpt)}
-            m1 = ensure_run(ckpt, out / "runs" / f"{key}-{tau_name(1.0)}", ref, cfg, 1.0, seed, log)
-            rec["tau1"] = {
-                "run": str(out / "runs" / f"{key}-{tau_name(1.0)}"),
-                **_ensemble_means(m1),
-            }
-            rec["_m1"] = m1
-            if head in tuned_heads:
-                tune = ensure_tuned(
-                    ckpt,
-                    data.split("val"),
-                    data.split_log_weights("val"),
-                    out / "tune" / f"{key}.json",
-                    cfg.taus,
-                    n=cfg.tune_n,
-                    n_eval=cfg.tune_n_eval,
-                    seed=seed,
-                    device=cfg.device,
-                    log=log,
-                )
-                tau = float(tune["best_tau"])
-                run_dir = out / "runs" / f"{key}-{tau_name(tau)}"
-                mt = ensure_run(ckpt, run_dir, ref, cfg, tau, seed, log)
-                rec["tune"] = {k: tune[k] for k in ("rows", "best_tau", "n", "n_eval")}
-                rec["tuned"] = {"run": str(run_dir), **_ensemble_means(mt)}
-                rec["_mt"] = mt
-            models[head][str(seed)] = rec
+    models = {
+        head: {str(s): _model_record(data, ref, cfg, head, s, out, log) for s in cfg.seeds}
+        for head in cfg.heads
+    }
+    rows = _method_rows(models, cfg)
+    spf, md, floor = _md_at_budget_and_floor(data, ref, cfg, models)
+    rows.append(
+        {"method": f"MD ({cfg.n_samples:,} energy evaluations)", "head": None, "tau": None}
+        | {"e_w2": md["e_w2"], "t_w2": md["t_w2"]}
+    )
+    notes = _notes(cfg, data, ref, rows, md, spf, floor, command)
+    title = f"arbg benchmark: {data.system.name}"
+    md_text, html_text = format_table(rows, title, notes)
+    paths = {
+        "table_md": str(out / "table.md"),
+        "table_html": str(out / "table.html"),
+        "json": str(out / "benchmark.json"),
+    }
+    result = {
+        "command": command,
+        "title": title,
+        "system": data.system.name,
+        "data": dataset_id(data),
+        "reference": dataset_id(ref),
+        "config": asdict(cfg),
+        "rows": rows,
+        "models": models,
+        "md": md,
+        "md_floor": floor,
+        "energy_evaluations_per_run": cfg.n_samples,
+        "notes": notes,
+        "paths": paths,
+        "stages": log.records,
+        "stage_wall_s": log.wall_s(),
+        "ran": log.ran(),
+        "wall_s": time.time() - t_start,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_outputs(out, md_text, html_text, result)
+    return result
 
+
+def _write_outputs(out: Path, md_text: str, html_text: str, result: dict[str, Any]) -> None:
+    atomic_write_text(out / "table.md", md_text)
+    atomic_write_text(out / "table.html", html_text)
+    atomic_write_json(out / "benchmark.json", result)
+    logger.info(
+        "benchmark: wrote %s (%.0f s; stages %s)",
+        out / "table.md",
+        result["wall_s"],
+        {k: round(v, 1) for k, v in result["stage_wall_s"].items()},
+    )
+
+
+def _md_at_budget_and_floor(
+    data: Dataset, ref: Dataset, cfg: BenchmarkConfig, models: dict[str, dict[str, Any]]
+) -> tuple[int | None, dict[str, Any], dict[str, Any]]:
+    """MD at the runs' energy-evaluation budget (steps per frame, ``md_at_budget``) and the
+    MD-vs-MD floor of the reference (from the first head's tau = 1 runs); drops the metrics the
+    model records held for the table."""
+    spf = cfg.md_steps_per_frame or md_steps_per_frame(data)
+    md = md_at_budget(data, ref, cfg.n_samples, cfg.seeds, spf or 1, cfg.n_eval)
+    m_first = [models[cfg.heads[0]][str(s)]["_m1"] for s in cfg.seeds]
+    floor = {
+        key: stats([_metric(m, key, "md_floor") for m in m_first]) for key, _ in METRIC_COLUMNS
+    }
+    for head in models.values():
+        for rec in head.values():
+            rec.pop("_m1", None)
+            rec.pop("_mt", None)
+    return spf, md, floor
+
+
+def _model_record(
+    data: Dataset,
+    ref: Dataset,
+    cfg: BenchmarkConfig,
+    head: str,
+    seed: int,
+    out: Path,
+    log: StageLog,
+) -> dict[str, Any]:
+    """Train one head with one seed, sample and evaluate it at tau = 1 and, when its tau is
+    tuned, at the tuned tau. ``_m1`` / ``_mt`` hold the metrics until the table is made."""
+    key = f"{head}-seed{seed}"
+    logger.info("benchmark: %s", key)
+    ckpt = ensure_trained(data, out / "train" / key, make_train_config(cfg, head, seed), log)
+    rec: dict[str, Any] = {"checkpoint": str(ckpt)}
+    run1 = out / "runs" / f"{key}-{tau_name(1.0)}"
+    m1 = ensure_run(ckpt, run1, ref, cfg, 1.0, seed, log)
+    rec["tau1"] = {"run": str(run1), **_ensemble_means(m1)}
+    rec["_m1"] = m1
+    if head in cfg.tuned_heads():
+        tune = ensure_tuned(
+            ckpt,
+            data.split("val"),
+            data.split_log_weights("val"),
+            out / "tune" / f"{key}.json",
+            TuneConfig(tuple(cfg.taus), cfg.tune_n, cfg.tune_n_eval, seed, cfg.device),
+            log,
+        )
+        tau = float(tune["best_tau"])
+        run_dir = out / "runs" / f"{key}-{tau_name(tau)}"
+        mt = ensure_run(ckpt, run_dir, ref, cfg, tau, seed, log)
+        rec["tune"] = {k: tune[k] for k in ("rows", "best_tau", "n", "n_eval")}
+        rec["tuned"] = {"run": str(run_dir), **_ensemble_means(mt)}
+        rec["_mt"] = mt
+    return rec
+
+
+def _method_rows(models: dict[str, dict[str, Any]], cfg: BenchmarkConfig) -> list[dict[str, Any]]:
+    """The table rows of the heads: every head at tau = 1, then the tuned ones."""
     rows: list[dict[str, Any]] = []
     for variant, label in (("_m1", "τ = 1"), ("_mt", "tuned τ")):
         for head in cfg.heads:
@@ -326,27 +402,21 @@ def run_benchmark(
             if variant == "_mt":
                 row["taus"] = [r["tune"]["best_tau"] for r in recs]
             rows.append(row)
+    return rows
 
-    spf = cfg.md_steps_per_frame or md_steps_per_frame(data)
-    md = md_at_budget(data, ref, cfg.n_samples, cfg.seeds, spf or 1, cfg.n_eval)
-    rows.append(
-        {
-            "method": f"MD ({cfg.n_samples:,} energy evaluations)",
-            "head": None,
-            "tau": None,
-            "e_w2": md["e_w2"],
-            "t_w2": md["t_w2"],
-        }
-    )
-    m_first = [models[cfg.heads[0]][str(s)]["_m1"] for s in cfg.seeds]
-    floor = {
-        key: stats([_metric(m, key, "md_floor") for m in m_first]) for key, _ in METRIC_COLUMNS
-    }
-    for head in models.values():
-        for rec in head.values():
-            rec.pop("_m1", None)
-            rec.pop("_mt", None)
 
+def _notes(
+    cfg: BenchmarkConfig,
+    data: Dataset,
+    ref: Dataset,
+    rows: list[dict[str, Any]],
+    md: dict[str, Any],
+    spf: int | None,
+    floor: dict[str, Any],
+    command: str | None,
+) -> list[str]:
+    """The lines under the table: data, budget, tuning, the MD row and its floor, the command."""
+    tuned_heads = cfg.tuned_heads()
     notes = [
         f"System {data.system.name}; training data {dataset_id(data)}; reference "
         f"{dataset_id(ref)}.",
@@ -381,40 +451,4 @@ def run_benchmark(
     ]
     if command:
         notes.append(f"Command: {command}")
-    title = f"arbg benchmark: {data.system.name}"
-    md_text, html_text = format_table(rows, title, notes)
-    paths = {
-        "table_md": str(out / "table.md"),
-        "table_html": str(out / "table.html"),
-        "json": str(out / "benchmark.json"),
-    }
-    result = {
-        "command": command,
-        "title": title,
-        "system": data.system.name,
-        "data": dataset_id(data),
-        "reference": dataset_id(ref),
-        "config": asdict(cfg),
-        "rows": rows,
-        "models": models,
-        "md": md,
-        "md_floor": floor,
-        "energy_evaluations_per_run": cfg.n_samples,
-        "notes": notes,
-        "paths": paths,
-        "stages": log.records,
-        "stage_wall_s": log.wall_s(),
-        "ran": log.ran(),
-        "wall_s": time.time() - t_start,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(out / "table.md", md_text)
-    atomic_write_text(out / "table.html", html_text)
-    atomic_write_json(out / "benchmark.json", result)
-    logger.info(
-        "benchmark: wrote %s (%.0f s; stages %s)",
-        out / "table.md",
-        result["wall_s"],
-        {k: round(v, 1) for k, v in result["stage_wall_s"].items()},
-    )
-    return result
+    return notes

@@ -45,10 +45,11 @@ from arbg.chem.md import (
 )
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
+from arbg.eval.cost import md_cost_curve
 from arbg.eval.evaluate import (
+    EvaluateConfig,
     evaluate_run,
     load_run,
-    md_cost_curve,
     reference_energies,
     reference_log_weights,
 )
@@ -62,6 +63,7 @@ from arbg.experiments.demo_checks import (
 )
 from arbg.io import atomic_write_json
 from arbg.reweight import normalize_log_weights
+from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.trainer import TrainConfig, Trainer, train
 
@@ -190,16 +192,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     else:
         # aldp has one chiral centre, so a wrong sample is wholly mirrored: the exact "mirror"
         # policy (density q(y) + q(-y)) uses it instead of discarding half the proposals
-        run_sampling(
-            str(checkpoint),
-            run_dir,
-            n=n_samples,
-            tau=cfg.tau,
-            seed=cfg.seed,
-            energy=system,
-            chirality=cfg.chirality,
-            progress=cfg.progress,
-        )
+        sample = SampleConfig(n=n_samples, tau=cfg.tau, seed=cfg.seed, chirality=cfg.chirality)
+        run_sampling(str(checkpoint), run_dir, sample, energy=system, progress=cfg.progress)
     timings["sample"] = time.time() - t
 
     if not cfg.quick:
@@ -211,9 +205,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None) -> Path:
     metrics = evaluate_run(
         run_dir,
         reference,
+        EvaluateConfig(n_eval=n_eval, seed=cfg.seed),
         out_dir=out / "report",
-        n_eval=n_eval,
-        seed=cfg.seed,
         extra_figures=extra_figures,
         extra_metrics={"md_cost_curve": cost} if cost else None,
         title="arbg demo: alanine dipeptide (Ace-A-Nme, amber99sbildn/OBC, 300 K)",

@@ -8,8 +8,8 @@ Each stage reuses its output when it is complete and was made with the same sett
   evaluations at one tau, SNIS) and :func:`arbg.eval.evaluate.evaluate_run`
   (``report/metrics.json``).
 - :func:`ensure_tuned`: :func:`arbg.experiments.tuning.tune_temperature`, cached as JSON.
-- :func:`md_at_budget`: MD with the same number of energy evaluations
-  (:func:`arbg.eval.evaluate.md_cost_curve`).
+
+MD with the same number of energy evaluations is :mod:`arbg.experiments.md_baseline`.
 
 :class:`BudgetConfig` is the budget every trained model gets; :class:`StageLog` records what each
 stage did (ran or reused, seconds).
@@ -23,22 +23,20 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.evaluate import evaluate_run, md_cost_curve
-from arbg.experiments.tuning import tune_temperature
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run
+from arbg.experiments.tuning import TuneConfig, tune_temperature
 from arbg.io import atomic_write_json
+from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.checkpoints import load_checkpoint, read_config
 from arbg.train.trainer import TrainConfig, train
-
-if TYPE_CHECKING:
-    from arbg.train.trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +96,23 @@ class BudgetConfig:
             )
         if self.n_bins is not None and self.n_bins < 2:
             raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
+
+    def sample_config(self, tau: float, seed: int) -> SampleConfig:
+        """The :class:`arbg.sampling.config.SampleConfig` of a run of this budget."""
+        return SampleConfig(
+            n=self.n_samples,
+            tau=tau,
+            seed=seed,
+            device=resolve_device(self.device),
+            clip_fraction=self.clip_fraction,
+            chirality=self.chirality,
+        )
+
+    def evaluate_config(self, seed: int) -> EvaluateConfig:
+        """The :class:`arbg.eval.evaluate.EvaluateConfig` of a run of this budget."""
+        return EvaluateConfig(
+            n_eval=self.n_eval, seed=seed, tica_lag=self.tica_lag, report=self.report
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,8 +246,7 @@ def ensure_trained(
 
     A run is complete when ``out_dir/last`` reached ``config.steps``; an incomplete one is
     resumed by :func:`arbg.train.trainer.train` from ``last``. A directory trained with another
-    head or
-    bin count is refused.
+    head or bin count is refused.
 
     Returns
     -------
@@ -288,8 +302,7 @@ def ensure_run(
     force field); single-system checkpoints take None.
 
     The run (:func:`arbg.sampling.runs.run_sampling`) is reused when it has the same checkpoint,
-    tau and
-    sample count and is newer than the checkpoint's weights; otherwise it is deleted and redone.
+    tau and sample count and is newer than the checkpoint's weights; else it is redone.
     ``run_dir/report/metrics.json`` (:func:`arbg.eval.evaluate.evaluate_run`) is reused when it is
     newer than the samples and was made with the same ``n_eval``, seed, TICA lag and reference.
 
@@ -298,8 +311,21 @@ def ensure_run(
     dict: the content of metrics.json (``metrics[ensemble][e_w2|t_w2|tica_w2]``, ESS, ...).
     """
 
-    ckpt = Path(checkpoint).resolve()
     run = Path(run_dir)
+    _ensure_samples(Path(checkpoint).resolve(), run, budget, tau, seed, log, sequence)
+    return _ensure_metrics(run, reference, budget, seed, log)
+
+
+def _ensure_samples(
+    ckpt: Path,
+    run: Path,
+    budget: BudgetConfig,
+    tau: float,
+    seed: int,
+    log: StageLog | None,
+    sequence: str | None,
+) -> None:
+    """The sampling stage of :func:`ensure_run`: redo a run made otherwise or interrupted."""
     samples, summary_path = run / "samples.npz", run / "summary.json"
     t0 = time.time()
     if samples.exists() and summary_path.exists():
@@ -322,25 +348,22 @@ def ensure_run(
     ran = not samples.exists()
     if ran:
         logger.info("sampling %d proposals at tau %g into %s", budget.n_samples, tau, run)
-        dev = resolve_device(budget.device)
+        sample = budget.sample_config(tau, seed)
         source: Any = str(ckpt)
         if sequence is not None:
-            source = load_checkpoint(ckpt, device=dev, sequence=sequence)
-        run_sampling(
-            source,
-            run,
-            n=budget.n_samples,
-            tau=tau,
-            seed=seed,
-            device=dev,
-            clip_fraction=budget.clip_fraction,
-            chirality=budget.chirality,
-        )
+            source = load_checkpoint(ckpt, device=sample.device, sequence=sequence)
+        run_sampling(source, run, sample)
     else:
         logger.info("reusing the samples in %s", run)
     if log is not None:
         log.add("sample", run.name, ran, time.time() - t0)
 
+
+def _ensure_metrics(
+    run: Path, reference: Dataset, budget: BudgetConfig, seed: int, log: StageLog | None
+) -> dict[str, Any]:
+    """The evaluation stage of :func:`ensure_run`: ``report/metrics.json``, reused when it is
+    newer than the samples and was asked for the same way."""
     t0 = time.time()
     metrics_path = run / "report" / "metrics.json"
     request = {
@@ -350,7 +373,7 @@ def ensure_run(
         "reference": dataset_id(reference),
     }
     ran = True
-    if metrics_path.exists() and _mtime(metrics_path) >= _mtime(samples):
+    if metrics_path.exists() and _mtime(metrics_path) >= _mtime(run / "samples.npz"):
         if json.loads(metrics_path.read_text()).get("benchmark_request") == request:
             ran = False
     if ran:
@@ -360,11 +383,8 @@ def ensure_run(
         evaluate_run(
             run,
             reference,
+            budget.evaluate_config(seed),
             out_dir=run / "report",
-            n_eval=budget.n_eval,
-            seed=seed,
-            tica_lag=budget.tica_lag,
-            report=budget.report,
             extra_metrics={"benchmark_request": request},
         )
     else:
@@ -379,16 +399,11 @@ def ensure_tuned(
     positions: np.ndarray,
     log_weights: np.ndarray | None,
     path: str | Path,
-    taus: Sequence[float],
-    *,
-    n: int,
-    n_eval: int,
-    seed: int,
-    device: str = "auto",
+    config: TuneConfig,
     log: StageLog | None = None,
 ) -> dict[str, Any]:
     """:func:`arbg.experiments.tuning.tune_temperature` on ``positions``, cached in the JSON file
-    ``path``.
+    ``path`` (``config.device`` may be ``"auto"``).
 
     The cache is reused when it was made from the same checkpoint (and is newer than its
     weights) with the same taus, ``n``, ``n_eval`` and seed.
@@ -398,14 +413,13 @@ def ensure_tuned(
     dict: the tune result (``rows`` with ``tau``, ``e_w2``, ``t_w2``, ``score``, ``ess``,
     ``best_tau``) plus ``request``.
     """
-
     ckpt, path = Path(checkpoint).resolve(), Path(path)
     request = {
         "checkpoint": str(ckpt),
-        "taus": [float(t) for t in taus],
-        "n": n,
-        "n_eval": n_eval,
-        "seed": seed,
+        "taus": [float(t) for t in config.taus],
+        "n": config.n,
+        "n_eval": config.n_eval,
+        "seed": config.seed,
         "n_positions": int(len(positions)),
     }
     t0 = time.time()
@@ -416,97 +430,15 @@ def ensure_tuned(
             if log is not None:
                 log.add("tune", path.stem, False, time.time() - t0)
             return cached
-    dev = resolve_device(device)
-    logger.info("tuning tau over %s for %s (%d proposals each)", list(taus), ckpt, n)
+    config = replace(config, device=resolve_device(config.device))
+    logger.info("tuning tau over %s for %s (%d proposals each)", request["taus"], ckpt, config.n)
     lw = None
     if log_weights is not None and np.ptp(np.asarray(log_weights)) > 0:
         lw = np.asarray(log_weights)
-    result = tune_temperature(
-        load_checkpoint(ckpt, device=dev),
-        positions,
-        list(taus),
-        n=n,
-        n_eval=n_eval,
-        seed=seed,
-        device=dev,
-        validation_log_weights=lw,
-    )
+    checkpoint_ = load_checkpoint(ckpt, device=config.device)
+    result = tune_temperature(checkpoint_, positions, config, validation_log_weights=lw)
     result["request"] = request
     atomic_write_json(path, result)
     if log is not None:
         log.add("tune", path.stem, True, time.time() - t0)
     return result
-
-
-def md_steps_per_frame(data: Dataset) -> int | None:
-    """Integration steps per saved frame recorded by ``arbg md`` (None when unknown)."""
-    meta = data.metadata
-    if "frame_interval_ps" in meta and "step_fs" in meta:
-        return max(1, int(round(float(meta["frame_interval_ps"]) * 1000 / float(meta["step_fs"]))))
-    return None
-
-
-def md_at_budget(
-    data: Dataset,
-    reference: Dataset,
-    budget: int,
-    seeds: Sequence[int],
-    steps_per_frame: int,
-    n_eval: int,
-) -> dict[str, Any]:
-    """E-W2 and T-W2 of MD that spent ``budget`` energy evaluations, one block per seed.
-
-    Repeat ``i`` takes the ``i``-th block of ``budget // steps_per_frame`` consecutive frames of
-    ``data`` (time order) and evaluates it with :func:`arbg.eval.evaluate.md_cost_curve` (at most
-    ``n_eval`` frames per side); weighted (biased or heated) data transport their frame
-    weights. Blocks with fewer than 2 frames, or beyond the data, are left out (a NaN row when
-    none is left).
-    """
-
-    n_md = budget // steps_per_frame
-    empty = np.zeros((0, data.system.n_atoms, 3))
-    e, t, blocks = [], [], []
-    for i, seed in enumerate(seeds):
-        start = i * n_md
-        if n_md < 2 or start + n_md > len(data):
-            logger.warning(
-                "MD at %d energy evaluations: block %d (%d frames from frame %d) "
-                "is not available in %d frames",
-                budget,
-                i,
-                n_md,
-                start,
-                len(data),
-            )
-            continue
-        # weighted (biased/heated) MD transports its exact frame weights
-        weights = {"md_log_weights": data.log_weights[start:]} if data.weighted else {}
-        curve = md_cost_curve(
-            data.system,
-            data.positions[start:],
-            steps_per_frame,
-            empty,
-            np.zeros(0),
-            np.zeros(0),
-            reference,
-            [budget],
-            n_max=n_eval,
-            seed=seed,
-            **weights,
-        )
-        e.append(curve["md"]["e_w2"][0])
-        t.append(curve["md"]["t_w2"][0])
-        blocks.append([start, start + n_md])
-    if data.weighted:
-        logger.info(
-            "MD at %d energy evaluations: weighted training MD, its frame weights are transported",
-            budget,
-        )
-    return {
-        "budget": int(budget),
-        "steps_per_frame": int(steps_per_frame),
-        "n_frames": int(n_md),
-        "blocks": blocks,
-        "e_w2": stats(e),
-        "t_w2": stats(t),
-    }

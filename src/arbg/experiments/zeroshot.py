@@ -13,7 +13,7 @@ sequence of a corpus split (default ``test``), :func:`evaluate_zero_shot`
    T-W2 and TICA-W2 of the proposal and of the reweighted ensemble, the MD-vs-MD floor;
 3. evaluates MD that spent the same number of energy evaluations (one force evaluation per
    integration step: the first ``n_samples`` steps of the sequence's MD, at its saved stride;
-   :func:`arbg.experiments.stages.md_at_budget`).
+   :func:`arbg.experiments.md_baseline.md_at_budget`).
 
 Everything is resumable: a sequence whose run and metrics exist with the same settings is reused.
 The table (``table.md``, ``table.html``) has one row per sequence and the mean over sequences;
@@ -34,7 +34,8 @@ import numpy as np
 
 from arbg.data.corpora import load_corpus
 from arbg.eval.htmlkit import esc, html_table_page
-from arbg.experiments.stages import BudgetConfig, ensure_run, md_at_budget, md_steps_per_frame
+from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
+from arbg.experiments.stages import BudgetConfig, ensure_run
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.train.checkpoints import read_config
 
@@ -233,6 +234,39 @@ def evaluate_zero_shot(
             "transferable one (arbg train-transferable)"
         )
     corpus = load_corpus(corpus_dir)
+    seqs = _selected_sequences(corpus, corpus_dir, cfg)
+    trained_on = set(ck_config.get("corpus", {}).get("train_sequences", []))
+    seen = sorted(set(seqs) & trained_on)
+    if seen:
+        logger.warning(
+            "%d evaluated sequence(s) were in the training set: %s", len(seen), ", ".join(seen)
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, seq in enumerate(seqs):
+        logger.info("zero-shot %d/%d: %s", i + 1, len(seqs), seq)
+        rows.append(evaluate_sequence(ckpt, corpus, seq, out, cfg))
+        _log_row(rows[-1])
+    mean = _mean_row(rows)
+    result = {
+        "checkpoint": str(ckpt),
+        "corpus": str(Path(corpus_dir).resolve()),
+        "config": asdict(cfg),
+        "rows": rows,
+        "mean": mean,
+        "seen_in_training": seen,
+    }
+    notes = _notes(ckpt, corpus_dir, cfg, seen)
+    md_text, page = format_zero_shot_table([*rows, mean], "arbg zero-shot evaluation", notes)
+    atomic_write_json(out / "zero_shot.json", result)
+    atomic_write_text(out / "table.md", md_text)
+    atomic_write_text(out / "table.html", page)
+    return result
+
+
+def _selected_sequences(corpus: Any, corpus_dir: str | Path, cfg: ZeroShotConfig) -> list[str]:
+    """``cfg.sequences`` (upper case, each with MD in the corpus), else the ``cfg.split`` split."""
     if cfg.sequences:
         seqs = [s.upper() for s in cfg.sequences]
         unknown = [s for s in seqs if s not in corpus]
@@ -246,39 +280,25 @@ def evaluate_zero_shot(
         seqs = corpus.splits[cfg.split]
     if not seqs:
         raise ValueError(f"no finished sequences to evaluate in {corpus_dir} ({cfg.split})")
-    trained_on = set(ck_config.get("corpus", {}).get("train_sequences", []))
-    seen = sorted(set(seqs) & trained_on)
-    if seen:
-        logger.warning(
-            "%d evaluated sequence(s) were in the training set: %s", len(seen), ", ".join(seen)
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, seq in enumerate(seqs):
-        logger.info("zero-shot %d/%d: %s", i + 1, len(seqs), seq)
-        rows.append(evaluate_sequence(ckpt, corpus, seq, out, cfg))
-        r = rows[-1]
-        logger.info(
-            "%s: ESS %.1f, E-W2 %.3g -> %.3g, T-W2 %.3f -> %.3f (MD@%d %.3f)",
-            seq,
-            r["ess"],
-            r["proposal"]["e_w2"],
-            r["reweighted_resampled"]["e_w2"],
-            r["proposal"]["t_w2"],
-            r["reweighted_resampled"]["t_w2"],
-            r["energy_evaluations"],
-            r["md_matched"]["t_w2"],
-        )
-    mean = _mean_row(rows)
-    result = {
-        "checkpoint": str(ckpt),
-        "corpus": str(Path(corpus_dir).resolve()),
-        "config": asdict(cfg),
-        "rows": rows,
-        "mean": mean,
-        "seen_in_training": seen,
-    }
+    return list(seqs)
+
+
+def _log_row(r: dict[str, Any]) -> None:
+    logger.info(
+        "%s: ESS %.1f, E-W2 %.3g -> %.3g, T-W2 %.3f -> %.3f (MD@%d %.3f)",
+        r["sequence"],
+        r["ess"],
+        r["proposal"]["e_w2"],
+        r["reweighted_resampled"]["e_w2"],
+        r["proposal"]["t_w2"],
+        r["reweighted_resampled"]["t_w2"],
+        r["energy_evaluations"],
+        r["md_matched"]["t_w2"],
+    )
+
+
+def _notes(ckpt: Path, corpus_dir: str | Path, cfg: ZeroShotConfig, seen: list[str]) -> list[str]:
+    """The lines under the zero-shot table."""
     notes = [
         f"checkpoint {ckpt.name}; corpus {Path(corpus_dir).name}, split {cfg.split}; "
         f"{cfg.n_samples} proposals per sequence at tau {cfg.tau:g}, seed {cfg.seed}",
@@ -291,11 +311,7 @@ def evaluate_zero_shot(
     ]
     if seen:
         notes.append(f"seen in training: {', '.join(seen)}")
-    md_text, page = format_zero_shot_table([*rows, mean], "arbg zero-shot evaluation", notes)
-    atomic_write_json(out / "zero_shot.json", result)
-    atomic_write_text(out / "table.md", md_text)
-    atomic_write_text(out / "table.html", page)
-    return result
+    return notes
 
 
 def zero_shot_summary(result: dict[str, Any]) -> str:

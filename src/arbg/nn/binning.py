@@ -360,3 +360,13 @@ def quantization_bound(
         logger.info("quantization bound: %s", res)
         results.append(res)
     return results
+
+
+def format_bound_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The rows of :func:`quantization_bound` as a text table (bins, width, E-W2, clipped)."""
+    lines = [f"{'bins':>6s} {'width (pm)':>11s} {'E-W2 (kT)':>10s} {'clipped':>8s}"]
+    for r in rows:
+        lines.append(
+            f"{r['n_bins']:6d} {r['bin_width_pm']:11.3f} {r['e_w2']:10.3f} {r['n_clipped']:8d}"
+        )
+    return lines

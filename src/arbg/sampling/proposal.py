@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,30 @@ def _features(model: ARBG, feats: TokenFeatures | None) -> TokenFeatures:
     if f is None:
         raise ValueError("the model has no default features; pass feats")
     return f
+
+
+def _rows(feats: TokenFeatures, start: int, stop: int) -> TokenFeatures:
+    """Rows ``start:stop`` of per-sample [n, T] features ([T] features are shared)."""
+    if feats.axis.dim() == 1:
+        return feats
+    return TokenFeatures(**{k: v[start:stop] for k, v in feats.tensors().items()})
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype) -> Any:
+    """bf16 autocast on ``dev`` when ``dtype`` is bf16 (a no-op context otherwise)."""
+    return torch.autocast(dev.type, torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
+        names["bfloat16"] = torch.bfloat16
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        dtype = names[dtype]
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    return dtype
 
 
 @dataclass

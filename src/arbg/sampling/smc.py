@@ -194,6 +194,80 @@ def _energy(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, alive: np.nda
     return u
 
 
+def _kill(res: SMCResult, mask: np.ndarray, lw: np.ndarray, remaining: int) -> int:
+    """Set the weight of the live particles in ``mask`` to zero; count the tokens saved."""
+    newly = mask & np.isfinite(lw)
+    lw[newly] = -np.inf
+    res.tokens_saved += int(newly.sum()) * remaining
+    return int(newly.sum())
+
+
+def _check_alive(res: SMCResult, lw: np.ndarray, where: str) -> None:
+    if not np.isfinite(lw).any():
+        raise RuntimeError(
+            f"twisted SMC: all {len(lw)} particles have weight zero at {where} "
+            f"(killed early: {res.n_killed_early}, chirality: {res.n_killed_chirality}, "
+            f"non-finite: {res.n_killed_nonfinite})"
+        )
+
+
+def _prefix_weights(
+    res: SMCResult,
+    target: Target,
+    k: int,
+    x: np.ndarray,
+    log_w: np.ndarray,
+    u_prev: np.ndarray,
+    lq: np.ndarray,
+    chir: np.ndarray,
+    early_reject_kt: float | None,
+    remaining: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prefix energies ``u_k`` at boundary ``k`` and the twisted weights after them: non-finite
+    ones, prefixes with a D residue and (``early_reject_kt``) high energies are killed."""
+    b = x.shape[1]
+    alive = np.isfinite(log_w)
+    u_k = _energy(lambda xa: target.prefix_energy(k, xa), x, alive)
+    res.n_partial_energy_evals += int(alive.sum())
+    new_lw = _update(log_w, u_k, u_prev, lq)
+    nonfinite = alive & ~np.isfinite(new_lw)
+    res.n_killed_nonfinite += int(nonfinite.sum())
+    res.tokens_saved += int(nonfinite.sum()) * remaining
+    ready = chir[np.all(chir < b, axis=1)]
+    if ready.size:
+        wrong = np.any(chirality_signs(x, ready) < 0, axis=1)
+        res.n_killed_chirality += _kill(res, wrong, new_lw, remaining)
+    if early_reject_kt is not None and np.isfinite(new_lw).any():
+        threshold = u_k[np.isfinite(new_lw)].min() + early_reject_kt
+        res.n_killed_early += _kill(res, u_k > threshold, new_lw, remaining)
+    _check_alive(res, new_lw, f"boundary {k} ({b} atoms)")
+    return u_k, new_lw
+
+
+def _check_arguments(bounds: list[int], n_atoms: int, resample: str | None) -> None:
+    if any(b1 >= b2 for b1, b2 in zip(bounds[:-1], bounds[1:], strict=True)) or any(
+        not 1 <= b <= n_atoms - 1 for b in bounds
+    ):
+        raise ValueError(f"boundaries must increase within [1, n_atoms - 1]: {bounds}")
+    if resample not in ("systematic", "multinomial", None):
+        raise ValueError(f"unknown resampling scheme {resample!r}")
+
+
+def _log_result(res: SMCResult) -> None:
+    logger.info(
+        "twisted SMC: M=%d log Z=%.3f ESS=%.1f resamplings=%d killed early=%d chirality=%d "
+        "tokens saved=%.3f",
+        res.n_particles,
+        res.log_z,
+        res.ess,
+        res.n_resampling_events,
+        res.n_killed_early,
+        res.n_killed_chirality,
+        res.tokens_saved_fraction,
+    )
+
+
+# long: a 35-line docstring; the boundary loop and the last step share six running arrays
 def twisted_smc(
     proposal: AutoregressiveProposal,
     target: Target,
@@ -239,12 +313,7 @@ def twisted_smc(
     n_atoms = int(target.n_atoms)
     # 3 units per atom; the last atom is generated only where the proposal models it
     total = int(getattr(proposal, "n_units", 3 * (n_atoms - 1)))
-    if any(b1 >= b2 for b1, b2 in zip(bounds[:-1], bounds[1:], strict=True)) or any(
-        not 1 <= b <= n_atoms - 1 for b in bounds
-    ):
-        raise ValueError(f"boundaries must increase within [1, n_atoms - 1]: {bounds}")
-    if resample not in ("systematic", "multinomial", None):
-        raise ValueError(f"unknown resampling scheme {resample!r}")
+    _check_arguments(bounds, n_atoms, resample)
     m = int(n_particles)
     chir = np.asarray(target.chirality_atoms, dtype=np.int64).reshape(-1, 4)
     chir = chir[np.all(chir >= 0, axis=1)] if chirality else chir[:0]
@@ -267,20 +336,6 @@ def twisted_smc(
     founders = np.arange(m)
     done = 0
 
-    def kill(mask: np.ndarray, lw: np.ndarray, remaining: int) -> int:
-        newly = mask & np.isfinite(lw)
-        lw[newly] = -np.inf
-        res.tokens_saved += int(newly.sum()) * remaining
-        return int(newly.sum())
-
-    def check_alive(lw: np.ndarray, where: str) -> None:
-        if not np.isfinite(lw).any():
-            raise RuntimeError(
-                f"twisted SMC: all {m} particles have weight zero at {where} "
-                f"(killed early: {res.n_killed_early}, chirality: {res.n_killed_chirality}, "
-                f"non-finite: {res.n_killed_nonfinite})"
-            )
-
     for k, b in enumerate(bounds):
         n_new = 3 * b - done
         lq = np.asarray(proposal.extend(state, n_new), dtype=np.float64) if n_new else np.zeros(m)
@@ -289,21 +344,9 @@ def twisted_smc(
         log_q += lq
         remaining = total - done
         x = np.asarray(proposal.coords(state), dtype=np.float64)[:, :done].reshape(m, b, 3)
-        alive = np.isfinite(log_w)
-        u_k = _energy(lambda xa, k=k: target.prefix_energy(k, xa), x, alive)
-        res.n_partial_energy_evals += int(alive.sum())
-        new_lw = _update(log_w, u_k, u_prev, lq)
-        nonfinite = alive & ~np.isfinite(new_lw)
-        res.n_killed_nonfinite += int(nonfinite.sum())
-        res.tokens_saved += int(nonfinite.sum()) * remaining
-        ready = chir[np.all(chir < b, axis=1)]
-        if ready.size:
-            wrong = np.any(chirality_signs(x, ready) < 0, axis=1)
-            res.n_killed_chirality += kill(wrong, new_lw, remaining)
-        if early_reject_kt is not None and np.isfinite(new_lw).any():
-            threshold = u_k[np.isfinite(new_lw)].min() + early_reject_kt
-            res.n_killed_early += kill(u_k > threshold, new_lw, remaining)
-        check_alive(new_lw, f"boundary {k} ({b} atoms)")
+        u_k, new_lw = _prefix_weights(
+            res, target, k, x, log_w, u_prev, lq, chir, early_reject_kt, remaining
+        )
         ess = kish_ess(new_lw)
         res.ess_history.append(ess)
         log_w, u_prev = new_lw, u_k
@@ -330,23 +373,13 @@ def twisted_smc(
     res.n_killed_nonfinite += int((alive & ~np.isfinite(new_lw)).sum())
     if chir.size:
         wrong = np.any(chirality_signs(positions, chir) < 0, axis=1)
-        res.n_killed_chirality += kill(wrong, new_lw, 0)
-    check_alive(new_lw, "the end")
+        res.n_killed_chirality += _kill(res, wrong, new_lw, 0)
+    _check_alive(res, new_lw, "the end")
     res.positions, res.log_w, res.log_q, res.u = positions, new_lw, log_q, u
     res.log_z = float(log_mean_exp(new_lw))
     res.ess_history.append(kish_ess(new_lw))
     res.n_unique_ancestors = int(np.unique(founders[np.isfinite(new_lw)]).size)
-    logger.info(
-        "twisted SMC: M=%d log Z=%.3f ESS=%.1f resamplings=%d killed early=%d chirality=%d "
-        "tokens saved=%.3f",
-        m,
-        res.log_z,
-        res.ess,
-        res.n_resampling_events,
-        res.n_killed_early,
-        res.n_killed_chirality,
-        res.tokens_saved_fraction,
-    )
+    _log_result(res)
     return res
 
 
