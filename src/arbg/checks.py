@@ -122,24 +122,23 @@ def optional(check, name: str, value: Any, *args) -> Any:
     return None if value is None else check(name, value, *args)
 
 
-def existing_file(name: str, path: str | Path) -> Path:
-    """A path to an existing regular file."""
+def _existing(name: str, path: str | Path, is_kind: str, kind: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise ArgumentError(f"{name}: {str(p)!r} does not exist")
-    if not p.is_file():
-        raise ArgumentError(f"{name}: {str(p)!r} is not a file")
+    if not getattr(p, is_kind)():
+        raise ArgumentError(f"{name}: {str(p)!r} is not a {kind}")
     return p
+
+
+def existing_file(name: str, path: str | Path) -> Path:
+    """A path to an existing regular file."""
+    return _existing(name, path, "is_file", "file")
 
 
 def existing_dir(name: str, path: str | Path) -> Path:
     """A path to an existing directory."""
-    p = Path(path)
-    if not p.exists():
-        raise ArgumentError(f"{name}: {str(p)!r} does not exist")
-    if not p.is_dir():
-        raise ArgumentError(f"{name}: {str(p)!r} is not a directory")
-    return p
+    return _existing(name, path, "is_dir", "directory")
 
 
 def output_dir(name: str, path: str | Path) -> Path:
