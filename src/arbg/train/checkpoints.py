@@ -237,6 +237,24 @@ def _check_forcefield_hashes(recorded: dict[str, str], system: PeptideSystem) ->
         )
 
 
+def _model_parts(
+    path: Path, config: dict[str, Any], expected: Binning | None
+) -> tuple[ModelConfig, Binning, Standardization]:
+    """The model config, binning and standardization of a single-system checkpoint's config;
+    the binning checked against the model's bin count and an ``expected`` binning."""
+    model_config = ModelConfig.from_dict(config["model"])
+    stored = Binning.from_dict(config["binning"])
+    if stored.n_bins != model_config.n_bins:
+        raise CheckpointMismatchError(
+            f"{path}: binning has {stored.n_bins} bins but the model predicts {model_config.n_bins}"
+        )
+    if expected is not None and expected != stored:
+        raise CheckpointMismatchError(
+            f"{path}: binning mismatch: checkpoint {stored}, given {expected}"
+        )
+    return model_config, stored, Standardization.from_dict(config["standardization"])
+
+
 def load_checkpoint(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -272,7 +290,6 @@ def load_checkpoint(
     CheckpointMismatchError
         If the system or the binning does not fit the model.
     """
-
     path = Path(path)
     config = read_config(path)
     if config.get("transferable"):
@@ -285,18 +302,7 @@ def load_checkpoint(
             f"a sequence needs a transferable checkpoint; {path} was trained on "
             f"the single system {name!r}"
         )
-    model_config = ModelConfig.from_dict(config["model"])
-    stored_binning = Binning.from_dict(config["binning"])
-    standardization = Standardization.from_dict(config["standardization"])
-    if stored_binning.n_bins != model_config.n_bins:
-        raise CheckpointMismatchError(
-            f"{path}: binning has {stored_binning.n_bins} bins but the model predicts "
-            f"{model_config.n_bins}"
-        )
-    if binning is not None and binning != stored_binning:
-        raise CheckpointMismatchError(
-            f"{path}: binning mismatch: checkpoint {stored_binning}, given {binning}"
-        )
+    model_config, stored_binning, standardization = _model_parts(path, config, binning)
     record = config["system"]
     if system is None:
         system = build_system(SystemSpec.from_dict(record["spec"]), minimize=False)
@@ -309,11 +315,8 @@ def load_checkpoint(
     feats = system_features(system, standardization)
     model = ARBG(model_config, default_feats=feats)
     model.set_bin_floor(stored_binning.token_floor(standardization))
-    weights_file = path / WEIGHTS_FILE
     used_ema = bool(use_ema and (path / EMA_FILE).exists())
-    if used_ema:
-        weights_file = path / EMA_FILE
-    state = load_weights(path, weights_file.name)
+    state = load_weights(path, EMA_FILE if used_ema else WEIGHTS_FILE)
     for name, t in feats.tensors().items():
         stored = state.get(f"feat_{name}")
         if stored is not None and not torch.equal(stored, t):
