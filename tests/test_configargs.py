@@ -56,3 +56,15 @@ def test_help_from_docstring():
     h = field_help(Toy)
     assert h["n_samples"] == "proposals, a number that spans two lines."
     assert h["tau"] == "sampling temperature."
+
+
+def test_smc_cli_can_keep_d_residues():
+    """`arbg smc` exposes SMCConfig.chirality as --kill-d-residues / --no-kill-d-residues."""
+    from arbg.cli import build_parser
+    from arbg.sampling.config import SMCConfig
+
+    parser = build_parser()
+    base = ["smc", "ckpt", "--out", "run"]
+    assert config_from_args(SMCConfig, parser.parse_args(base)).chirality is True
+    keep = parser.parse_args([*base, "--no-kill-d-residues"])
+    assert config_from_args(SMCConfig, keep).chirality is False

@@ -161,7 +161,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("checkpoint")
     s.add_argument("--out", required=True, help="run directory (new)")
     s.add_argument("--sequence", help="for transferable checkpoints only")
-    add_config_args(s, SMCConfig, skip=("chirality",))
+    add_config_args(s, SMCConfig)
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 

@@ -91,7 +91,8 @@ class SMCConfig:
     resample : resampling scheme at the residue boundaries.
     ess_threshold : resample only when ESS/M falls below this (default: always).
     early_reject_kt : kill particles above min(u_k) + this at a boundary (None: never).
-    chirality : kill particles with a D residue at a boundary.
+    chirality : kill particles with a D residue at a boundary (the target is L-peptides;
+        ``--no-kill-d-residues`` keeps them).
     device : where the model runs.
     ensemble_size : frames of ensemble.dcd (default: all particles).
     """
@@ -105,7 +106,7 @@ class SMCConfig:
     )
     ess_threshold: float | None = None
     early_reject_kt: float | None = 100.0
-    chirality: bool = True
+    chirality: bool = field(default=True, metadata={"flag": "--kill-d-residues"})
     device: str = field(default="cpu", metadata={"choices": ("cpu", "cuda")})
     ensemble_size: int | None = None
 
