@@ -95,7 +95,7 @@ def main() -> None:
     )
     T = std.n_coords
     dev = args.device
-    for threads in args.threads:
+    for threads in sorted(args.threads, key=lambda t: t or 0):  # ascending, as bench_train
         if threads:
             torch.set_num_threads(threads)
         name = device_label(dev)

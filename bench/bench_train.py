@@ -224,7 +224,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"torch {torch.__version__}")
     if not args.no_cpu:
-        for threads in args.threads:
+        # ascending: after set_num_threads(2), a later set_num_threads(1) timed plain's
+        # 1-thread step at 334 ms against 435 ms in a fresh process (some kernels kept 2 threads)
+        for threads in sorted(args.threads):
             torch.set_num_threads(threads)
             print(f"cpu: {threads} thread(s)")
             for p in args.presets:

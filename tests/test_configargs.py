@@ -68,3 +68,25 @@ def test_smc_cli_can_keep_d_residues():
     assert config_from_args(SMCConfig, parser.parse_args(base)).chirality is True
     keep = parser.parse_args([*base, "--no-kill-d-residues"])
     assert config_from_args(SMCConfig, keep).chirality is False
+
+
+def test_every_flag_has_its_own_help():
+    """No two flags of one command share a help text (a docstring line naming several fields
+    gives them all the same help)."""
+    from arbg.cli import build_parser
+
+    shared = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        by_help: dict[str, list[str]] = {}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif action.help and action.option_strings:
+                text = action.help.split(" (default")[0]
+                by_help.setdefault(text, []).append(action.option_strings[0])
+        shared.extend(f"{name}: {flags}" for flags in by_help.values() if len(flags) > 1)
+
+    walk(build_parser(), "arbg")
+    assert not shared, shared

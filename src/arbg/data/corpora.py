@@ -108,8 +108,11 @@ class CorpusConfig:
     capped : ACE/NME caps instead of zwitterionic termini.
     temperature_k : physical temperature in K (None: the force-field convention's, 310 K).
     histidine : protonation variant of every histidine.
-    step_fs, friction_per_ps, frame_interval_ps, warmup_ps, chunk_frames : as
-        :class:`arbg.chem.md.MDConfig`.
+    step_fs : integration time step in fs (:class:`arbg.chem.md.MDConfig`).
+    friction_per_ps : Langevin friction in 1/ps.
+    frame_interval_ps : time between saved frames in ps.
+    warmup_ps : unsaved equilibration before production in ps.
+    chunk_frames : frames per resumable chunk (one atomic commit each).
     """
 
     ns: float = 1.0

@@ -74,7 +74,8 @@ class BenchmarkConfig(BudgetConfig):
     heads : heads to compare (keys of :data:`arbg.nn.heads.HEADS`).
     taus : tau grid of the per-model temperature tuning.
     tune_heads : heads whose tau is tuned (None: every head; ``[]``: none).
-    tune_n, tune_n_eval : proposals per tau and samples per W2 of the tuning.
+    tune_n : proposals per tau of the tuning.
+    tune_n_eval : samples per W2 of the tuning.
     md_steps_per_frame : integration steps per saved MD frame of the training data (None: from
         the ``arbg md`` metadata, else 1, i.e. the first K frames).
     """

@@ -94,7 +94,8 @@ class DemoConfig:
     ----------
     quick : sample and evaluate the shipped checkpoint against the shipped reference (no MD, no
         training; 3,000 samples, 2,000 per W2)
-    train_ns, reference_ns : ns of production MD for training and for the reference
+    train_ns : ns of production MD for training
+    reference_ns : ns of production MD for the reference
     train_minutes : training budget in minutes; a larger value on a re-run trains longer
     patience : early stopping after this many evaluations without a better val NLL
     train_steps : fixed number of training steps (default: sized by timing this machine)

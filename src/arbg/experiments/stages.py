@@ -50,7 +50,8 @@ class BudgetConfig:
     Attributes
     ----------
     preset : model size preset of :class:`arbg.nn.model.ModelConfig`.
-    steps, batch_size : optimizer steps and global batch of every training run.
+    steps : optimizer steps of every training run.
+    batch_size : global batch (frames per step) of every training run.
     n_bins : bins ``L`` (None: :func:`arbg.nn.binning.default_n_bins`).
     n_mixtures : mixture components of the ``mol``/``gmm``/``givt`` heads.
     model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
@@ -59,7 +60,10 @@ class BudgetConfig:
     n_samples : proposals per sampling run (= energy evaluations).
     n_eval : samples per W2 (capped at half the reference frames by the MD floor).
     tica_lag : TICA lag in reference frames.
-    chirality, clip_fraction : see :func:`arbg.sampling.runs.run_sampling`.
+    chirality : chirality policy of every sampling run (as in
+        :class:`arbg.sampling.config.SampleConfig`).
+    clip_fraction : fraction of log-weights clipped in every sampling run
+        (:func:`arbg.reweight.snis`).
     device : ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     report : also write the HTML report of every run (slower).
     """

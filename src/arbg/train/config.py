@@ -28,10 +28,18 @@ class TrainConfig:
     steps : total optimizer steps (defines the schedule).
     batch_size : global batch (frames per step, split across ranks).
     optimizer : ``"muon"`` (Muon for block matrices + AdamW for the rest) or ``"adamw"``.
-    lr_adamw, lr_muon, momentum_muon, ns_steps, betas, weight_decay : optimizer settings.
-    warmup_frac, min_lr_frac : linear warm-up fraction of ``steps``; cosine floor.
+    lr_adamw : peak learning rate of AdamW (every parameter with ``adamw``; with ``muon`` the
+        ones Muon does not take: embeddings, norm gains, head).
+    lr_muon : peak learning rate of Muon (the 2-D matrices of the blocks).
+    momentum_muon : Muon's momentum.
+    ns_steps : Newton-Schulz iterations of Muon's orthogonalisation.
+    betas : AdamW's (beta1, beta2).
+    weight_decay : AdamW's decoupled weight decay (not on norm gains).
+    warmup_frac : fraction of ``steps`` of linear learning-rate warm-up.
+    min_lr_frac : the cosine decay's floor, as a fraction of the peak learning rate.
     grad_clip : max global gradient norm (0 = off).
-    ema, ema_decay : keep an exponential moving average of the weights (saved, used for eval).
+    ema : keep an exponential moving average of the weights (saved, used for eval).
+    ema_decay : the average's decay per step.
     frame : ``"centroid"`` (published: centre of geometry removed, rotation augmentation) or
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
         augmentation needed); see :mod:`arbg.nn.standardize`.
@@ -49,8 +57,12 @@ class TrainConfig:
     peak_tflops : the device's peak dense bf16 TFLOP/s for the MFU in the log (default: a table of
         known GPUs; no MFU where unknown, e.g. on the CPU).
     seed : seed of the model init and the data stream.
-    eval_every, eval_frames, eval_batch, eval_seed : validation cadence / size / fixed rotations.
-    checkpoint_every, log_every : cadence of ``last`` checkpoints and log records.
+    eval_every : steps between validations (0 = never).
+    eval_frames : validation frames (a fixed, evenly strided subset of the val split).
+    eval_batch : frames per batch of the validation pass.
+    eval_seed : seed of the validation frames' fixed rotations and of the marginal baseline.
+    checkpoint_every : steps between ``last`` checkpoints.
+    log_every : steps between records of ``train_log.jsonl``.
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
     margin : multiplicative margin of the bin range over the largest atom radius.
     max_minutes : stop gracefully (checkpoint saved) after this wall time in one invocation.
