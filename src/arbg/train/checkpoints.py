@@ -237,12 +237,11 @@ def _check_forcefield_hashes(recorded: dict[str, str], system: PeptideSystem) ->
         )
 
 
-def _model_parts(
-    path: Path, config: dict[str, Any], expected: Binning | None
-) -> tuple[ModelConfig, Binning, Standardization]:
-    """The model config, binning and standardization of a single-system checkpoint's config;
-    the binning checked against the model's bin count and an ``expected`` binning."""
-    model_config = ModelConfig.from_dict(config["model"])
+def _checked_binning(
+    path: Path, config: dict[str, Any], model_config: ModelConfig, expected: Binning | None
+) -> Binning:
+    """The checkpoint's binning, checked against the model's bin count and an ``expected``
+    binning (single-system and transferable checkpoints alike)."""
     stored = Binning.from_dict(config["binning"])
     if stored.n_bins != model_config.n_bins:
         raise CheckpointMismatchError(
@@ -252,7 +251,17 @@ def _model_parts(
         raise CheckpointMismatchError(
             f"{path}: binning mismatch: checkpoint {stored}, given {expected}"
         )
-    return model_config, stored, Standardization.from_dict(config["standardization"])
+    return stored
+
+
+def _check_features(path: Path, state: dict[str, torch.Tensor], feats: TokenFeatures) -> None:
+    """The system's token features must equal those stored with the weights (``feat_*``)."""
+    for name, t in feats.tensors().items():
+        stored = state.get(f"feat_{name}")
+        if stored is not None and not torch.equal(stored, t):
+            raise CheckpointMismatchError(
+                f"{path}: token feature {name!r} of the system differs from the checkpoint's"
+            )
 
 
 def load_checkpoint(
@@ -302,7 +311,9 @@ def load_checkpoint(
             f"a sequence needs a transferable checkpoint; {path} was trained on "
             f"the single system {name!r}"
         )
-    model_config, stored_binning, standardization = _model_parts(path, config, binning)
+    model_config = ModelConfig.from_dict(config["model"])
+    stored_binning = _checked_binning(path, config, model_config, binning)
+    standardization = Standardization.from_dict(config["standardization"])
     record = config["system"]
     if system is None:
         system = build_system(SystemSpec.from_dict(record["spec"]), minimize=False)
@@ -317,12 +328,7 @@ def load_checkpoint(
     model.set_bin_floor(stored_binning.token_floor(standardization))
     used_ema = bool(use_ema and (path / EMA_FILE).exists())
     state = load_weights(path, EMA_FILE if used_ema else WEIGHTS_FILE)
-    for name, t in feats.tensors().items():
-        stored = state.get(f"feat_{name}")
-        if stored is not None and not torch.equal(stored, t):
-            raise CheckpointMismatchError(
-                f"{path}: token feature {name!r} of the system differs from the checkpoint's"
-            )
+    _check_features(path, state, feats)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return Checkpoint(
@@ -400,9 +406,8 @@ def load_transferable(
     binning: Binning | None = None,
 ) -> Checkpoint:
     """Load a transferable checkpoint bound to ``system`` or to ``sequence`` (built with the
-    checkpoint's force field and temperature); a :class:`arbg.train.checkpoints.Checkpoint` whose
-    model
-    is a :class:`BoundModel` (conditioning computed once).
+    checkpoint's force field and temperature); a :class:`Checkpoint` whose model is a
+    :class:`arbg.nn.conditioning.BoundModel` (conditioning computed once).
 
     Raises
     ------
@@ -425,16 +430,11 @@ def load_transferable(
     mine = {k: v for k, v in system.spec.to_dict().items() if k in _TEMPLATE_KEYS}
     if mine != tpl:
         logger.warning("system settings %s differ from the corpus's %s", mine, tpl)
-    stored = Binning.from_dict(config["binning"])
-    if binning is not None and binning != stored:
-        raise CheckpointMismatchError(f"{path}: binning mismatch: {stored} vs {binning}")
-    net = TransferableARBG(
-        ModelConfig.from_dict(config["model"]), ConditioningConfig.from_dict(config["conditioning"])
-    )
-    used_ema = bool(use_ema and (path / "ema.safetensors").exists())
-    net.load_state_dict(
-        load_weights(path, "ema.safetensors" if used_ema else "model.safetensors"), strict=True
-    )
+    model_config = ModelConfig.from_dict(config["model"])
+    stored = _checked_binning(path, config, model_config, binning)
+    net = TransferableARBG(model_config, ConditioningConfig.from_dict(config["conditioning"]))
+    used_ema = bool(use_ema and (path / EMA_FILE).exists())
+    net.load_state_dict(load_weights(path, EMA_FILE if used_ema else WEIGHTS_FILE), strict=True)
     net.to(device).eval()
     enc = encode_system(system, config["standardization"]["std_nm"], stored)
     seen = system.spec.sequence in set(config["corpus"].get("train_sequences", []))
