@@ -211,6 +211,13 @@ def test_train_on_corpus_resume_and_zero_shot(tmp_path):
         load_checkpoint(last, sequence="AW")
     with pytest.raises(ValueError, match="unknown residue letter"):
         load_checkpoint(last, sequence="AX")
+    from dataclasses import replace
+
+    from arbg.train.checkpoints import CheckpointMismatchError
+
+    other = replace(ck.binning, n_bins=2 * ck.binning.n_bins)
+    with pytest.raises(CheckpointMismatchError, match="binning mismatch"):
+        load_checkpoint(last, sequence="SG", binning=other)
 
 
 def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
