@@ -241,7 +241,8 @@ class ARBG(nn.Module):
 
         :func:`arbg.nn.fused_ce.linear_cross_entropy`: chunked with recomputed logits when
         ``self.chunked_ce`` (set by the trainer on GPUs: never a float32 [B, T, L] tensor), else
-        one chunk whose logits the backward reuses in place (fastest on the CPU)."""
+        small chunks whose log-softmax the backward turns into the gradient in place (fastest on
+        the CPU)."""
         w = self.head.proj.weight
         return linear_cross_entropy(h, w, targets, floor, recompute=self.chunked_ce)
 
