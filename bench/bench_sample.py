@@ -30,6 +30,7 @@ from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
 from arbg.nn.binning import fit_binning
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.nn.standardize import fit_standardization
+from arbg.runtime import tune_malloc
 from arbg.sampling.sampler import generate, teacher_forced_log_pi
 
 
@@ -81,7 +82,14 @@ def main() -> None:
     ap.add_argument("--clock", default="wall", choices=sorted(CLOCK), help="wall or CPU time")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-uncached", action="store_true")
+    ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (the arbg command tunes them)",
+    )
     args = ap.parse_args()
+    tuned = False if args.no_malloc_tuning else tune_malloc()
+    print(f"malloc thresholds tuned as by the arbg command: {tuned}")
     global _clock
     _clock = CLOCK[args.clock]
 

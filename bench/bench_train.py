@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
 from arbg.nn.model import ModelConfig
+from arbg.runtime import tune_malloc
 from arbg.train.optim import build_optimizers
 from arbg.train.trainer import TrainConfig, Trainer
 
@@ -221,7 +222,14 @@ def main() -> None:
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--plain", action="store_true", help="compare with a plain transformer")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU runs")
+    ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (the arbg command tunes them)",
+    )
     args = ap.parse_args()
+    tuned = False if args.no_malloc_tuning else tune_malloc()
+    print(f"malloc thresholds tuned as by the arbg command: {tuned}")
     print(f"torch {torch.__version__}")
     if not args.no_cpu:
         # ascending: after set_num_threads(2), a later set_num_threads(1) timed plain's

@@ -22,6 +22,7 @@ from arbg.cli._model import add_model_commands
 from arbg.cliflags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, Engine, open_engine, use_engine
 from arbg.configargs import config_from_args
+from arbg.runtime import tune_malloc
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``arbg`` command; returns its exit status (2: bad input, 1: failure or bug)."""
+    tune_malloc()  # megabyte tensors at every token: keep them on the heap (arbg.runtime)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
