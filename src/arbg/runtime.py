@@ -5,8 +5,9 @@ threshold (128 kB at start, raised at run time up to 32 MB as large blocks are f
 fresh ``mmap``, and every 4 kB page of it faults on first touch. The sampler and the trainer
 allocate tensors of megabytes at every token and every step (logits [batch, bins], their
 float64 cumulative sums, the output head's gradients), so whether those come back from the heap
-or as fresh pages depends on what the process allocated before: the same ``arbg sample`` of the
-tiny preset ran at 165 or 285 samples/s on one thread (docs/speed.md). Raising the thresholds
+or as fresh pages depends on what the process allocated before: the tiny preset's sampler
+(``generate``, batch 256, one thread) ran at 164-168 samples/s in three fresh processes and at
+281-288 with the thresholds raised (docs/speed.md). Raising the thresholds
 keeps such blocks on the heap, where they are reused step after step.
 
 :func:`tune_malloc` is called by the ``arbg`` command at start; the Python API leaves the
