@@ -288,14 +288,16 @@ def _series(rows: list[dict[str, Any]], key: str, label: str) -> list[dict[str, 
     ]
 
 
+def _pm(stat: dict[str, Any]) -> str:
+    """``mean+-std`` of a repeated metric, 16 characters wide (the ablation tables' cells)."""
+    return f"{stat['mean']:8.3f}+-{stat['std']:<6.3f}"
+
+
 def format_bins_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The rows of :func:`ablate_bins` as a text table (L, E-W2, T-W2, bound E-W2)."""
     lines = [f"{'bins':>6s} {'E-W2':>16s} {'T-W2':>16s} {'bound E-W2':>11s}"]
     for r in rows:
-        lines.append(
-            f"{r['n_bins']:6d} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
-            f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} {r['bound_e_w2']:11.4f}"
-        )
+        lines.append(f"{r['n_bins']:6d} {_pm(r['e_w2'])} {_pm(r['t_w2'])} {r['bound_e_w2']:11.4f}")
     return lines
 
 
@@ -439,9 +441,7 @@ def format_temperature_rows(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [f"{'tau':>6s} {'E-W2':>16s} {'T-W2':>16s} {'rel. ESS':>9s}"]
     for r in rows:
         lines.append(
-            f"{r['tau']:6.3f} {r['e_w2']['mean']:8.3f}+-{r['e_w2']['std']:<6.3f} "
-            f"{r['t_w2']['mean']:8.3f}+-{r['t_w2']['std']:<6.3f} "
-            f"{r['relative_ess']['mean']:9.4f}"
+            f"{r['tau']:6.3f} {_pm(r['e_w2'])} {_pm(r['t_w2'])} {r['relative_ess']['mean']:9.4f}"
         )
     return lines
 
