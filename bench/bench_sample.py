@@ -1,21 +1,19 @@
-"""Sampling throughput: KV-cached vs uncached autoregressive sampling vs one teacher-forced pass.
+"""Sampling throughput: the decoder (sampling with exact log q) vs one teacher-forced pass.
 
 For each preset, a model with random weights (speed does not depend on them) is built for ``aldp``
 (22 atoms, 63 tokens). Reported per preset:
 
-* ``cached``: samples/s of :func:`arbg.sampling.sampler.generate` with the KV cache (bins,
-de-quantization
-  and exact log q);
-* ``uncached``: the same, recomputing the whole prefix at every token (reference path);
+* ``sampled``: samples/s of :func:`arbg.sampling.sampler.generate` (the one decode loop,
+  :class:`arbg.nn.decoder.Decoder`: bins, de-quantization and exact log q);
 * ``teacher-forced``: samples/s of one teacher-forced pass (``model.log_prob``) over the same
   tokens, the floor an autoregressive sampler can approach.
 
 ``passes`` is the cost of sampling with exact log q in teacher-forced passes (time of
 ``generate`` / time of one teacher-forced pass); issue 14 bounds it by 2 on the CPU (tiny and
-small, batch 256, 1 and 2 threads): ``python bench/bench_sample.py --threads 1 2 --skip-uncached``.
+small, batch 256, 1 and 2 threads): ``python bench/bench_sample.py --threads 1 2``.
 
 Usage: ``python bench/bench_sample.py [--presets tiny small] [--batch 256] [--device cuda]
-[--threads 1 2] [--engine static|eager]``
+[--threads 1 2]``
 """
 
 from __future__ import annotations
@@ -27,9 +25,8 @@ import numpy as np
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system
-from arbg.nn.binning import fit_binning
+from arbg.nn.coordinates import fit_binning, fit_standardization
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
-from arbg.nn.standardize import fit_standardization
 from arbg.runtime import tune_malloc
 from arbg.sampling.sampler import generate, teacher_forced_log_pi
 
@@ -69,19 +66,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument(
-        "--uncached-batch",
-        type=int,
-        default=None,
-        help="batch of the uncached path (default --batch)",
-    )
     ap.add_argument("--n-bins", type=int, default=4096)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, nargs="+", default=[None], help="torch CPU threads")
-    ap.add_argument("--engine", default="auto", choices=["auto", "static", "eager"])
     ap.add_argument("--clock", default="wall", choices=sorted(CLOCK), help="wall or CPU time")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-uncached", action="store_true")
     ap.add_argument(
         "--no-malloc-tuning",
         action="store_true",
@@ -109,11 +98,11 @@ def main() -> None:
         name = device_label(dev)
         print(
             f"aldp: {system.n_atoms} atoms, {T} tokens, {args.n_bins} bins, device {name}, "
-            f"torch {torch.__version__}, engine {args.engine}, clock {args.clock}"
+            f"torch {torch.__version__}, clock {args.clock}"
         )
         print(
-            f"{'preset':8s} {'params':>8s} {'batch':>6s} {'cached/s':>10s} {'uncached/s':>11s} "
-            f"{'teacher-forced/s':>17s} {'cached/TF':>10s} {'passes':>7s}"
+            f"{'preset':8s} {'params':>8s} {'batch':>6s} {'sampled/s':>10s} "
+            f"{'teacher-forced/s':>17s} {'sampled/TF':>10s} {'passes':>7s}"
         )
         for preset in args.presets:
             _bench_preset(preset, args, feats, binning, std, dev)
@@ -131,7 +120,7 @@ def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, de
     model = ARBG(cfg, default_feats=feats).to(dev).eval()
     b = args.batch
 
-    def run(n: int, cache: bool) -> object:
+    def run(n: int) -> object:
         return generate(
             model,
             binning,
@@ -141,25 +130,18 @@ def _bench_preset(preset: str, args: argparse.Namespace, feats, binning, std, de
             seed=0,
             chirality="none",
             batch_size=n,
-            use_cache=cache,
             device=dev,
-            engine=args.engine,
         )
 
-    run(min(8, b), True)  # warm-up
-    t_c, batch = _timed(lambda: run(b, True), dev, args.repeats)
+    run(min(8, b))  # warm-up
+    t_c, batch = _timed(lambda: run(b), dev, args.repeats)
     bins = torch.as_tensor(batch.bins)  # type: ignore[attr-defined]
     t_tf, _ = _timed(
         lambda: teacher_forced_log_pi(model, bins, 1.0, batch_size=b), dev, args.repeats
     )
-    unc = float("nan")
-    if not args.skip_uncached:
-        bu = args.uncached_batch or b
-        t_u, _ = _timed(lambda: run(bu, False), dev, 1)
-        unc = bu / t_u
     print(
         f"{preset:8s} {model.num_params() / 1e6:7.2f}M {b:6d} {b / t_c:10.1f} "
-        f"{unc:11.1f} {b / t_tf:17.1f} {t_tf / t_c:10.3f} {t_c / t_tf:7.2f}",
+        f"{b / t_tf:17.1f} {t_tf / t_c:10.3f} {t_c / t_tf:7.2f}",
         flush=True,
     )
 

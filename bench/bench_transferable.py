@@ -44,10 +44,9 @@ from bench_sample import _timed, device_label  # bench/ is on sys.path when this
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem, build_system
 from arbg.data.corpora import CorpusConfig, parse_sequences
 from arbg.io import atomic_write_json
-from arbg.nn.binning import Binning
 from arbg.nn.conditioning import BoundModel, ConditioningConfig, TransferableARBG, encode_system
+from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ModelConfig
-from arbg.nn.standardize import Standardization
 from arbg.sampling.sampler import generate
 
 DEFAULT_MOTIF = "GAVLIFPW"
@@ -186,7 +185,6 @@ def _bench_preset(
                 chirality_atoms=chir,
                 chirality="zero",
                 batch_size=n,
-                use_cache=True,
                 device=dev,
             )
 

@@ -4,18 +4,19 @@ What it measures (random weights: speed does not depend on them), bf16 matrix wo
 
 * samplers: tiny / small (4096 bins) and large (8192 bins) on aldp, the transferable large model
   (8192 bins, ~103M parameters with its conditioning encoder) on GA / GAVL / GAVLIFPW (2 / 4 / 8
-  residues), each as samples/s *with exact log q* (:class:`arbg.nn.decode.StaticDecoder` on the
+  residues), each as samples/s *with exact log q* (:class:`arbg.nn.decoder.Decoder` on the
   device: static KV cache, CUDA graphs, inverse-CDF draws, log pi from the drawn logits; then
   the float64 de-quantization and the log q offset on the host, as ``generate`` does) and its
   teacher-forced floor at the same batch (``model.log_prob`` under bf16 autocast, the time of
   one likelihood pass over the same tokens); ``fraction`` = sampler / floor;
-* ``auto`` batch (:func:`arbg.nn.decode.auto_batch_size` of the free memory) for the
+* ``auto`` batch (:func:`arbg.nn.decoder.auto_batch_size` of the free memory) for the
   transferable large model at 8 residues;
 * training tokens/s and MFU (bf16 autocast, fp32 master weights, ``torch.compile``, chunked
   cross-entropy, Muon + AdamW) for small and large at batch 256 on aldp tokens;
-* graph-vs-eager agreement: float32 graph decoder vs the eager path (same seed: share of
-  identical sequences, max |delta log pi| on them) and a bf16 graph run's log pi against a
-  teacher-forced bf16 pass over its own bins.
+* agreement: the float32 decoder with CUDA graphs vs without (same seed: share of identical
+  sequences, max |delta log pi| on them), the graph run's log pi against a float32
+  teacher-forced pass, and a bf16 graph run's log pi against a teacher-forced bf16 pass over its
+  own bins.
 
 Writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` (a table; also printed).
 
@@ -54,11 +55,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from arbg.nn.binning import Binning
 from arbg.nn.conditioning import BoundModel, ConditioningConfig, TransferableARBG, encode_system
-from arbg.nn.decode import StaticDecoder, auto_batch_size
+from arbg.nn.coordinates import Binning, Standardization
+from arbg.nn.decoder import Decoder, auto_batch_size
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
-from arbg.nn.standardize import Standardization
 from arbg.train.optim import build_optimizers, model_flops_per_token, peak_flops
 
 HERE = Path(__file__).resolve().parent
@@ -181,7 +181,7 @@ def _sync() -> None:
 def time_sampler(model, std, binning, batch: int, dtype, repeats: int = 2) -> dict[str, Any]:
     """samples/s with exact log q (device decode + host de-quantization and log q offset)."""
     dev = next(model.parameters()).device
-    dec = StaticDecoder(model, batch, dtype=dtype)
+    dec = Decoder(model, batch, dtype=dtype)
     g = torch.Generator(device=dev).manual_seed(0)
     g_off = torch.Generator().manual_seed(1)
     t_warm = time.perf_counter()
@@ -192,7 +192,7 @@ def time_sampler(model, std, binning, batch: int, dtype, repeats: int = 2) -> di
     for _ in range(repeats):
         _sync()
         t0 = time.perf_counter()
-        bins, log_pi = dec.run(g)
+        bins, log_pi, _ = dec.run(g)
         bins, log_pi = bins.cpu(), log_pi.cpu()  # waits for the device
         z = binning.decode(bins, g_off)
         log_q = log_pi.numpy() - std.n_coords * math.log(binning.width) + std.log_det(z.numpy())
@@ -244,26 +244,25 @@ def sampler_row(name: str, model, std, binning, batch: int, dtype) -> dict[str, 
 
 @torch.no_grad()
 def agreement(model, dev: str) -> dict[str, Any]:
-    """float32 graph decode vs the eager path; bf16 graph log pi vs a bf16 teacher-forced pass."""
-    try:  # the eager path (imports scipy and tqdm, not OpenMM)
-        from arbg.sampling.sampler import sample_bins
-    except ImportError as err:
-        return {"skipped": f"arbg.sampling.sampler not importable: {err}"}
+    """float32 decode with graphs vs without, and vs the teacher-forced pass; bf16 decode log pi
+    vs a bf16 teacher-forced pass over its own bins."""
     n = 512
-    g = torch.Generator(device=dev).manual_seed(3)
-    bs, ls = sample_bins(model, n, 1.0, g, batch_size=n, engine="static")
-    g = torch.Generator(device=dev).manual_seed(3)
-    be, le = sample_bins(model, n, 1.0, g, batch_size=n, engine="eager")
+    graphs = dev.startswith("cuda")
+    bs, ls, _ = Decoder(model, n, graphs=graphs).run(torch.Generator(device=dev).manual_seed(3))
+    be, le, _ = Decoder(model, n, graphs=False).run(torch.Generator(device=dev).manual_seed(3))
     same = (bs == be).all(dim=1)
     d32 = (ls[same] - le[same]).abs().max().item() if same.any() else float("nan")
-    g = torch.Generator(device=dev).manual_seed(4)
-    b16, l16 = sample_bins(model, n, 1.0, g, batch_size=n, dtype="bf16")
-    with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
-        tf16 = model.log_prob(b16.to(dev)).cpu()
-    d16 = (l16 - tf16).abs()
+    tf32 = model.log_prob(bs).cpu()
+    b16, l16, _ = Decoder(model, n, dtype=torch.bfloat16).run(
+        torch.Generator(device=dev).manual_seed(4)
+    )
+    with torch.autocast("cuda", torch.bfloat16, enabled=graphs):
+        tf16 = model.log_prob(b16).cpu()
+    d16 = (l16.cpu() - tf16).abs()
     out = {
-        "fp32_identical_sequences": float(same.float().mean()),
-        "fp32_max_abs_dlog_pi": d32,
+        "fp32_graphs_identical_sequences": float(same.float().mean()),
+        "fp32_graphs_max_abs_dlog_pi": d32,
+        "fp32_vs_teacher_forced_max_abs": float((ls.cpu() - tf32).abs().max()),
         "bf16_vs_teacher_forced_mean_abs": float(d16.mean()),
         "bf16_vs_teacher_forced_max_abs": float(d16.max()),
         "mean_abs_log_pi": float(l16.abs().mean()),

@@ -1,4 +1,5 @@
-"""Tests of arbg.nn.binning: encode/decode, exact density, clipping, range, quantization bound."""
+"""Tests of arbg.nn.coordinates (binning): encode/decode, exact density, clipping, range,
+quantization bound."""
 
 import logging
 
@@ -6,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.nn.binning import (
+from arbg.nn.coordinates import (
     Binning,
     _w2_1d,
     default_n_bins,
     fit_binning,
+    fit_standardization,
     quantization_bound,
 )
-from arbg.nn.standardize import fit_standardization
 
 torch.set_num_threads(1)
 
@@ -65,7 +66,7 @@ def test_decode_draws_from_the_bin_and_round_trips_the_dict() -> None:
     assert Binning.from_dict(b.to_dict()) == b
 
 
-def test_log_density_integrates_to_one() -> None:
+def test_dequantized_histogram_integrates_to_one() -> None:
     """1-D: a histogram (the categorical) gives a piecewise-constant density integrating to 1."""
     rng = np.random.default_rng(0)
     b = Binning(n_bins=64, low=-3.0, high=3.0)
@@ -76,12 +77,12 @@ def test_log_density_integrates_to_one() -> None:
     grid = np.linspace(b.low, b.high, 640001)[:-1] + 0.5 * (b.high - b.low) / 640000  # midpoints
     gbins, n_clip = b.encode(grid)
     assert n_clip == 0
-    dens = np.exp(b.log_density(log_p[gbins], n_coords=1))
+    dens = np.exp(log_p[gbins] - np.log(b.width))  # what sampler.log_q adds per token
     integral = dens.sum() * (b.high - b.low) / 640000
     assert integral == pytest.approx(1.0, abs=1e-9)
     # in nm (std 0.2 nm): add the Jacobian log(1/std); integrate over the nm grid
     std = 0.2
-    dens_nm = np.exp(b.log_density(log_p[gbins], n_coords=1) - np.log(std))
+    dens_nm = np.exp(log_p[gbins] - np.log(b.width) - np.log(std))
     assert dens_nm.sum() * std * (b.high - b.low) / 640000 == pytest.approx(1.0, abs=1e-9)
 
 

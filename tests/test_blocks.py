@@ -1,4 +1,4 @@
-"""Tests of arbg.nn.layers: the CPU autograd functions (rotary of q and k, RMSNorm) give the
+"""Tests of arbg.nn.model: the CPU autograd functions (rotary of q and k, RMSNorm) give the
 values and gradients of the composite forms that run elsewhere (and ran before)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arbg.nn.layers import RMSNorm, apply_rotary, rotary_tables, rotate_qk
+from arbg.nn.model import RMSNorm, apply_rotary, rotary_tables, rotate_qk
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,6 @@ from arbg.nn.model import (
     ARBG,
     PRESETS,
     BinHead,
-    KVCache,
     ModelConfig,
     TokenFeatures,
     count_params,
@@ -60,24 +59,6 @@ def test_token_features_layout() -> None:
     assert f.slice(3, 6).atom_index.tolist() == [1, 1, 1]
 
 
-@pytest.mark.parametrize("rope", [True, False])
-def test_cached_equals_uncached(rope: bool) -> None:
-    model = _model(rope=rope)
-    bins = torch.randint(0, 64, (3, T))
-    tokens = model.shift_right(bins)
-    with torch.no_grad():
-        full, _ = model(tokens)
-        cache = model.new_kv_cache(batch=3)
-        steps = [model(tokens[:, j : j + 1], kv_cache=cache)[0] for j in range(T)]
-        assert cache.pos == T
-        # a multi-token chunk after a prefix also goes through the cache path
-        cache2 = model.new_kv_cache(batch=3)
-        a, _ = model(tokens[:, :4], kv_cache=cache2)
-        b, _ = model(tokens[:, 4:], kv_cache=cache2)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.cat([a, b], dim=1), full, atol=1e-5, rtol=0)
-
-
 def test_causality() -> None:
     model = _model()
     bins = torch.randint(0, 64, (2, T))
@@ -89,23 +70,6 @@ def test_causality() -> None:
         b, _ = model(tokens2)
     torch.testing.assert_close(a[:, :9], b[:, :9], atol=0, rtol=0)
     assert not torch.allclose(a[:, 9:], b[:, 9:])
-
-
-def test_kv_cache_reorder() -> None:
-    model = _model()
-    bins = torch.randint(0, 64, (4, T))
-    tokens = model.shift_right(bins)
-    index = torch.tensor([2, 2, 0, 3, 1])
-    with torch.no_grad():
-        cache = model.new_kv_cache(batch=4)
-        model(tokens[:, :7], kv_cache=cache)
-        cache.reorder(index)
-        assert cache.batch == 5 and cache.pos == 7
-        after, _ = model(tokens[index, 7:], kv_cache=cache)
-        ref, _ = model(tokens[index])
-    torch.testing.assert_close(after, ref[:, 7:], atol=1e-5, rtol=0)
-    cache.reset()
-    assert cache.pos == 0
 
 
 def test_batched_features_and_log_prob() -> None:
@@ -175,8 +139,3 @@ def test_param_counts() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError):
         ModelConfig.preset("huge", n_bins=10)
-
-
-def test_kv_cache_shapes() -> None:
-    c = KVCache(n_layer=2, batch=3, n_head=4, max_T=10, head_dim=8)
-    assert c.k.shape == (2, 3, 4, 10, 8) and c.pos == 0

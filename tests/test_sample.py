@@ -1,5 +1,4 @@
-"""Tests of arbg.sampling.sampler: cached sampling, exact log q, chirality, run dirs, SMC
-adapter."""
+"""Tests of arbg.sampling.sampler: sampling, exact log q, chirality, run dirs, SMC adapter."""
 
 from __future__ import annotations
 
@@ -10,23 +9,21 @@ import pytest
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
-from arbg.nn.binning import fit_binning
+from arbg.nn.coordinates import fit_binning, fit_standardization
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
-from arbg.nn.standardize import fit_standardization
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import SamplerParts, run_sampling
 from arbg.sampling.sampler import (
     TransformerProposal,
     apply_chirality,
-    bins_to_positions,
+    chirality_signs,
     generate,
-    log_q_offset,
+    log_q,
     make_generators,
-    sample_bins,
     teacher_forced_log_pi,
+    to_conformations,
 )
 from arbg.sampling.smc import AutoregressiveProposal, twisted_smc
-from arbg.sampling.targets import chirality_signs
 
 torch.set_num_threads(1)
 N_BINS = 256
@@ -79,20 +76,7 @@ def _tf_log_q(parts: SamplerParts, bins: np.ndarray, tau: float, x: np.ndarray) 
     """Teacher-forced log q of conformations ``x`` (nm) whose bins are ``bins``."""
     lp = teacher_forced_log_pi(parts.model, torch.as_tensor(bins), tau).numpy()
     z = parts.standardization.forward(x)
-    return lp + log_q_offset(parts.binning, parts.standardization, z)
-
-
-@pytest.mark.parametrize("tau", [1.0, 0.7])
-def test_cached_equals_uncached(parts, tau):
-    T = parts.standardization.n_coords
-    g1 = torch.Generator().manual_seed(3)
-    g2 = torch.Generator().manual_seed(3)
-    b1, lp1 = sample_bins(parts.model, 10, tau, g1, batch_size=4, use_cache=True)
-    b2, lp2 = sample_bins(parts.model, 10, tau, g2, batch_size=4, use_cache=False)
-    assert b1.shape == (10, T) and lp1.dtype == torch.float64
-    assert torch.equal(b1, b2)
-    np.testing.assert_allclose(lp1.numpy(), lp2.numpy(), rtol=1e-6)
-    assert len(torch.unique(b1[:, 0])) > 1  # not a degenerate model
+    return log_q(lp, parts.binning, parts.standardization, z)
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.8])
@@ -139,14 +123,15 @@ def test_log_likelihood_consistency_and_reencode(parts, tau):
     np.testing.assert_array_equal(again.coords, batch.coords)
 
 
-def test_bins_to_positions_gives_the_log_q_offset_of_its_draw(parts):
-    bins = torch.zeros(2, parts.standardization.n_coords, dtype=torch.long)
-    x, off = bins_to_positions(
-        bins, parts.binning, parts.standardization, torch.Generator().manual_seed(0)
+def test_to_conformations_round_trips_its_draw(parts):
+    # upper half of the range: the gauge frame's a and c are positive
+    bins = torch.full((2, parts.standardization.n_coords), 3 * N_BINS // 4, dtype=torch.long)
+    x, z = to_conformations(
+        bins, None, parts.binning, parts.standardization, torch.Generator().manual_seed(0)
     )
     assert x.shape == (2, parts.standardization.n_atoms, 3)
-    z = parts.standardization.forward(x)
-    np.testing.assert_allclose(off, log_q_offset(parts.binning, parts.standardization, z))
+    np.testing.assert_allclose(parts.standardization.forward(x), z, atol=1e-12)
+    assert np.array_equal(parts.binning.encode(z)[0], bins.numpy())
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -254,7 +239,6 @@ def test_transformer_proposal_matches_generate(parts):
         chirality="none",
         batch_size=m,
         generators=make_generators(5),
-        engine="eager",  # the proposal decodes with the model's forward, as the eager path
     )
     prop = TransformerProposal(
         parts.model, parts.binning, parts.standardization, 0.9, *make_generators(5)
@@ -273,7 +257,9 @@ def test_transformer_proposal_matches_generate(parts):
     )
     state = prop.start(m)
     total = prop.extend(state, 21)
-    np.testing.assert_array_equal(prop.bins(state), batch.bins[:, : state.n_done])  # same stream
+    np.testing.assert_array_equal(
+        prop.bins(state), batch.bins[:, : state.decoder.n_done]
+    )  # same stream
     prefix = prop.coords(state)
     idx = np.array([3, 3, 0, 1, 7, 7, 7, 2])
     prop.reorder(state, idx)

@@ -7,8 +7,8 @@ import pytest
 from toys import ChainProposal, HarmonicChainTarget
 
 from arbg.reweight import snis
+from arbg.sampling.sampler import chirality_signs
 from arbg.sampling.smc import AutoregressiveProposal, smc_repeats, twisted_smc
-from arbg.sampling.targets import chirality_signs
 
 
 @pytest.fixture(scope="module")

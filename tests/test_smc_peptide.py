@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
-from arbg.nn.binning import fit_binning
+from arbg.nn.coordinates import fit_binning, fit_standardization
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
-from arbg.nn.standardize import fit_standardization
 from arbg.reweight import normalize_log_weights, snis
 from arbg.sampling.config import SMCConfig
 from arbg.sampling.runs import RUN_FILES, SamplerParts

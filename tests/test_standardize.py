@@ -1,4 +1,4 @@
-"""Tests of arbg.nn.standardize: centring, last-atom constraint, Jacobian, rotations."""
+"""Tests of arbg.nn.coordinates: centring, last-atom constraint, Jacobian, rotations."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arbg.nn.standardize import (
+from arbg.nn.coordinates import (
     Standardization,
     centre_frames,
     fit_standardization,

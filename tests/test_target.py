@@ -16,7 +16,8 @@ from toys import (
     random_rotations,
 )
 
-from arbg.sampling.targets import Target, chirality_signs, wrong_chirality
+from arbg.sampling.sampler import chirality_signs, wrong_chirality
+from arbg.sampling.targets import Target
 
 # L-alanine (N, CA, C, CB), Angstrom, from pdbfixer's ALA template
 L_ALA = (

@@ -14,7 +14,7 @@ import torch
 
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
-from arbg.nn.binning import Binning
+from arbg.nn.coordinates import Binning
 from arbg.train.checkpoints import (
     CheckpointIntegrityError,
     CheckpointMismatchError,

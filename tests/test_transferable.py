@@ -14,15 +14,15 @@ import torch
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system, make_spec
 from arbg.data.corpora import Corpus
 from arbg.data.datasets import Dataset
-from arbg.nn.binning import Binning
 from arbg.nn.conditioning import (
     BoundModel,
     ConditioningConfig,
     TransferableARBG,
     encode_system,
 )
+from arbg.nn.coordinates import Binning
 from arbg.nn.model import ModelConfig
-from arbg.sampling.sampler import TransformerProposal, generate, log_q_offset
+from arbg.sampling.sampler import TransformerProposal, generate, log_q
 from arbg.train.checkpoints import load_checkpoint
 from arbg.train.trainer import TrainConfig
 from arbg.train.transferable import TransferableTrainer
@@ -130,9 +130,7 @@ def test_sampler_log_q_equals_teacher_forced(seq):
     with torch.no_grad():
         tf = net.batch_log_prob([enc] * 5, list(torch.as_tensor(batch.bins)))
     np.testing.assert_allclose(batch.log_pi, tf.numpy(), atol=1e-4)
-    np.testing.assert_allclose(
-        batch.log_q, tf.numpy() + log_q_offset(BINNING, enc.standardization, z), atol=1e-4
-    )
+    np.testing.assert_allclose(batch.log_q, log_q(tf, BINNING, enc.standardization, z), atol=1e-4)
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -242,7 +240,7 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
         # the pre-transferable forward, written out: embeddings, blocks, head, floor
         tok = m.shift_right(bins)
         f = m.default_features()
-        x = m.wte(tok) + m.value_proj(m._value_features(tok))
+        x = m.wte(tok) + m.value_proj(m.value_features(tok))
         x = x + (  # the [T, C] feature embeddings summed, then broadcast over the batch
             m.axis_emb(f.axis)
             + m.atom_emb(f.atom_index)
@@ -253,7 +251,7 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
         T = tok.shape[1]
         rot = (m.rope_cos[:T], m.rope_sin[:T])
         for block in m.blocks:
-            x = block(x, rot, None)
+            x = block(x, rot)
         out = m.head.apply_floor(m.head(m.norm_f(x)), m.bin_floor[:T])
         ref = m.head.log_prob(out, bins).to(torch.float64).sum(-1)
     assert torch.equal(lp, ref)
@@ -277,12 +275,10 @@ def test_smc_with_a_bound_model(tmp_path):
     )
     assert summary["n_samples"] == 6 and len(calls) == 1
     with np.load(tmp_path / "smc" / "samples.npz") as f:
-        bins, log_q, coords = f["bins"].astype(np.int64), f["log_q"], f["coords"]
+        bins, stored, coords = f["bins"].astype(np.int64), f["log_q"], f["coords"]
     z = enc.standardization.forward(coords.astype(np.float64))
-    expect = teacher_forced_log_pi(bound, bins).numpy() + log_q_offset(
-        BINNING, enc.standardization, z
-    )
-    np.testing.assert_allclose(log_q, expect, atol=2e-3)
+    expect = log_q(teacher_forced_log_pi(bound, bins), BINNING, enc.standardization, z)
+    np.testing.assert_allclose(stored, expect, atol=2e-3)
 
 
 def test_cli_train_transferable_and_sample(tmp_path, monkeypatch, capsys):

@@ -15,8 +15,8 @@ from scipy import integrate, stats
 
 from arbg.chem.geometry import angles, distances
 from arbg.chem.geometry import dihedrals as _dihedrals
-from arbg.nn.standardize import random_rotations as _rotations
-from arbg.sampling.targets import chirality_signs, wrong_chirality  # noqa: F401
+from arbg.nn.coordinates import random_rotations as _rotations
+from arbg.sampling.sampler import chirality_signs, wrong_chirality  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def nerf_place(
 
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
     """Haar-uniform rotation matrices [n, 3, 3] (see
-    :func:`arbg.nn.standardize.random_rotations`)."""
+    :func:`arbg.nn.coordinates.random_rotations`)."""
 
     return np.asarray(_rotations(n, rng))
 

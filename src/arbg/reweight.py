@@ -31,8 +31,13 @@ from scipy.special import logsumexp
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "COLLAPSE_DISTINCT",
+    "COLLAPSE_PARETO_K",
+    "COLLAPSE_RELATIVE_ESS",
     "PSISResult",
     "SNISResult",
+    "WeightCheck",
+    "check_weights",
     "clip_log_weights",
     "kish_ess",
     "log_importance_weights",
@@ -485,8 +490,109 @@ def psis(log_w: np.ndarray, r_eff: float = 1.0) -> PSISResult:
                 x[tail] = np.minimum(smooth, 0.0)
         tail_len = int(tail.size)
     lw[finite] = x
-    if k > 0.7:
-        logger.warning(
+    if k > 0.7:  # check_weights warns (once, naming the ESS)
+        logger.info(
             "PSIS: Pareto k = %.2f > 0.7, the importance-sampling estimate is unreliable", k
         )
     return PSISResult(log_w=normalize_log_weights(lw), pareto_k=k, tail_length=tail_len)
+
+
+# --------------------------------------------------------------------------------------------------
+# weight collapse: the one check every reweighting command runs
+
+#: a reweighted ensemble is reported as collapsed below this clipped relative ESS ...
+COLLAPSE_RELATIVE_ESS = 0.01
+#: ... above this Pareto k (PSIS: estimates unreliable) ...
+COLLAPSE_PARETO_K = 0.7
+#: ... or with fewer distinct conformations than this in the resampled ensemble
+COLLAPSE_DISTINCT = 10
+
+
+@dataclass
+class WeightCheck:
+    """How many proposals carry the weight, and whether the weights collapsed.
+
+    Attributes
+    ----------
+    n : int, samples
+    ess_clipped, ess_unclipped : float, Kish ESS of the clipped and of the raw weights
+    pareto_k : float, PSIS tail shape of the raw weights (nan: too few finite weights)
+    n_distinct : int or None, distinct conformations in the resampled ensemble
+    warnings : list[str], one line per reason the estimates are unreliable (empty: fine)
+    """
+
+    n: int
+    ess_clipped: float
+    ess_unclipped: float
+    pareto_k: float
+    n_distinct: int | None
+    warnings: list[str]
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.warnings)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable (the ``weights`` entry of a run's ``summary.json``)."""
+        return {
+            "n": self.n,
+            "ess_clipped": self.ess_clipped,
+            "ess_unclipped": self.ess_unclipped,
+            "relative_ess_clipped": self.ess_clipped / self.n if self.n else 0.0,
+            "relative_ess_unclipped": self.ess_unclipped / self.n if self.n else 0.0,
+            "pareto_k": None if not np.isfinite(self.pareto_k) else self.pareto_k,
+            "n_distinct_resampled": self.n_distinct,
+            "collapsed": self.collapsed,
+            "warnings": list(self.warnings),
+        }
+
+
+def check_weights(
+    log_w_raw: np.ndarray,
+    log_w_clipped: np.ndarray | None = None,
+    n_distinct: int | None = None,
+    what: str = "importance weights",
+) -> WeightCheck:
+    """The collapse check of every command that reweights (sample, smc, evaluate, zero-shot,
+    benchmark, demo).
+
+    Parameters
+    ----------
+    log_w_raw : (N,) unclipped log-weights (any normalisation; -inf = weight zero)
+    log_w_clipped : (N,) clipped log-weights, optional (default: the raw ones)
+    n_distinct : distinct conformations in the resampled ensemble, optional
+    what : how the warnings name the weights (e.g. "SNIS weights", "SMC weights")
+
+    Returns
+    -------
+    WeightCheck; its warnings (one line each, naming the ESS) are also logged: clipped
+    relative ESS below :data:`COLLAPSE_RELATIVE_ESS`, Pareto k above :data:`COLLAPSE_PARETO_K`,
+    fewer than :data:`COLLAPSE_DISTINCT` distinct resampled conformations.
+    """
+    raw = np.asarray(log_w_raw, dtype=np.float64).reshape(-1)
+    clipped = raw if log_w_clipped is None else np.asarray(log_w_clipped, np.float64).reshape(-1)
+    n = int(raw.size)
+    finite = np.isfinite(raw)
+    ess_c = kish_ess(clipped) if np.isfinite(clipped).any() else 0.0
+    ess_u = kish_ess(raw) if finite.any() else 0.0
+    k = float("nan")
+    if finite.sum() >= 20:
+        with np.errstate(all="ignore"):
+            k = float(psis(raw).pareto_k)
+    ess_text = f"ESS {ess_c:.1f} of {n} clipped ({ess_c / max(n, 1):.2%}), {ess_u:.1f} unclipped"
+    warnings = []
+    if n and ess_c < COLLAPSE_RELATIVE_ESS * n:
+        warnings.append(
+            f"{what} collapsed: {ess_text}; below {COLLAPSE_RELATIVE_ESS:.0%} of the samples, "
+            "reweighted estimates rest on a few conformations"
+        )
+    if np.isfinite(k) and k > COLLAPSE_PARETO_K:
+        warnings.append(f"{what} unreliable: Pareto k = {k:.2f} > {COLLAPSE_PARETO_K} ({ess_text})")
+    if n_distinct is not None and n_distinct < COLLAPSE_DISTINCT:
+        warnings.append(
+            f"{what}: only {n_distinct} distinct conformation(s) in the resampled ensemble "
+            f"({ess_text})"
+        )
+    for w in warnings:
+        logger.warning("%s", w)
+    return WeightCheck(n, ess_c, ess_u, k, n_distinct, warnings)

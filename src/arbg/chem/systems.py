@@ -215,7 +215,7 @@ class PeptideSystem:
         """(N, CA, C) of the central residue: the default gauge atoms of the gauge frame.
 
         The central residue keeps the lever arm to the far ends of the peptide short (see
-        :class:`arbg.nn.standardize.Standardization`).
+        :class:`arbg.nn.coordinates.Standardization`).
         """
         bb = self._backbone
         b = (self.n_residues - 1) // 2

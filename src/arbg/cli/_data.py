@@ -17,8 +17,7 @@ from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
 from arbg.data.datasets import load_dataset, weighting_summary
 from arbg.io import atomic_write_json, lock_dir
-from arbg.nn.binning import format_bound_rows, quantization_bound
-from arbg.nn.standardize import fit_standardization
+from arbg.nn.coordinates import fit_standardization, format_bound_rows, quantization_bound
 
 
 def cmd_md(args: argparse.Namespace) -> int:

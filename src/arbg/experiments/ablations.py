@@ -5,8 +5,8 @@
   tau = 1,
   reweight and evaluate against the reference (E-W2, T-W2 of the resampled reweighted ensemble),
   beside the discretize / de-quantize bound E-W2 of the same ``L``
-  (:func:`arbg.nn.binning.quantization_bound` with the trained model's own standardization and bin
-  range). Writes ``ablate_bins.json``, ``ablate_bins.csv`` and ``ablate_bins.png``. Layout:
+  (:func:`arbg.nn.coordinates.quantization_bound` with the trained model's own standardization
+  and bin range). Writes ``ablate_bins.json``, ``ablate_bins.csv`` and ``ablate_bins.png``. Layout:
   ``DIR/train/bins{L}-seed{s}/`` and ``DIR/runs/bins{L}-seed{s}-tau1/``, reused when complete.
 - :func:`ablate_temperature`: the temperature curve of one checkpoint against the reference MD
   by :func:`arbg.experiments.tuning.tune_temperature` (proposals at each tau, SNIS, resampled E-W2
@@ -48,7 +48,7 @@ from arbg.experiments.stages import (
 )
 from arbg.experiments.tuning import TuneConfig
 from arbg.io import atomic_write_json, atomic_write_text
-from arbg.nn.binning import quantization_bound
+from arbg.nn.coordinates import quantization_bound
 from arbg.train.checkpoints import load_checkpoint, read_config
 
 logger = logging.getLogger(__name__)

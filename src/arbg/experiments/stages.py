@@ -52,7 +52,7 @@ class BudgetConfig:
     preset : model size preset of :class:`arbg.nn.model.ModelConfig`.
     steps : optimizer steps of every training run.
     batch_size : global batch (frames per step) of every training run.
-    n_bins : bins ``L`` (None: :func:`arbg.nn.binning.default_n_bins`).
+    n_bins : bins ``L`` (None: :func:`arbg.nn.coordinates.default_n_bins`).
     n_mixtures : mixture components of the ``mol``/``gmm``/``givt`` heads.
     model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
     train_overrides : extra :class:`arbg.train.trainer.TrainConfig` fields (e.g. ``eval_every``).

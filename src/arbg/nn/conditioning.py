@@ -22,11 +22,11 @@ changes the likelihood of a real one.
 Preprocessing
 -------------
 Each sequence is put in its own gauge frame (N, CA, C of its central residue,
-:mod:`arbg.nn.standardize`); one global scale ``std_nm`` (root mean square of the centred training
-coordinates pooled over all training sequences) and one :class:`arbg.nn.binning.Binning` (symmetric,
-``margin`` times the largest absolute gauge coordinate over all training sequences) are shared by
-all sequences, so ``log q(x) = sum log p - D log(width) + log J(z)`` holds per sequence exactly as
-for a single system.
+:mod:`arbg.nn.coordinates`); one global scale ``std_nm`` (root mean square of the centred training
+coordinates pooled over all training sequences) and one :class:`arbg.nn.coordinates.Binning`
+(symmetric, ``margin`` times the largest absolute gauge coordinate over all training sequences)
+are shared by all sequences, so ``log q(x) = sum log p - D log(width) + log J(z)`` holds per
+sequence exactly as for a single system.
 
 Training (:class:`arbg.train.transferable.TransferableTrainer`) reuses
 :class:`arbg.train.trainer.Trainer` (optimizers, schedule, EMA, checkpoints, resume, DDP); a step
@@ -51,9 +51,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem
-from arbg.nn.binning import Binning
-from arbg.nn.model import ARBG, KVCache, ModelConfig, TokenFeatures, token_features_for_system
-from arbg.nn.standardize import Standardization
+from arbg.nn.coordinates import Binning, Standardization
+from arbg.nn.model import ARBG, ModelConfig, TokenFeatures, token_features_for_system
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +332,6 @@ class TransferableARBG(ARBG):
         tokens: torch.Tensor,
         feats: TokenFeatures | None = None,
         targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
         *,
         cond: torch.Tensor | None = None,
         atoms: AtomBatch | None = None,
@@ -345,13 +343,12 @@ class TransferableARBG(ARBG):
 
         Parameters
         ----------
-        tokens, feats, targets, kv_cache, logits : as :meth:`ARBG.forward` (``feats`` required)
+        tokens, feats, targets, logits : as :meth:`ARBG.forward` (``feats`` required)
         cond : Tensor [B or 1, T or T_full, C], precomputed :meth:`condition` (sampling)
         atoms, token_atom : or the atoms [B, N] and token atoms [B, T] to encode (training)
         floor : LongTensor [T_full] or [B, T_full], lowest allowed bin per token
         """
         T = tokens.shape[1]
-        pos0 = kv_cache.pos if kv_cache is not None else 0
         if atoms is not None:
             if token_atom is None:
                 raise ValueError("atoms need token_atom")
@@ -362,13 +359,13 @@ class TransferableARBG(ARBG):
                 "system (arbg.nn.conditioning.BoundModel) or pass atoms/cond"
             )
         if cond.shape[-2] != T:
-            cond = cond[..., pos0 : pos0 + T, :]
+            cond = cond[..., :T, :]
         if floor is not None and floor.shape[-1] != T:
-            floor = floor[..., pos0 : pos0 + T]
+            floor = floor[..., :T]
         if not logits and self.fused_loss_ok(targets):
-            h = self.hidden(tokens, feats, kv_cache, extra=cond)
+            h = self.hidden(tokens, feats, extra=cond)
             return None, self.fused_loss(h, targets, floor)  # type: ignore[arg-type]
-        out, _ = super().forward(tokens, feats, None, kv_cache, extra=cond)
+        out, _ = super().forward(tokens, feats, None, extra=cond)
         if floor is not None:
             out = self.head.apply_floor(out, floor)
         loss = self.head.loss(out, targets) if targets is not None else None
@@ -398,7 +395,7 @@ class TransferableARBG(ARBG):
 
 class BoundModel(nn.Module):
     """A :class:`TransferableARBG` bound to one sequence: the :class:`ARBG` interface that
-    :mod:`arbg.sampling.sampler`, :mod:`arbg.sampling.proposal` and :mod:`arbg.sampling.runs` use.
+    :mod:`arbg.nn.decoder`, :mod:`arbg.sampling.sampler` and :mod:`arbg.sampling.runs` use.
 
     The conditioning is computed once, here, and reused for every token and batch row (it is
     stale if the weights change afterwards: bind again).
@@ -426,11 +423,6 @@ class BoundModel(nn.Module):
             **{f.name: getattr(self, f"feat_{f.name}") for f in fields(TokenFeatures)}
         )
 
-    def new_kv_cache(
-        self, batch: int, max_T: int | None = None, dtype: torch.dtype | None = None
-    ) -> KVCache:
-        return self.net.new_kv_cache(batch, max_T or int(self.cond.shape[1]), dtype)
-
     def shift_right(self, bins: torch.Tensor) -> torch.Tensor:
         return self.net.shift_right(bins)
 
@@ -439,10 +431,9 @@ class BoundModel(nn.Module):
         tokens: torch.Tensor,
         feats: TokenFeatures | None = None,
         targets: torch.Tensor | None = None,
-        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         f = feats if feats is not None else self.default_features()
-        return self.net(tokens, f, targets, kv_cache, cond=self.cond, floor=self.floor)
+        return self.net(tokens, f, targets, cond=self.cond, floor=self.floor)
 
     def log_prob(
         self, bins: torch.Tensor, feats: TokenFeatures | None = None, tau: float = 1.0

@@ -3,7 +3,8 @@
 Bin units
 ---------
 Every head describes a coordinate in *bin units* ``u = (z - low) / width`` of the
-:class:`arbg.nn.binning.Binning` (``z`` standardized), so bin ``b`` is the interval ``[b, b+1)``:
+:class:`arbg.nn.coordinates.Binning` (``z`` standardized), so bin ``b`` is the interval
+``[b, b+1)``:
 
 * ``"bins"`` (:class:`BinHead`, the paper's ARBG): a categorical over the ``L`` bins.
 * ``"mol"`` (:class:`MoLHead`, the paper's MoL-PixelCNN++ baseline) and ``"gmm"``
@@ -19,7 +20,7 @@ of ``u`` directly. So for every head ``sum_j log_prob`` is ``log q_u`` and
 
     log q_z(z) = sum_j log_prob_j - D log(width),
 
-the same offset as :meth:`arbg.nn.binning.Binning.log_density`; the sampler and SNIS need no
+the offset that :func:`arbg.sampling.sampler.log_q` adds; the sampler and SNIS need no
 per-head case. A continuous head samples and scores real ``u`` (float64) instead of bins; the
 transformer's input token for the next position stays the bin of the value (:meth:`Head.tokens`),
 a deterministic function of the past, so the product of the conditionals is still an exact
@@ -54,8 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:  # pragma: no cover
-    from arbg.nn.binning import Binning
-    from arbg.nn.config import ModelConfig
+    from arbg.nn.coordinates import Binning
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ __all__ = [
     "Head",
     "MixtureHead",
     "MoLHead",
-    "build_head",
     "draw_categorical",
     "log1mexp",
     "values_to_z",
@@ -484,11 +483,3 @@ class GIVTHead(MixtureHead):
 
 
 HEADS: dict[str, type[Head]] = {"bins": BinHead, "mol": MoLHead, "gmm": GMMHead, "givt": GIVTHead}
-
-
-def build_head(config: ModelConfig) -> Head:
-    """Instantiate the head named by ``config.head`` with ``config.head_kwargs``
-    (e.g. ``{"n_mixtures": 10}`` for the mixture heads)."""
-    if config.head not in HEADS:
-        raise ValueError(f"unknown head {config.head!r}; registered: {sorted(HEADS)}")
-    return HEADS[config.head](config.n_embd, config.n_bins, **config.head_kwargs)  # type: ignore[call-arg]

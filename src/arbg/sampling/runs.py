@@ -22,10 +22,9 @@ import numpy as np
 
 from arbg import checks
 from arbg.io import Commit, lock_dir, recover
-from arbg.nn.binning import Binning
+from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, TokenFeatures
-from arbg.nn.standardize import Standardization
-from arbg.reweight import snis, systematic_resample
+from arbg.reweight import check_weights, snis, systematic_resample
 from arbg.sampling.config import SampleConfig, off_to_none
 from arbg.sampling.sampler import generate
 from arbg.train.checkpoints import load_checkpoint
@@ -341,6 +340,8 @@ def _write_run(
         },
     ]
     n_total, log_w = len(merged["u"]), merged["log_w"]
+    n_distinct = int(np.unique(ens_idx).size)
+    weights = check_weights(merged["log_w_raw"], log_w, n_distinct, what="SNIS weights")
     summary = {
         **run_header(parts, system, cfg.tau, cfg.chirality),
         "seeds": sorted(set(prev.get("seeds", [])) | set(seeds)),
@@ -353,14 +354,17 @@ def _write_run(
         "energy_evaluations": n_total,
         "tokens_generated": sum(r["n_tokens"] for r in runs),
         "teacher_forced_sequences": sum(r["n_teacher_forced"] for r in runs),
-        "ess": float(snis_summary["ess"]),
+        "ess": float(snis_summary["ess"]),  # clipped (the published evaluation)
         "relative_ess": float(snis_summary["relative_ess"]),
+        "ess_unclipped": weights.ess_unclipped,
+        "weights": weights.to_dict(),
+        "warnings": weights.warnings,
         "clip_fraction": float(cfg.clip_fraction),
         "clip_mode": off_to_none(cfg.clip_mode),
         "n_clipped": int(snis_summary["n_clipped"]),
         "snis": snis_summary,
         "ensemble_size": int(ens_idx.size),
-        "ensemble_unique": int(np.unique(ens_idx).size),
+        "ensemble_unique": n_distinct,
         "wall_s_total": sum(r["wall_s"] for r in runs),
         "runs": runs,
     }

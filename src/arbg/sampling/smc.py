@@ -48,7 +48,8 @@ import numpy as np
 
 from arbg.reweight import kish_ess, log_mean_exp, normalize_log_weights, weighted_mean
 from arbg.reweight import resample as _resample
-from arbg.sampling.targets import Target, chirality_signs
+from arbg.sampling.sampler import chirality_signs
+from arbg.sampling.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class AutoregressiveProposal(Protocol):
     Coordinates are generated in the target's atom order, counted 3 per atom; a full
     conformation has ``3 (n_atoms - 1)`` units (the last atom follows from the centring
     constraint) unless the proposal has an ``n_units`` attribute (the gauge frame of
-    :mod:`arbg.nn.standardize` models every atom: ``3 n_atoms``).  The sum of all `extend`
+    :mod:`arbg.nn.coordinates` models every atom: ``3 n_atoms``).  The sum of all `extend`
     increments of a particle must
     be its exact ``log q(x)`` in the space where the target's energy is a density
     (e.g. nm, centred coordinates, de-standardized: the implementation adds Jacobians).

@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from arbg.io import lock_dir, recover
-from arbg.reweight import kish_ess, normalize_log_weights, systematic_resample
+from arbg.reweight import check_weights, kish_ess, normalize_log_weights, systematic_resample
 from arbg.sampling.config import SMCConfig, off_to_none
-from arbg.sampling.proposal import ProposalState, TransformerProposal
 from arbg.sampling.runs import (
     SamplerParts,
     _bin_dtype,
@@ -21,9 +20,13 @@ from arbg.sampling.runs import (
     commit_run,
     run_header,
 )
-from arbg.sampling.sampler import make_generators
+from arbg.sampling.sampler import (
+    ProposalState,
+    TransformerProposal,
+    make_generators,
+    wrong_chirality,
+)
 from arbg.sampling.smc import SMCRepeats, SMCResult, twisted_smc
-from arbg.sampling.targets import wrong_chirality
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def run_smc(
     :class:`arbg.io.Commit`.
 
     ``config.repeats`` independent populations of ``config.n_particles`` particles each are
-    drawn with a :class:`arbg.sampling.proposal.TransformerProposal` and the checkpoint's system
+    drawn with a :class:`arbg.sampling.sampler.TransformerProposal` and the checkpoint's system
     as target (:func:`arbg.sampling.smc.twisted_smc`, resampling at the interior residue
     boundaries) and combined through their normalizing-constant estimates
     (:class:`arbg.sampling.smc.SMCRepeats`): particle i of population r gets
@@ -173,6 +176,8 @@ def _write_smc_run(
     ens_idx = systematic_resample(
         log_w, int(cfg.ensemble_size or n_total), np.random.default_rng([int(cfg.seed), 2])
     )
+    n_distinct = int(np.unique(ens_idx).size)
+    weights = check_weights(log_w_raw, None, n_distinct, what="SMC weights")
     summary = {
         "method": "twisted_smc",
         **run_header(parts, system, cfg.tau, "zero" if cfg.chirality else "none"),
@@ -190,15 +195,18 @@ def _write_smc_run(
         "n_nonfinite_energy": int((~np.isfinite(arrays["u"])).sum()),
         "n_zero_weight": int((~np.isfinite(log_w)).sum()),
         **_smc_counts(results),
-        "ess": float(kish_ess(log_w)),
+        "ess": float(kish_ess(log_w)),  # unclipped: SMC weights are not clipped
         "relative_ess": float(kish_ess(log_w) / n_total),
+        "ess_unclipped": float(kish_ess(log_w)),
+        "weights": weights.to_dict(),
+        "warnings": weights.warnings,
         "log_z": [float(v) for v in rep.log_z],
         "log_z_combined": rep.log_z_combined,
         "clip_fraction": 0.0,
         "clip_mode": None,
         "n_clipped": 0,
         "ensemble_size": int(ens_idx.size),
-        "ensemble_unique": int(np.unique(ens_idx).size),
+        "ensemble_unique": n_distinct,
         "wall_s_total": time.perf_counter() - t0,
         "repeat_summaries": [r.summary() for r in results],
     }

@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, validate_sequence
-from arbg.nn.binning import Binning
 from arbg.nn.conditioning import (
     _TEMPLATE_KEYS,
     BoundModel,
@@ -42,8 +41,8 @@ from arbg.nn.conditioning import (
     encode_system,
     system_features,
 )
+from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, ModelConfig, TokenFeatures
-from arbg.nn.standardize import Standardization
 from arbg.train.checkpoint_files import (  # noqa: F401  (re-exported)
     CHECKSUMS_FILE,
     CONFIG_FILE,

@@ -24,7 +24,7 @@ class TrainConfig:
     ----------
     preset : model size preset (``tiny``, ``small``, ``medium``, ``large``).
     model_overrides : extra :class:`arbg.nn.model.ModelConfig` fields (e.g. ``n_layer``).
-    n_bins : bins ``L``; default :func:`arbg.nn.binning.default_n_bins` of the atom count.
+    n_bins : bins ``L``; default :func:`arbg.nn.coordinates.default_n_bins` of the atom count.
     steps : total optimizer steps (defines the schedule).
     batch_size : global batch (frames per step, split across ranks).
     optimizer : ``"muon"`` (Muon for block matrices + AdamW for the rest) or ``"adamw"``.
@@ -42,7 +42,7 @@ class TrainConfig:
     ema_decay : the average's decay per step.
     frame : ``"centroid"`` (published: centre of geometry removed, rotation augmentation) or
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
-        augmentation needed); see :mod:`arbg.nn.standardize`.
+        augmentation needed); see :mod:`arbg.nn.coordinates`.
     augment_rotations : random 3-D rotation of every training frame (centroid frame only).
     bf16 : bf16 autocast (CUDA only; ignored on the CPU); the weights and optimizer state stay
         float32 (master weights).

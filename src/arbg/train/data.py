@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from arbg.nn.binning import Binning
+from arbg.nn.coordinates import Binning, Standardization, random_rotations, rotate
 from arbg.nn.heads import z_to_values
-from arbg.nn.standardize import Standardization, random_rotations, rotate
 from arbg.reweight import normalize_log_weights
 
 __all__ = ["encode_frames", "encode_values", "marginal_baseline", "normalized_weights"]

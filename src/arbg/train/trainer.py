@@ -53,10 +53,16 @@ import torch.distributed as dist
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
-from arbg.nn.binning import Binning, default_n_bins, fit_binning
 from arbg.nn.conditioning import system_features
+from arbg.nn.coordinates import (
+    Binning,
+    Standardization,
+    centre_frames,
+    default_n_bins,
+    fit_binning,
+    fit_standardization,
+)
 from arbg.nn.model import ARBG, ModelConfig
-from arbg.nn.standardize import Standardization, centre_frames, fit_standardization
 from arbg.train.checkpoints import copy_checkpoint, load_trainer_state, read_config
 from arbg.train.config import TrainConfig, lr_factor
 from arbg.train.data import encode_frames, encode_values, marginal_baseline, normalized_weights

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
-from arbg.nn.binning import Binning, default_n_bins
 from arbg.nn.conditioning import (
     ConditioningConfig,
     TransferableARBG,
@@ -29,8 +28,8 @@ from arbg.nn.conditioning import (
     solvent_of,
     spec_template,
 )
+from arbg.nn.coordinates import Binning, Standardization, default_n_bins
 from arbg.nn.model import ARBG, ModelConfig
-from arbg.nn.standardize import Standardization
 from arbg.train.checkpoints import read_config, save_transferable_checkpoint
 from arbg.train.trainer import TrainConfig, Trainer, init_distributed, locked_output
 
