@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
+from arbg.chem.spec import SystemSpec
+from arbg.chem.systems import PeptideSystem, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
 from arbg.eval.metrics import (

@@ -36,13 +36,8 @@ from typing import Any
 import numpy as np
 
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import (
-    MDConfig,
-    contiguous_splits,
-    load_md_frames,
-    load_md_log_weights,
-    run_md,
-)
+from arbg.chem.md import MDConfig, run_md
+from arbg.chem.md_layout import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.cost import md_cost_curve
@@ -65,7 +60,8 @@ from arbg.io import atomic_write_json
 from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
-from arbg.train.trainer import TrainConfig, Trainer, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import Trainer, train
 
 log = logging.getLogger(__name__)
 
