@@ -11,16 +11,15 @@ import numpy as np
 
 from arbg.chem.systems import PeptideSystem
 from arbg.data.datasets import Dataset
-from arbg.eval.evaluate import reference_energies, reference_log_weights
-from arbg.eval.metrics import (
+from arbg.eval.ensembles import (
     Ensemble,
     backbone_torsions,
     resampled_score,
     score,
     strided_reference,
-    weights_from_log,
 )
-from arbg.reweight import clip_log_weights, normalize_log_weights
+from arbg.eval.evaluate import reference_energies, reference_log_weights
+from arbg.reweight import clip_log_weights, normalize_log_weights, weights_from_log
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from arbg.chem.geometry import dihedrals
 from arbg.eval import plots
 from arbg.eval.basins import basin_populations, free_energy_differences
 from arbg.eval.htmlkit import esc, page
-from arbg.eval.metrics import dihedrals, fit_tica, tica_features, tica_project, weights_from_log
 from arbg.eval.report_tables import (  # noqa: F401 (re-exported)
     ENSEMBLE_NAMES,
     METRIC_NAMES,
@@ -36,8 +36,9 @@ from arbg.eval.report_tables import (  # noqa: F401 (re-exported)
     summary_html,
     weights_note_html,
 )
+from arbg.eval.tica import fit_tica, tica_features, tica_project
 from arbg.io import atomic_write_text
-from arbg.reweight import multinomial_resample
+from arbg.reweight import multinomial_resample, weights_from_log
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def write_report(
     log_weights : ndarray, shape (N,)
         Log importance weights (``-inf`` = zero); the reweighted ensemble is the weighted proposal.
     metrics : mapping
-        Result of :func:`arbg.eval.metrics.evaluate_ensemble` (plus any extra entries); written to
+        Result of :func:`arbg.eval.evaluate.evaluate_ensemble` (plus any extra entries); written to
         ``metrics.json`` together with the basin populations.
     phi_indices, psi_indices : ndarray, shape (k, 4)
         Backbone dihedrals (one Ramachandran plot per residue ``k``).

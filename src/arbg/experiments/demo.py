@@ -41,6 +41,7 @@ from arbg.chem.md_layout import contiguous_splits, load_md_frames, load_md_log_w
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.cost import md_cost_curve
+from arbg.eval.ensembles import backbone_torsions
 from arbg.eval.evaluate import (
     EvaluateConfig,
     evaluate_run,
@@ -48,8 +49,8 @@ from arbg.eval.evaluate import (
     reference_energies,
     reference_log_weights,
 )
-from arbg.eval.metrics import backbone_torsions, energy_w2, torsion_w2
 from arbg.eval.plots import plot_cost_curve
+from arbg.eval.w2 import energy_w2, torsion_w2
 from arbg.experiments.demo_checks import (
     DemoNotTrained,
     not_trained_message,
