@@ -16,7 +16,7 @@ from arbg.chem.geometry import dihedrals
 from arbg.data.datasets import Dataset
 from arbg.eval.evaluate import evaluate_samples, population_log_weights
 from arbg.eval.htmlkit import html_table_page, value_html
-from arbg.eval.run_report import report_context, write_run_report
+from arbg.eval.report import report_context, write_run_report
 from arbg.eval.viewer import basin_labels, representatives, superpose
 from arbg.reweight import clip_log_weights, normalize_log_weights
 

@@ -43,10 +43,14 @@ from arbg.chem.geometry import dihedrals
 from arbg.chem.spec import SystemSpec
 from arbg.chem.systems import PeptideSystem, build_system
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.basins import basin_populations
+from arbg.eval.basins import basin_populations, compute_populations
 from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, score
-from arbg.eval.report import compute_populations, write_metrics_json
-from arbg.eval.run_report import report_context, residue_labels, write_run_report
+from arbg.eval.report import (
+    report_context,
+    residue_labels,
+    write_metrics_json,
+    write_run_report,
+)
 from arbg.eval.tica import TicaFit, fit_tica, tica_features, tica_project
 from arbg.eval.w2 import estimate_ot_seconds, n_nonfinite
 from arbg.reweight import (
