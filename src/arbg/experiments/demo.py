@@ -51,19 +51,10 @@ from arbg.chem.md import MDConfig, run_md
 from arbg.chem.md_layout import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.cost import md_cost_curve
-from arbg.eval.ensembles import backbone_torsions
-from arbg.eval.evaluate import (
-    EvaluateConfig,
-    evaluate_run,
-    load_run,
-    reference_energies,
-    reference_log_weights,
-)
+from arbg.eval.cost import cost_floor, md_cost_curve
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run, load_run
 from arbg.eval.plots import plot_cost_curve
-from arbg.eval.w2 import energy_w2, torsion_w2
 from arbg.io import atomic_write_json
-from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.config import TrainConfig
@@ -465,24 +456,6 @@ def _cost_curve(system, out: Path, run_dir: Path, reference) -> dict[str, Any] |
     )
     curve["floor"] = cost_floor(system, reference)
     return curve
-
-
-def cost_floor(system, reference: Dataset, n_max: int = 5000) -> dict[str, float]:
-    """E-W2 (kT) and T-W2 (rad) of the reference's first half against its second half, each
-    stride-subsampled to at most ``n_max / 2`` frames and carrying its frame weights: the floor
-    line of the cost curve."""
-    u = reference_energies(reference)
-    lw = reference_log_weights(reference)
-    half = len(reference) // 2
-    stride = max(1, (2 * half) // n_max)
-    parts = []
-    for sl in (slice(0, half, stride), slice(half, 2 * half, stride)):
-        x = reference.positions[sl]
-        w = None if lw is None else np.exp(normalize_log_weights(lw[sl]))
-        t = backbone_torsions(x, system.phi_indices, system.psi_indices)
-        parts.append((u[sl], t, w))
-    (ua, ta, wa), (ub, tb, wb) = parts
-    return {"e_w2": energy_w2(ua, ub, wa, wb), "t_w2": torsion_w2(ta, tb, wa, wb)}
 
 
 # --------------------------------------------------------------------------------------------------
