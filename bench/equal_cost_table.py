@@ -101,8 +101,8 @@ def _md_matched(args, seed: int) -> dict:
     """E-W2 / T-W2 of the seed-th block of BUDGET MD steps (exact frame weights)."""
     from arbg.chem.md import load_md_frames, load_md_log_weights
     from arbg.data.datasets import load_dataset
+    from arbg.eval.ensembles import Ensemble, backbone_torsions, score, strided_reference
     from arbg.eval.evaluate import reference_energies, reference_log_weights
-    from arbg.eval.metrics import Ensemble, backbone_torsions, score, strided_reference
     from arbg.reweight import weights_from_log
 
     meta = json.loads((args.md_data / "metadata.json").read_text())

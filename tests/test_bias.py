@@ -21,10 +21,10 @@ from arbg.chem.bias import (
     frozen_bias_force,
     select_bias_dihedrals,
 )
+from arbg.chem.geometry import dihedrals
 from arbg.chem.md import MDConfig, load_md_frames, load_md_log_weights, run_md
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 from arbg.eval.basins import basin_populations
-from arbg.eval.metrics import dihedrals
 
 
 class _ToySpec:

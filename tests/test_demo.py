@@ -7,11 +7,14 @@ import pytest
 
 from arbg.chem.md import contiguous_splits
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.experiments.demo import DemoConfig, shipped_assets, steps_for_budget, train_stage
-from arbg.experiments.demo_checks import (
+from arbg.experiments.demo import (
+    DemoConfig,
     DemoNotTrained,
     format_summary,
     result_summary,
+    shipped_assets,
+    steps_for_budget,
+    train_stage,
     training_verdict,
 )
 

@@ -5,19 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from arbg.chem.geometry import dihedrals
 from arbg.eval.basins import DEFAULT_BASINS, basin_populations, free_energy_differences
-from arbg.eval.metrics import (
-    dihedrals,
-    energy_w2,
-    evaluate_ensemble,
-    fit_tica,
-    n_nonfinite,
-    tica_features,
-    tica_project,
-    torsion_w2,
-    torus_cost,
-    w2_euclidean,
-)
+from arbg.eval.evaluate import evaluate_ensemble
+from arbg.eval.tica import fit_tica, tica_features, tica_project
+from arbg.eval.w2 import energy_w2, n_nonfinite, torsion_w2, torus_cost, w2_euclidean
 
 
 def _ar1(T: int, dims: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from arbg.eval import plots  # noqa: E402
-from arbg.eval.metrics import evaluate_ensemble  # noqa: E402
+from arbg.eval.evaluate import evaluate_ensemble  # noqa: E402
 from arbg.eval.report import write_report  # noqa: E402
 
 PHI = np.array([[0, 1, 2, 3]])

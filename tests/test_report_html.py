@@ -12,11 +12,11 @@ import re
 import numpy as np
 import pytest
 
+from arbg.chem.geometry import dihedrals
 from arbg.data.datasets import Dataset
 from arbg.eval.evaluate import evaluate_samples, population_log_weights
 from arbg.eval.htmlkit import html_table_page, value_html
-from arbg.eval.metrics import dihedrals
-from arbg.eval.run_report import report_context, write_run_report
+from arbg.eval.report import report_context, write_run_report
 from arbg.eval.viewer import basin_labels, representatives, superpose
 from arbg.reweight import clip_log_weights, normalize_log_weights
 
@@ -135,9 +135,12 @@ def test_value_html_never_shows_a_repr_and_the_table_page_is_shared():
     out = value_html(nested)
     assert "{" not in out and "&#x27;" not in out and "[" not in out
     assert "50 values" in out and "it's" in out
-    from arbg.experiments.benchmark import html_table_page as bench_page
+    from arbg.experiments.benchmark import METRIC_COLUMNS, format_table
 
-    assert bench_page is html_table_page
+    _, bench_page = format_table([], "t", notes=["n"])  # the benchmark's page is the shared one
+    assert bench_page == html_table_page(
+        "t", ["Method", *[h for _, h in METRIC_COLUMNS]], [], ["n"]
+    )
     page = html_table_page("t 'q'", ["Method"], ["<tr><td>x</td></tr>"], ["note 'n'"])
     assert "&#x27;" not in page and "<li>note 'n'</li>" in page
 

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from arbg.chem.geometry import dihedrals
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
 from arbg.cli import main
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations
-from arbg.eval.metrics import dihedrals, energy_w2
+from arbg.eval.w2 import energy_w2
 
 
 @pytest.fixture(scope="module")

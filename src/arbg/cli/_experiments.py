@@ -18,8 +18,7 @@ from arbg.experiments.ablations import (
     format_temperature_rows,
 )
 from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
-from arbg.experiments.demo import DemoConfig, run_demo
-from arbg.experiments.demo_checks import DemoNotTrained, format_summary
+from arbg.experiments.demo import DemoConfig, DemoNotTrained, format_summary, run_demo
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
 from arbg.io import lock_dir

@@ -14,7 +14,7 @@ from arbg.configargs import add_config_args, config_from_args
 from arbg.data.corpora import load_corpus
 from arbg.data.datasets import load_dataset
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
-from arbg.eval.report_tables import format_metrics
+from arbg.eval.report import format_metrics
 from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperature
 from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig

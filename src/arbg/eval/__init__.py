@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from arbg.eval.basins import basin_populations, free_energy_differences
-from arbg.eval.evaluate import evaluate_run, evaluate_samples
-from arbg.eval.metrics import energy_w2, evaluate_ensemble, torsion_w2
+from arbg.eval.evaluate import evaluate_ensemble, evaluate_run, evaluate_samples
+from arbg.eval.w2 import energy_w2, torsion_w2
 
 __all__ = [
     "basin_populations",

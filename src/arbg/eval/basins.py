@@ -3,6 +3,8 @@
 Observables a chemist asks for (issue 5): the populations of the Ramachandran basins of one
 residue, for a weighted ensemble (importance weights) or an MD trajectory, and the free-energy
 differences between basins, ``dF_ij = -ln(p_i / p_j)`` in kT.
+:func:`compute_populations` gives both, per residue, for the reference MD and a reweighted
+ensemble (the tables of the evaluation and its report).
 
 Default basins (alanine-dipeptide conventions; angles wrapped to [-180, 180) degrees; the three
 basins partition the Ramachandran plane, so populations sum to one):
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from arbg.chem.geometry import dihedrals
 
 Z95 = 1.959963984540054
 
@@ -199,4 +203,34 @@ def free_energy_differences(
             "ci_high": dF + Z95 * sd,
             "reference": reference,
         }
+    return out
+
+
+def compute_populations(
+    ref_positions: np.ndarray,
+    positions: np.ndarray,
+    weights: np.ndarray,
+    phi_indices: np.ndarray,
+    psi_indices: np.ndarray,
+    n_blocks: int = 10,
+    residue_labels: Sequence[str] | None = None,
+    ref_weights: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Basin populations and dF per residue for the reference MD (block SE; with ``ref_weights``
+    [T], the weighted populations with block-jackknife SE) and the reweighted ensemble
+    (delta-method SE). Residue k uses ``phi_indices[k]`` and ``psi_indices[k]``."""
+    out: dict[str, dict[str, Any]] = {}
+    phi_r, psi_r = dihedrals(ref_positions, phi_indices), dihedrals(ref_positions, psi_indices)
+    phi_s, psi_s = dihedrals(positions, phi_indices), dihedrals(positions, psi_indices)
+    for k in range(min(phi_r.shape[1], psi_r.shape[1])):
+        res = residue_labels[k] if residue_labels else f"residue {k + 1}"
+        ref = basin_populations(phi_r[:, k], psi_r[:, k], weights=ref_weights, n_blocks=n_blocks)
+        rew = basin_populations(phi_s[:, k], psi_s[:, k], weights=weights)
+        # both dF columns relative to the basin most populated in the reference
+        top = max(ref["basins"], key=lambda b: ref["basins"][b]["p"])
+        for name, pops in (("reference MD", ref), ("reweighted", rew)):
+            out[f"{res} / {name}"] = {
+                "populations": pops,
+                "dF": free_energy_differences(pops, reference=top),
+            }
     return out

@@ -1,5 +1,6 @@
 """MD against the Boltzmann generator at matched cost: E-W2 and T-W2 of each at the same number
-of energy evaluations (the demo's cost curve, the benchmark's MD rows)."""
+of energy evaluations (the demo's cost curve, the benchmark's MD rows), and the MD-vs-MD floor
+line of the cost curve (:func:`cost_floor`)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ import numpy as np
 
 from arbg.chem.systems import PeptideSystem
 from arbg.data.datasets import Dataset
-from arbg.eval.evaluate import reference_energies, reference_log_weights
-from arbg.eval.metrics import (
+from arbg.eval.ensembles import (
     Ensemble,
     backbone_torsions,
     resampled_score,
     score,
     strided_reference,
-    weights_from_log,
 )
-from arbg.reweight import clip_log_weights, normalize_log_weights
+from arbg.eval.evaluate import reference_energies, reference_log_weights
+from arbg.eval.w2 import energy_w2, torsion_w2
+from arbg.reweight import clip_log_weights, normalize_log_weights, weights_from_log
 
 log = logging.getLogger(__name__)
 
-__all__ = ["md_cost_curve"]
+__all__ = ["cost_floor", "md_cost_curve"]
 
 
 def md_cost_curve(
@@ -99,3 +100,21 @@ def md_cost_curve(
             out["md"]["e_w2"].append(scored["e_w2"])
             out["md"]["t_w2"].append(scored["t_w2"])
     return out
+
+
+def cost_floor(system: PeptideSystem, reference: Dataset, n_max: int = 5000) -> dict[str, float]:
+    """E-W2 (kT) and T-W2 (rad) of the reference's first half against its second half, each
+    stride-subsampled to at most ``n_max / 2`` frames and carrying its frame weights: the floor
+    line of the cost curve."""
+    u = reference_energies(reference)
+    lw = reference_log_weights(reference)
+    half = len(reference) // 2
+    stride = max(1, (2 * half) // n_max)
+    parts = []
+    for sl in (slice(0, half, stride), slice(half, 2 * half, stride)):
+        x = reference.positions[sl]
+        w = None if lw is None else np.exp(normalize_log_weights(lw[sl]))
+        t = backbone_torsions(x, system.phi_indices, system.psi_indices)
+        parts.append((u[sl], t, w))
+    (ua, ta, wa), (ub, tb, wb) = parts
+    return {"e_w2": energy_w2(ua, ub, wa, wb), "t_w2": torsion_w2(ta, tb, wa, wb)}

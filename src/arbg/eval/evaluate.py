@@ -6,6 +6,12 @@ space fitted on the reference (lag 100 frames), each for the raw proposal and th
 ensemble, on ``n_eval`` samples against a stride-subsampled reference of the same size, beside
 the MD-vs-MD floor (two disjoint time blocks of the reference).
 
+Three levels, each built on the one before: :func:`evaluate_ensemble` scores arrays (the W2
+definitions are in :mod:`arbg.eval.w2`, the ensembles in :mod:`arbg.eval.ensembles`);
+:func:`evaluate_samples` scores a system's samples against a reference dataset and adds the basin
+populations; :func:`evaluate_run` reads a run directory and writes metrics.json and the report
+(:mod:`arbg.eval.report`).
+
 A weighted reference (biased or heated ``arbg md`` data,
 :attr:`arbg.data.datasets.Dataset.log_weights`)
 is understood everywhere: its weights are transported into the W2 problems (or the reference is
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,24 +39,26 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
+from arbg.chem.geometry import dihedrals
+from arbg.chem.spec import SystemSpec
+from arbg.chem.systems import PeptideSystem, build_system
 from arbg.data.datasets import Dataset, load_dataset
-from arbg.eval.basins import basin_populations
-from arbg.eval.metrics import (
-    dihedrals,
-    evaluate_ensemble,
-)
-from arbg.eval.report import compute_populations, write_metrics_json
-from arbg.eval.run_report import (  # noqa: F401 (bond_angle_triples re-exported)
-    bond_angle_triples,
+from arbg.eval.basins import basin_populations, compute_populations
+from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, score
+from arbg.eval.report import (
     report_context,
     residue_labels,
+    write_metrics_json,
     write_run_report,
 )
+from arbg.eval.tica import TicaFit, fit_tica, tica_features, tica_project
+from arbg.eval.w2 import estimate_ot_seconds, n_nonfinite
 from arbg.reweight import (
     kish_ess,
+    multinomial_resample,
     normalize_log_weights,
     psis,
+    weights_from_log,
 )
 from arbg.sampling.runs import read_run
 
@@ -105,6 +114,246 @@ def _check_same_system(a: PeptideSystem, b: PeptideSystem) -> None:
         )
 
 
+def _summary(values: list[dict[str, float]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key in values[0]:
+        v = np.array([d[key] for d in values], dtype=np.float64)
+        out[key] = {
+            "mean": float(np.mean(v)),
+            "std": float(np.std(v, ddof=1)) if v.size > 1 else 0.0,
+            "values": [float(t) for t in v],
+        }
+    return out
+
+
+def _check_ensemble_inputs(T: int, N: int, n_eval: int, floor: bool, mode: str, *lengths) -> None:
+    if T < n_eval:
+        raise ValueError(f"reference has {T} frames, fewer than n_eval={n_eval}")
+    if floor and T // 2 < n_eval:
+        raise ValueError(
+            f"the MD floor needs two disjoint blocks of n_eval={n_eval} frames, i.e. a reference "
+            f"of at least {2 * n_eval} frames; got {T}. Use a longer reference, a smaller n_eval, "
+            "or floor=False."
+        )
+    if any(n != N for n in lengths):
+        raise ValueError("positions, energies and log_weights must have the same length")
+    if mode not in ("transport", "resample"):
+        raise ValueError(f"ref_weight_mode must be 'transport' or 'resample', got {mode!r}")
+
+
+# long: the docstring (four ensembles, 20 parameters) is 70 of its lines; the body is ~55
+def evaluate_ensemble(
+    ref_positions: np.ndarray,
+    ref_energies: np.ndarray,
+    positions: np.ndarray,
+    energies: np.ndarray,
+    log_weights: np.ndarray,
+    *,
+    phi_indices: np.ndarray,
+    psi_indices: np.ndarray,
+    omega_indices: np.ndarray | None,
+    backbone_indices: np.ndarray,
+    n_eval: int = 10_000,
+    tica_lag: int = 100,
+    tica_dim: int = 2,
+    seed: int = 0,
+    n_repeats: int = 1,
+    floor: bool = True,
+    weighted: bool = True,
+    max_weighted: int = 20_000,
+    info: dict[str, Any] | None = None,
+    ref_log_weights: np.ndarray | None = None,
+    ref_weight_mode: str = "transport",
+) -> dict[str, Any]:
+    """E-W2, T-W2 and TICA-W2 of a proposal and its reweighted ensemble against reference MD.
+
+    Ensembles, each compared with a stride-subsampled reference of ``n_eval`` frames
+    (stride ``T // n_eval``, offset ``r % stride`` in repeat ``r``):
+
+    - ``proposal``: ``n_eval`` raw proposals (a random subset if more are given).
+    - ``reweighted_resampled``: ``n_eval`` multinomial draws with the importance weights; the
+      number of unique samples is reported.
+    - ``reweighted_weighted``: all proposals with non-zero weight (a random subset of
+      ``max_weighted`` if more, weights renormalized) transporting the normalized weights
+      directly: no resampling noise. Computed once (repeat 0).
+    - ``md_floor``: the first against the second half of the reference, each stride-subsampled
+      to ``n_eval`` frames: what "perfect" looks like at this sample count.
+
+    A weighted reference (``ref_log_weights``: biased or heated MD) enters every comparison,
+    the floor included, by ``ref_weight_mode``: ``"transport"`` (the stride-subsampled frames
+    carry their renormalised weights into the transport problem) or ``"resample"``
+    (``n_eval`` multinomial draws by weight, from the whole reference or from each half for the
+    floor, with the seeded generator). TICA is fitted on the reference frames as they are.
+
+    TICA (lag ``tica_lag`` frames, ``tica_dim`` components) is fitted on the whole reference.
+
+    Parameters
+    ----------
+    ref_positions : ndarray, shape (T, n_atoms, 3)
+        Time-ordered reference MD positions, nm.
+    ref_energies : ndarray, shape (T,)
+        Reference reduced energies, kT.
+    positions : ndarray, shape (N, n_atoms, 3)
+        Proposal positions, nm.
+    energies : ndarray, shape (N,)
+        Proposal reduced energies, kT (``+inf`` allowed).
+    log_weights : ndarray, shape (N,)
+        Normalized log importance weights (``-inf`` = zero weight).
+    phi_indices, psi_indices, omega_indices : ndarray, shape (k, 4)
+        Dihedral definitions (``omega_indices`` may be None).
+    backbone_indices : ndarray, shape (b,)
+        Backbone heavy atoms for the TICA distance features.
+    n_eval : int
+        Samples per evaluated set (published: 10,000).
+    tica_lag, tica_dim : int
+        TICA lag (frames) and dimension.
+    seed : int
+        Seed of the numpy Generator for subsets and resampling.
+    n_repeats : int
+        Repeats; each metric is reported as mean, std (ddof=1) and the values.
+    floor, weighted : bool
+        Whether to compute the MD-vs-MD floor and the weighted-transport variant.
+    max_weighted : int
+        Cap on the number of points in the weighted transport problem.
+    info : dict, optional
+        Extra JSON-serializable entries merged into the result (e.g. energy evaluations spent,
+        clipped fraction).
+    ref_log_weights : ndarray, shape (T,), optional
+        Log-weights of the reference frames (unnormalised; None = equilibrium MD).
+    ref_weight_mode : str
+        ``"transport"`` or ``"resample"`` (see above).
+
+    Returns
+    -------
+    dict
+        JSON-serializable results; ``result["metrics"][ensemble][metric]`` has ``mean``, ``std``,
+        ``values``.
+    """
+    ref_energies = np.asarray(ref_energies, dtype=np.float64)
+    energies = np.asarray(energies, dtype=np.float64)
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    T, N = len(ref_positions), len(positions)
+    _check_ensemble_inputs(T, N, n_eval, floor, ref_weight_mode, len(energies), len(log_weights))
+    rng = np.random.default_rng(seed)
+    feats = (backbone_indices, phi_indices, psi_indices, omega_indices)
+    ref, tica = _featurize(np.asarray(ref_positions), ref_energies, feats, (tica_lag, tica_dim))
+    prop, _ = _featurize(positions, energies, feats, tica)
+    ref_w = None if ref_log_weights is None else weights_from_log(ref_log_weights)
+
+    def ref_block(lo: int, hi: int, step: int, off: int) -> Ensemble:
+        if ref_w is None:
+            return ref.take(np.arange(lo + off, hi, step)[:n_eval])
+        if ref_weight_mode == "resample":
+            lw = np.asarray(ref_log_weights, dtype=np.float64)[lo:hi]
+            return ref.take(np.sort(lo + multinomial_resample(lw, n_eval, rng)))
+        return ref.take(np.arange(lo + off, hi, step)[:n_eval], ref_w)
+
+    n_problems = 2 * n_repeats * (2 + floor) + (2 if weighted else 0)
+    log.info(
+        "evaluate: %d exact W2 problems of %d samples; roughly %.0f s on this machine "
+        "(lower --n-eval to go faster: the time grows as n_eval^2.8)",
+        n_problems,
+        n_eval,
+        estimate_ot_seconds(n_eval, n_problems, seed),
+    )
+    results, unique = _score_repeats(
+        prop, log_weights, ref_block, T, n_eval, n_repeats, floor, weighted, max_weighted, rng
+    )
+    out = _ensemble_record(T, N, n_eval, T // n_eval, seed, n_repeats, tica, log_weights, ref_w)
+    out["n_nonfinite_energies"] = {
+        "reference": n_nonfinite(ref_energies),
+        "proposal": n_nonfinite(energies),
+    }
+    out["unique_resampled"] = {"mean": float(np.mean(unique)), "values": unique}
+    out["metrics"] = {k: _summary(v) for k, v in results.items() if v}
+    out["reference_weight_mode"] = None if ref_w is None else ref_weight_mode
+    out.update(info or {})
+    return out
+
+
+def _featurize(
+    x: np.ndarray, u: np.ndarray, feats: tuple, tica: TicaFit | tuple[int, int]
+) -> tuple[Ensemble, TicaFit]:
+    """Energies, backbone torsions and TICA coordinates of conformations ``x``, and the TICA.
+
+    ``feats`` is ``(backbone, phi, psi, omega)`` indices; ``tica`` a fit, or ``(lag, dim)`` to
+    fit one on ``x``."""
+    tf = tica_features(x, *feats)
+    if not isinstance(tica, TicaFit):
+        tica = fit_tica(tf, lag=tica[0], dim=tica[1])
+    return Ensemble(u, backbone_torsions(x, feats[1], feats[2]), tica_project(tica, tf)), tica
+
+
+def _score_repeats(
+    prop: Ensemble,
+    log_weights: np.ndarray,
+    ref_block: Callable[[int, int, int, int], Ensemble],
+    T: int,
+    n_eval: int,
+    n_repeats: int,
+    floor: bool,
+    weighted: bool,
+    max_weighted: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, list[dict[str, float]]], list[int]]:
+    """The W2s of every ensemble of :func:`evaluate_ensemble` per repeat, and the unique
+    conformations of each resampled set."""
+    N = len(prop.energies)
+    w = weights_from_log(log_weights)
+    stride, half_stride = T // n_eval, (T // 2) // n_eval
+    results: dict[str, list[dict[str, float]]] = {"proposal": [], "reweighted_resampled": []}
+    results.update({"md_floor": []} if floor else {})
+    results.update({"reweighted_weighted": []} if weighted else {})
+    unique: list[int] = []
+    for r in range(n_repeats):
+        ref_sub = ref_block(0, T, stride, r % stride)
+        sub = rng.permutation(N)[:n_eval] if N > n_eval else np.arange(N)
+        results["proposal"].append(score(prop.take(sub), ref_sub, "proposal"))
+        scored = resampled_score(prop, log_weights, ref_sub, n_eval, rng, "reweighted")
+        unique.append(scored.pop("unique"))
+        results["reweighted_resampled"].append(scored)
+        if weighted and r == 0:
+            nz = np.flatnonzero(w > 0)
+            if nz.size > max_weighted:
+                nz = np.sort(rng.choice(nz, size=max_weighted, replace=False))
+            wset = prop.take(nz, w)
+            results["reweighted_weighted"].append(score(wset, ref_sub, "weighted transport"))
+        if floor:
+            off = r % half_stride
+            a, b = ref_block(0, T // 2, half_stride, off), ref_block(T // 2, T, half_stride, off)
+            results["md_floor"].append(score(a, b, "MD floor"))
+        log.info("evaluate_ensemble: repeat %d/%d done", r + 1, n_repeats)
+    return results, unique
+
+
+def _ensemble_record(
+    T: int,
+    N: int,
+    n_eval: int,
+    stride: int,
+    seed: int,
+    n_repeats: int,
+    tica: TicaFit,
+    log_weights: np.ndarray,
+    ref_w: np.ndarray | None,
+) -> dict[str, Any]:
+    ess = float(kish_ess(log_weights))
+    return {
+        "n_eval": int(n_eval),
+        "n_proposals": int(N),
+        "n_reference_frames": int(T),
+        "reference_stride": int(stride),
+        "seed": int(seed),
+        "n_repeats": int(n_repeats),
+        "tica": {"lag": tica.lag, "dim": tica.dim, "koopman_reweighting": tica.koopman_reweighting},
+        "ess": ess,
+        "ess_fraction": ess / N,
+        "reference_weighted": ref_w is not None,
+        "reference_ess": float(T if ref_w is None else 1.0 / np.sum(ref_w**2)),
+        "n_nonzero_weights": int(np.count_nonzero(weights_from_log(log_weights) > 0)),
+    }
+
+
 def evaluate_samples(
     system: PeptideSystem,
     positions: np.ndarray,
@@ -134,7 +383,7 @@ def evaluate_samples(
     ``"resample"`` (by weight, seeded) or ``"ignore"`` (treat the frames as equilibrium MD);
     equilibrium references are unaffected.
 
-    Returns the JSON-serialisable dict of :func:`arbg.eval.metrics.evaluate_ensemble`, with the
+    Returns the JSON-serialisable dict of :func:`evaluate_ensemble`, with the
     basin populations and free-energy differences under ``"populations"``.
     """
 

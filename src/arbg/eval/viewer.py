@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from arbg.chem.geometry import dihedrals
 from arbg.eval.basins import DEFAULT_BASINS
 from arbg.eval.htmlkit import esc, fmt
-from arbg.eval.metrics import dihedrals
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,21 @@
 """Exact 2-Wasserstein distances: E-W2 (1-D energies), T-W2 (torus of backbone dihedrals) and
 W2 with squared Euclidean cost (TICA-W2), by POT's exact solvers.
 
-Definitions follow the paper (Appendix C.1; :mod:`arbg.eval.metrics` describes them). Weighted
-samples transport their normalised weights directly (zero weights dropped). Re-exported by
-:mod:`arbg.eval.metrics`.
+Definitions follow the paper (``shared/seeds/arbg-paper.txt``, Appendix C.1) and the published
+evaluation recipe (``shared/reference.md``):
+
+- **E-W2** (paper eq. 16): the 2-Wasserstein distance between the 1-D distributions of reduced
+  energies (kT) of the samples and of the reference MD; computed exactly in 1-D and reported as
+  ``sqrt(W2^2)``.
+- **T-W2** (paper eqs. 17-19): the 2-Wasserstein distance over all backbone dihedrals
+  (phi and psi of every residue that has them) with the periodic squared cost
+  ``sum_i min(|d_i|, 2 pi - |d_i|)^2``; exact optimal transport, reported as ``sqrt``.
+- **TICA-W2** (paper eqs. 20-23): TICA (:mod:`arbg.eval.tica`) fitted on the reference
+  trajectory (lag 100 frames, two components), exact 2-Wasserstein distance with squared
+  Euclidean cost in the 2-D TICA space.
+
+Weighted samples transport their normalised weights directly (zero weights dropped). Units:
+energies in kT, angles in radians.
 """
 
 from __future__ import annotations

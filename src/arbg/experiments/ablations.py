@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from arbg.chem.systems import SystemSpec, build_system
+from arbg.chem.spec import SystemSpec
+from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
 from arbg.experiments.stages import (
     RESAMPLED,
@@ -49,7 +50,8 @@ from arbg.experiments.stages import (
 from arbg.experiments.tuning import TuneConfig
 from arbg.io import atomic_write_json, atomic_write_text
 from arbg.nn.coordinates import quantization_bound
-from arbg.train.checkpoints import load_checkpoint, read_config
+from arbg.train.checkpoint_files import read_config
+from arbg.train.checkpoints import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

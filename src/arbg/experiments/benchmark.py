@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from arbg.data.datasets import Dataset
-from arbg.eval.htmlkit import esc, html_table_page  # noqa: F401 (html_table_page re-exported)
+from arbg.eval.htmlkit import esc, html_table_page
 from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
 from arbg.experiments.stages import (
     RESAMPLED,

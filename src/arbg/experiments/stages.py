@@ -35,8 +35,10 @@ from arbg.experiments.tuning import TuneConfig, tune_temperature
 from arbg.io import atomic_write_json
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
-from arbg.train.checkpoints import load_checkpoint, read_config
-from arbg.train.trainer import TrainConfig, train
+from arbg.train.checkpoint_files import read_config
+from arbg.train.checkpoints import load_checkpoint
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import train
 
 logger = logging.getLogger(__name__)
 

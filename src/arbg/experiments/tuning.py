@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.eval.metrics import Ensemble, backbone_torsions, resampled_score, strided_reference
+from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, strided_reference
 from arbg.reweight import snis
 from arbg.sampling.sampler import generate
 
