@@ -292,7 +292,7 @@ def test_report_of_an_smc_run(tmp_path):
     from arbg.chem.systems import build_system
     from arbg.eval.evaluate import EvaluateConfig, evaluate_run
     from arbg.sampling.config import SMCConfig
-    from arbg.sampling.smc_runs import run_smc
+    from arbg.sampling.runs import run_smc
 
     system = build_system("ace-aaa-nme")
     parts = _trained_parts(system, steps=60)

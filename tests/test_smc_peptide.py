@@ -14,10 +14,9 @@ from arbg.nn.coordinates import fit_binning, fit_standardization
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.reweight import normalize_log_weights, snis
 from arbg.sampling.config import SMCConfig
-from arbg.sampling.runs import RUN_FILES, SamplerParts
+from arbg.sampling.runs import RUN_FILES, SamplerParts, run_smc
 from arbg.sampling.sampler import TransformerProposal, make_generators
 from arbg.sampling.smc import twisted_smc
-from arbg.sampling.smc_runs import run_smc
 
 torch.set_num_threads(1)
 N_BINS = 512

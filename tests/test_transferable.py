@@ -259,9 +259,8 @@ def test_single_system_checkpoint_refuses_sequence_and_is_unchanged(tmp_path):
 
 def test_smc_with_a_bound_model(tmp_path):
     from arbg.sampling.config import SMCConfig
-    from arbg.sampling.runs import SamplerParts
+    from arbg.sampling.runs import SamplerParts, run_smc
     from arbg.sampling.sampler import teacher_forced_log_pi
-    from arbg.sampling.smc_runs import run_smc
 
     net = random_net(4)
     calls = []

@@ -19,9 +19,8 @@ from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperatu
 from arbg.io import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.sampling.config import SampleConfig, SMCConfig
-from arbg.sampling.runs import run_sampling
+from arbg.sampling.runs import run_sampling, run_smc
 from arbg.sampling.sampler import resolve_batch_size
-from arbg.sampling.smc_runs import run_smc
 from arbg.train.checkpoints import load_checkpoint
 from arbg.train.trainer import TrainConfig, train
 from arbg.train.transferable import train_transferable

@@ -4,10 +4,9 @@ directories."""
 from __future__ import annotations
 
 from arbg.sampling.config import SampleConfig, SMCConfig
-from arbg.sampling.runs import read_run, run_sampling
+from arbg.sampling.runs import read_run, run_sampling, run_smc
 from arbg.sampling.sampler import SampleBatch, generate, make_generators
 from arbg.sampling.smc import twisted_smc
-from arbg.sampling.smc_runs import run_smc
 from arbg.sampling.targets import Target
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Settings of a sampling run (`arbg sample`, :func:`arbg.sampling.runs.run_sampling`) and of a
-twisted-SMC run (`arbg smc`, :func:`arbg.sampling.smc_runs.run_smc`): one default per parameter.
+twisted-SMC run (`arbg smc`, :func:`arbg.sampling.runs.run_smc`): one default per parameter.
 
 The CLI makes its flags from these classes (:func:`arbg.configargs.add_config_args`); the
 experiments (demo, benchmark, ablations, zero-shot) build them too.
