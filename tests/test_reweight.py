@@ -130,3 +130,29 @@ def test_snis_on_harmonic_chain_matches_exact():
     # exact log q: the SNIS estimate of Z matches the quadrature value
     w = np.exp(res.log_w_raw - target.exact_log_z())
     assert abs(w.mean() - 1.0) < 3.0 * w.std() / np.sqrt(w.size)
+
+
+def test_check_weights_names_the_collapse():
+    from arbg.reweight import check_weights
+
+    rng = np.random.default_rng(0)
+    fine = check_weights(0.1 * rng.standard_normal(2000), n_distinct=1500)
+    assert not fine.collapsed and fine.warnings == []
+    assert fine.ess_unclipped > 1900 and fine.pareto_k < 0.7
+    d = fine.to_dict()
+    assert d["collapsed"] is False and d["relative_ess_unclipped"] > 0.95
+
+    lw = rng.standard_normal(2000)
+    lw[7] = 60.0  # one sample carries all the weight
+    bad = check_weights(lw, n_distinct=1, what="SNIS weights")
+    assert bad.collapsed and bad.ess_unclipped == pytest.approx(1.0, abs=1e-6)
+    text = "\n".join(bad.warnings)
+    assert "SNIS weights collapsed: ESS 1.0 of 2000 clipped" in text
+    assert "1 distinct conformation" in text
+    # heavy tails: weights from a Pareto law of shape 1 (k = 1)
+    heavy = check_weights(np.log1p(rng.pareto(1.0, 5000)))
+    assert heavy.pareto_k > 0.7 and any("Pareto k" in w for w in heavy.warnings)
+    # clipped and unclipped ESS are both reported, and differ
+    clipped = np.where(lw > 5, -np.inf, lw)
+    both = check_weights(lw, clipped)
+    assert both.ess_clipped > 100 * both.ess_unclipped

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from arbg import checks
 
-__all__ = ["SMCConfig", "SampleConfig", "batch_size_arg", "off_to_none"]
+__all__ = ["MAX_SEED", "SMCConfig", "SampleConfig", "batch_size_arg", "off_to_none"]
 
 
 def batch_size_arg(text: str) -> int | str:
@@ -30,6 +30,10 @@ def batch_size_arg(text: str) -> int | str:
 def off_to_none(value: str | None) -> str | None:
     """``"off"`` (the CLI's word) and None both mean "not applied"."""
     return None if value in (None, "off") else value
+
+
+#: seeds are stored as int64 (samples.npz): the largest accepted
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class SampleConfig:
         c = checks
         c.positive_int("--n", self.n)
         c.positive_float("--tau", self.tau)
-        c.nonnegative_int("--seed", self.seed)
+        c.int_in_range("--seed", self.seed, 0, MAX_SEED)
         c.in_range("--clip", self.clip_fraction, 0.0, 0.5, high_open=True)
         c.one_of("--clip-mode", self.clip_mode, (None, "off", "drop", "cap"))
         c.one_of("--chirality", self.chirality, ("zero", "mirror", "none"))
@@ -113,10 +117,10 @@ class SMCConfig:
     def check(self) -> None:
         """Raise :class:`arbg.checks.ArgumentError` naming the flag of a bad value."""
         c = checks
-        c.positive_int("--particles", self.n_particles)
+        c.int_in_range("--particles", self.n_particles, 2, 10**9)  # one particle: weight 1 always
         c.positive_int("--repeats", self.repeats)
         c.positive_float("--tau", self.tau)
-        c.nonnegative_int("--seed", self.seed)
+        c.int_in_range("--seed", self.seed, 0, MAX_SEED)
         c.one_of("--resample", self.resample, (None, "off", "systematic", "multinomial"))
         c.optional(c.in_range, "--ess-threshold", self.ess_threshold, 0.0, 1.0)
         c.optional(c.positive_float, "--early-reject-kt", self.early_reject_kt)

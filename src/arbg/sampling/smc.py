@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AutoregressiveProposal",
+    "ParticlesExtinct",
     "SMCRepeats",
     "SMCResult",
     "smc_repeats",
@@ -203,12 +204,18 @@ def _kill(res: SMCResult, mask: np.ndarray, lw: np.ndarray, remaining: int) -> i
     return int(newly.sum())
 
 
+class ParticlesExtinct(RuntimeError):
+    """Every particle of a twisted-SMC population has weight zero: an outcome (the proposal is
+    too far from the target for this many particles), not a bug."""
+
+
 def _check_alive(res: SMCResult, lw: np.ndarray, where: str) -> None:
     if not np.isfinite(lw).any():
-        raise RuntimeError(
+        raise ParticlesExtinct(
             f"twisted SMC: all {len(lw)} particles have weight zero at {where} "
             f"(killed early: {res.n_killed_early}, chirality: {res.n_killed_chirality}, "
-            f"non-finite: {res.n_killed_nonfinite})"
+            f"non-finite energy: {res.n_killed_nonfinite}); try more particles (--particles), "
+            "a larger --early-reject-kt, or a better model"
         )
 
 
