@@ -43,7 +43,7 @@ from bench_sample import _timed, device_label  # bench/ is on sys.path when this
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem, build_system
 from arbg.data.corpora import CorpusConfig, parse_sequences
-from arbg.io import atomic_write_json
+from arbg.files import atomic_write_json
 from arbg.nn.binning import Binning
 from arbg.nn.conditioning import BoundModel, ConditioningConfig, TransferableARBG, encode_system
 from arbg.nn.model import ModelConfig

@@ -38,7 +38,7 @@ import numpy as np
 
 from arbg.chem.energy import _energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
-from arbg.io import atomic_save_npz
+from arbg.files import atomic_save_npz
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from arbg.chem.md_layout import (  # noqa: F401  (load_md_*, contiguous_splits r
     run_metadata,
 )
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.io import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
+from arbg.files import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,9 @@ def run_md(
 ) -> Path:
     """Run (or resume, or extend) reference MD of `system` into `out_dir`.
 
-    The directory is locked while the run writes (:func:`arbg.io.lock_dir`; ``wait`` blocks
+    The directory is locked while the run writes (:func:`arbg.files.lock_dir`; ``wait`` blocks
     instead of failing when another process holds it). Each chunk (frames, weight terms,
-    OpenMM state, frame count) is committed by one :class:`arbg.io.Commit`; an interrupted
+    OpenMM state, frame count) is committed by one :class:`arbg.files.Commit`; an interrupted
     commit is finished, and stale temporaries removed, when the run starts. MD that blows up
     raises :class:`SimulationError` with the last complete chunk kept.
     """

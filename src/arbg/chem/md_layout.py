@@ -30,7 +30,7 @@ import arbg
 from arbg import checks
 from arbg.chem.bias import BiasConfig, frame_log_weights
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.io import atomic_save_npy
+from arbg.files import atomic_save_npy
 
 if TYPE_CHECKING:
     from arbg.chem.md import MDConfig

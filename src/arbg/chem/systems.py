@@ -47,7 +47,7 @@ from arbg.chem.spec import (  # noqa: F401 (the spec names re-exported)
     make_spec,
     validate_sequence,
 )
-from arbg.io import atomic_write_text
+from arbg.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from arbg.chem.spec import SystemOptions
 from arbg.chem.systems import PeptideSystem, build_system
-from arbg.configargs import add_config_args, config_from_args
+from arbg.cli.configargs import add_config_args, config_from_args
 
 
 def default_cache_dir() -> Path:

@@ -81,7 +81,7 @@ from arbg.data.sequences import (  # noqa: F401  (re-exported)
     split_sequences,
     validate_fractions,
 )
-from arbg.io import atomic_save_npz_compressed, atomic_write_json, atomic_write_text
+from arbg.files import atomic_save_npz_compressed, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

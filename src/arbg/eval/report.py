@@ -36,7 +36,7 @@ from arbg.eval.report_tables import (  # noqa: F401 (re-exported)
     summary_html,
     weights_note_html,
 )
-from arbg.io import atomic_write_text
+from arbg.files import atomic_write_text
 from arbg.reweight import multinomial_resample
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from arbg.experiments.stages import (
     tau_name,
 )
 from arbg.experiments.tuning import TuneConfig
-from arbg.io import atomic_write_json, atomic_write_text
+from arbg.files import atomic_write_json, atomic_write_text
 from arbg.nn.binning import quantization_bound
 from arbg.train.checkpoints import load_checkpoint, read_config
 

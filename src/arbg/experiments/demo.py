@@ -61,7 +61,7 @@ from arbg.experiments.demo_checks import (
     result_summary,
     training_verdict,
 )
-from arbg.io import atomic_write_json
+from arbg.files import atomic_write_json
 from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling

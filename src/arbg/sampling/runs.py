@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.io import Commit, lock_dir, recover
+from arbg.files import Commit, lock_dir, recover
 from arbg.nn.binning import Binning
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.nn.standardize import Standardization

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from arbg.io import lock_dir, recover
+from arbg.files import lock_dir, recover
 from arbg.reweight import kish_ess, normalize_log_weights, systematic_resample
 from arbg.sampling.config import SMCConfig, off_to_none
 from arbg.sampling.proposal import ProposalState, TransformerProposal

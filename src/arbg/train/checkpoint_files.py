@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import arbg
 from arbg.checks import ArgumentError, read_json
-from arbg.io import Commit, note_write
+from arbg.files import Commit, note_write
 
 logger = logging.getLogger(__name__)
 

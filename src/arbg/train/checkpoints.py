@@ -15,8 +15,8 @@ Layout of a checkpoint directory::
 
 ``arbg sample CHECKPOINT`` needs nothing else: the system is rebuilt from its spec and the
 preprocessing (standardization, binning) is undone exactly. A checkpoint is written into a
-staged directory and made current by one :class:`arbg.io.Commit` (journal rename), so a reader
-never sees a half-written one and a crash mid-replace is finished by :func:`arbg.io.recover`.
+staged directory and made current by one :class:`arbg.files.Commit` (journal rename), so a reader
+never sees a half-written one and a crash mid-replace is finished by :func:`arbg.files.recover`.
 Loading verifies the checksums, that every parameter is finite and that the force-field files
 hash as recorded.
 """

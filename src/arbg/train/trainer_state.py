@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from arbg.io import atomic_write_text
+from arbg.files import atomic_write_text
 from arbg.nn.standardize import centre_frames
 from arbg.train.checkpoints import load_weights, save_checkpoint
 from arbg.train.data import encode_frames, marginal_baseline, normalized_weights
