@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system, make_spec
-from arbg.data.corpora import Corpus
 from arbg.data.datasets import Dataset
+from arbg.data.loaders import Corpus
 from arbg.nn.binning import Binning
 from arbg.nn.conditioning import (
     BoundModel,

@@ -14,8 +14,9 @@ from arbg.chem.md import MDConfig, run_md
 from arbg.cli._common import add_system_args, default_cache_dir, system_from_args
 from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.cluster import ClusterConfig
-from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
+from arbg.data.corpora import CorpusConfig, run_corpus
 from arbg.data.datasets import load_dataset, weighting_summary
+from arbg.data.sequences import kmer_sequences, parse_sequences
 from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.binning import format_bound_rows, quantization_bound
 from arbg.nn.standardize import fit_standardization

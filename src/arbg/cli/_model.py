@@ -11,8 +11,8 @@ from pathlib import Path
 from arbg import checks
 from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.cluster import ClusterConfig
-from arbg.data.corpora import load_corpus
 from arbg.data.datasets import load_dataset
+from arbg.data.loaders import load_corpus
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.eval.report_tables import format_metrics
 from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperature

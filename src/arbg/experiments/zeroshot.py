@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from arbg.data.corpora import load_corpus
+from arbg.data.loaders import load_corpus
 from arbg.eval.htmlkit import esc, html_table_page
 from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
 from arbg.experiments.stages import BudgetConfig, ensure_run
