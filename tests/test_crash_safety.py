@@ -218,7 +218,7 @@ def test_sample_killed_between_every_pair_of_writes_recovers(tmp_path, monkeypat
 
 
 def _tiny(**kw):
-    from arbg.train.trainer import TrainConfig
+    from arbg.train.config import TrainConfig
 
     base = dict(
         preset="tiny",

@@ -22,7 +22,9 @@ from arbg.train.checkpoints import (
     load_trainer_state,
     write_checksums,
 )
-from arbg.train.trainer import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
+from arbg.train.config import TrainConfig, lr_factor
+from arbg.train.optim import Muon, newton_schulz
+from arbg.train.trainer import Trainer, train
 
 torch.set_num_threads(1)
 

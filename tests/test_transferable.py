@@ -24,7 +24,7 @@ from arbg.nn.conditioning import (
 from arbg.nn.model import ModelConfig
 from arbg.sampling.sampler import TransformerProposal, generate, log_q_offset
 from arbg.train.checkpoints import load_checkpoint
-from arbg.train.trainer import TrainConfig
+from arbg.train.config import TrainConfig
 from arbg.train.transferable import TransferableTrainer
 
 torch.set_num_threads(1)

@@ -23,7 +23,8 @@ from arbg.sampling.runs import run_sampling
 from arbg.sampling.sampler import resolve_batch_size
 from arbg.sampling.smc_runs import run_smc
 from arbg.train.checkpoints import load_checkpoint
-from arbg.train.trainer import TrainConfig, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import train
 from arbg.train.transferable import train_transferable
 
 

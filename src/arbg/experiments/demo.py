@@ -65,7 +65,8 @@ from arbg.files import atomic_write_json
 from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
-from arbg.train.trainer import TrainConfig, Trainer, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import Trainer, train
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from arbg.files import atomic_write_json
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.checkpoints import load_checkpoint, read_config
-from arbg.train.trainer import TrainConfig, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import train
 
 logger = logging.getLogger(__name__)
 

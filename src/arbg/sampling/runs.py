@@ -29,7 +29,7 @@ from arbg.reweight import snis, systematic_resample
 from arbg.sampling.config import SampleConfig, off_to_none
 from arbg.sampling.sampler import generate
 from arbg.train.checkpoints import load_checkpoint
-from arbg.train.trainer import rank_and_world_size
+from arbg.train.distributed import rank_and_world_size
 
 logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
