@@ -158,7 +158,7 @@ def write_checkpoint_dir(
     """Write ``config.json``, the weights and optional EMA / trainer state atomically.
 
     The directory is assembled in a temporary sibling and renamed into place (shared by
-    :func:`save_checkpoint` and :func:`arbg.nn.conditioning.save_transferable_checkpoint`).
+    :func:`save_checkpoint` and :func:`save_transferable_checkpoint`).
     """
     path = Path(path)
     commit = Commit(path.parent)
