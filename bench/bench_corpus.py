@@ -30,7 +30,8 @@ import numpy as np
 from bench_energy import OtherLoad, quiet_dask_logs  # bench/ is on sys.path when this runs
 
 from arbg.cluster import local_cluster
-from arbg.data.corpora import CorpusConfig, parse_sequences, run_corpus
+from arbg.data.corpora import CorpusConfig, run_corpus
+from arbg.data.sequences import parse_sequences
 
 
 def run(out: Path, seqs: list[str], cfg: CorpusConfig, workers: int) -> tuple:

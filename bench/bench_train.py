@@ -33,8 +33,9 @@ from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset
 from arbg.nn.model import ModelConfig
 from arbg.runtime import tune_malloc
+from arbg.train.config import TrainConfig
 from arbg.train.optim import build_optimizers
-from arbg.train.trainer import TrainConfig, Trainer
+from arbg.train.trainer import Trainer
 
 
 def aldp_like_dataset(n_frames: int = 512) -> Dataset:

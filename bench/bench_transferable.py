@@ -42,8 +42,9 @@ import torch
 from bench_sample import _timed, device_label  # bench/ is on sys.path when this script runs
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, PeptideSystem, build_system
-from arbg.data.corpora import CorpusConfig, parse_sequences
-from arbg.io import atomic_write_json
+from arbg.data.corpora import CorpusConfig
+from arbg.data.sequences import parse_sequences
+from arbg.files import atomic_write_json
 from arbg.nn.conditioning import BoundModel, ConditioningConfig, TransferableARBG, encode_system
 from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ModelConfig

@@ -32,7 +32,7 @@ from arbg.chem.geometry import dihedrals
 from arbg.chem.md import load_md_frames, load_md_log_weights
 from arbg.chem.systems import build_system
 from arbg.data.datasets import load_dataset
-from arbg.io import atomic_save_npz_compressed
+from arbg.files import atomic_save_npz_compressed
 from arbg.reweight import kish_ess
 
 

@@ -221,6 +221,7 @@ LIBRARY_CASES = [
     ("sample: force-field hash", "tamper:ff", "force-field file"),
     ("sample: config truncated", "tamper:truncate", "config.json"),
     ("sample: checksums missing file", "tamper:rmweights", "model.safetensors is missing"),
+    ("sample: no checksums", "tamper:nosums", "has no checksums.json"),
     ("sample: out is a file", lambda w, d: ["sample", w / "ckpt", "--out", w / "afile"], "afile"),
     (
         "sample: out under a file",
@@ -289,7 +290,11 @@ def _setup(kind: str, w: Path, d: Path) -> list:
         elif what == "flip":
             _flip_bytes(ck)
         elif what == "truncate":
+            from arbg.train.checkpoints import write_checksums
+
             _truncate(ck / "config.json")
+            write_checksums(ck)
+        elif what == "nosums":
             (ck / "checksums.json").unlink()
         elif what == "rmweights":
             (ck / "model.safetensors").unlink()

@@ -111,9 +111,9 @@ class ToyTorsion:
         return float(np.trapezoid(p * (th > 0), th) / np.trapezoid(p, th))
 
     def energies_kj(self, x: np.ndarray) -> np.ndarray:
-        from arbg.chem.energy import _energies_kj, make_context
+        from arbg.chem.energy import energies_kj, make_context
 
-        return _energies_kj(make_context(self.create_openmm_system()), x.astype(np.float64))
+        return energies_kj(make_context(self.create_openmm_system()), x.astype(np.float64))
 
 
 def _config(ns: float = 1.0, **kw) -> MDConfig:
@@ -202,7 +202,7 @@ def test_frozen_force_equals_openmm_metadynamics_force(n_vars):
     import openmm
     from openmm import app
 
-    from arbg.chem.energy import _energies_kj, make_context
+    from arbg.chem.energy import energies_kj, make_context
 
     rng = np.random.default_rng(n_vars)
     dih = np.array([[0, 1, 2, 3], [1, 2, 3, 4]])[:n_vars]
@@ -227,7 +227,7 @@ def test_frozen_force_equals_openmm_metadynamics_force(n_vars):
     _restore_grid(meta, grid, ctx)
     x = rng.normal(scale=0.2, size=(50, 5, 3))
     np.testing.assert_allclose(
-        bias_energies(x, dih, grid), _energies_kj(ctx, x), rtol=1e-10, atol=1e-9
+        bias_energies(x, dih, grid), energies_kj(ctx, x), rtol=1e-10, atol=1e-9
     )
     assert frozen_bias_force(dih, grid, 7).getForceGroup() == 7
 

@@ -14,7 +14,8 @@ import pytest
 
 from arbg.cli import main
 from arbg.cluster import ENV_SCHEDULER, ClusterConfig, active_engine, open_engine, use_engine
-from arbg.data.corpora import CorpusConfig, load_corpus, run_corpus
+from arbg.data.corpora import CorpusConfig, run_corpus
+from arbg.data.loaders import load_corpus
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SEQS = ["AA", "GA", "GG"]
@@ -312,7 +313,7 @@ def test_corpus_tasks_fed_at_most_max_in_flight(tmp_path, limit):
     """On a cluster of fixed size the client feeds tasks one per free thread, longest first."""
     from distributed import Client, LocalCluster
 
-    from arbg.data.corpus_dask import run_on_dask
+    from arbg.data.corpora import run_on_dask
 
     todo = ["AAA", "AA", "GA", "GG"]
     _LIVE.update(now=0, max=0)

@@ -1,11 +1,11 @@
-"""CLI flags made from config dataclasses (arbg.configargs)."""
+"""CLI flags made from config dataclasses (arbg.cli.configargs)."""
 
 import argparse
 from dataclasses import dataclass, field
 
 import pytest
 
-from arbg.configargs import add_config_args, config_from_args, field_help
+from arbg.cli.configargs import add_config_args, config_from_args, field_help
 
 
 @dataclass

@@ -8,16 +8,9 @@ import pytest
 
 import arbg.data.corpora as C
 from arbg.cli import main
-from arbg.data.corpora import (
-    CorpusConfig,
-    kmer_sequences,
-    load_corpus,
-    load_many_peptides,
-    load_many_peptides_eval,
-    parse_sequences,
-    run_corpus,
-    split_sequences,
-)
+from arbg.data.corpora import CorpusConfig, run_corpus
+from arbg.data.loaders import load_corpus, load_many_peptides, load_many_peptides_eval
+from arbg.data.sequences import kmer_sequences, parse_sequences, split_sequences
 
 # tiny runs: 4 frames per train/val sequence, 6 per test sequence, 2 frames per chunk
 CFG = CorpusConfig(

@@ -1,6 +1,6 @@
 """Crash safety and concurrency (issue 15).
 
-Kill-at-every-step: :func:`arbg.io._after_write` runs after every durable write, rename and
+Kill-at-every-step: :func:`arbg.files._after_write` runs after every durable write, rename and
 removal; the tests make it raise after the k-th one (for every k until a run completes), which
 leaves the directory exactly as a ``kill -9`` at that moment would (temporaries, half-applied
 commits, a released lock), then run again without the fault and compare with an uninterrupted
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-import arbg.io
-from arbg.io import Commit, DirectoryLocked, lock_dir, recover
+import arbg.files
+from arbg.files import Commit, DirectoryLocked, lock_dir, recover
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "arbg" / "assets" / "aldp"
 
@@ -41,12 +41,12 @@ def fault_after(monkeypatch, k: int) -> list[str]:
         if len(steps) == k:
             raise Killed(what)
 
-    monkeypatch.setattr(arbg.io, "_after_write", hook)
+    monkeypatch.setattr(arbg.files, "_after_write", hook)
     return steps
 
 
 def no_fault(monkeypatch) -> None:
-    monkeypatch.setattr(arbg.io, "_after_write", lambda what: None)
+    monkeypatch.setattr(arbg.files, "_after_write", lambda what: None)
 
 
 def leftovers(root: Path) -> list[str]:
@@ -218,7 +218,7 @@ def test_sample_killed_between_every_pair_of_writes_recovers(tmp_path, monkeypat
 
 
 def _tiny(**kw):
-    from arbg.train.trainer import TrainConfig
+    from arbg.train.config import TrainConfig
 
     base = dict(
         preset="tiny",
@@ -286,7 +286,7 @@ def test_train_killed_between_every_pair_of_writes_recovers(tmp_path, monkeypatc
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from arbg.io import lock_dir
+    from arbg.files import lock_dir
     with lock_dir(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))
@@ -295,7 +295,7 @@ HOLDER = textwrap.dedent(
 
 
 def _hold(path: Path, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(arbg.io.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(arbg.files.__file__).parents[1]))
     p = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path), str(seconds)],
         stdout=subprocess.PIPE,
@@ -346,7 +346,9 @@ def test_wait_blocks_until_the_holder_is_done(tmp_path, capsys, aldp):
 def test_two_sample_processes_extending_one_run_lose_nothing(tmp_path):
     """The issue's example: seeds 11 and 12 into one --out at once; both exit 0 before."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(Path(arbg.io.__file__).parents[1]), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=str(Path(arbg.files.__file__).parents[1]), OMP_NUM_THREADS="1"
+    )
     cmd = [sys.executable, "-m", "arbg.cli", "sample", str(ASSETS / "checkpoint"), "--n", "8"]
     procs = {
         seed: subprocess.Popen(

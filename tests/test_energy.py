@@ -96,7 +96,7 @@ def test_dask_workers_equal_serial(aldp, monkeypatch):
 
 def test_unaligned_and_float32_batches_give_the_same_energies(aldp):
     """Dask hands tasks unaligned arrays: copied once, not evaluated differently."""
-    from arbg.chem.energy import _energies_kj, make_context
+    from arbg.chem.energy import energies_kj, make_context
 
     rng = np.random.default_rng(3)
     x = aldp.positions[None] + rng.normal(scale=0.003, size=(6, aldp.n_atoms, 3))
@@ -106,14 +106,14 @@ def test_unaligned_and_float32_batches_give_the_same_energies(aldp):
     unaligned[...] = x
     assert not unaligned.flags.aligned
     context = make_context(aldp.create_openmm_system())
-    ref = np.array([_energies_kj(context, xi[None])[0] for xi in x])
-    np.testing.assert_array_equal(_energies_kj(context, unaligned), ref)
+    ref = np.array([energies_kj(context, xi[None])[0] for xi in x])
+    np.testing.assert_array_equal(energies_kj(context, unaligned), ref)
     x32 = x.astype(np.float32)
     np.testing.assert_array_equal(
-        _energies_kj(context, x32), _energies_kj(context, x32.astype(float))
+        energies_kj(context, x32), energies_kj(context, x32.astype(float))
     )
     # force groups as a set (every group of the system here): the same total
-    np.testing.assert_array_equal(_energies_kj(context, x, groups=set(range(32))), ref)
+    np.testing.assert_array_equal(energies_kj(context, x, groups=set(range(32))), ref)
 
 
 def _cached_keys():

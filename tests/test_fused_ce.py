@@ -111,7 +111,8 @@ def test_trainer_grad_accumulation_and_mfu_log(tmp_path, aldp):
     """Accumulating 2 micro-batches of 4 gives the gradient of the batch of 8 (same frames);
     the training log carries tokens/s and model FLOPs."""
     from arbg.data.datasets import Dataset
-    from arbg.train.trainer import TrainConfig, Trainer
+    from arbg.train.config import TrainConfig
+    from arbg.train.trainer import Trainer
 
     rng = np.random.default_rng(0)
     x = aldp.positions[None] + 0.02 * rng.standard_normal((40, aldp.n_atoms, 3))

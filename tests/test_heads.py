@@ -22,8 +22,9 @@ from arbg.sampling.sampler import (
     make_generators,
     sample_bins,
 )
-from arbg.train.checkpoints import load_checkpoint, save_checkpoint
-from arbg.train.trainer import TrainConfig, Trainer
+from arbg.train.checkpoints import load_checkpoint, save_checkpoint, write_checksums
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import Trainer
 
 torch.set_num_threads(1)
 
@@ -327,11 +328,11 @@ def test_trainer_and_checkpoint_with_mixture_head(tmp_path, head, frame):
         assert (batch.bins >= floor).all()
 
 
-def test_old_checkpoint_without_head_loads_as_bins(tmp_path):
+def test_checkpoint_without_head_or_frame_is_refused(tmp_path):
     d = ModelConfig(n_bins=16, n_layer=1, n_embd=16, n_head=1, head_dim=16).to_dict()
     del d["head"], d["head_kwargs"]
     assert ModelConfig.from_dict(d).head == "bins"
-    # a whole checkpoint directory written before the field existed
+    # a checkpoint directory without the entry is refused (no default fills it in)
     system = build_system("aldp", minimize=False)
     rng = np.random.default_rng(0)
     frames = system.positions[None] + 0.01 * rng.standard_normal((16, system.n_atoms, 3))
@@ -351,12 +352,20 @@ def test_old_checkpoint_without_head_loads_as_bins(tmp_path):
         n_residue_types=N_RESIDUE_TYPES,
     )
     path = save_checkpoint(tmp_path / "ck", ARBG(cfg, default_feats=feats), binning, std, system)
-    config = json.loads((path / "config.json").read_text())
-    del config["model"]["head"], config["model"]["head_kwargs"]
-    (path / "config.json").write_text(json.dumps(config))
-    (path / "checksums.json").unlink()  # written before checksums existed too
-    ck = load_checkpoint(path, system=system)
-    assert ck.model.config.head == "bins" and type(ck.model.head) is HEADS["bins"]
+    original = json.loads((path / "config.json").read_text())
+    for section, key in (("model", "head"), ("standardization", "frame")):
+        config = json.loads(json.dumps(original))
+        del config[section][key]
+        (path / "config.json").write_text(json.dumps(config))
+        write_checksums(path)
+        with pytest.raises(ValueError, match=f"config.json: no '{section}.{key}' entry"):
+            load_checkpoint(path, system=system)
+    (path / "config.json").write_text(json.dumps(original))
+    (path / "checksums.json").unlink()
+    with pytest.raises(ValueError, match="has no checksums.json"):
+        load_checkpoint(path, system=system)
+    write_checksums(path)
+    assert load_checkpoint(path, system=system).model.config.head == "bins"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ NOT_RUN = {
 # Python snippets by their first line: run, or why not
 PYTHON_RUN = "from arbg.chem.systems import build_system"
 PYTHON_NOT_RUN = {
-    "from arbg.data.corpora import load_corpus, load_many_peptides, load_many_peptides_eval": (
+    "from arbg.data.loaders import load_corpus, load_many_peptides, load_many_peptides_eval": (
         "needs a corpus made by `arbg corpus` and the published ManyPeptidesMD files"
     ),
 }

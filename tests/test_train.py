@@ -22,7 +22,9 @@ from arbg.train.checkpoints import (
     load_trainer_state,
     write_checksums,
 )
-from arbg.train.trainer import Muon, TrainConfig, Trainer, lr_factor, newton_schulz, train
+from arbg.train.config import TrainConfig, lr_factor
+from arbg.train.optim import Muon, newton_schulz
+from arbg.train.trainer import Trainer, train
 
 torch.set_num_threads(1)
 
@@ -122,7 +124,7 @@ def test_train_writes_log_and_checkpoints(tmp_path):
     assert cfg["system"]["atom_names"][0] == "CH3"
     assert set(cfg["system"]["forcefield_sha256"]) == {"amber99sbildn.xml", "amber99_obc.xml"}
     assert {"arbg", "torch", "openmm"} <= set(cfg["versions"])
-    # no temporary directories left behind (the lock file of arbg.io.lock_dir stays)
+    # no temporary directories left behind (the lock file of arbg.files.lock_dir stays)
     assert [p.name for p in tmp_path.glob(".*")] in ([], [".arbg.lock"])
 
 

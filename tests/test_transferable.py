@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES, build_system, make_spec
-from arbg.data.corpora import Corpus
 from arbg.data.datasets import Dataset
+from arbg.data.loaders import Corpus
 from arbg.nn.conditioning import (
     BoundModel,
     ConditioningConfig,
@@ -24,7 +24,7 @@ from arbg.nn.coordinates import Binning
 from arbg.nn.model import ModelConfig
 from arbg.sampling.sampler import TransformerProposal, generate, log_q
 from arbg.train.checkpoints import load_checkpoint
-from arbg.train.trainer import TrainConfig
+from arbg.train.config import TrainConfig
 from arbg.train.transferable import TransferableTrainer
 
 torch.set_num_threads(1)

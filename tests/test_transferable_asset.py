@@ -10,7 +10,7 @@ import torch
 
 import arbg
 from arbg.cli import main
-from arbg.data.corpora import load_corpus
+from arbg.data.loaders import load_corpus
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.train.checkpoints import read_config
 

@@ -191,7 +191,7 @@ def test_weighted_block_jackknife_standard_error():
 
 def test_cli_evaluate_against_a_weighted_reference(biased_aldp, tmp_path, aldp, capsys):
     """`arbg evaluate --reference <biased md>`: metrics.json carries the reference's Kish ESS."""
-    from arbg.io import atomic_save_npz, atomic_write_json
+    from arbg.files import atomic_save_npz, atomic_write_json
 
     rng = np.random.default_rng(1)
     run = tmp_path / "run"

@@ -11,7 +11,8 @@ import torch
 from test_transferable import ASSET, COND, _cfg
 
 from arbg.cli import main
-from arbg.data.corpora import CorpusConfig, load_corpus, run_corpus
+from arbg.data.corpora import CorpusConfig, run_corpus
+from arbg.data.loaders import load_corpus
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot
 from arbg.train.transferable import TransferableTrainer
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from arbg.chem.energy import _energies_kj, make_context
+from arbg.chem.energy import energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K
-from arbg.io import atomic_save_npz
+from arbg.files import atomic_save_npz
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def bias_energies(positions: np.ndarray, dihedrals: np.ndarray, grid: np.ndarray
     for _ in range(x.shape[1]):
         omm.addParticle(1.0)
     omm.addForce(frozen_bias_force(dihedrals, grid, 0))
-    return _energies_kj(make_context(omm), x)
+    return energies_kj(make_context(omm), x)
 
 
 def frame_log_weights(

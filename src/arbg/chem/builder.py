@@ -2,21 +2,19 @@
 PDB input checks, and the canonical atom order (see :mod:`arbg.chem.residues`).
 
 Used by :mod:`arbg.chem.systems`; OpenMM objects stay inside this module and ``systems``/``energy``.
+A ``spec`` argument is a :class:`arbg.chem.systems.SystemSpec` (not imported: ``systems`` builds
+through this module).
 """
 
 from __future__ import annotations
 
 import io
 import threading
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from arbg.chem import residues as R
 from arbg.chem.energy import load_forcefield
-
-if TYPE_CHECKING:
-    from arbg.chem.systems import SystemSpec
 
 # ----------------------------------------------------------------------------- geometry helpers
 
@@ -152,11 +150,11 @@ def sequence_from_pdb_text(text: str, source: str) -> str:
 # ----------------------------------------------------------------------------- building
 
 
-def _variant(resname3: str, spec: SystemSpec) -> str:
+def _variant(resname3: str, spec) -> str:
     return spec.histidine if resname3 == "HIS" else resname3
 
 
-def build_openmm_model(spec: SystemSpec):
+def build_openmm_model(spec):
     """OpenMM (topology, positions[nm]) with all hydrogens, in build order.
 
     Reproducible: ``Modeller.addHydrogens`` places new atoms at random positions (Python's
@@ -189,7 +187,7 @@ def _reference_platform():
     return openmm.Platform.getPlatformByName("Reference")
 
 
-def _build_openmm_model(spec: SystemSpec):
+def _build_openmm_model(spec):
     from openmm import app
     from pdbfixer import PDBFixer
 
@@ -246,7 +244,7 @@ def _normalise_cap_names(topology) -> None:
                     a.name = "H1"
 
 
-def _variants(topology, spec: SystemSpec) -> list[str | None]:
+def _variants(topology, spec) -> list[str | None]:
     out: list[str | None] = []
     for res in topology.residues():
         std = R.VARIANT_TO_STANDARD.get(res.name, res.name)
@@ -261,9 +259,7 @@ def _variants(topology, spec: SystemSpec) -> list[str | None]:
     return out
 
 
-def canonical_order(
-    topology, spec: SystemSpec
-) -> tuple[np.ndarray, list[tuple[int, int]], list[str]]:
+def canonical_order(topology, spec) -> tuple[np.ndarray, list[tuple[int, int]], list[str]]:
     """Permutation build-order -> canonical, residue blocks, block residue names."""
     residues = list(topology.residues())
     if residues and residues[0].name == "ACE" and not spec.capped:

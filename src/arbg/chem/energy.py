@@ -107,7 +107,7 @@ def make_context(system, integrator=None, threads: int = 1):
     return openmm.Context(system, integrator, platform, props)
 
 
-def _energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.ndarray:
+def energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.ndarray:
     """Potential energies (kJ/mol) of a batch [B, n, 3] nm with one context.
 
     The batch is made one C-contiguous, aligned float64 array first (a copy only when needed):
@@ -182,7 +182,7 @@ def _energy_task(key: str, system_xml: str, x: np.ndarray) -> tuple[np.ndarray, 
             cache.pop(next(iter(cache)))
         cache[("openmm-energy", key)] = context
     t0, c0 = time.perf_counter(), time.process_time()
-    e = _energies_kj(context, x)
+    e = energies_kj(context, x)
     return e, time.perf_counter() - t0, time.process_time() - c0, built
 
 
@@ -266,7 +266,7 @@ class OpenMMEnergy:
 
     def _timed_local(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        e = _energies_kj(self._local_context(), x)
+        e = energies_kj(self._local_context(), x)
         self._observe(time.perf_counter() - t0, len(x))
         return e
 

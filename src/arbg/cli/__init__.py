@@ -19,9 +19,9 @@ from arbg.chem.md import SimulationError
 from arbg.cli._data import add_data_commands
 from arbg.cli._experiments import add_experiment_commands
 from arbg.cli._model import add_model_commands
-from arbg.cliflags import add_wait_args, apply_arg_checks
+from arbg.cli.configargs import config_from_args
+from arbg.cli.flags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, Engine, open_engine, use_engine
-from arbg.configargs import config_from_args
 from arbg.runtime import tune_malloc
 
 __all__ = ["build_parser", "main"]

@@ -9,9 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from arbg.chem.spec import SystemOptions
-from arbg.chem.systems import PeptideSystem, build_system
-from arbg.configargs import add_config_args, config_from_args
+from arbg.chem.systems import PeptideSystem, SystemOptions, build_system
+from arbg.cli.configargs import add_config_args, config_from_args
 
 
 def default_cache_dir() -> Path:
@@ -20,7 +19,7 @@ def default_cache_dir() -> Path:
 
 
 def add_system_args(p: argparse.ArgumentParser) -> None:
-    """The positional preset name and the flags of :class:`arbg.chem.spec.SystemOptions`."""
+    """The positional preset name and the flags of :class:`arbg.chem.systems.SystemOptions`."""
     p.add_argument(
         "system", nargs="?", help="preset name (aldp, ace-aaa-nme, aaa, aaaaaa, chignolin)"
     )

@@ -12,11 +12,12 @@ import numpy as np
 from arbg.chem.bias import BiasConfig
 from arbg.chem.md import MDConfig, run_md
 from arbg.cli._common import add_system_args, default_cache_dir, system_from_args
+from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.cluster import ClusterConfig
-from arbg.configargs import add_config_args, config_from_args
-from arbg.data.corpora import CorpusConfig, kmer_sequences, parse_sequences, run_corpus
+from arbg.data.corpora import CorpusConfig, run_corpus
 from arbg.data.datasets import load_dataset, weighting_summary
-from arbg.io import atomic_write_json, lock_dir
+from arbg.data.sequences import kmer_sequences, parse_sequences
+from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.coordinates import fit_standardization, format_bound_rows, quantization_bound
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from arbg.cli._common import command_line
-from arbg.configargs import add_config_args, config_from_args
+from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.experiments.ablations import (
     AblateTemperatureConfig,
     ablate_bins,
@@ -21,7 +21,7 @@ from arbg.experiments.benchmark import BenchmarkConfig, run_benchmark
 from arbg.experiments.demo import DemoConfig, DemoNotTrained, format_summary, run_demo
 from arbg.experiments.stages import BudgetConfig
 from arbg.experiments.zeroshot import ZeroShotConfig, evaluate_zero_shot, zero_shot_summary
-from arbg.io import lock_dir
+from arbg.files import lock_dir
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

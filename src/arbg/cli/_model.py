@@ -9,20 +9,21 @@ import json
 from pathlib import Path
 
 from arbg import checks
+from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.cluster import ClusterConfig
-from arbg.configargs import add_config_args, config_from_args
-from arbg.data.corpora import load_corpus
 from arbg.data.datasets import load_dataset
+from arbg.data.loaders import load_corpus
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.eval.report import format_metrics
 from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperature
-from arbg.io import atomic_write_json, lock_dir
+from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.sampling.config import SampleConfig, SMCConfig
 from arbg.sampling.runs import run_sampling, run_smc
 from arbg.sampling.sampler import resolve_batch_size
 from arbg.train.checkpoints import load_checkpoint
-from arbg.train.trainer import TrainConfig, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import train
 from arbg.train.transferable import train_transferable
 
 

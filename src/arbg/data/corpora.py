@@ -36,23 +36,25 @@ duplicated. The state on disk (``sequences/*.json``, ``work/*/progress.json``) i
 the manifest is rebuilt from it on every start.
 
 Loaders live in :mod:`arbg.data.loaders`, sequence lists and splits in
-:mod:`arbg.data.sequences` (both re-exported here); the manifest built from the files in
-:mod:`arbg.data.corpus_manifest`; the Dask driving and the progress display in
-:mod:`arbg.data.corpus_dask`.
+:mod:`arbg.data.sequences`. This module holds the config, the runs (local or one Dask task per
+sequence, with progress over the corpus) and the state of a corpus directory read from its files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import arbg
 from arbg.chem.md import MDConfig, load_md_frames, run_md
 from arbg.chem.systems import (
     SystemSpec,
@@ -60,28 +62,17 @@ from arbg.chem.systems import (
     make_spec,
 )
 from arbg.cluster import ClusterConfig, Engine, open_engine
-from arbg.data.corpus_dask import Progress, describe, run_on_dask
-from arbg.data.corpus_manifest import build_manifest, done_entry, scan, totals
-from arbg.data.loaders import (  # noqa: F401  (re-exported)
-    Corpus,
-    iter_wds_frames,
-    load_corpus,
-    load_many_peptides,
-    load_many_peptides_eval,
-)
-from arbg.data.sequences import (  # noqa: F401  (re-exported)
-    AMINO_ACIDS,
+from arbg.data.sequences import (
     FORCE_FIELDS,
     FORMAT,
     FORMAT_VERSION,
     SPLITS,
-    kmer_sequences,
     parse_sequences,
     sequence_seed,
     split_sequences,
     validate_fractions,
 )
-from arbg.io import atomic_save_npz_compressed, atomic_write_json, atomic_write_text
+from arbg.files import atomic_save_npz_compressed, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +183,103 @@ class CorpusConfig:
         d = dict(d)
         d["fractions"] = tuple(d["fractions"])
         return cls(**d)
+
+
+# ----------------------------------------------------------------- the state of a corpus directory
+#
+# Per-sequence entries and the manifest, read from the files: they are authoritative
+# (``sequences/{SEQ}.json`` marks a finished sequence, ``work/{SEQ}/progress.json`` the frames of
+# one under way); ``manifest.json`` is rebuilt from them on every start of :func:`run_corpus`.
+
+
+def done_entry(meta: dict) -> dict:
+    seq = meta["sequence"]
+    return {
+        "split": meta["split"],
+        "status": "done",
+        "ns": meta["ns"],
+        "n_frames": meta["n_frames"],
+        "frames_done": meta["n_frames"],
+        "n_atoms": meta["n_atoms"],
+        "seed": meta["seed"],
+        "files": {
+            "positions": f"sequences/{seq}.npz",
+            "topology": f"sequences/{seq}.pdb",
+            "metadata": f"sequences/{seq}.json",
+        },
+        "wall_s": meta.get("wall_s"),
+    }
+
+
+def scan(
+    out: Path, split_of: dict[str, str], config: CorpusConfig, cleanup: bool = False
+) -> dict[str, dict]:
+    """Per-sequence manifest entries from what is on disk (the authoritative state)."""
+    entries = {}
+    for seq, split in sorted(split_of.items()):
+        meta_path = out / "sequences" / f"{seq}.json"
+        work = out / "work" / seq
+        if meta_path.exists() and (out / "sequences" / f"{seq}.npz").exists():
+            entries[seq] = done_entry(json.loads(meta_path.read_text()))
+            if cleanup and work.exists():  # killed between consolidation and clean-up
+                shutil.rmtree(work, ignore_errors=True)
+            continue
+        md_cfg = config.md_config(split, seq)
+        done = 0
+        if (work / "progress.json").exists():
+            done = int(json.loads((work / "progress.json").read_text())["n_frames"])
+        entries[seq] = {
+            "split": split,
+            "status": "partial" if done else "pending",
+            "ns": md_cfg.ns,
+            "n_frames": md_cfg.n_frames,
+            "frames_done": done,
+            "seed": md_cfg.seed,
+        }
+    return entries
+
+
+def totals(entries: dict[str, dict], config: CorpusConfig) -> dict:
+    ps = config.frame_interval_ps
+    done = [e for e in entries.values() if e["status"] == "done"]
+    return {
+        "sequences": len(entries),
+        "done": len(done),
+        "failed": sum(e["status"] == "failed" for e in entries.values()),
+        "frames": int(sum(e["n_frames"] for e in done)),
+        "ns_done": round(sum(e["frames_done"] * ps / 1000.0 for e in entries.values()), 6),
+        "ns_total": round(sum(e["ns"] for e in entries.values()), 6),
+    }
+
+
+def versions() -> dict:
+    import openmm
+
+    return {"arbg": arbg.__version__, "openmm": openmm.__version__}
+
+
+def build_manifest(
+    config: CorpusConfig, splits: dict[str, list[str]], entries: dict[str, dict]
+) -> dict:
+    ff = FORCE_FIELDS[config.force_field]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "force_field": {
+            "name": config.force_field,
+            "files": list(ff["forcefield"]),
+            "nonbonded": ff["nonbonded"],
+            "cutoff_nm": ff.get("cutoff_nm"),
+        },
+        "temperature_k": config.temperature_k or ff["temperature_k"],
+        "termini": "ACE/NME caps" if config.capped else "zwitterionic (NH3+ / COO-)",
+        "units": {"positions": "nm", "time": "ps"},
+        "splits": splits,
+        "sequences": entries,
+        "totals": totals(entries, config),
+        "versions": versions(),
+    }
 
 
 # ----------------------------------------------------------------------------- running
@@ -465,3 +553,169 @@ def _run_locked(
         with contextlib.suppress(OSError):
             (out / "work").rmdir()  # only when empty
     return manifest
+
+
+# ------------------------------------------------------------------------------- Dask and progress
+#
+# :func:`run_on_dask` submits one task per sequence (:func:`_run_in_worker`) and
+# records each result as it arrives; :class:`Progress` shows sequences done, ns, ns/h and an ETA
+# (log lines and a tqdm bar), reading the frames of sequences under way from their work
+# directories.
+
+
+class Progress:
+    """Progress over a whole corpus: sequences done, ns done, rate and ETA (log + tqdm)."""
+
+    def __init__(self, entries: dict[str, dict], config: CorpusConfig, bar: bool):
+        self.entries, self.config = entries, config
+        self.total_ns = sum(e["ns"] for e in entries.values())
+        self.t0, self.ns0 = time.time(), self.ns_done()
+        self.last_log, self.log_every_s = self.t0, 600.0
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=round(self.total_ns, 6),
+                initial=round(self.ns0, 6),
+                unit="ns",
+                desc="corpus",
+                bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} ns [{elapsed}<{remaining}{postfix}]",
+            )
+            self.bar.set_postfix_str(self._postfix())
+
+    def ns_done(self, partial: dict[str, int] | None = None) -> float:
+        ps = self.config.frame_interval_ps
+        frames = {s: e["frames_done"] for s, e in self.entries.items()}
+        frames.update(partial or {})
+        return sum(f * ps / 1000.0 for f in frames.values())
+
+    def _postfix(self, ns: float | None = None) -> str:
+        n_done = sum(e["status"] == "done" for e in self.entries.values())
+        elapsed = time.time() - self.t0
+        rate = ((ns if ns is not None else self.ns0) - self.ns0) / max(elapsed, 1e-9) * 3600.0
+        return f"{n_done}/{len(self.entries)} sequences, {rate:.2f} ns/h"
+
+    def update(self, partial: dict[str, int] | None = None) -> None:
+        """Refresh the bar with the frames on disk of the sequences under way."""
+        now = self.ns_done(partial)
+        if self.bar is not None:
+            self.bar.n = round(now, 6)
+            self.bar.set_postfix_str(self._postfix(now))  # refreshes
+        if time.time() - self.last_log > self.log_every_s:  # for logs without the bar
+            self.last_log = time.time()
+            log.info("corpus: %.3f/%.3f ns, %s", now, self.total_ns, self._postfix(now))
+
+    def finished(self, seq: str) -> None:
+        e = self.entries[seq]
+        now = self.ns_done()
+        elapsed = time.time() - self.t0
+        rate = (now - self.ns0) / elapsed * 3600.0 if elapsed > 0 else 0.0
+        left = self.total_ns - now
+        eta = format_duration(left / rate * 3600.0) if rate > 0 else "?"
+        n_done = sum(x["status"] == "done" for x in self.entries.values())
+        if e["status"] == "done":
+            what = f"{seq} done ({e['split']}, {e['ns']:g} ns, {e.get('n_atoms')} atoms)"
+        else:
+            what = f"{seq} FAILED ({e.get('error')})"
+        log.info(
+            "corpus: %s; %d/%d sequences, %.3f/%.3f ns, %.2f ns/h, ETA %s",
+            what,
+            n_done,
+            len(self.entries),
+            now,
+            self.total_ns,
+            rate,
+            eta,
+        )
+        self.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def describe(error: BaseException | None) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def run_on_dask(
+    out: Path,
+    todo: list[str],
+    split_of: dict[str, str],
+    config: CorpusConfig,
+    client,
+    task: Callable[[str, str, str, dict], dict],
+    record: Callable,
+    tracker: Progress,
+    poll_s: float,
+    *,
+    max_in_flight: int | None = None,
+) -> None:
+    """One Dask task per sequence; results are recorded as they finish (any order).
+
+    `task(out_dir, sequence, split, config_dict)` runs one sequence on a worker and returns its
+    manifest entry; `record(sequence, entry, error)` takes each result (entry None: failed).
+    `max_in_flight`: submit at most this many tasks at a time, the next (in `todo`'s order,
+    longest first) when one ends: on a cluster of fixed size, the next free worker takes the
+    longest sequence left (Dask assigns a task to a worker when it is submitted; a few long
+    tasks would otherwise queue behind each other on one worker while another idles). None:
+    submit every task at once (an adaptive cluster scales on that backlog).
+
+    A worker that dies mid-sequence costs that sequence's frames since its last chunk: the
+    scheduler re-runs the task on another worker, which resumes ``work/{SEQ}``. Exceptions
+    raised by a task are recorded as failures (re-run the corpus to retry them).
+    """
+    from distributed import wait
+
+    root = str(out.resolve())  # workers may run in another directory
+    run_id = uuid.uuid4().hex[:8]
+    pending, futures, running = list(todo), {}, set()
+
+    def submit_more() -> None:
+        while pending and (max_in_flight is None or len(running) < max_in_flight):
+            seq = pending.pop(0)
+            key = f"arbg-corpus-{run_id}-{seq}"  # one task group: durations learnt, work stolen
+            fut = client.submit(
+                task, root, seq, split_of[seq], config.to_dict(), key=key, retries=0
+            )
+            futures[fut] = seq
+            running.add(fut)
+
+    submit_more()
+    try:
+        while running:
+            try:
+                with client.as_current():  # wait() looks up the client of the futures there
+                    done, left = wait(list(running), timeout=poll_s, return_when="FIRST_COMPLETED")
+                running.intersection_update(left)
+            except TimeoutError:
+                done = set()
+            for fut in done:
+                try:
+                    entry = fut.result()
+                except (Exception, asyncio.CancelledError) as e:  # its error, KilledWorker, ...
+                    record(futures[fut], None, e)
+                else:
+                    record(futures[fut], entry, None)
+            submit_more()
+            tracker.update(partial_frames(out, [futures[f] for f in running]))
+    finally:
+        client.cancel(list(running))  # a running task finishes its chunk; the rest never start
+
+
+def partial_frames(out: Path, sequences: Iterable[str]) -> dict[str, int]:
+    """Frames on disk of the sequences under way (``work/{SEQ}/progress.json``)."""
+    partial = {}
+    for seq in sequences:
+        p = out / "work" / seq / "progress.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            partial[seq] = int(json.loads(p.read_text())["n_frames"])
+    return partial

@@ -40,8 +40,7 @@ import numpy as np
 
 from arbg import checks
 from arbg.chem.geometry import dihedrals
-from arbg.chem.spec import SystemSpec
-from arbg.chem.systems import PeptideSystem, build_system
+from arbg.chem.systems import PeptideSystem, SystemSpec, build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations, compute_populations
 from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, score

@@ -35,7 +35,7 @@ from arbg.eval.basins import compute_populations
 from arbg.eval.htmlkit import esc, fmt, kv_table, page, table
 from arbg.eval.tica import fit_tica, tica_features, tica_project
 from arbg.eval.viewer import ensemble_viewer_html
-from arbg.io import atomic_write_text
+from arbg.files import atomic_write_text
 from arbg.reweight import multinomial_resample, weights_from_log
 
 log = logging.getLogger(__name__)

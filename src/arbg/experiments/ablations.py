@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from arbg.chem.spec import SystemSpec
-from arbg.chem.systems import build_system
+from arbg.chem.systems import SystemSpec, build_system
 from arbg.data.datasets import Dataset
 from arbg.experiments.stages import (
     RESAMPLED,
@@ -48,10 +47,9 @@ from arbg.experiments.stages import (
     tau_name,
 )
 from arbg.experiments.tuning import TuneConfig
-from arbg.io import atomic_write_json, atomic_write_text
+from arbg.files import atomic_write_json, atomic_write_text
 from arbg.nn.coordinates import quantization_bound
-from arbg.train.checkpoint_files import read_config
-from arbg.train.checkpoints import load_checkpoint
+from arbg.train.checkpoints import load_checkpoint, read_config
 
 logger = logging.getLogger(__name__)
 

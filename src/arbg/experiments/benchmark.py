@@ -56,7 +56,7 @@ from arbg.experiments.stages import (
     tau_name,
 )
 from arbg.experiments.tuning import TuneConfig
-from arbg.io import atomic_write_json, atomic_write_text
+from arbg.files import atomic_write_json, atomic_write_text
 from arbg.nn.heads import HEADS
 
 logger = logging.getLogger(__name__)

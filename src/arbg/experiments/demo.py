@@ -47,14 +47,13 @@ from typing import Any
 import numpy as np
 
 from arbg.chem.bias import BiasConfig
-from arbg.chem.md import MDConfig, run_md
-from arbg.chem.md_layout import contiguous_splits, load_md_frames, load_md_log_weights
+from arbg.chem.md import MDConfig, contiguous_splits, load_md_frames, load_md_log_weights, run_md
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.cost import cost_floor, md_cost_curve
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run, load_run
 from arbg.eval.plots import plot_cost_curve
-from arbg.io import atomic_write_json
+from arbg.files import atomic_write_json
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
 from arbg.train.config import TrainConfig

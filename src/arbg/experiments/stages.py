@@ -32,11 +32,10 @@ import numpy as np
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.experiments.tuning import TuneConfig, tune_temperature
-from arbg.io import atomic_write_json
+from arbg.files import atomic_write_json
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
-from arbg.train.checkpoint_files import read_config
-from arbg.train.checkpoints import load_checkpoint
+from arbg.train.checkpoints import load_checkpoint, read_config
 from arbg.train.config import TrainConfig
 from arbg.train.trainer import train
 

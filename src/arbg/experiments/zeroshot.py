@@ -36,8 +36,8 @@ from arbg.data.loaders import load_corpus
 from arbg.eval.htmlkit import esc, html_table_page
 from arbg.experiments.md_baseline import md_at_budget, md_steps_per_frame
 from arbg.experiments.stages import BudgetConfig, ensure_run
-from arbg.io import atomic_write_json, atomic_write_text
-from arbg.train.checkpoint_files import read_config
+from arbg.files import atomic_write_json, atomic_write_text
+from arbg.train.checkpoints import read_config
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ from arbg.nn.model import ARBG, ModelConfig, TokenFeatures, token_features_for_s
 logger = logging.getLogger(__name__)
 
 ATOM_FIELDS = ("atom_type", "residue_type", "residue_pos", "seq_len", "atom_in_residue")
-_TEMPLATE_KEYS = ("capped", "forcefield", "nonbonded", "cutoff_nm", "temperature_k", "histidine")
+TEMPLATE_KEYS = ("capped", "forcefield", "nonbonded", "cutoff_nm", "temperature_k", "histidine")
 
 
 @dataclass
@@ -457,7 +457,7 @@ def spec_template(systems: list[PeptideSystem]) -> dict[str, Any]:
     they differ)."""
     tpl = None
     for s in systems:
-        d = {k: v for k, v in s.spec.to_dict().items() if k in _TEMPLATE_KEYS}
+        d = {k: v for k, v in s.spec.to_dict().items() if k in TEMPLATE_KEYS}
         if tpl is None:
             tpl = d
         elif d != tpl:

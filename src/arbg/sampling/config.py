@@ -1,7 +1,7 @@
 """Settings of a sampling run (`arbg sample`, :func:`arbg.sampling.runs.run_sampling`) and of a
 twisted-SMC run (`arbg smc`, :func:`arbg.sampling.runs.run_smc`): one default per parameter.
 
-The CLI makes its flags from these classes (:func:`arbg.configargs.add_config_args`); the
+The CLI makes its flags from these classes (:func:`arbg.cli.configargs.add_config_args`); the
 experiments (demo, benchmark, ablations, zero-shot) build them too.
 """
 

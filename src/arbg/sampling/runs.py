@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.io import Commit, lock_dir, recover
+from arbg.files import Commit, lock_dir, recover
 from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.reweight import (
@@ -116,7 +116,7 @@ def commit_run(
     out: Path, system: Any, arrays: dict[str, np.ndarray], ens_idx: np.ndarray, summary: dict
 ) -> None:
     """Stage every file of a run directory and make them current in one step
-    (:class:`arbg.io.Commit`: a crash leaves the old run or the new one, never a mix).
+    (:class:`arbg.files.Commit`: a crash leaves the old run or the new one, never a mix).
 
     ``ensemble.dcd`` holds ``coords[ens_idx]``; with no index (every weight zero) there is no
     ensemble and an old one is deleted (a DCD cannot be empty)."""
@@ -146,9 +146,9 @@ def run_sampling(
 ) -> dict[str, Any]:
     """Sample into (or extend) a run directory and reweight all its samples.
 
-    The directory is locked for the whole read-sample-write (:func:`arbg.io.lock_dir`; a second
+    The directory is locked for the whole read-sample-write (:func:`arbg.files.lock_dir`; a second
     writer fails naming the holder, or waits with ``wait=True``), and its files are replaced
-    together by one :class:`arbg.io.Commit`. The config is checked before anything is sampled.
+    together by one :class:`arbg.files.Commit`. The config is checked before anything is sampled.
 
     Files (fixed names, canonical atom order = the order of ``topology.pdb``, which is the
     system's own topology): ``topology.pdb``; ``proposals.dcd`` (every proposal); ``samples.npz``
@@ -406,7 +406,7 @@ def run_smc(
 
     The run directory is locked while it is written (``wait``: see
     :func:`arbg.sampling.runs.run_sampling`) and its files are made current together by one
-    :class:`arbg.io.Commit`.
+    :class:`arbg.files.Commit`.
 
     ``config.repeats`` independent populations of ``config.n_particles`` particles each are
     drawn with a :class:`arbg.sampling.sampler.TransformerProposal` and the checkpoint's system

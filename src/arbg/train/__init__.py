@@ -4,7 +4,8 @@ save and load)."""
 from __future__ import annotations
 
 from arbg.train.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from arbg.train.trainer import TrainConfig, Trainer, train
+from arbg.train.config import TrainConfig
+from arbg.train.trainer import Trainer, train
 from arbg.train.transferable import TransferableTrainer, train_transferable
 
 __all__ = [

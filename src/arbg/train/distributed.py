@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from arbg.io import lock_dir, recover
+from arbg.files import lock_dir, recover
 
 __all__ = ["init_distributed", "locked_output", "rank_and_world_size"]
 
@@ -38,8 +38,8 @@ def init_distributed() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def locked_output(out_dir: str | Path, wait: bool = False) -> Iterator[None]:
-    """Rank 0 locks ``out_dir`` (:func:`arbg.io.lock_dir`) and finishes an interrupted
-    checkpoint commit (:func:`arbg.io.recover`) before training reads ``last``."""
+    """Rank 0 locks ``out_dir`` (:func:`arbg.files.lock_dir`) and finishes an interrupted
+    checkpoint commit (:func:`arbg.files.recover`) before training reads ``last``."""
     rank, world = rank_and_world_size()
     if rank != 0:
         if world > 1:

@@ -107,7 +107,7 @@ def build_optimizers(model: torch.nn.Module, cfg: Any) -> list[torch.optim.Optim
 
     AdamW applies weight decay to matrices/embeddings (ndim >= 2) but not to norm gains.
     Every param group carries ``base_lr`` for the schedule. ``cfg``: a
-    :class:`arbg.train.trainer.TrainConfig` (``optimizer``, ``lr_adamw``, ``lr_muon``,
+    :class:`arbg.train.config.TrainConfig` (``optimizer``, ``lr_adamw``, ``lr_muon``,
     ``momentum_muon``, ``ns_steps``, ``betas``, ``weight_decay``).
     """
     muon_params: list[torch.nn.Parameter] = []

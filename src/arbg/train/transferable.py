@@ -31,13 +31,15 @@ from arbg.nn.conditioning import (
 from arbg.nn.coordinates import Binning, Standardization, default_n_bins
 from arbg.nn.model import ARBG, ModelConfig
 from arbg.train.checkpoints import read_config, save_transferable_checkpoint
-from arbg.train.trainer import TrainConfig, Trainer, init_distributed, locked_output
+from arbg.train.config import TrainConfig
+from arbg.train.distributed import init_distributed, locked_output
+from arbg.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 
 class TransferableTrainer(Trainer):
-    """:class:`arbg.train.trainer.Trainer` on a :class:`arbg.data.corpora.Corpus` (train split; val
+    """:class:`arbg.train.trainer.Trainer` on a :class:`arbg.data.loaders.Corpus` (train split; val
     split for
     the val NLL). Gauge frame only; ``TrainConfig.augment_rotations`` and ``data_weights`` are
     not used (corpus frames are equilibrium MD).

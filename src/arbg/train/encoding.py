@@ -1,4 +1,4 @@
-"""Training data: frames -> (rotated) standardized bins or bin-unit values, the marginal
+"""Encoding training data: frames -> (rotated) standardized bins or bin-unit values, the marginal
 histogram baseline, normalized frame weights."""
 
 from __future__ import annotations
