@@ -3,7 +3,7 @@ analytic proposal."""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,21 +51,25 @@ def test_chirality_l_alanine_is_positive_and_mirror_negative():
     assert chirality_signs(x, empty).shape == (1, 0) and not wrong_chirality(x, empty)[0]
 
 
-def test_chirality_on_real_protein_residues():
-    md = pytest.importorskip("mdtraj")
-    app = pytest.importorskip("openmm.app")
-    path = os.path.join(os.path.dirname(app.__file__), "data", "test.pdb")
-    if not os.path.exists(path):
-        pytest.skip("openmm test.pdb not available")
-    traj = md.load(path)
-    rows = []
-    for res in traj.topology.residues:
-        names = {a.name: a.index for a in res.atoms}
-        if res.is_protein and "CB" in names:
-            rows.append([names["N"], names["CA"], names["C"], names["CB"]])
-    assert len(rows) > 20
-    signs = chirality_signs(traj.xyz[:1].astype(np.float64), np.array(rows))
-    assert np.all(signs == 1)  # every residue of the villin structure is L
+def test_chirality_on_pdbfixer_templates():
+    """Every chiral residue template that pdbfixer ships (L-amino acids, an independent source)
+    has the L sign; a mirrored template has the D sign."""
+    import mdtraj
+    import pdbfixer
+
+    from arbg.chem.residues import ONE_TO_THREE
+
+    folder = Path(pdbfixer.__file__).parent / "templates"
+    n = 0
+    for three in sorted(set(ONE_TO_THREE.values()) - {"GLY"}):
+        traj = mdtraj.load(str(folder / f"{three}.pdb"))
+        names = {a.name: a.index for a in traj.topology.atoms}
+        row = np.array([[names["N"], names["CA"], names["C"], names["CB"]]])
+        x = traj.xyz[:1].astype(np.float64)
+        assert chirality_signs(x, row).tolist() == [[1]], three
+        assert chirality_signs(-x, row).tolist() == [[-1]], three
+        n += 1
+    assert n == 19
 
 
 def test_geometry_roundtrip_nerf():

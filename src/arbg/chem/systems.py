@@ -314,10 +314,17 @@ class PeptideSystem:
         return np.array([a[2] for a in self._atoms], dtype=np.int64)
 
     def atom_index(self, block: int, name: str, resname: str | None = None) -> int:
-        """Canonical index of atom `name` in residue block `block` (-1 if absent)."""
+        """Canonical index of atom `name` in residue block `block` (-1 if absent).
+
+        ``resname`` picks the residue inside the block (a block holds its residue and any cap):
+        a protonation variant (``HIE``, the block's name) and its standard name (``HIS``, the
+        topology's) are the same residue.
+        """
+        std = R.VARIANT_TO_STANDARD
+        want = None if resname is None else std.get(resname, resname)
         for i in range(*self.residue_blocks[block]):
             a = self._atoms[i]
-            if a[0] == name and (resname is None or a[1] == resname):
+            if a[0] == name and (want is None or std.get(a[1], a[1]) == want):
                 return i
         return -1
 
