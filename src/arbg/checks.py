@@ -122,6 +122,26 @@ def optional(check, name: str, value: Any, *args) -> Any:
     return None if value is None else check(name, value, *args)
 
 
+def device(name: str, value: Any) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where this torch has it."""
+    v = str(value)
+    if not (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())):
+        raise _fail(name, value, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if v.startswith("cuda"):
+        import torch  # only when a GPU is asked for (this module is numpy-only otherwise)
+
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise ArgumentError(
+                f"{name}: got {value!r}, but this torch ({torch.__version__}) has {build}; "
+                "use --device cpu (or auto)"
+            )
+        n = torch.cuda.device_count()
+        if ":" in v and int(v[5:]) >= n:
+            raise _fail(name, value, f"a GPU index below {n}")
+    return v
+
+
 def _existing(name: str, path: str | Path, is_kind: str, kind: str) -> Path:
     p = Path(path)
     if not p.exists():

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from arbg import checks
 from arbg.chem.md import SimulationError
 from arbg.cli._data import add_data_commands
 from arbg.cli._experiments import add_experiment_commands
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(sub)
     add_experiment_commands(sub)
     add_wait_args(sub)
+    for cmd in sub.choices.values():  # -v after the subcommand too (SUPPRESS: keeps a leading -v)
+        cmd.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="tracebacks"
+        )
     apply_arg_checks(p)
     return p
 
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        if getattr(args, "device", None) is not None:  # e.g. cuda on a CPU-only torch: one line
+            checks.device("--device", args.device)
         if not hasattr(args, "scheduler"):
             return int(args.func(args) or 0)
         with cluster_engine(args) as engine:  # --workers / --scheduler: Dask for the command

@@ -80,6 +80,7 @@ class SampleConfig:
         if self.batch_size != "auto":
             c.positive_int("--batch-size", self.batch_size)
         c.one_of("--dtype", self.dtype, ("float32", "bf16"))
+        c.device("--device", self.device)
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,4 @@ class SMCConfig:
         c.optional(c.in_range, "--ess-threshold", self.ess_threshold, 0.0, 1.0)
         c.optional(c.positive_float, "--early-reject-kt", self.early_reject_kt)
         c.optional(c.positive_int, "--ensemble-size", self.ensemble_size)
+        c.device("--device", self.device)

@@ -148,10 +148,7 @@ class TrainConfig:
         c.optional(c.positive_int, "stop_after_steps", self.stop_after_steps)
         c.one_of("--data-weights", self.data_weights, ("plain", "weighted"))
         c.optional(c.positive_int, "--patience", self.patience)
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise c.ArgumentError(
-                f"--device: got {self.device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
-            )
+        c.device("--device", self.device)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
