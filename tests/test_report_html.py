@@ -65,6 +65,11 @@ def test_populations_come_from_unbiased_weights_and_clipping_does_not_change_the
     assert m_clip["weights"]["population_weights"] == "unbiased"
     assert m_clip["ess_unbiased"] == pytest.approx(m_none["ess"])
     # the old behaviour on request: the clipped weights lose alpha-L population
+    # the weights' check: labelled ESS, Pareto k, and warnings in metrics.json
+    check = m_clip["weight_check"]
+    assert check["ess_clipped"] == pytest.approx(m_clip["ess"])
+    assert check["ess_unclipped"] == pytest.approx(m_clip["ess_unbiased"])
+    assert isinstance(m_clip["warnings"], list)
     m_old = evaluate_samples(system, x, u, clipped, reference, population_weights="clipped", **kw)
     assert _alpha_l(m_old) < _alpha_l(m_clip) - 0.05
     with pytest.raises(ValueError, match="population_weights"):
@@ -331,3 +336,40 @@ def test_reference_energies_use_the_runs_force_field(aldp, tmp_path):
     for ens in ("proposal", "md_floor"):
         e = m["metrics"][ens]["e_w2"]["mean"]
         assert e == pytest.approx(m_same["metrics"][ens]["e_w2"]["mean"], rel=1e-12)
+
+
+def test_collapse_and_worse_metrics_are_said_in_the_text_and_the_report(evaluated, tmp_path):
+    """One sample carries the weight: the evaluation warns (collapse, too few distinct
+    conformations), the text table and the report's summary say it."""
+    from arbg.eval.report import format_metrics, summary_html
+
+    system, reference, x, u, log_w_raw, _ = evaluated
+    lw = np.full(len(x), -40.0)
+    lw[3] = 0.0
+    m = evaluate_samples(
+        system,
+        x,
+        u,
+        normalize_log_weights(lw),
+        reference,
+        n_eval=100,
+        tica_lag=5,
+        seed=1,
+        log_w_raw=lw,
+    )
+    assert m["weight_check"]["collapsed"] and m["weight_check"]["ess_unclipped"] < 1.01
+    assert any("collapsed: ESS 1.0 of 200" in w for w in m["warnings"])
+    assert any("distinct conformation" in w for w in m["warnings"])
+    text = format_metrics(m)
+    assert "ESS (clipped weights)" in text and "ESS (unclipped weights)" in text
+    assert "E-W2 (kT)" in text and "unique_resampled" not in text
+    assert [x for x in text.splitlines() if x.startswith("WARNING:")] == [
+        f"WARNING: {w}" for w in m["warnings"]
+    ]
+    html = summary_html(m, {"system": {}, "run": {}})
+    assert 'class="warning"' in html and "collapsed" in html
+    # a reweighted metric worse than the proposal's is called worse
+    m["metrics"]["reweighted_resampled"]["t_w2"]["mean"] = 9.0
+    from arbg.eval.evaluate import worse_than_proposal
+
+    assert any("T-W2 (rad) 9 is worse" in w for w in worse_than_proposal(m))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
+from arbg.eval.report import format_run
 from arbg.nn.coordinates import fit_binning, fit_standardization
 from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.sampling.config import SampleConfig
@@ -221,8 +222,16 @@ def test_run_sampling_writes_and_extends(parts, aldp, tmp_path):
     np.testing.assert_array_equal(d2["coords"][:12], d1["coords"])
     np.testing.assert_array_equal(d2["seed"], [0] * 12 + [1] * 8)
     assert len(json.loads((out / "summary.json").read_text())["runs"]) == 2
-    with pytest.raises(ValueError, match=r"seed\(s\) \[1\] already used"):
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\] already used .*--seed 2"):
         run_sampling(parts, out, SampleConfig(n=4, seed=1), energy=aldp)
+    # 20 samples of a perturbed toy model: the collapse check fires and says so, labelled
+    w = s2["weights"]
+    assert w["n"] == 20 and w["ess_clipped"] == pytest.approx(s2["ess"])
+    assert s2["ess_unclipped"] == pytest.approx(w["ess_unclipped"])
+    assert s2["warnings"] and any("ESS" in x and "unclipped" in x for x in s2["warnings"])
+    text = format_run(s2, out)
+    assert "ESS (clipped weights)" in text and "ESS (unclipped weights)" in text
+    assert text.splitlines()[-1].startswith("WARNING: SNIS weights")
     with pytest.raises(ValueError, match="tau"):
         run_sampling(parts, out, SampleConfig(n=4, tau=0.5, seed=7), energy=aldp)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from arbg import checks
@@ -14,7 +13,7 @@ from arbg.cluster import ClusterConfig
 from arbg.data.datasets import load_dataset
 from arbg.data.loaders import load_corpus
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
-from arbg.eval.report import format_metrics
+from arbg.eval.report import format_metrics, format_run
 from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperature
 from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig
@@ -71,11 +70,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, batch_size=n)
         print(f"batch size (auto, {cfg.dtype} on {cfg.device}): {n}")
     summary = run_sampling(ck, args.out, cfg, progress=not args.quiet, wait=args.wait)
-    print(
-        f"{summary['n_samples']} samples in {args.out}: ESS {summary['ess']:.1f} "
-        f"({summary['relative_ess']:.2%}), {summary['n_chirality_wrong']} wrong chirality, "
-        f"{summary['n_nonfinite_energy']} non-finite energies"
-    )
+    print(format_run(summary, args.out))
     return 0
 
 
@@ -83,9 +78,8 @@ def cmd_smc(args: argparse.Namespace) -> int:
     cfg = config_from_args(SMCConfig, args)
     ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
     summary = run_smc(ck, args.out, cfg, wait=args.wait)
-    keys = ("n_samples", "ess", "energy_evaluations")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
-    print(f"run: {args.out} (summary.json has the SMC counts)")
+    print(format_run(summary, args.out))
+    print(f"summary: {Path(args.out) / 'summary.json'} (all SMC counts)")
     return 0
 
 

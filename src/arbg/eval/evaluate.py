@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ from arbg.eval.report import (
 from arbg.eval.tica import TicaFit, fit_tica, tica_features, tica_project
 from arbg.eval.w2 import estimate_ot_seconds, n_nonfinite
 from arbg.reweight import (
+    check_weights,
     kish_ess,
     multinomial_resample,
     normalize_log_weights,
@@ -415,6 +417,15 @@ def evaluate_samples(
     if log_w_raw is not None:
         metrics["ess_unbiased"] = float(kish_ess(np.asarray(log_w_raw, dtype=np.float64)))
         metrics["pareto_k"] = psis(np.asarray(log_w_raw, dtype=np.float64)).pareto_k
+    distinct = metrics.get("unique_resampled", {}).get("values") or [None]
+    check = check_weights(
+        log_w if log_w_raw is None else log_w_raw,
+        log_w,
+        None if distinct[0] is None else int(min(distinct)),
+        what="importance weights",
+    )
+    metrics["weight_check"] = check.to_dict()
+    metrics["warnings"] = check.warnings + worse_than_proposal(metrics)
     weights = np.exp(pop_lw)
     ref_weights = None if ref_lw is None else np.exp(normalize_log_weights(ref_lw))
     metrics["populations"] = compute_populations(
@@ -428,6 +439,28 @@ def evaluate_samples(
     )
     metrics["basin_table"] = basin_table(system, ref_x, positions, weights, ref_weights=ref_weights)
     return metrics
+
+
+#: the W2 metrics, their names with units
+W2_METRICS = {"e_w2": "E-W2 (kT)", "t_w2": "T-W2 (rad)", "tica_w2": "TICA-W2"}
+
+
+def worse_than_proposal(metrics: dict[str, Any]) -> list[str]:
+    """One sentence per W2 metric whose reweighted value is worse than the raw proposal's."""
+    out = []
+    for key, name in W2_METRICS.items():
+        ens = metrics.get("metrics", {})
+        prop = ens.get("proposal", {}).get(key, {}).get("mean")
+        rew = ens.get("reweighted_resampled", {}).get(key, {}).get("mean")
+        if prop is None or rew is None or not math.isfinite(prop):
+            continue
+        if not rew <= prop:
+            out.append(
+                f"reweighted {name} {rew:.4g} is worse than the raw proposal's {prop:.4g}: "
+                "the weights made it worse"
+            )
+            log.warning("%s", out[-1])
+    return out
 
 
 def population_log_weights(

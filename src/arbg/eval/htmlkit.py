@@ -25,6 +25,7 @@ table.kv td{text-align:left} table.kv td:first-child{font-weight:600;background:
 table table{margin:0} table table td{border-color:#ddd}
 img{max-width:100%%;border:1px solid #ddd;margin:4px 0}
 .summary{border:2px solid #446;border-radius:6px;padding:0.3em 1em;background:#f6f7fb}
+.warning{border:2px solid #b33;border-radius:6px;padding:0.2em 1em;background:#fdf1f1;color:#611}
 .ok{color:#185c18;font-weight:600} .bad{color:#a02020;font-weight:600}
 .note{color:#555;font-size:90%%}
 """

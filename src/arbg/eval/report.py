@@ -479,6 +479,10 @@ def summary_html(metrics: Mapping[str, Any], context: Mapping[str, Any]) -> str:
         parts.append(table(head, rows))
         parts.append("<ul>" + "".join(sentences) + "</ul>")
     parts.append(_efficiency_sentence(metrics, md_budget))
+    warnings = metrics.get("warnings") or []
+    if warnings:
+        items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+        parts.append(f'<div class="warning"><b>Warnings</b><ul>{items}</ul></div>')
     parts.append("</div>")
     return "".join(parts)
 
@@ -701,40 +705,84 @@ def settings_html(metrics: Mapping[str, Any]) -> str:
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text table of E-W2 / T-W2 / TICA-W2 per ensemble."""
-    rows = [f"{'ensemble':24s} {'E-W2':>14s} {'T-W2':>14s} {'TICA-W2':>14s}"]
+    """The evaluation as plain-text tables with units (what ``arbg evaluate`` prints): W2 per
+    ensemble, the weights (clipped and unclipped ESS, Pareto k, distinct resampled
+    conformations), the reference, basin populations, and the warnings of the evaluation."""
+    rows = [f"{'ensemble':32s} " + " ".join(f"{n:>16s}" for n in METRIC_NAMES.values())]
     for name, vals in metrics.get("metrics", {}).items():
         cells = []
-        for key in ("e_w2", "t_w2", "tica_w2"):
+        for key in METRIC_NAMES:
             v = vals.get(key)
             if v is None:
-                cells.append(f"{'-':>14s}")
+                cells.append(f"{'-':>16s}")
             elif v.get("std") and len(v.get("values", [])) > 1:
-                cells.append(f"{v['mean']:7.3f}+-{v['std']:<5.3f}")
+                cells.append(f"{fmt(v['mean'], 4) + ' +- ' + fmt(v['std'], 2):>16s}")
             else:
-                cells.append(f"{v['mean']:14.3f}")
-        rows.append(f"{name:24s} " + " ".join(cells))
-    for key in ("ess", "unique_resampled", "n_eval"):
-        if key in metrics:
-            rows.append(f"{key}: {metrics[key]}")
+                cells.append(f"{fmt(v['mean'], 4):>16s}")
+        rows.append(f"{ENSEMBLE_NAMES.get(name, name):32s} " + " ".join(cells))
+    rows += ["", *format_weights(metrics)]
     if metrics.get("reference_weighted"):
         rows.append(
-            f"reference: weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
+            f"{'reference MD':32s} weighted ({metrics.get('reference_weight_mode')}), Kish ESS "
             f"{metrics.get('reference_ess', float('nan')):.1f} of "
             f"{metrics.get('n_reference_frames')} frames"
         )
     if metrics.get("weights"):
         w = metrics["weights"]
-        rows.append(f"W2 metrics: {w['w2_metrics']}; populations: {w['populations']}")
+        rows.append(f"{'W2 metrics use':32s} {w['w2_metrics']}")
+        rows.append(f"{'populations use':32s} {w['populations']}")
     if metrics.get("basin_table"):
-        rows.append(
-            f"{'residue':8s} {'basin':16s} {'reference MD':>16s} {'proposal':>9s} "
-            f"{'reweighted':>16s}"
-        )
+        rows += [
+            "",
+            f"{'residue':8s} {'basin':16s} {'reference MD':>18s} {'proposal':>9s} "
+            f"{'reweighted':>18s}  (populations, +- standard error)",
+        ]
         for r in metrics["basin_table"]:
             rows.append(
-                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:8.4f}+-"
+                f"{r['residue']:8s} {r['basin']:16s} {r['reference']:9.4f} +- "
                 f"{r['reference_se']:<6.4f} {r['proposal']:9.4f} "
-                f"{r['reweighted']:8.4f}+-{r['reweighted_se']:<6.4f}"
+                f"{r['reweighted']:9.4f} +- {r['reweighted_se']:<6.4f}"
             )
+    rows += [f"WARNING: {w}" for w in metrics.get("warnings", [])]
+    return "\n".join(rows)
+
+
+def format_weights(summary: Mapping[str, Any]) -> list[str]:
+    """How many proposals carry the weight, as text lines: clipped and unclipped ESS (labelled),
+    Pareto k and distinct resampled conformations, from a run's ``summary.json`` (its
+    ``weights`` entry) or an evaluation's ``metrics.json`` (``weight_check``)."""
+    w = summary.get("weight_check") or summary.get("weights") or {}
+    if "ess_clipped" not in w:
+        return []
+    n = w["n"]
+    lines = [
+        f"{'ESS (clipped weights)':32s} {w['ess_clipped']:10.1f} of {n} "
+        f"({100 * w['relative_ess_clipped']:.2f} %)",
+        f"{'ESS (unclipped weights)':32s} {w['ess_unclipped']:10.1f} of {n} "
+        f"({100 * w['relative_ess_unclipped']:.2f} %)",
+    ]
+    if w.get("pareto_k") is not None:
+        lines.append(f"{'Pareto k (PSIS; > 0.7 unreliable)':32s} {w['pareto_k']:10.2f}")
+    if w.get("n_distinct_resampled") is not None:
+        lines.append(f"{'distinct resampled conformations':32s} {w['n_distinct_resampled']:10d}")
+    return lines
+
+
+def format_run(summary: Mapping[str, Any], run_dir: str | Path) -> str:
+    """A sampling or SMC run's ``summary.json`` as a text table with units (what ``arbg
+    sample`` and ``arbg smc`` print), ending with its warnings."""
+    method = "twisted SMC" if summary.get("method") == "twisted_smc" else "SNIS"
+    rows = [
+        f"run {run_dir}: {summary['n_samples']} samples ({method}, tau {summary.get('tau')})",
+        *format_weights(summary),
+        f"{'energy evaluations':32s} {summary.get('energy_evaluations', 0):10d}",
+        f"{'wrong chirality (weight zero)':32s} {summary.get('n_chirality_wrong', 0):10d}",
+        f"{'non-finite energy (weight zero)':32s} {summary.get('n_nonfinite_energy', 0):10d}",
+    ]
+    if method == "twisted SMC":
+        rows.append(
+            f"{'populations x particles':32s} {summary.get('repeats')} x "
+            f"{summary.get('n_particles')}, {summary.get('n_resampling_events', 0)} resamplings"
+        )
+    rows += [f"WARNING: {w}" for w in summary.get("warnings", [])]
     return "\n".join(rows)

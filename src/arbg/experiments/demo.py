@@ -51,7 +51,7 @@ from arbg.chem.md import MDConfig, contiguous_splits, load_md_frames, load_md_lo
 from arbg.chem.systems import build_system
 from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.cost import cost_floor, md_cost_curve
-from arbg.eval.evaluate import EvaluateConfig, evaluate_run, load_run
+from arbg.eval.evaluate import EvaluateConfig, evaluate_run, load_run, worse_than_proposal
 from arbg.eval.plots import plot_cost_curve
 from arbg.files import atomic_write_json
 from arbg.sampling.config import SampleConfig
@@ -569,13 +569,10 @@ def result_summary(metrics: dict[str, Any]) -> dict[str, Any]:
         (label, _mean(metrics, "proposal", k), _mean(metrics, rw, k), _mean(metrics, "md_floor", k))
         for k, label in W2_KEYS
     ]
-    flags = []
-    for label, prop, rew, _ in rows:
-        if math.isfinite(prop) and not rew <= prop:
-            flags.append(
-                f"reweighted {label} {rew:.3g} is worse than the raw proposal's {prop:.3g}"
-            )
-    if not frac >= ESS_FLAG_FRACTION:
+    # the evaluation's own warnings (arbg.eval.evaluate: weight collapse, Pareto k, too few
+    # distinct conformations, reweighted metrics worse than the proposal's)
+    flags = list(metrics.get("warnings") or worse_than_proposal(metrics))
+    if not frac >= ESS_FLAG_FRACTION and not any("collapsed" in f for f in flags):
         flags.append(
             f"SNIS ESS {ess:.1f} of {n} proposals ({100 * frac:.2f}%) is below "
             f"{100 * ESS_FLAG_FRACTION:g}%: the reweighted ensemble rests on a few samples"
@@ -598,12 +595,15 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
         lines.append(f"{label:<12s} {prop:10.4g} {rew:11.4g} {floor:10.4g}")
     unique = summary.get("unique_resampled")
     lines.append(
-        f"SNIS ESS {summary['ess']:.1f} of {summary['n_proposals']} "
+        f"SNIS ESS (clipped weights) {summary['ess']:.1f} of {summary['n_proposals']} "
         f"({100 * summary['ess_fraction']:.2f}%)"
         + (f"; {unique:.0f} distinct conformations resampled" if unique is not None else "")
     )
     if summary["flags"]:
         lines += [f"WARNING: {f}" for f in summary["flags"]]
     else:
-        lines.append("checks passed: reweighting improves on the proposal, ESS >= 1%")
+        lines.append(
+            "checks passed: reweighting improves on the proposal, ESS >= 1%, Pareto k <= 0.7, "
+            ">= 10 distinct conformations"
+        )
     return lines

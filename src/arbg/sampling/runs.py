@@ -194,7 +194,11 @@ def _check_extends(out: Path, old: dict[str, Any], seeds: list[int], head: dict)
     used = set(old["summary"]["seeds"]) | {int(v) for v in np.unique(old["arrays"]["seed"])}
     dup = sorted(set(seeds) & used)
     if dup:
-        raise ValueError(f"{out}: seed(s) {dup} already used (used: {sorted(used)})")
+        free = max(used) + 1
+        raise ValueError(
+            f"{out}: seed(s) {dup} already used (used: {sorted(used)}); add samples with another "
+            f"seed (--seed {free}) or write to a new --out"
+        )
     s_old = old["summary"]
     for key in ("tau", "chirality", "checkpoint", "n_atoms", "system"):
         if s_old.get(key) != head[key]:
