@@ -277,3 +277,28 @@ def test_early_stopping_on_patience_and_resume_stays_stopped(tmp_path):
     again = Trainer(ds, tmp_path / "p", cfg, progress=False)
     again.run()
     assert again.step == 8  # a resumed early-stopped run does not train on
+
+
+def test_trainer_state_loads_without_running_code(tmp_path):
+    """trainer_state.pt is read with weights_only=True: a pickle that would run code is refused
+    with a message naming the file (the checksums only prove the files match each other)."""
+    import pickle
+
+    from arbg.train.checkpoints import (
+        TRAINER_STATE_FILE,
+        CheckpointIntegrityError,
+        write_checksums,
+    )
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    with open(ck / TRAINER_STATE_FILE, "wb") as f:
+        pickle.dump({"step": 1, "payload": Evil()}, f)
+    write_checksums(ck)
+    with pytest.raises(CheckpointIntegrityError, match="trainer_state.pt: holds objects"):
+        load_trainer_state(ck)

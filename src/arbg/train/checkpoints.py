@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -507,7 +508,13 @@ def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
     if not f.exists():
         return None
     verify_checkpoint(path)
-    return torch.load(f, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: a checkpoint from elsewhere cannot run code here
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointIntegrityError(
+            f"{f}: holds objects other than tensors and plain values, refused (loading it could "
+            f"run code): {' '.join(str(e).split())[:200]}"
+        ) from e
 
 
 # --------------------------------------------------------------------------------------------------

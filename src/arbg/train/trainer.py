@@ -450,7 +450,8 @@ class Trainer:
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
+                # as tensors and plain numbers: trainer_state.pt loads with weights_only=True
+                "numpy": _numpy_state_as_tensors(np.random.get_state()),
                 "python": random.getstate(),
             },
         }
@@ -486,7 +487,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
+        name, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
         random.setstate(rng["python"])
         old = st.get("train_config", {})
         changed = {
@@ -658,3 +660,16 @@ def train(
     init_distributed()
     with locked_output(out_dir, wait=wait):
         return Trainer(dataset, out_dir, config or TrainConfig(), progress=progress).run()
+
+
+def _numpy_state_as_tensors(state: tuple) -> tuple:
+    """``numpy.random.get_state()`` with its key array as a tensor (loadable with
+    ``torch.load(weights_only=True)``)."""
+    name, keys, pos, has_gauss, cached = state
+    return (
+        str(name),
+        torch.from_numpy(np.asarray(keys).copy()),
+        int(pos),
+        int(has_gauss),
+        float(cached),
+    )
