@@ -1,4 +1,4 @@
-"""Process settings for CPU speed: glibc's malloc thresholds.
+"""Process settings for CPU speed: glibc's malloc thresholds and the intra-op thread count.
 
 PyTorch on the CPU allocates its tensors with ``malloc``. glibc serves a block above its mmap
 threshold (128 kB at start, raised at run time up to 32 MB as large blocks are freed) with a
@@ -13,6 +13,14 @@ keeps such blocks on the heap, where they are reused step after step.
 :func:`tune_malloc` is called by the ``arbg`` command at start; the Python API leaves the
 process as it is (call it yourself). Setting ``MALLOC_MMAP_THRESHOLD_`` in the environment, or
 ``ARBG_NO_MALLOC_TUNING=1``, leaves malloc alone.
+
+Threads: PyTorch starts one intra-op thread per core. When another process keeps some cores
+busy, its threads wait for each other at every operation (OpenMP barriers) and a sampler that
+makes thousands of small operations per batch slows down by an order of magnitude: the tiny
+sampler fell from 153 to 11 samples/s on 2 cores with one core busy, where one thread kept
+153/s. :func:`fit_threads` (called by the ``arbg`` command) caps the intra-op threads at the
+cores that are free by the load average; ``OMP_NUM_THREADS``, ``ARBG_THREADS`` or a
+``torch.set_num_threads`` of your own are left alone.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["tune_malloc"]
+__all__ = ["fit_threads", "free_cores", "tune_malloc"]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +61,33 @@ def tune_malloc(mmap_threshold_mb: int = 64, trim_threshold_mb: int = 256) -> bo
         "set" if ok else "refused",
     )
     return ok
+
+
+def free_cores(load: float | None = None) -> int:
+    """Cores this process may use that other processes do not keep busy: the cores of its
+    affinity mask minus the 1-minute load average (rounded), at least 1."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # pragma: no cover (no load average)
+            return n
+    return max(1, min(n, n - int(round(load))))
+
+
+def fit_threads(load: float | None = None) -> int | None:
+    """Cap torch's intra-op threads at :func:`free_cores`; returns the new count, or None when
+    nothing changed (``ARBG_THREADS`` sets the count itself; ``OMP_NUM_THREADS`` leaves it)."""
+    import torch
+
+    if os.environ.get("ARBG_THREADS"):
+        n = max(1, int(os.environ["ARBG_THREADS"]))
+    elif os.environ.get("OMP_NUM_THREADS"):
+        return None
+    else:
+        n = min(torch.get_num_threads(), free_cores(load))
+    if n == torch.get_num_threads():
+        return None
+    torch.set_num_threads(n)
+    log.info("threads: %d intra-op thread(s) (cores free by the load average)", n)
+    return n

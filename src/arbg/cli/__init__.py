@@ -23,7 +23,7 @@ from arbg.cli._model import add_model_commands
 from arbg.cli.configargs import config_from_args
 from arbg.cli.flags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, Engine, open_engine, use_engine
-from arbg.runtime import tune_malloc
+from arbg.runtime import fit_threads, tune_malloc
 
 __all__ = ["build_parser", "main"]
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    fit_threads()  # no more intra-op threads than free cores (arbg.runtime)
     try:
         if getattr(args, "device", None) is not None:  # e.g. cuda on a CPU-only torch: one line
             checks.device("--device", args.device)
