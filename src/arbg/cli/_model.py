@@ -18,6 +18,7 @@ from arbg.experiments.tuning import TuneConfig, format_tune_rows, tune_temperatu
 from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.sampling.config import SampleConfig, SMCConfig
+from arbg.sampling.finetune import FinetuneConfig, finetune_checkpoint
 from arbg.sampling.runs import run_sampling, run_smc
 from arbg.sampling.sampler import resolve_batch_size
 from arbg.train.checkpoints import load_checkpoint
@@ -80,6 +81,20 @@ def cmd_smc(args: argparse.Namespace) -> int:
     summary = run_smc(ck, args.out, cfg, wait=args.wait)
     print(format_run(summary, args.out))
     print(f"summary: {Path(args.out) / 'summary.json'} (all SMC counts)")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = config_from_args(FinetuneConfig, args)
+    data = load_dataset(args.data, topology=args.topology)
+    res = finetune_checkpoint(args.checkpoint, data, args.out, cfg, wait=args.wait)
+    for r in res["log"]:
+        print(
+            f"round {r['round']:3d}: ESS {r['ess_unclipped']:8.1f} unclipped of "
+            f"{cfg.samples_per_round}, beta {r['beta']:.3f}, mean u {r['mean_u']:9.2f} kT, "
+            f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f} nats/coordinate"
+        )
+    print(f"checkpoints: {res['best']} (best ESS), {res['last']} (resume point)")
     return 0
 
 
@@ -158,6 +173,17 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     add_config_args(s, SMCConfig)
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
+
+    s = sub.add_parser(
+        "finetune",
+        help="energy-aware fine-tuning on the model's own reweighted samples (resumable)",
+    )
+    s.add_argument("checkpoint", help="a trained single-system checkpoint")
+    s.add_argument("data", help="its MD training data (mixed in: --data-fraction)")
+    s.add_argument("--topology", help="PDB for array/trajectory data")
+    s.add_argument("--out", required=True, help="directory for best/, last/ and the log")
+    add_config_args(s, FinetuneConfig)
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
     s.add_argument("checkpoint")

@@ -31,14 +31,15 @@ def arg_checks() -> dict[str, object]:
         "batch_size bias_grid bias_residues bound_frames chunk_frames cond_heads cond_layers "
         "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
         "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers "
-        "eval_batch eval_frames log_every ns_steps stop_after_steps train_steps grad_accum"
+        "eval_batch eval_frames log_every ns_steps stop_after_steps train_steps grad_accum rounds "
+        "samples_per_round steps_per_round"
     ).split():
         table[dest] = pos_int
     for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed"):
         table[dest] = nonneg_int
     for dest in (
         "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
-        "lr_adamw lr_muon max_minutes ns test_ns train_minutes train_ns reference_ns peak_tflops"
+        "lr lr_adamw lr_muon max_minutes ns test_ns train_minutes train_ns reference_ns peak_tflops"
     ).split():
         table[dest] = pos
     for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay", "min_nll_gain"):
@@ -65,6 +66,8 @@ def arg_checks() -> dict[str, object]:
         momentum_muon=_checked(c.in_range, float, 0.0, 1.0, False, True),
         warmup_frac=_checked(c.in_range, float, 0.0, 1.0, False, True),
         reprobe_speedup=_checked(c.in_range, float, 1.0, 1000.0),
+        data_fraction=_checked(c.in_range, float, 0.0, 1.0),
+        min_relative_ess=_checked(c.in_range, float, 0.0, 1.0, True),
     )
     return table
 
@@ -84,7 +87,17 @@ def apply_arg_checks(parser: argparse.ArgumentParser) -> None:
             action.type = check
 
 
-WAIT_COMMANDS = ("md", "corpus", "train", "train-transferable", "sample", "smc", "evaluate", "demo")
+WAIT_COMMANDS = (
+    "md",
+    "corpus",
+    "train",
+    "train-transferable",
+    "finetune",
+    "sample",
+    "smc",
+    "evaluate",
+    "demo",
+)
 
 
 def add_wait_args(sub: argparse._SubParsersAction) -> None:
