@@ -133,3 +133,23 @@ def test_finetune_refuses_bad_settings(chain, tmp_path):
         finetune(_model(std, binning), binning, std, target, None, tmp_path, FinetuneConfig())
     with pytest.raises(ValueError, match="--lr"):
         FinetuneConfig(lr=0.0).check()
+
+
+def test_cli_finetune_writes_loadable_checkpoints(tmp_path, capsys):
+    """`arbg finetune` on the shipped aldp model (one small round; the shipped reference frames
+    stand in for training data here): best/ and last/ load as checkpoints and sample."""
+    from pathlib import Path
+
+    from arbg.cli import main
+    from arbg.train.checkpoints import load_checkpoint
+
+    assets = Path(__file__).resolve().parents[1] / "src" / "arbg" / "assets" / "aldp"
+    out = tmp_path / "ft"
+    argv = ["finetune", str(assets / "checkpoint"), str(assets / "reference.npz")]
+    argv += ["--out", str(out), "--rounds", "1", "--samples-per-round", "64"]
+    assert main([*argv, "--steps-per-round", "2", "--batch-size", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "round   1: ESS" in text and "nats/coordinate" in text
+    for name in ("best", "last"):
+        ck = load_checkpoint(out / name)
+        assert ck.training["finetune"]["ess_unclipped"] > 0

@@ -91,7 +91,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for r in res["log"]:
         print(
             f"round {r['round']:3d}: ESS {r['ess_unclipped']:8.1f} unclipped of "
-            f"{cfg.samples_per_round}, beta {r['beta']:.3f}, mean u {r['mean_u']:9.2f} kT, "
+            f"{cfg.samples_per_round}, beta {r['beta']:.3f}, median u {r['median_u']:9.2f} kT, "
             f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f} nats/coordinate"
         )
     print(f"checkpoints: {res['best']} (best ESS), {res['last']} (resume point)")

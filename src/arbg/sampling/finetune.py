@@ -257,10 +257,10 @@ def _run(model, binning, standardization, target, data_bins, out, cfg, system, f
         _save(out / "last", model, binning, standardization, system, _info(row), state)
         _append_log(out, row)
         logger.info(
-            "finetune round %d/%d: ESS %.1f unclipped of %d, beta %.3f, mean u %.2f kT, "
+            "finetune round %d/%d: ESS %.1f unclipped of %d, beta %.3f, median u %.2f kT, "
             "loss %.4f -> %.4f",
             *(r + 1, cfg.rounds, row["ess_unclipped"], cfg.samples_per_round, beta),
-            *(row["mean_u"], losses[0], losses[-1]),
+            *(row["median_u"], losses[0], losses[-1]),
         )
         if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
             logger.info("finetune: --max-minutes reached after round %d; re-run to resume", r + 1)
@@ -291,7 +291,7 @@ def _draw_and_weigh(model, binning, standardization, target, cfg, r, feats):
     row = {
         "ess_unclipped": float(kish_ess(log_w)),
         "n_zero_weight": int((~ok).sum()),
-        "mean_u": float(np.mean(u[ok])),
+        "median_u": float(np.median(u[ok])),
         "mean_log_q": float(np.mean(batch.log_q[ok])),
     }
     return row, torch.as_tensor(batch.bins).long(), log_w
