@@ -281,3 +281,16 @@ def test_gpu_check_layouts_match_the_systems(aldp):
     assert [tuple(b) for b in d["residue_blocks"]] == [tuple(b) for b in aldp.residue_blocks]
     assert tuple(d["gauge_atoms"]) == tuple(aldp.gauge_atoms)
     assert (N_ATOM_TYPES, N_RESIDUE_TYPES) == (88, 29)  # the vocabularies gpu_check assumes
+
+
+def test_progress_bar_counts_whole_samples_without_overshoot(capsys):
+    """The bar counts tokens in integers shown as samples: it ends at exactly n/n, with no
+    tqdm 'clamping frac' warning (float ticks used to overshoot the total)."""
+    import warnings
+
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample_bins(model, 37, 1.0, torch.Generator().manual_seed(0), batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "37/37" in err and "clamping" not in err

@@ -220,21 +220,27 @@ def sample_bins(
         generator = torch.Generator(device=dev).manual_seed(0)
     out_bins, out_lp, out_val = [], [], []  # per chunk, on the CPU
     decoder: Decoder | None = None
-    # the bar moves token by token (a batch takes minutes on a loaded CPU), redrawn every 2 s
-    fmt = "{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}, {rate_fmt}]"
+    # the bar counts tokens (a batch takes minutes on a loaded CPU) in integers, shown as
+    # samples (unit_scale 1/T): no float drift past the total; redrawn every 2 s
     with tqdm(
-        total=n, disable=not progress, desc="sampling", unit="sample", bar_format=fmt, mininterval=2
+        total=n * T,
+        disable=not progress,
+        desc="sampling",
+        unit="sample",
+        unit_scale=1.0 / max(T, 1),
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]",
+        mininterval=2,
     ) as bar:
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
             if decoder is None or decoder.B != b or f.axis.dim() == 2:  # one per chunk size
                 decoder = Decoder(model, b, _rows(f, s, s + b), tau, dtype)
-            bins, lp, val = decoder.run(generator, tick=bar.update if progress else None)
+            tick = (lambda _, b=b: bar.update(b)) if progress else None
+            bins, lp, val = decoder.run(generator, tick=tick)
             out_bins.append(bins.cpu())
             out_lp.append(lp.cpu())
             if val is not None:
                 out_val.append(val.cpu())
-            bar.n = s + b  # exact count (no float drift)
     if not out_bins:
         values = torch.empty(0, T, dtype=torch.float64) if model.head.continuous else None
         return torch.empty(0, T, dtype=torch.long), torch.empty(0, dtype=torch.float64), values
