@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_transferable import ASSET, COND, _cfg
@@ -41,7 +42,11 @@ def test_zero_shot_table_resume_and_errors(trained, tmp_path):
     test = corpus.splits["test"]
     assert [r["sequence"] for r in res["rows"]] == test and res["seen_in_training"] == []
     for r in res["rows"]:
-        assert 1.0 <= r["ess"] <= 300 and r["energy_evaluations"] == 300
+        assert r["energy_evaluations"] == 300
+        # the row's ESS is the Kish ESS of the run's stored (clipped, normalised) weights
+        with np.load(tmp_path / "zs" / r["sequence"] / "samples.npz") as f:
+            w = np.exp(f["log_w"])
+        assert r["ess"] == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-9)
         assert r["md_matched_frames"] == 3  # 300 MD steps at 100 steps per frame
         for ens in ("proposal", "reweighted_resampled", "md_floor", "md_matched"):
             assert r[ens]["t_w2"] >= 0.0, (ens, r)
@@ -109,3 +114,27 @@ def test_cli_zero_shot(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"| {seq} |" in out and "mean over 1 sequences" in out
     assert (tmp_path / "cli" / "table.html").exists()
+
+
+def test_zero_shot_summary_says_worse_and_collapsed():
+    """Issue 27: 'T-W2 0.456 -> 1.086' read like success; now it says worse, and the collapse."""
+    from arbg.experiments.zeroshot import zero_shot_summary
+
+    def row(seq, ess, warnings):
+        return {"sequence": seq, "ess": ess, "warnings": warnings}
+
+    result = {
+        "rows": [
+            row("WF", 1.0, ["importance weights collapsed: ESS 1.0 of 300 clipped"]),
+            row("YK", 1.0, ["importance weights collapsed: ESS 1.0 of 500 clipped"]),
+        ],
+        "mean": {
+            "proposal": {"e_w2": 5.34e10, "t_w2": 0.456},
+            "reweighted_resampled": {"e_w2": 343.798, "t_w2": 1.086},
+        },
+    }
+    lines = zero_shot_summary(result).splitlines()
+    assert "E-W2 (kT)" in lines[0] and "(better)" in lines[0]
+    assert "T-W2 (rad) 0.456 -> 1.086 (WORSE than the proposal)" in lines[0]
+    assert lines[1].startswith("WARNING: the weights collapsed for 2 of 2 sequences")
+    assert any(x.startswith("WARNING: YK: importance weights collapsed") for x in lines)

@@ -97,7 +97,8 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
         args.checkpoint, args.corpus, args.out, config_from_args(ZeroShotConfig, args)
     )
     print((Path(args.out) / "table.md").read_text())
-    print(f"{zero_shot_summary(result)}; table in {args.out}/table.md")
+    print(zero_shot_summary(result))
+    print(f"table: {Path(args.out) / 'table.md'}")
     return 0
 
 

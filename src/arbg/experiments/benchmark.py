@@ -402,6 +402,12 @@ def _method_rows(models: dict[str, dict[str, Any]], cfg: BenchmarkConfig) -> lis
                 row[key] = stats([_metric(r[variant], key) for r in recs])
             if variant == "_mt":
                 row["taus"] = [r["tune"]["best_tau"] for r in recs]
+            # the evaluation's checks (arbg.eval.evaluate): collapsed weights, worse metrics
+            row["warnings"] = [
+                f"seed {s}: {w}"
+                for s, r in zip(cfg.seeds, recs, strict=True)
+                for w in r[variant].get("warnings", [])
+            ]
             rows.append(row)
     return rows
 
@@ -450,6 +456,7 @@ def _notes(
         f"{floor['e_w2']['mean']:.3f}, T-W2 {floor['t_w2']['mean']:.3f}.",
         "Best value per column in bold, second best underlined.",
     ]
+    notes += [f"WARNING {r['method']}, {w}" for r in rows for w in r.get("warnings", [])]
     if command:
         notes.append(f"Command: {command}")
     return notes

@@ -123,6 +123,7 @@ def evaluate_sequence(
     for ens in ENSEMBLES:
         row[ens] = {k: metrics["metrics"][ens][k]["mean"] for k in METRICS}
     row["md_matched"] = {"e_w2": md["e_w2"]["mean"], "t_w2": md["t_w2"]["mean"], "tica_w2": None}
+    row["warnings"] = list(metrics.get("warnings", []))  # arbg.eval.evaluate's checks
     return row
 
 
@@ -315,10 +316,23 @@ def _notes(ckpt: Path, corpus_dir: str | Path, cfg: ZeroShotConfig, seen: list[s
 
 
 def zero_shot_summary(result: dict[str, Any]) -> str:
-    """One line: mean proposal -> reweighted E-W2 and T-W2 over the evaluated sequences."""
+    """The closing lines: mean proposal -> reweighted E-W2 and T-W2 over the evaluated
+    sequences, each said better or worse, then every sequence's warnings (collapsed weights,
+    metrics made worse by the weights)."""
     m = result["mean"]
-    return (
-        f"mean over {len(result['rows'])} sequences: E-W2 {_fmt(m['proposal']['e_w2'])} -> "
-        f"{_fmt(m['reweighted_resampled']['e_w2'])}, T-W2 {_fmt(m['proposal']['t_w2'])} -> "
-        f"{_fmt(m['reweighted_resampled']['t_w2'])}"
-    )
+    parts = []
+    for key, name in (("e_w2", "E-W2 (kT)"), ("t_w2", "T-W2 (rad)")):
+        prop, rew = m["proposal"][key], m["reweighted_resampled"][key]
+        verdict = "better" if rew <= prop else "WORSE than the proposal"
+        parts.append(f"{name} {_fmt(prop)} -> {_fmt(rew)} ({verdict})")
+    lines = [f"mean over {len(result['rows'])} sequences: " + ", ".join(parts)]
+    collapsed = [r for r in result["rows"] if any("collapsed" in w for w in r.get("warnings", []))]
+    if collapsed:
+        ess = ", ".join(f"{r['sequence']} {r['ess']:.1f}" for r in collapsed)
+        lines.append(
+            f"WARNING: the weights collapsed for {len(collapsed)} of {len(result['rows'])} "
+            f"sequences (clipped ESS: {ess}): their reweighted metrics rest on a few samples"
+        )
+    for r in result["rows"]:
+        lines += [f"WARNING: {r['sequence']}: {w}" for w in r.get("warnings", [])]
+    return "\n".join(lines)
