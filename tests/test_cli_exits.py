@@ -28,3 +28,22 @@ def test_verbose_on_either_side_of_the_subcommand():
     assert p.parse_args(["-v", "system", "aldp"]).verbose is True
     assert p.parse_args(["system", "aldp", "-v"]).verbose is True
     assert p.parse_args(["system", "aldp"]).verbose is False
+
+
+def test_unsigned_checkpoint_refused_until_signed_by_its_owner(tmp_path, capsys):
+    """No checksums.json: refused (an edited std or temperature would load in silence), and the
+    message names the explicit opt-in, `arbg sign-checkpoint`."""
+    import shutil
+
+    from arbg.train.checkpoints import CheckpointIntegrityError, load_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(ASSET, ck)
+    (ck / "checksums.json").unlink()
+    with pytest.raises(CheckpointIntegrityError, match="sign-checkpoint"):
+        load_checkpoint(ck)
+    assert main(["sample", str(ck), "--n", "2", "--out", str(tmp_path / "r")]) == 2
+    assert "arbg sign-checkpoint" in capsys.readouterr().err
+    assert main(["sign-checkpoint", str(ck)]) == 0
+    assert load_checkpoint(ck).model is not None
+    assert main(["sign-checkpoint", str(ck)]) == 2  # signed already

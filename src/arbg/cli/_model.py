@@ -21,7 +21,7 @@ from arbg.sampling.config import SampleConfig, SMCConfig
 from arbg.sampling.finetune import FinetuneConfig, finetune_checkpoint
 from arbg.sampling.runs import run_sampling, run_smc
 from arbg.sampling.sampler import resolve_batch_size
-from arbg.train.checkpoints import load_checkpoint
+from arbg.train.checkpoints import load_checkpoint, sign_checkpoint
 from arbg.train.config import TrainConfig
 from arbg.train.trainer import train
 from arbg.train.transferable import train_transferable
@@ -95,6 +95,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             f"loss {r['loss_first']:.4f} -> {r['loss_last']:.4f} nats/coordinate"
         )
     print(f"checkpoints: {res['best']} (best ESS), {res['last']} (resume point)")
+    return 0
+
+
+def cmd_sign_checkpoint(args: argparse.Namespace) -> int:
+    sums = sign_checkpoint(args.checkpoint)
+    print(f"signed {args.checkpoint}: sha256 of {len(sums)} files in checksums.json")
     return 0
 
 
@@ -184,6 +190,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="directory for best/, last/ and the log")
     add_config_args(s, FinetuneConfig)
     s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser(
+        "sign-checkpoint",
+        help="write checksums.json for a checkpoint of your own that has none (loading refuses "
+        "unsigned checkpoints)",
+    )
+    s.add_argument("checkpoint")
+    s.set_defaults(func=cmd_sign_checkpoint)
 
     s = sub.add_parser("tune-temperature", help="sweep tau on the validation block")
     s.add_argument("checkpoint")

@@ -250,9 +250,14 @@ def plot_tica_fes(
 
 
 def plot_log_weights(
-    target: Target, log_weights: np.ndarray, bins: int = 80, decades: float = 40.0
+    target: Target,
+    log_weights: np.ndarray,
+    bins: int = 80,
+    decades: float = 40.0,
+    kind: str = "unclipped",
 ) -> None:
-    """Histogram of normalized log10 importance weights, annotated with the Kish ESS.
+    """Histogram of normalized log10 importance weights, annotated with the Kish ESS (labelled
+    with ``kind``: which weights these are, e.g. "unclipped" or "clipped").
 
     Parameters
     ----------
@@ -276,7 +281,8 @@ def plot_log_weights(
         ax.set_xlabel("log10 normalized weight")
         ax.set_ylabel("count")
         ax.set_title(
-            f"Importance weights: N={lw.size}, ESS={ess:.1f} ({100 * ess / lw.size:.2f}%)\n"
+            f"Importance weights ({kind}): N={lw.size}, ESS ({kind})={ess:.1f} "
+            f"({100 * ess / lw.size:.2f}%)\n"
             f"zero={np.count_nonzero(~finite)}, below 1e-{decades:.0f} of max="
             f"{np.count_nonzero(~shown)}",
             fontsize=9,

@@ -293,7 +293,14 @@ def write_report(
         np.asarray(proposal_energies)[sub],
         weights=w,
     )
-    plots.plot_log_weights(add("log_weights.png", "Importance-weight distribution"), log_weights)
+    kind = {"unbiased": "unclipped", "clipped": "clipped", "psis": "Pareto-smoothed"}.get(
+        (metrics.get("weights") or {}).get("population_weights", "unbiased"), "unclipped"
+    )
+    plots.plot_log_weights(
+        add("log_weights.png", f"Importance-weight distribution ({kind} weights)"),
+        log_weights,
+        kind=kind,
+    )
     _ramachandran_figures(add, x_ref[sub_ref], x[sub], w, phi_indices, psi_indices, residue_labels)
     if backbone_indices is not None:
         feats_ref = tica_features(x_ref, backbone_indices, phi_indices, psi_indices, omega_indices)

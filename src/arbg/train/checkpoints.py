@@ -102,7 +102,8 @@ def verify_checkpoint(path: str | Path) -> None:
     if not (path / CHECKSUMS_FILE).exists():
         raise CheckpointIntegrityError(
             f"checkpoint {str(path)!r} has no {CHECKSUMS_FILE}: its files cannot be verified "
-            "(arbg writes one with every checkpoint); retrain or restore the checkpoint"
+            "(arbg writes one with every checkpoint); restore it, or if you made it yourself and "
+            f"trust its files, sign it: arbg sign-checkpoint {path}"
         )
     sums = read_json(path / CHECKSUMS_FILE, "checkpoint checksums")
     for name, digest in sums.items():
@@ -114,6 +115,23 @@ def verify_checkpoint(path: str | Path) -> None:
                 f"checkpoint {str(path)!r}: {name} was modified or corrupted after it was saved "
                 f"(sha256 differs from {CHECKSUMS_FILE}); retrain or restore the checkpoint"
             )
+
+
+def sign_checkpoint(path: str | Path) -> dict[str, str]:
+    """Write ``checksums.json`` for a checkpoint of one's own that lacks it (the explicit
+    opt-in: loading never skips the check). Refuses a directory that is not a checkpoint or
+    that is signed already; returns the recorded digests."""
+    path = Path(path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise CheckpointIntegrityError(f"{str(path)!r} is not a checkpoint: no {name}")
+    if (path / CHECKSUMS_FILE).exists():
+        raise CheckpointIntegrityError(
+            f"checkpoint {str(path)!r} is signed already ({CHECKSUMS_FILE}); nothing to do"
+        )
+    load_weights(path)  # readable, finite weights
+    read_config(path, verify=False)
+    return write_checksums(path)
 
 
 def load_weights(path: str | Path, name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
