@@ -180,3 +180,38 @@ def test_prefix_energy_matches_capped_fragment(name):
         assert ff is not None
         ref = direct_reduced_energy(s, frag[None], topology_pdb=buf.getvalue())
         np.testing.assert_allclose(u, ref, rtol=1e-5)
+
+
+def test_energies_count_openmm_failures_and_let_bugs_through(caplog):
+    """Issue 27: any exception became u = +inf in silence. An OpenMM error of one conformation
+    gives +inf and a warning with its count; any other exception is a bug and propagates."""
+    import openmm
+
+    from arbg.chem.energy import energies_kj
+
+    class Context:
+        def __init__(self, error):
+            self.error, self.i = error, 0
+
+        def setPositions(self, x):  # noqa: N802 (OpenMM's name)
+            self.i += 1
+            if self.i == 2:
+                raise self.error
+
+        def getState(self, **kw):  # noqa: N802
+            class State:
+                def getPotentialEnergy(self):  # noqa: N802
+                    class Q:
+                        _value = 1.5
+
+                    return Q()
+
+            return State()
+
+    x = np.zeros((3, 4, 3))
+    with caplog.at_level("WARNING"):
+        e = energies_kj(Context(openmm.OpenMMException("Particle coordinate is NaN")), x)
+    assert e.tolist() == [1.5, np.inf, 1.5]
+    assert "1 of 3 conformations raised an OpenMM error" in caplog.text
+    with pytest.raises(TypeError, match="a bug"):
+        energies_kj(Context(TypeError("a bug")), x)

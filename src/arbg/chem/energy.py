@@ -120,13 +120,24 @@ def energies_kj(context, x: np.ndarray, groups: set[int] | None = None) -> np.nd
     mask = -1 if groups is None else sum(1 << g for g in groups)  # OpenMM's int form, once
     if mask >= 1 << 31:  # OpenMM takes a signed 32-bit mask
         mask -= 1 << 32
+    import openmm
+
+    failed: list[str] = []
     for i in np.flatnonzero(np.isfinite(x).all(axis=(1, 2))).tolist():
         try:
             context.setPositions(x[i])
             state = context.getState(getEnergy=True, groups=mask)
             out[i] = state.getPotentialEnergy()._value  # always kJ/mol; skips unit conversion
-        except Exception:  # OpenMM raises on NaN coordinates/forces on some platforms
-            pass
+        except openmm.OpenMMException as e:  # a numerical failure of this conformation only;
+            failed.append(str(e))  # anything else is a bug and propagates
+    if failed:
+        log.warning(
+            "%d of %d conformations raised an OpenMM error (energy set to +inf, weight zero); "
+            "the first: %s",
+            len(failed),
+            len(x),
+            " ".join(failed[0].split())[:200],
+        )
     out[~np.isfinite(out)] = np.inf
     return out
 
