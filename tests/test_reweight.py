@@ -144,7 +144,7 @@ def test_check_weights_names_the_collapse():
 
     lw = rng.standard_normal(2000)
     lw[7] = 60.0  # one sample carries all the weight
-    bad = check_weights(lw, n_distinct=1, what="SNIS weights")
+    bad = check_weights(lw, lw, n_distinct=1, what="SNIS weights")
     assert bad.collapsed and bad.ess_unclipped == pytest.approx(1.0, abs=1e-6)
     text = "\n".join(bad.warnings)
     assert "SNIS weights collapsed: ESS 1.0 of 2000 clipped" in text
@@ -156,3 +156,13 @@ def test_check_weights_names_the_collapse():
     clipped = np.where(lw > 5, -np.inf, lw)
     both = check_weights(lw, clipped)
     assert both.ess_clipped > 100 * both.ess_unclipped
+
+
+def test_check_weights_of_unclipped_weights_says_so():
+    from arbg.reweight import check_weights
+
+    lw = np.zeros(200)
+    lw[0] = 50.0
+    text = "\n".join(check_weights(lw, what="SMC weights").warnings)
+    assert "SMC weights collapsed: ESS 1.0 of 200 (0.50%; unclipped weights)" in text
+    assert "clipped (" not in text

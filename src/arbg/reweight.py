@@ -579,7 +579,12 @@ def check_weights(
     if finite.sum() >= 20:
         with np.errstate(all="ignore"):
             k = float(psis(raw).pareto_k)
-    ess_text = f"ESS {ess_c:.1f} of {n} clipped ({ess_c / max(n, 1):.2%}), {ess_u:.1f} unclipped"
+    if log_w_clipped is None:  # e.g. SMC: its weights are never clipped
+        ess_text = f"ESS {ess_u:.1f} of {n} ({ess_u / max(n, 1):.2%}; unclipped weights)"
+    else:
+        ess_text = (
+            f"ESS {ess_c:.1f} of {n} clipped ({ess_c / max(n, 1):.2%}), {ess_u:.1f} unclipped"
+        )
     warnings = []
     if n and ess_c < COLLAPSE_RELATIVE_ESS * n:
         warnings.append(

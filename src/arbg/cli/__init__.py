@@ -24,6 +24,7 @@ from arbg.cli.configargs import config_from_args
 from arbg.cli.flags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, Engine, open_engine, use_engine
 from arbg.runtime import fit_threads, tune_malloc
+from arbg.sampling.smc import ParticlesExtinct
 
 __all__ = ["build_parser", "main"]
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             log.exception("details")
         print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except SimulationError as e:
+    except (SimulationError, ParticlesExtinct) as e:  # an outcome, not a bug: one line
         print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

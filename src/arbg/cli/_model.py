@@ -78,7 +78,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_smc(args: argparse.Namespace) -> int:
     cfg = config_from_args(SMCConfig, args)
     ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
-    summary = run_smc(ck, args.out, cfg, wait=args.wait)
+    summary = run_smc(ck, args.out, cfg, wait=args.wait, progress=not args.quiet)
     print(format_run(summary, args.out))
     print(f"summary: {Path(args.out) / 'summary.json'} (all SMC counts)")
     return 0
@@ -177,6 +177,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="run directory (new)")
     s.add_argument("--sequence", help="for transferable checkpoints only")
     add_config_args(s, SMCConfig)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_smc)
 

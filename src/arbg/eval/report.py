@@ -762,12 +762,16 @@ def format_weights(summary: Mapping[str, Any]) -> list[str]:
     if "ess_clipped" not in w:
         return []
     n = w["n"]
-    lines = [
-        f"{'ESS (clipped weights)':32s} {w['ess_clipped']:10.1f} of {n} "
-        f"({100 * w['relative_ess_clipped']:.2f} %)",
+    lines = []
+    if summary.get("method") != "twisted_smc":  # SMC weights are never clipped
+        lines.append(
+            f"{'ESS (clipped weights)':32s} {w['ess_clipped']:10.1f} of {n} "
+            f"({100 * w['relative_ess_clipped']:.2f} %)"
+        )
+    lines.append(
         f"{'ESS (unclipped weights)':32s} {w['ess_unclipped']:10.1f} of {n} "
-        f"({100 * w['relative_ess_unclipped']:.2f} %)",
-    ]
+        f"({100 * w['relative_ess_unclipped']:.2f} %)"
+    )
     if w.get("pareto_k") is not None:
         lines.append(f"{'Pareto k (PSIS; > 0.7 unreliable)':32s} {w['pareto_k']:10.2f}")
     if w.get("n_distinct_resampled") is not None:

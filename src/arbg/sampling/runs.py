@@ -405,6 +405,7 @@ def run_smc(
     config: SMCConfig | None = None,
     *,
     wait: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Autoregressive twisted SMC on a peptide, written as a run directory.
 
@@ -474,14 +475,17 @@ def run_smc(
             raise ValueError(
                 f"{out} already holds samples; SMC runs are not extended, use a new directory"
             )
-        results, bins = _populations(parts, system, config)
+        results, bins = _populations(parts, system, config, progress)
         return _write_smc_run(out, parts, system, config, results, bins, t0)
 
 
 def _populations(
-    parts: SamplerParts, system: Any, cfg: SMCConfig
+    parts: SamplerParts, system: Any, cfg: SMCConfig, progress: bool = False
 ) -> tuple[list[SMCResult], list[np.ndarray]]:
-    """``cfg.repeats`` twisted-SMC populations and the bins of their final particles."""
+    """``cfg.repeats`` twisted-SMC populations and the bins of their final particles (a tqdm
+    bar over the populations' atoms with ``progress``)."""
+    from tqdm.auto import tqdm
+
     model = parts.model if cfg.device is None else parts.model.to(cfg.device)
     dev = next(model.parameters()).device
     g_bins, g_off = make_generators(int(cfg.seed), dev)
@@ -490,22 +494,33 @@ def _populations(
     )
     rng = np.random.default_rng([int(cfg.seed), 1])
     results, bins = [], []
-    for r in range(int(cfg.repeats)):
-        res = twisted_smc(
-            proposal,
-            system,
-            int(cfg.n_particles),
-            rng,
-            resample=off_to_none(cfg.resample),
-            ess_threshold=cfg.ess_threshold,
-            early_reject_kt=cfg.early_reject_kt,
-            chirality=cfg.chirality,
-        )
-        results.append(res)
-        bins.append(proposal.last_bins)
-        logger.info(
-            "SMC population %d/%d: log Z %.3f, ESS %.1f", r + 1, cfg.repeats, res.log_z, res.ess
-        )
+    units = proposal.n_units
+    with tqdm(
+        total=int(cfg.repeats) * units,
+        disable=not progress,
+        desc="twisted SMC",
+        unit="population",
+        unit_scale=1.0 / units,
+        bar_format="{l_bar}{bar}| {n:.2f}/{total:.0f} [{elapsed}<{remaining}]",
+        mininterval=2,
+    ) as bar:
+        proposal.bar = bar
+        for r in range(int(cfg.repeats)):
+            res = twisted_smc(
+                proposal,
+                system,
+                int(cfg.n_particles),
+                rng,
+                resample=off_to_none(cfg.resample),
+                ess_threshold=cfg.ess_threshold,
+                early_reject_kt=cfg.early_reject_kt,
+                chirality=cfg.chirality,
+            )
+            results.append(res)
+            bins.append(proposal.last_bins)
+            logger.info(
+                "SMC population %d/%d: log Z %.3f, ESS %.1f", r + 1, cfg.repeats, res.log_z, res.ess
+            )
     return results, bins
 
 
@@ -616,6 +631,13 @@ class _RecordingProposal(TransformerProposal):
     """A :class:`TransformerProposal` that keeps the bins of the last finished population."""
 
     last_bins: np.ndarray
+    bar: Any = None  # a tqdm bar counting generated units (3 per atom), or None
+
+    def extend(self, state: ProposalState, n_coords: int) -> np.ndarray:
+        inc = super().extend(state, n_coords)
+        if self.bar is not None:
+            self.bar.update(int(n_coords))
+        return inc
 
     def finish(self, state: ProposalState) -> np.ndarray:
         self.last_bins = self.bins(state)  # [M, D] int64, final particle order
