@@ -152,7 +152,8 @@ def test_gauge_jacobian_against_analytic_gaussian() -> None:
 def test_gauge_record_round_trip_and_errors() -> None:
     st = _gauge_std()
     assert Standardization.from_dict(st.to_dict()) == st
-    assert Standardization.from_dict({"std_nm": 0.1, "n_atoms": 4}).frame == "centroid"
+    with pytest.raises(ValueError, match="lacks frame"):  # no shim for old records
+        Standardization.from_dict({"std_nm": 0.1, "n_atoms": 4})
     with pytest.raises(ValueError, match="gauge atoms"):
         Standardization(std_nm=0.1, n_atoms=4, frame="gauge", gauge_atoms=(0, 1, 1))
     with pytest.raises(ValueError, match="unknown frame"):

@@ -352,12 +352,15 @@ class Standardization:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Standardization:
-        """Inverse of :meth:`to_dict` (old records without ``frame`` are centroid frames)."""
+        """Inverse of :meth:`to_dict` (a record without ``frame`` is refused: no guessing)."""
+        missing = [k for k in ("std_nm", "n_atoms", "frame") if k not in d]
+        if missing:
+            raise ValueError(f"standardization record lacks {', '.join(missing)}: {d}")
         g = d.get("gauge_atoms")
         return cls(
             std_nm=float(d["std_nm"]),
             n_atoms=int(d["n_atoms"]),
-            frame=str(d.get("frame", "centroid")),
+            frame=str(d["frame"]),
             gauge_atoms=None if g is None else tuple(int(i) for i in g),
         )
 

@@ -86,7 +86,7 @@ class ModelConfig:
     head : str
         Output head, a key of :data:`arbg.nn.heads.HEADS`: ``"bins"`` (categorical over the bins,
         default), ``"mol"`` / ``"gmm"`` (discretized mixtures of logistics / Gaussians over the
-        bins), ``"givt"`` (continuous Gaussian mixture). Configs without it load as ``"bins"``.
+        bins), ``"givt"`` (continuous Gaussian mixture). A checkpoint without it is refused.
     rope : bool
         Rotary position embeddings (True) or a learned absolute position embedding (False).
     rope_base : float
