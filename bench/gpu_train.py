@@ -13,8 +13,8 @@ image has no OpenMM):
    EMA), evaluates the val NLL along the way and writes ``model.safetensors`` (the EMA or the
    raw weights, whichever has the lower final val NLL) and ``gpu_train.json`` (the learning
    curve: step, seconds, train loss, val NLL; throughput; the model config);
-3. here again: ``python bench/gpu_train.py package OUT --to CKPT`` makes it an arbg checkpoint (the system rebuilt from its preset, checksums), which ``arbg sample``
-   loads on the CPU.
+3. here again: ``python bench/gpu_train.py package OUT --to CKPT`` makes it an arbg
+   checkpoint (the system rebuilt from its preset, checksums), which ``arbg sample``
 
 ``--quick`` (train): a CPU smoke test of the code path (tiny preset, a 20-second budget, no
 compile), not a measurement.
