@@ -15,6 +15,7 @@ image has no OpenMM):
    curve: step, seconds, train loss, val NLL; throughput; the model config);
 3. here again: ``python bench/gpu_train.py package OUT --to CKPT`` makes it an arbg
    checkpoint (the system rebuilt from its preset, checksums), which ``arbg sample``
+   loads on the CPU.
 
 ``--quick`` (train): a CPU smoke test of the code path (tiny preset, a 20-second budget, no
 compile), not a measurement.
