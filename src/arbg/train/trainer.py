@@ -66,6 +66,7 @@ from arbg.nn.coordinates import (
     fit_standardization,
 )
 from arbg.nn.model import ARBG, ModelConfig
+from arbg.runtime import Interrupted, StopRequest, stop_signals
 from arbg.train.checkpoints import (
     copy_checkpoint,
     load_trainer_state,
@@ -301,9 +302,10 @@ class Trainer:
             _, loss = self.ddp(tokens, None, bins, logits=False)
         return loss
 
-    def _should_stop(self, t0: float, steps_done: int) -> bool:
+    def _should_stop(self, t0: float, steps_done: int, request: StopRequest | None = None) -> bool:
         cfg = self.cfg
         stop = cfg.stop_after_steps is not None and steps_done >= cfg.stop_after_steps
+        signalled = request is not None and request.signum is not None
         if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
             stop = True
         if cfg.patience is not None and self.evals_since_best >= cfg.patience:
@@ -314,12 +316,13 @@ class Trainer:
                     self.evals_since_best,
                 )
             self.early_stopped = stop = True
-        # rank 0's clock and evaluations decide
-        if self.world > 1 and (cfg.max_minutes is not None or cfg.patience is not None):
-            flag = torch.tensor([float(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+        # rank 0's clock and evaluations decide; a stop signal on any rank stops every rank
+        if self.world > 1:
+            own = float(stop) if self.rank == 0 else 0.0
+            flag = torch.tensor([own, float(signalled)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.max().item())
+        return stop or signalled
 
     def _eval_and_best(self) -> None:
         if self.rank == 0:
@@ -345,7 +348,22 @@ class Trainer:
                 self.evals_since_best += 1
 
     def run(self) -> Path:
-        """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``."""
+        """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``.
+
+        SIGTERM (a batch scheduler's stop) or a first Ctrl-C end the step in progress, save
+        ``last`` like a graceful stop, then raise :class:`arbg.runtime.Interrupted`.
+        """
+        with stop_signals() as request:
+            last = self._run(request)
+        if request.signum is not None:
+            raise Interrupted(
+                f"stopped by {request.name} at step {self.step}; checkpoint saved: {last} "
+                "(run the same command again to resume)",
+                request.signum,
+            )
+        return last
+
+    def _run(self, request: StopRequest) -> Path:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -392,7 +410,7 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._eval_and_best()
                 last_eval = self.step
-            stop = self._should_stop(t0, done)
+            stop = self._should_stop(t0, done, request)
             if (
                 cfg.checkpoint_every
                 and self.step % cfg.checkpoint_every == 0
@@ -402,7 +420,7 @@ class Trainer:
                 self.save("last")
                 last_saved = self.step
             if stop:
-                logger.info("stopping at step %d (time or step budget)", self.step)
+                logger.info("stopping at step %d (time or step budget, or a signal)", self.step)
                 break
         bar.close()
         if last_eval != self.step:

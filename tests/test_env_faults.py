@@ -1,0 +1,67 @@
+"""Issue 27, "honest at every exit": signals, changed data on resume, shared output directories,
+truncated MD chunks, full disks, non-ASCII paths, file modes, the compile fallback, EMA loading."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from test_train import synthetic_dataset
+
+from arbg.train.checkpoints import load_trainer_state
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _train_data(tmp_path: Path, n_frames: int = 120, seed: int = 0) -> tuple[Path, Path]:
+    ds = synthetic_dataset(n_frames=n_frames, seed=seed)
+    data = tmp_path / f"frames{seed}.npy"
+    np.save(data, ds.positions)
+    pdb = tmp_path / "aldp.pdb"
+    if not pdb.exists():
+        ds.system.save_pdb(pdb)
+    return data, pdb
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_like_ctrl_c(tmp_path):
+    """A batch scheduler's SIGTERM ends training with ``last`` saved at the step reached and
+    exit status 128 + 15, one line on stderr; running the command again resumes."""
+    data, pdb = _train_data(tmp_path)
+    out = tmp_path / "t"
+    argv = [sys.executable, "-m", "arbg.cli", "train", str(data), "--topology", str(pdb)]
+    argv += ["--out", str(out), "--preset", "tiny", "--steps", "100000", "--batch-size", "4"]
+    argv += ["--log-every", "1", "--eval-every", "0", "--checkpoint-every", "0", "--quiet"]
+    argv += ["--device", "cpu", "--eval-frames", "4"]
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if log.exists() and '"event": "train"' in log.read_text():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("arbg train:")]
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "checkpoint saved" in lines[0], err
+    assert "Traceback" not in err
+    state = load_trainer_state(out / "last")
+    assert state is not None and state["step"] >= 1
