@@ -3,6 +3,7 @@ truncated MD chunks, full disks, non-ASCII paths, file modes, the compile fallba
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,9 +12,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from test_train import synthetic_dataset
+import pytest
+from test_train import synthetic_dataset, tiny_config
 
+from arbg.chem.systems import build_system
+from arbg.data.datasets import Dataset
 from arbg.train.checkpoints import load_trainer_state
+from arbg.train.trainer import Trainer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -65,3 +70,43 @@ def test_sigterm_saves_a_checkpoint_and_exits_like_ctrl_c(tmp_path):
     assert "Traceback" not in err
     state = load_trainer_state(out / "last")
     assert state is not None and state["step"] >= 1
+
+
+def _cli(argv: list, capsys) -> tuple[int, str]:
+    from arbg.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def test_resume_with_other_data_preset_or_molecule_is_refused(tmp_path, capsys):
+    """The checkpoint records the data it was trained on; a resume with other data, another
+    --preset or another molecule is refused in one line naming the option."""
+    data, pdb = _train_data(tmp_path)
+    other, _ = _train_data(tmp_path, seed=1)
+    out = tmp_path / "t"
+    base = ["train", data, "--topology", pdb, "--out", out, "--device", "cpu", "--quiet"]
+    base += ["--batch-size", "4", "--eval-frames", "4", "--eval-every", "0"]
+    rc, err = _cli([*base, "--steps", "1"], capsys)
+    assert rc == 0, err
+    rec = json.loads((out / "last" / "config.json").read_text())["training"]["data"]
+    assert rec["n_frames"] == 120 and rec["source"] == str(data.resolve()) and rec["sha256"]
+    rc, err = _cli([*base, "--steps", "2", "--preset", "small"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--preset" in err, err
+    other_argv = [*base, "--steps", "2"]
+    other_argv[1] = other
+    rc, err = _cli(other_argv, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "data:" in err, err
+    assert str(other.resolve()) in err
+    # another molecule (library)
+    aaa = build_system("aaa", minimize=False)
+    rng = np.random.default_rng(0)
+    pos = aaa.positions[None] + 0.01 * rng.standard_normal((40, aaa.n_atoms, 3))
+    ds = Dataset(pos.astype(np.float32), aaa, {"train": [0, 32], "val": [32, 36], "test": [36, 40]})
+    with pytest.raises(ValueError, match="data:.*'aaa'"):
+        Trainer(ds, out, tiny_config(model_overrides={"head": "bins"}), progress=False)
+    rc, err = _cli([*base, "--steps", "2"], capsys)  # the same data resume
+    assert rc == 0, err

@@ -20,6 +20,7 @@ array, that array. Weights follow their frames through the splits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -113,6 +114,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def identity(self) -> dict:
+        """What identifies these frames (recorded by training, compared on resume): the source
+        path (resolved; informative), the frame count and a sha256 of the first and last frames,
+        the splits and the system's atom names."""
+        h = hashlib.sha256()
+        x = np.ascontiguousarray(self.positions, dtype=np.float32)
+        h.update(repr((x.shape, sorted(self.splits.items()))).encode())
+        if len(x):
+            h.update(x[0].tobytes())
+            h.update(x[-1].tobytes())
+        h.update(" ".join(getattr(self.system, "atom_names", [])).encode())
+        source = (self.metadata or {}).get("source")
+        return {
+            "source": str(Path(source).resolve()) if source else None,
+            "n_frames": int(len(x)),
+            "sha256": h.hexdigest(),
+        }
 
 
 def _bonds(system) -> np.ndarray | None:
@@ -292,7 +311,7 @@ def _load_md_dir(path: Path, system: PeptideSystem | str | None) -> Dataset:
         sys_ = build_system(SystemSpec.from_dict(meta["system"]))
     frames = check_frames(load_md_frames(path), sys_.n_atoms, str(path))
     splits = contiguous_splits(len(frames), _fractions(meta.get("splits"), meta))
-    ds = Dataset(frames, sys_, splits, meta, load_md_log_weights(path))
+    ds = Dataset(frames, sys_, splits, {**meta, "source": str(path)}, load_md_log_weights(path))
     if meta.get("log_weights"):
         log.info(
             "%s: weighted frames (sampled at %s K for %s K%s), Kish ESS %.1f of %d",

@@ -126,6 +126,8 @@ class Trainer:
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
         resume = load_trainer_state(self.out / "last")
+        if resume is not None:
+            self._check_resume(resume)
         if resume is None and self.rank == 0:  # a fresh start: records of a crashed one go
             (self.out / "train_log.jsonl").unlink(missing_ok=True)
         self._setup_data(resume)  # standardization, binning, training frames, self.D
@@ -171,6 +173,55 @@ class Trainer:
         self._prepare_eval()
 
     # ---- set-up hooks (overridden by arbg.train.transferable.TransferableTrainer)
+
+    def _data_identity(self) -> dict[str, Any] | None:
+        """What the model is trained on (:meth:`arbg.data.datasets.Dataset.identity`), recorded
+        in the checkpoint's training record and compared on resume."""
+        ident = getattr(self.dataset, "identity", None)
+        return ident() if callable(ident) else None
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        """Refuse, in one line naming the option, to resume ``out_dir/last`` with another
+        molecule, another model (``--preset``, ``--head``) or other data."""
+        last = self.out / "last"
+        stored = read_config(last)
+        where = f"--out {str(self.out)!r}"
+        rec = stored.get("system")
+        if isinstance(rec, dict) and self.system is not None:
+            name = rec.get("spec", {}).get("name")
+            if rec.get("n_atoms") != self.system.n_atoms or list(rec.get("atom_names", [])) != list(
+                self.system.atom_names
+            ):
+                raise ValueError(
+                    f"data: {where} holds a model of {name!r} ({rec.get('n_atoms')} atoms), the "
+                    f"data are {self.system.name!r} ({self.system.n_atoms} atoms); train another "
+                    "molecule in a new --out"
+                )
+        old = state.get("train_config", {})
+        flags = {"preset": "--preset", "model_overrides": "--head / --n-mixtures"}
+        for key, flag in flags.items():
+            new = self.cfg.to_dict().get(key)
+            if key in old and old[key] != new:
+                raise ValueError(
+                    f"{flag}: {where} was trained with {key} {old[key]!r}, not {new!r}; resume "
+                    "with the same value or train in a new --out"
+                )
+        was, now = stored.get("training", {}).get("data"), self._data_identity()
+        if (
+            was
+            and now
+            and (was.get("sha256"), was.get("n_frames"))
+            != (
+                now["sha256"],
+                now["n_frames"],
+            )
+        ):
+            raise ValueError(
+                f"data: {where} was trained on {was.get('source') or 'other data'} "
+                f"({was.get('n_frames')} frames), not {now.get('source') or 'these data'} "
+                f"({now['n_frames']} frames, other content); its standardization and bins fit "
+                "those data: resume with them or train in a new --out"
+            )
 
     def _setup_data(self, resume: dict[str, Any] | None) -> None:
         """Training frames, standardization and binning (fitted, or restored from ``last``)."""
@@ -642,6 +693,7 @@ class Trainer:
             "n_clipped_train": self.n_clipped,
             "world_size": self.world,
             "train_config": self.cfg.to_dict(),
+            "data": self._data_identity(),
         }
 
     def save(self, name: str = "last", with_state: bool = True) -> Path:
