@@ -110,3 +110,48 @@ def test_resume_with_other_data_preset_or_molecule_is_refused(tmp_path, capsys):
         Trainer(ds, out, tiny_config(model_overrides={"head": "bins"}), progress=False)
     rc, err = _cli([*base, "--steps", "2"], capsys)  # the same data resume
     assert rc == 0, err
+
+
+ASSET_CKPT = SRC / "arbg" / "assets" / "aldp" / "checkpoint"
+MD_ARGS = ["--ns", "0.03", "--warmup-ps", "0.5", "--chunk-frames", "10"]
+
+
+def test_one_out_one_maker(tmp_path, capsys):
+    """An `arbg md` directory is not a sampling run and the reverse: the second command is
+    refused in one line naming --out and what made the directory; topology.pdb is untouched."""
+    md = tmp_path / "md"
+    rc, err = _cli(["md", *MD_ARGS, "--out", md, "--quiet"], capsys)
+    assert rc == 0, err
+    pdb = (md / "topology.pdb").read_bytes()
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", md, "--n", "4", "--quiet"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--out" in err and "arbg md" in err and "arbg sample" in err, err
+    assert (md / "topology.pdb").read_bytes() == pdb and not (md / "samples.npz").exists()
+    maker = json.loads((md / ".arbg-maker.json").read_text())
+    assert maker == {"command": "md", "system": "aldp", "n_atoms": 22}
+
+    run = tmp_path / "run"
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", run, "--n", "4", "--quiet"], capsys)
+    assert rc == 0, err
+    pdb = (run / "topology.pdb").read_bytes()
+    rc, err = _cli(["md", *MD_ARGS, "--out", run, "--quiet"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "arbg sample" in err and "--out" in err, err
+    assert (run / "topology.pdb").read_bytes() == pdb and not (run / "chunks").exists()
+    rc, err = _cli(["train", md, "--out", run, "--steps", "1", "--quiet"], capsys)
+    assert rc == 2 and "arbg sample" in err and "arbg train" in err, err
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", run, "--n", "4", "--seed", "5"], capsys)
+    assert rc == 0, err  # the same maker extends its run
+
+
+def test_refused_evaluate_leaves_no_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "samples.npz", log_q=np.zeros(3), u=np.zeros(3))
+    (run / "summary.json").write_text('{"n_samples": 3, "tau"')
+    out = tmp_path / "new" / "report"
+    rc, err = _cli(["evaluate", run, "--reference", tmp_path, "--out", out], capsys)
+    assert rc == 2 and "summary.json" in err, err
+    assert not out.exists() and not out.parent.exists()
+    rc, err = _cli(["evaluate", run, "--reference", tmp_path], capsys)
+    assert rc == 2 and not (run / "report").exists()

@@ -132,6 +132,7 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
     ``wait=True`` blocks until the holder is done. Re-entrant inside one process. Uses the
     ``filelock`` package (``flock`` on POSIX: released by the OS when the holder dies).
     """
+    new = [d for d in [Path(path), *Path(path).parents] if not d.exists()]  # made here
     path = output_dir(name, path)
     key = str(path.resolve())
     if key in _held:
@@ -153,6 +154,7 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
         log.info("waiting for %s, held by %s", path, _holder(path))
         lock.acquire()
     _held[key] = [lock, 1]
+    ok = False
     try:
         info = {
             "pid": os.getpid(),
@@ -166,11 +168,71 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
         tmp.write_text(json.dumps(info))
         os.replace(tmp, path / HOLDER_FILE)
         yield path
+        ok = True
     finally:
         del _held[key]
         with contextlib.suppress(OSError):
             (path / HOLDER_FILE).unlink()
+        if not ok and new:  # a refused or failed command leaves no directory it made itself
+            _remove_if_unused(new)
         lock.release()
+
+
+def _remove_if_unused(made: list[Path]) -> None:
+    """Remove the directories ``made`` (deepest first) that hold nothing but bookkeeping."""
+    for d in made:
+        try:
+            names = {p.name for p in d.iterdir()}
+        except OSError:
+            return
+        if names - {LOCK_FILE, HOLDER_FILE, MAKER_FILE}:
+            return
+        with contextlib.suppress(OSError):
+            for n in names:
+                (d / n).unlink()
+            d.rmdir()
+            log.debug("removed %s (made by a command that failed before writing)", d)
+
+
+# --------------------------------------------------------------------------------------------------
+# what made a directory: one kind of command and one system per output directory
+
+MAKER_FILE = ".arbg-maker.json"
+
+
+def claim_dir(path: str | Path, maker: dict[str, Any], name: str = "--out") -> None:
+    """Record in ``path/.arbg-maker.json`` what writes directory ``path`` (``command``: md,
+    sample, smc, train, evaluate, ...; the system's name and atom count; more identity), or refuse,
+    in one line naming ``name``, a directory made by something else (another command, another
+    molecule, other training data). A key one record lacks is not compared."""
+    path = Path(path)
+    f = path / MAKER_FILE
+    if f.exists():
+        was = read_json(f, "directory maker record")
+        if not isinstance(was, dict):
+            raise ArgumentError(f"{f}: not a maker record (a JSON object)")
+        diff = [k for k, v in maker.items() if k in was and was[k] != v]
+        if diff:
+            raise ArgumentError(
+                f"{name}: {str(path)!r} was made by {describe_maker(was)}, not by "
+                f"{describe_maker(maker)} (different {', '.join(diff)}); use another {name}"
+            )
+        if not set(maker) - set(was):
+            return
+        maker = {**was, **maker}
+    atomic_write_json(f, maker)
+
+
+def describe_maker(maker: dict[str, Any]) -> str:
+    """``arbg md of 'aldp' (22 atoms)``: a maker record in words."""
+    text = f"arbg {maker.get('command', '?')}"
+    if maker.get("system") is not None:
+        text += f" of {maker['system']!r}"
+        if maker.get("n_atoms") is not None:
+            text += f" ({maker['n_atoms']} atoms)"
+    if maker.get("data") is not None:
+        text += f" on data {str(maker['data'])[:12]}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------

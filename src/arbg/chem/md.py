@@ -54,7 +54,7 @@ from arbg.chem.bias import (
 )
 from arbg.chem.energy import energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.files import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
+from arbg.files import Commit, atomic_save_npy, atomic_write_json, claim_dir, lock_dir, recover
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def _run_md(
     ``topology``, and for a bias ``phi_indices``, ``psi_indices``, ``residue_index``).
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, {"command": "md", "system": system.spec.name, "n_atoms": int(system.n_atoms)})
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     temperature = config.temperature_k or system.temperature_k
     meta = run_metadata(system, config, temperature)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.files import Commit, lock_dir, recover
+from arbg.files import Commit, claim_dir, lock_dir, recover
 from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.reweight import (
@@ -109,6 +109,15 @@ def run_header(parts: SamplerParts, system: Any, tau: float, chirality: str) -> 
         "n_coords": int(parts.standardization.n_coords),
         "atom_order": "canonical (topology.pdb)",
         "units": "nm, kT",
+    }
+
+
+def run_maker(command: str, system: Any) -> dict[str, Any]:
+    """The maker record (:func:`arbg.files.claim_dir`) of a run directory of ``system``."""
+    return {
+        "command": command,
+        "system": getattr(system, "name", type(system).__name__),
+        "n_atoms": int(system.n_atoms),
     }
 
 
@@ -219,6 +228,8 @@ def _run_sampling(
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
     rank, world = rank_and_world_size()
     seeds = [int(cfg.seed) + r for r in range(world)]
+    if rank == 0:
+        claim_dir(out, run_maker("sample", system))
     old = read_run(out)
     if old is not None:
         _check_extends(out, old, seeds, run_header(parts, system, cfg.tau, cfg.chirality))
@@ -470,6 +481,7 @@ def run_smc(
     out = Path(out_dir)
     with lock_dir(out, wait=wait):
         recover(out)
+        claim_dir(out, run_maker("smc", system))
         if (out / "samples.npz").exists():
             raise ValueError(
                 f"{out} already holds samples; SMC runs are not extended, use a new directory"

@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
-from arbg.files import atomic_write_text
+from arbg.files import atomic_write_text, claim_dir
 from arbg.nn.conditioning import system_features
 from arbg.nn.coordinates import (
     Binning,
@@ -128,6 +128,8 @@ class Trainer:
         resume = load_trainer_state(self.out / "last")
         if resume is not None:
             self._check_resume(resume)
+        if self.rank == 0:
+            claim_dir(self.out, self._maker())
         if resume is None and self.rank == 0:  # a fresh start: records of a crashed one go
             (self.out / "train_log.jsonl").unlink(missing_ok=True)
         self._setup_data(resume)  # standardization, binning, training frames, self.D
@@ -179,6 +181,16 @@ class Trainer:
         in the checkpoint's training record and compared on resume."""
         ident = getattr(self.dataset, "identity", None)
         return ident() if callable(ident) else None
+
+    def _maker(self) -> dict[str, Any]:
+        """The maker record of the training directory (:func:`arbg.files.claim_dir`)."""
+        data = self._data_identity() or {}
+        return {
+            "command": "train",
+            "system": self.system.name,
+            "n_atoms": int(self.system.n_atoms),
+            "data": data.get("sha256"),
+        }
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Refuse, in one line naming the option, to resume ``out_dir/last`` with another

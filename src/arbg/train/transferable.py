@@ -128,6 +128,10 @@ class TransferableTrainer(Trainer):
             },
         }
 
+    def _maker(self) -> dict[str, Any]:
+        root = getattr(self.corpus, "root", None)
+        return {"command": "train-transferable", "corpus": None if root is None else str(root)}
+
     def _build_model(self) -> ARBG:
         lim = self.info["limits"]
         if lim["max_residues"] > self.cond_cfg.max_residues:
