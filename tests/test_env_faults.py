@@ -155,3 +155,21 @@ def test_refused_evaluate_leaves_no_directory(tmp_path, capsys):
     assert not out.exists() and not out.parent.exists()
     rc, err = _cli(["evaluate", run, "--reference", tmp_path], capsys)
     assert rc == 2 and not (run / "report").exists()
+
+
+def test_truncated_md_chunk_refused_before_extending(tmp_path, capsys):
+    """A truncated committed chunk is found before an extension is simulated: one line naming
+    the file, nothing committed."""
+    md = tmp_path / "md"
+    rc, err = _cli(["md", *MD_ARGS, "--out", md, "--quiet"], capsys)
+    assert rc == 0, err
+    chunk = md / "chunks" / "chunk_000001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:-60])
+    progress = (md / "progress.json").read_bytes()
+    before = sorted(p.name for p in (md / "chunks").iterdir())
+    longer = ["--ns", "0.05", *MD_ARGS[2:]]
+    rc, err = _cli(["md", *longer, "--out", md, "--quiet"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "chunk_000001.npy" in err and "truncated" in err, err
+    assert (md / "progress.json").read_bytes() == progress
+    assert sorted(p.name for p in (md / "chunks").iterdir()) == before

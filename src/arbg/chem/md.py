@@ -192,7 +192,8 @@ def _run_md(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    claim_dir(out, {"command": "md", "system": system.spec.name, "n_atoms": int(system.n_atoms)})
+    name = getattr(system, "name", None) or getattr(system.spec, "name", type(system).__name__)
+    claim_dir(out, {"command": "md", "system": name, "n_atoms": int(system.n_atoms)})
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     temperature = config.temperature_k or system.temperature_k
     meta = run_metadata(system, config, temperature)
@@ -202,6 +203,8 @@ def _run_md(
         meta["bias"] = bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
     keep_recorded(out, meta)
     done = n_done(out)
+    if done:  # resumed or extended: the committed frames must all be there first
+        check_chunks(out, done, int(system.n_atoms))
     meta["n_frames"] = max(done, config.n_frames)
     meta["splits"] = contiguous_splits(meta["n_frames"])
     atomic_write_json(out / "metadata.json", meta)
@@ -560,6 +563,49 @@ def n_done(out: Path) -> int:
         return 0
     n = checks.read_json(path, "MD progress file").get("n_frames")
     return checks.nonnegative_int(f"{path} n_frames", n)
+
+
+def check_chunks(out: Path, n_frames: int, n_atoms: int) -> None:
+    """Check that the chunk files of ``out`` hold the ``n_frames`` committed frames whole
+    (every ``chunks/*.npy`` as long as its header says, frames of ``n_atoms`` atoms, enough of
+    them), without reading the frames. Raises ``ArgumentError`` naming the first bad file."""
+    prefixes = ["chunk"] + [p for p in ("energy", "bias") if any(out.glob(f"chunks/{p}_*.npy"))]
+    for prefix in prefixes:
+        total = 0
+        for f in sorted((out / "chunks").glob(f"{prefix}_*.npy")):
+            arr = _npy_view(f)
+            if prefix == "chunk" and arr.shape[1:] != (n_atoms, 3):
+                raise checks.ArgumentError(
+                    f"MD chunk {str(f)!r} holds frames of shape {list(arr.shape[1:])}, not "
+                    f"[{n_atoms}, 3]; restore it or use a new --out"
+                )
+            total += len(arr)
+        if total < n_frames:
+            raise checks.ArgumentError(
+                f"{out}: chunks/{prefix}_*.npy hold {total} frames, progress.json records "
+                f"{n_frames} (a chunk is missing or truncated); restore it or use a new --out"
+            )
+
+
+def _npy_view(f: Path) -> np.ndarray:
+    """A memory map of ``.npy`` file ``f``, refusing a file shorter than its header says."""
+    try:
+        with open(f, "rb") as fh:
+            fmt = np.lib.format
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+        need = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = f.stat().st_size
+    except (OSError, ValueError) as e:
+        raise checks.ArgumentError(f"MD chunk {str(f)!r} is not a readable .npy array: {e}") from e
+    if size < need or len(shape) < 1:
+        raise checks.ArgumentError(
+            f"MD chunk {str(f)!r} is truncated ({size} bytes of {need}); the run cannot be "
+            "resumed or extended: restore the file or use a new --out"
+        )
+    return np.load(f, mmap_mode="r", allow_pickle=False)
 
 
 def load_md_frames(out_dir: str | Path) -> np.ndarray:
