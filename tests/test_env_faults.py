@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_train import synthetic_dataset, tiny_config
 
 from arbg.chem.systems import build_system
@@ -173,3 +174,52 @@ def test_truncated_md_chunk_refused_before_extending(tmp_path, capsys):
     assert "chunk_000001.npy" in err and "truncated" in err, err
     assert (md / "progress.json").read_bytes() == progress
     assert sorted(p.name for p in (md / "chunks").iterdir()) == before
+
+
+def test_compile_failure_retries_the_same_micro_batch(tmp_path, monkeypatch):
+    """A torch.compile that fails at its first call falls back to the eager model on the same
+    micro-batch: the run reaches the weights (and data position) of an eager run."""
+    ds = synthetic_dataset()
+    cfg = tiny_config(steps=4, grad_accum=2)
+    eager = Trainer(ds, tmp_path / "eager", cfg, progress=False)
+    eager.run()
+
+    def broken_compile(module, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("compiler backend failed")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    tr = Trainer(ds, tmp_path / "compiled", cfg, progress=False)
+    tr.ddp = torch.compile(tr.ddp)  # what the trainer does on a GPU with compile=True
+    tr.run()
+    assert tr.ddp is tr._eager_ddp
+    assert torch.equal(tr.data_gen.get_state(), eager.data_gen.get_state())
+    a, b = eager.model.state_dict(), tr.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_loads_ema_weights_by_default(tmp_path):
+    """load_checkpoint uses the EMA weights when the checkpoint has them (the default) and the
+    raw weights with use_ema=False; the two differ."""
+    from safetensors.torch import load_file
+
+    from arbg.train.checkpoints import load_checkpoint
+
+    ds = synthetic_dataset()
+    tr = Trainer(ds, tmp_path / "e", tiny_config(steps=6, ema=True, ema_decay=0.9), progress=False)
+    last = tr.run()
+    raw, ema = load_file(str(last / "model.safetensors")), load_file(str(last / "ema.safetensors"))
+    q = "blocks.0.attn.q.weight"
+    assert not torch.equal(raw[q], ema[q])
+    ck = load_checkpoint(last)
+    assert ck.used_ema
+    plain = load_checkpoint(last, use_ema=False)
+    assert not plain.used_ema
+    for k, v in ck.model.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+        assert torch.equal(plain.model.state_dict()[k], raw[k]), k
+    assert not torch.equal(ck.model.state_dict()[q], plain.model.state_dict()[q])
+    assert torch.equal(ema[q], tr.ema.state_dict()[q])

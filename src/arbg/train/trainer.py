@@ -330,18 +330,20 @@ class Trainer:
         return float(total)  # one host sync per optimizer step
 
     def _micro_loss(self) -> torch.Tensor:
-        """:meth:`_batch_loss`; a failing ``torch.compile`` falls back to the eager model once."""
+        """The loss of the next micro-batch; a failing ``torch.compile`` falls back to the eager
+        model once, on the same micro-batch (the data stream stays that of an eager run)."""
+        batch = self._draw_batch()
         try:
-            return self._batch_loss()
+            return self._batch_loss(batch)
         except Exception as err:  # noqa: BLE001  (compiler errors have no common type)
             if self.ddp is self._eager_ddp:
                 raise
             logger.warning("torch.compile failed (%s); training eagerly", err)
             self.ddp = self._eager_ddp
-            return self._batch_loss()
+            return self._batch_loss(batch)
 
-    def _batch_loss(self) -> torch.Tensor:
-        """Draw the next micro-batch (from ``data_gen``) and return its loss (with grad)."""
+    def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch (from ``data_gen``): model inputs and targets on the device."""
         B = self.micro_batch
         if self.train_p is None:
             pick = torch.randint(len(self.train_x), (B,), generator=self.data_gen)
@@ -360,7 +362,11 @@ class Trainer:
                     logger.warning("%d training coordinates fall outside the bin range", n_clip)
                 self._fixed_bins = fixed.to(self.device)
             bins = self._fixed_bins[pick.to(self.device)]
-        tokens = self.model.shift_right(self.model.head.tokens(bins))
+        return self.model.shift_right(self.model.head.tokens(bins)), bins
+
+    def _batch_loss(self, batch: Any) -> torch.Tensor:
+        """The loss (with grad) of a micro-batch of :meth:`_draw_batch`."""
+        tokens, bins = batch
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             _, loss = self.ddp(tokens, None, bins, logits=False)
         return loss
