@@ -223,3 +223,23 @@ def test_checkpoint_loads_ema_weights_by_default(tmp_path):
         assert torch.equal(plain.model.state_dict()[k], raw[k]), k
     assert not torch.equal(ck.model.state_dict()[q], plain.model.state_dict()[q])
     assert torch.equal(ema[q], tr.ema.state_dict()[q])
+
+
+def test_run_extended_through_another_spelling_of_its_checkpoint(tmp_path, capsys):
+    """A run records its checkpoint resolved: the same checkpoint through a symlink, a relative
+    or an absolute path extends the run; another checkpoint is still refused."""
+    import shutil
+
+    link = tmp_path / "link"
+    link.symlink_to(ASSET_CKPT, target_is_directory=True)
+    run = tmp_path / "run"
+    rc, err = _cli(["sample", link, "--out", run, "--n", "4", "--quiet"], capsys)
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint"] == str(ASSET_CKPT.resolve())
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", run, "--n", "4", "--seed", "1"], capsys)
+    assert rc == 0, err
+    other = tmp_path / "copy"
+    shutil.copytree(ASSET_CKPT, other)
+    rc, err = _cli(["sample", other, "--out", run, "--n", "4", "--seed", "2"], capsys)
+    assert rc == 2 and "checkpoint" in err, err

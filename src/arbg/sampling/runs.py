@@ -69,7 +69,7 @@ def _resolve_parts(obj: Any) -> SamplerParts:
     if isinstance(obj, (str, Path)):
         ck = load_checkpoint(obj)
         parts = _resolve_parts(ck)
-        parts.path = str(obj)
+        parts.path = _resolved(obj)
         return parts
     get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
     path = get("path")
@@ -79,8 +79,14 @@ def _resolve_parts(obj: Any) -> SamplerParts:
         get("standardization"),
         get("system"),
         get("feats"),
-        str(path) if path is not None else None,
+        _resolved(path) if path is not None else None,
     )
+
+
+def _resolved(path: str | Path) -> str:
+    """The checkpoint path a run records and compares: resolved (symlinks, ``..``, the working
+    directory), so one checkpoint reached by two spellings is one checkpoint."""
+    return str(Path(path).resolve())
 
 
 def _write_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
@@ -210,7 +216,10 @@ def _check_extends(out: Path, old: dict[str, Any], seeds: list[int], head: dict)
         )
     s_old = old["summary"]
     for key in ("tau", "chirality", "checkpoint", "n_atoms", "system"):
-        if s_old.get(key) != head[key]:
+        was = s_old.get(key)
+        if key == "checkpoint" and was is not None and head[key] is not None:
+            was = _resolved(was)  # runs written before paths were resolved recorded them as typed
+        if was != head[key]:
             raise ValueError(
                 f"{out}: cannot extend a run with {key}={s_old.get(key)!r} using "
                 f"{key}={head[key]!r}"
