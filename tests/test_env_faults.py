@@ -243,3 +243,16 @@ def test_run_extended_through_another_spelling_of_its_checkpoint(tmp_path, capsy
     shutil.copytree(ASSET_CKPT, other)
     rc, err = _cli(["sample", other, "--out", run, "--n", "4", "--seed", "2"], capsys)
     assert rc == 2 and "checkpoint" in err, err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_files_get_the_umask_mode(tmp_path, umask):
+    ds = synthetic_dataset()
+    old = os.umask(umask)
+    try:
+        last = Trainer(ds, tmp_path / "m", tiny_config(steps=1, ema=True), progress=False).run()
+    finally:
+        os.umask(old)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in last.iterdir()}
+    assert "model.safetensors" in modes and "ema.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes

@@ -49,6 +49,12 @@ def _atomic(path: str | Path, write) -> Path:
     return path
 
 
+def usual_mode(path: str | Path) -> None:
+    """Give ``path`` the mode a new file gets under the umask (0644 under umask 022): for files
+    written by libraries that make them 0600 (safetensors, ``mkstemp``)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
