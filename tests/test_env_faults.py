@@ -256,3 +256,23 @@ def test_checkpoint_files_get_the_umask_mode(tmp_path, umask):
     modes = {f.name: f.stat().st_mode & 0o777 for f in last.iterdir()}
     assert "model.safetensors" in modes and "ema.safetensors" in modes
     assert modes == dict.fromkeys(modes, 0o666 & ~umask), modes
+
+
+def test_non_ascii_paths(tmp_path, capsys):
+    """A home folder named Müller: arbg md, arbg sample and a DCD dataset work there (mdtraj's
+    DCD code takes ASCII paths only)."""
+    home = tmp_path / "Müller"
+    md = home / "md"
+    rc, err = _cli(["md", *MD_ARGS, "--out", md, "--quiet"], capsys)
+    assert rc == 0, err
+    assert (md / "trajectory.dcd").stat().st_size > 0
+    rc, err = _cli(["md", *MD_ARGS, "--out", md, "--quiet"], capsys)  # a re-run
+    assert rc == 0, err
+    run = home / "run"
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", run, "--n", "4", "--quiet"], capsys)
+    assert rc == 0, err
+    assert (run / "proposals.dcd").stat().st_size > 0
+    from arbg.data.datasets import load_dataset
+
+    ds = load_dataset(md / "trajectory.dcd", topology=md / "topology.pdb")
+    assert len(ds) == 30

@@ -49,6 +49,34 @@ def _atomic(path: str | Path, write) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def ascii_path(path: str | Path, name: str = "--out") -> Iterator[str]:
+    """An ASCII string that names ``path`` for C code that takes ASCII file names only (mdtraj's
+    DCD reader and writer): the path itself, or its directory opened and reached through
+    ``/proc/self/fd`` (Linux), or a relative path from the working directory. Where none is
+    ASCII, one line naming ``name`` (call it before the work to refuse early)."""
+    text = str(path)
+    if text.isascii():
+        yield text
+        return
+    p = Path(path)
+    if p.name.isascii() and os.path.isdir("/proc/self/fd"):
+        fd = os.open(p.parent, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}/{p.name}"
+        finally:
+            os.close(fd)
+        return
+    rel = os.path.relpath(p)
+    if rel.isascii():
+        yield rel
+        return
+    raise ArgumentError(
+        f"{name}: {text!r} has non-ASCII characters and the DCD files arbg writes there take "
+        "ASCII paths only on this system; use a path with ASCII characters only"
+    )
+
+
 def usual_mode(path: str | Path) -> None:
     """Give ``path`` the mode a new file gets under the umask (0644 under umask 022): for files
     written by libraries that make them 0600 (safetensors, ``mkstemp``)."""

@@ -54,7 +54,15 @@ from arbg.chem.bias import (
 )
 from arbg.chem.energy import energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.files import Commit, atomic_save_npy, atomic_write_json, claim_dir, lock_dir, recover
+from arbg.files import (
+    Commit,
+    ascii_path,
+    atomic_save_npy,
+    atomic_write_json,
+    claim_dir,
+    lock_dir,
+    recover,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +202,8 @@ def _run_md(
     out.mkdir(parents=True, exist_ok=True)
     name = getattr(system, "name", None) or getattr(system.spec, "name", type(system).__name__)
     claim_dir(out, {"command": "md", "system": name, "n_atoms": int(system.n_atoms)})
+    with ascii_path(out / "trajectory.dcd"):  # the DCD at the end can be written: before the MD
+        pass
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     temperature = config.temperature_k or system.temperature_k
     meta = run_metadata(system, config, temperature)
@@ -667,5 +677,6 @@ def _write_dcd(system: PeptideSystem, out: Path) -> None:
     frames = load_md_frames(out)
     traj = mdtraj.Trajectory(frames, system.topology)
     tmp = out / ".trajectory.dcd.tmp"
-    traj.save_dcd(str(tmp))
+    with ascii_path(tmp) as name:  # mdtraj's DCD writer takes ASCII paths only
+        traj.save_dcd(name)
     tmp.replace(out / "trajectory.dcd")

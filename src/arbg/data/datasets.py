@@ -32,6 +32,7 @@ from arbg import checks
 from arbg.chem.geometry import dihedrals
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
+from arbg.files import ascii_path
 from arbg.reweight import kish_ess
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,11 @@ def load_dataset(
         frames = check_frames(arr, top.n_atoms, str(path))
     else:
         try:
-            frames = mdtraj.load(str(path), top=str(top_path)).xyz
+            with (
+                ascii_path(path, str(path)) as name,
+                ascii_path(top_path, str(top_path)) as top_name,
+            ):
+                frames = mdtraj.load(name, top=top_name).xyz
         except Exception as e:  # mdtraj raises many types for an unreadable trajectory
             raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))

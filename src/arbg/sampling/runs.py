@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.files import Commit, claim_dir, lock_dir, recover
+from arbg.files import Commit, ascii_path, claim_dir, lock_dir, recover
 from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.reweight import (
@@ -93,7 +93,8 @@ def _write_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
     """Write a DCD (mdtraj; nm in, Angstrom float32 on disk) to ``path`` as it is."""
     import mdtraj
 
-    mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(str(path))
+    with ascii_path(path) as name:  # mdtraj's DCD writer takes ASCII paths only
+        mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(name)
 
 
 def _bin_dtype(n_bins: int) -> type:
@@ -239,6 +240,8 @@ def _run_sampling(
     seeds = [int(cfg.seed) + r for r in range(world)]
     if rank == 0:
         claim_dir(out, run_maker("sample", system))
+        with ascii_path(out / "proposals.dcd"):  # the DCDs can be written: before sampling
+            pass
     old = read_run(out)
     if old is not None:
         _check_extends(out, old, seeds, run_header(parts, system, cfg.tau, cfg.chirality))
@@ -491,6 +494,8 @@ def run_smc(
     with lock_dir(out, wait=wait):
         recover(out)
         claim_dir(out, run_maker("smc", system))
+        with ascii_path(out / "proposals.dcd"):  # the DCDs can be written: before sampling
+            pass
         if (out / "samples.npz").exists():
             raise ValueError(
                 f"{out} already holds samples; SMC runs are not extended, use a new directory"
