@@ -276,3 +276,60 @@ def test_non_ascii_paths(tmp_path, capsys):
 
     ds = load_dataset(md / "trajectory.dcd", topology=md / "topology.pdb")
     assert len(ds) == 30
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (skipped where mounting is not permitted)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _fill(d: Path, leave: int) -> None:
+    st = os.statvfs(d)
+    free = st.f_bavail * st.f_frsize
+    (d / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def _leftovers(d: Path) -> list[str]:
+    return [p.name for p in d.rglob("*") if ".tmp" in p.name or p.name.startswith(".arbg-staged")]
+
+
+@pytest.mark.parametrize("leave", [8 << 10, 64 << 10])
+def test_full_disk_says_disk_full(small_disk, capsys, leave):
+    """A full disk is one line naming the file and the cause (exit 2), whatever the writer
+    (npy chunks, the DCD writer, safetensors); no staged or temporary file is left on it."""
+    md = small_disk / "md"
+    _fill(small_disk, leave)
+    rc, err = _cli(["md", "--ns", "0.5", "--warmup-ps", "0.5", "--out", md, "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "disk full" in lines[0], err
+    assert str(md) in lines[0] and "internal error" not in err, err
+    assert _leftovers(small_disk) == []
+
+
+def test_full_disk_on_checkpoint_and_sampling_run(small_disk, tmp_path, capsys):
+    data, pdb = _train_data(tmp_path)
+    out = small_disk / "t"
+    argv = ["train", data, "--topology", pdb, "--out", out, "--steps", "1", "--quiet"]
+    rc, err = _cli([*argv, "--batch-size", "4", "--eval-frames", "4", "--device", "cpu"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "disk full" in lines[0], err
+    assert "model.safetensors" in lines[0] and "internal error" not in err, err
+    assert _leftovers(small_disk) == []
+    run = small_disk / "run"
+    _fill(small_disk, 40 << 10)
+    rc, err = _cli(["sample", ASSET_CKPT, "--out", run, "--n", "400", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "disk full" in lines[0], err
+    assert str(run) in lines[0] and "internal error" not in err, err
+    assert _leftovers(small_disk) == []

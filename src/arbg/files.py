@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 def _atomic(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with disk_errors(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +49,65 @@ def _atomic(path: str | Path, write) -> Path:
         raise
     _after_write(f"wrote {path.name}")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# a full, read-only or forbidden disk: one clear OSError naming the file, whatever the writer
+
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+LOW_SPACE_BYTES = 1 << 18  # below this much free space a failed write is taken for a full disk
+
+
+def disk_problem(path: str | Path, err: BaseException) -> OSError | None:
+    """The file-system cause of a failed write of ``path``, as an ``OSError`` naming the file
+    and the cause, or None. Writers from libraries hide the ``OSError`` (mdtraj's DCD writer
+    fails with a ``TypeError``, safetensors and ``torch.save`` with their own errors), so when
+    no ``OSError`` with a disk errno is in the exception chain the file system is asked: a
+    read-only mount or (almost) no free space."""
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return OSError(e.errno, DISK_ERRNOS[e.errno], str(path))
+        for code in DISK_ERRNOS:  # a library error that quotes the system's message
+            if os.strerror(code) in str(e):
+                return OSError(code, DISK_ERRNOS[code], str(path))
+        e = e.__cause__ or e.__context__
+    d = Path(path).parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, DISK_ERRNOS[errno.EROFS], str(path))
+    if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+        return OSError(errno.ENOSPC, DISK_ERRNOS[errno.ENOSPC], str(path))
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Writing ``path`` in the block: a failure the file system caused (:func:`disk_problem`)
+    becomes one ``OSError`` naming ``path`` and the cause; ``cleanup`` (removing staged files)
+    runs on any failure, after the file system was asked."""
+    try:
+        yield
+    except Exception as err:
+        problem = disk_problem(path, err)
+        if cleanup is not None:
+            with contextlib.suppress(OSError):
+                cleanup()
+        if problem is not None and problem is not err:
+            raise problem from err
+        raise
 
 
 @contextlib.contextmanager
@@ -310,7 +371,7 @@ class Commit:
 
     def _write(self, rel: str, write) -> Path:
         p = self.stage_path(rel)
-        with open(p, "wb") as f:
+        with self.writing(p), open(p, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -320,9 +381,26 @@ class Commit:
     def write_with(self, rel: str, write: Callable[[Path], Any]) -> Path:
         """Stage ``root/rel`` by ``write(path)`` (a writer that takes a file name)."""
         p = self.stage_path(rel)
-        write(p)
+        with self.writing(p):
+            write(p)
         _after_write(f"staged {rel}")
         return p
+
+    def writing(self, path: str | Path) -> contextlib.AbstractContextManager[None]:
+        """Write staged file ``path`` in the block: a failure removes every staged file of the
+        commit, and a full or read-only disk is one ``OSError`` naming the file
+        (:func:`disk_errors`)."""
+        return disk_errors(path, cleanup=self.abort)
+
+    def abort(self) -> None:
+        """Remove every file staged so far (the commit will not happen)."""
+        for staged, _ in self.moves:
+            p = self.root / staged
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        self.moves.clear()
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         return self._write(rel, lambda f: f.write(data))
@@ -345,7 +423,12 @@ class Commit:
         for staged, _ in self.moves:
             _fsync_tree(self.root / staged)
         journal = {"id": self.id, "moves": self.moves, "deletes": self.deletes}
-        atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+        try:
+            atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+        except BaseException:
+            if not (self.root / JOURNAL).exists():  # before the commit point: nothing happened
+                self.abort()
+            raise
         _apply(self.root, journal)
 
 

@@ -60,6 +60,7 @@ from arbg.files import (
     atomic_save_npy,
     atomic_write_json,
     claim_dir,
+    disk_errors,
     lock_dir,
     recover,
 )
@@ -677,6 +678,8 @@ def _write_dcd(system: PeptideSystem, out: Path) -> None:
     frames = load_md_frames(out)
     traj = mdtraj.Trajectory(frames, system.topology)
     tmp = out / ".trajectory.dcd.tmp"
-    with ascii_path(tmp) as name:  # mdtraj's DCD writer takes ASCII paths only
-        traj.save_dcd(name)
+    # mdtraj's DCD writer takes ASCII paths only, and fails on a full disk with a TypeError
+    with disk_errors(out / "trajectory.dcd", cleanup=lambda: tmp.unlink(missing_ok=True)):
+        with ascii_path(tmp) as name:
+            traj.save_dcd(name)
     tmp.replace(out / "trajectory.dcd")
