@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
-from arbg.files import atomic_write_text, claim_dir
+from arbg.files import atomic_write_text, claim_dir, disk_errors
 from arbg.nn.conditioning import system_features
 from arbg.nn.coordinates import (
     Binning,
@@ -678,7 +678,8 @@ class Trainer:
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "train_log.jsonl", "a") as f:
+        path = self.out / "train_log.jsonl"
+        with disk_errors(path), open(path, "a") as f:  # a full disk names the file
             f.write(json.dumps(record) + "\n")
 
     def _truncate_log(self) -> None:
