@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,9 +34,10 @@ log = logging.getLogger(__name__)
 def _atomic(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_errors(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with disk_errors(path), os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +49,99 @@ def _atomic(path: str | Path, write) -> Path:
         raise
     _after_write(f"wrote {path.name}")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# a full, read-only or forbidden disk: one clear OSError naming the file, whatever the writer
+
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+LOW_SPACE_BYTES = 1 << 18  # below this much free space a failed write is taken for a full disk
+
+
+def disk_problem(path: str | Path, err: BaseException) -> OSError | None:
+    """The file-system cause of a failed write of ``path``, as an ``OSError`` naming the file
+    and the cause, or None. Writers from libraries hide the ``OSError`` (mdtraj's DCD writer
+    fails with a ``TypeError``, safetensors and ``torch.save`` with their own errors), so when
+    no ``OSError`` with a disk errno is in the exception chain the file system is asked: a
+    read-only mount or (almost) no free space."""
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return OSError(e.errno, DISK_ERRNOS[e.errno], str(path))
+        for code in DISK_ERRNOS:  # a library error that quotes the system's message
+            if os.strerror(code) in str(e):
+                return OSError(code, DISK_ERRNOS[code], str(path))
+        e = e.__cause__ or e.__context__
+    d = Path(path).parent
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    try:
+        st = os.statvfs(d)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return OSError(errno.EROFS, DISK_ERRNOS[errno.EROFS], str(path))
+    if st.f_bavail * st.f_frsize < LOW_SPACE_BYTES:
+        return OSError(errno.ENOSPC, DISK_ERRNOS[errno.ENOSPC], str(path))
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | Path, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Writing ``path`` in the block: a failure the file system caused (:func:`disk_problem`)
+    becomes one ``OSError`` naming ``path`` and the cause; ``cleanup`` (removing staged files)
+    runs on any failure, after the file system was asked."""
+    try:
+        yield
+    except Exception as err:
+        problem = disk_problem(path, err)
+        if cleanup is not None:
+            with contextlib.suppress(OSError):
+                cleanup()
+        if problem is not None and problem is not err:
+            raise problem from err
+        raise
+
+
+@contextlib.contextmanager
+def ascii_path(path: str | Path, name: str = "--out") -> Iterator[str]:
+    """An ASCII string that names ``path`` for C code that takes ASCII file names only (mdtraj's
+    DCD reader and writer): the path itself, or its directory opened and reached through
+    ``/proc/self/fd`` (Linux), or a relative path from the working directory. Where none is
+    ASCII, one line naming ``name`` (call it before the work to refuse early)."""
+    text = str(path)
+    if text.isascii():
+        yield text
+        return
+    p = Path(path)
+    if p.name.isascii() and os.path.isdir("/proc/self/fd"):
+        fd = os.open(p.parent, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}/{p.name}"
+        finally:
+            os.close(fd)
+        return
+    rel = os.path.relpath(p)
+    if rel.isascii():
+        yield rel
+        return
+    raise ArgumentError(
+        f"{name}: {text!r} has non-ASCII characters and the DCD files arbg writes there take "
+        "ASCII paths only on this system; use a path with ASCII characters only"
+    )
+
+
+def usual_mode(path: str | Path) -> None:
+    """Give ``path`` the mode a new file gets under the umask (0644 under umask 022): for files
+    written by libraries that make them 0600 (safetensors, ``mkstemp``)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:
@@ -132,6 +227,7 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
     ``wait=True`` blocks until the holder is done. Re-entrant inside one process. Uses the
     ``filelock`` package (``flock`` on POSIX: released by the OS when the holder dies).
     """
+    new = [d for d in [Path(path), *Path(path).parents] if not d.exists()]  # made here
     path = output_dir(name, path)
     key = str(path.resolve())
     if key in _held:
@@ -153,6 +249,7 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
         log.info("waiting for %s, held by %s", path, _holder(path))
         lock.acquire()
     _held[key] = [lock, 1]
+    ok = False
     try:
         info = {
             "pid": os.getpid(),
@@ -166,11 +263,71 @@ def lock_dir(path: str | Path, wait: bool = False, name: str = "--out") -> Itera
         tmp.write_text(json.dumps(info))
         os.replace(tmp, path / HOLDER_FILE)
         yield path
+        ok = True
     finally:
         del _held[key]
         with contextlib.suppress(OSError):
             (path / HOLDER_FILE).unlink()
+        if not ok and new:  # a refused or failed command leaves no directory it made itself
+            _remove_if_unused(new)
         lock.release()
+
+
+def _remove_if_unused(made: list[Path]) -> None:
+    """Remove the directories ``made`` (deepest first) that hold nothing but bookkeeping."""
+    for d in made:
+        try:
+            names = {p.name for p in d.iterdir()}
+        except OSError:
+            return
+        if names - {LOCK_FILE, HOLDER_FILE, MAKER_FILE}:
+            return
+        with contextlib.suppress(OSError):
+            for n in names:
+                (d / n).unlink()
+            d.rmdir()
+            log.debug("removed %s (made by a command that failed before writing)", d)
+
+
+# --------------------------------------------------------------------------------------------------
+# what made a directory: one kind of command and one system per output directory
+
+MAKER_FILE = ".arbg-maker.json"
+
+
+def claim_dir(path: str | Path, maker: dict[str, Any], name: str = "--out") -> None:
+    """Record in ``path/.arbg-maker.json`` what writes directory ``path`` (``command``: md,
+    sample, smc, train, evaluate, ...; the system's name and atom count; more identity), or refuse,
+    in one line naming ``name``, a directory made by something else (another command, another
+    molecule, other training data). A key one record lacks is not compared."""
+    path = Path(path)
+    f = path / MAKER_FILE
+    if f.exists():
+        was = read_json(f, "directory maker record")
+        if not isinstance(was, dict):
+            raise ArgumentError(f"{f}: not a maker record (a JSON object)")
+        diff = [k for k, v in maker.items() if k in was and was[k] != v]
+        if diff:
+            raise ArgumentError(
+                f"{name}: {str(path)!r} was made by {describe_maker(was)}, not by "
+                f"{describe_maker(maker)} (different {', '.join(diff)}); use another {name}"
+            )
+        if not set(maker) - set(was):
+            return
+        maker = {**was, **maker}
+    atomic_write_json(f, maker)
+
+
+def describe_maker(maker: dict[str, Any]) -> str:
+    """``arbg md of 'aldp' (22 atoms)``: a maker record in words."""
+    text = f"arbg {maker.get('command', '?')}"
+    if maker.get("system") is not None:
+        text += f" of {maker['system']!r}"
+        if maker.get("n_atoms") is not None:
+            text += f" ({maker['n_atoms']} atoms)"
+    if maker.get("data") is not None:
+        text += f" on data {str(maker['data'])[:12]}"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +371,7 @@ class Commit:
 
     def _write(self, rel: str, write) -> Path:
         p = self.stage_path(rel)
-        with open(p, "wb") as f:
+        with self.writing(p), open(p, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -224,9 +381,26 @@ class Commit:
     def write_with(self, rel: str, write: Callable[[Path], Any]) -> Path:
         """Stage ``root/rel`` by ``write(path)`` (a writer that takes a file name)."""
         p = self.stage_path(rel)
-        write(p)
+        with self.writing(p):
+            write(p)
         _after_write(f"staged {rel}")
         return p
+
+    def writing(self, path: str | Path) -> contextlib.AbstractContextManager[None]:
+        """Write staged file ``path`` in the block: a failure removes every staged file of the
+        commit, and a full or read-only disk is one ``OSError`` naming the file
+        (:func:`disk_errors`)."""
+        return disk_errors(path, cleanup=self.abort)
+
+    def abort(self) -> None:
+        """Remove every file staged so far (the commit will not happen)."""
+        for staged, _ in self.moves:
+            p = self.root / staged
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        self.moves.clear()
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         return self._write(rel, lambda f: f.write(data))
@@ -249,7 +423,12 @@ class Commit:
         for staged, _ in self.moves:
             _fsync_tree(self.root / staged)
         journal = {"id": self.id, "moves": self.moves, "deletes": self.deletes}
-        atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+        try:
+            atomic_write_json(self.root / JOURNAL, journal)  # the commit point
+        except BaseException:
+            if not (self.root / JOURNAL).exists():  # before the commit point: nothing happened
+                self.abort()
+            raise
         _apply(self.root, journal)
 
 

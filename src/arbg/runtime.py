@@ -25,12 +25,16 @@ cores that are free by the load average; ``OMP_NUM_THREADS``, ``ARBG_THREADS`` o
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 
-__all__ = ["fit_threads", "free_cores", "tune_malloc"]
+__all__ = ["Interrupted", "StopRequest", "fit_threads", "free_cores", "stop_signals", "tune_malloc"]
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +95,58 @@ def fit_threads(load: float | None = None) -> int | None:
     torch.set_num_threads(n)
     log.info("threads: %d intra-op thread(s) (cores free by the load average)", n)
     return n
+
+
+# --------------------------------------------------------------------------------------------------
+# graceful stops: SIGTERM (a batch scheduler's stop) and the first Ctrl-C end the loop at a safe
+# point, the work is saved, then :class:`Interrupted` is raised
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by a signal, raised after the work was saved; ``signum`` is the signal
+    (the ``arbg`` command exits with ``128 + signum``)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopRequest:
+    """Set by :func:`stop_signals`' handler: ``signum`` is the first stop signal received."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+@contextlib.contextmanager
+def stop_signals(
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> Iterator[StopRequest]:
+    """Catch ``signals`` for the block: the first one only sets the yielded request (the loop
+    stops at its next safe point); a second Ctrl-C raises ``KeyboardInterrupt`` at once. Outside
+    the main thread (signals cannot be caught there) the request is never set."""
+    req = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield req
+        return
+
+    def handler(signum, frame):
+        if req.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if req.signum is None:
+            req.signum = signum
+            log.warning(
+                "%s received: stopping at the next safe point (the work is saved)",
+                signal.Signals(signum).name,
+            )
+
+    old = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield req
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

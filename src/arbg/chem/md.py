@@ -54,7 +54,16 @@ from arbg.chem.bias import (
 )
 from arbg.chem.energy import energies_kj, make_context
 from arbg.chem.systems import BOLTZMANN_KJ_PER_MOL_K, PeptideSystem
-from arbg.files import Commit, atomic_save_npy, atomic_write_json, lock_dir, recover
+from arbg.files import (
+    Commit,
+    ascii_path,
+    atomic_save_npy,
+    atomic_write_json,
+    claim_dir,
+    disk_errors,
+    lock_dir,
+    recover,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +200,11 @@ def _run_md(
     ``topology``, and for a bias ``phi_indices``, ``psi_indices``, ``residue_index``).
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = getattr(system, "name", None) or getattr(system.spec, "name", type(system).__name__)
+    claim_dir(out, {"command": "md", "system": name, "n_atoms": int(system.n_atoms)})
+    with ascii_path(out / "trajectory.dcd"):  # the DCD at the end can be written: before the MD
+        pass
     (out / "chunks").mkdir(parents=True, exist_ok=True)
     temperature = config.temperature_k or system.temperature_k
     meta = run_metadata(system, config, temperature)
@@ -200,6 +214,8 @@ def _run_md(
         meta["bias"] = bias_metadata(config.bias, dihedrals, names, temperature, config.step_fs)
     keep_recorded(out, meta)
     done = n_done(out)
+    if done:  # resumed or extended: the committed frames must all be there first
+        check_chunks(out, done, int(system.n_atoms))
     meta["n_frames"] = max(done, config.n_frames)
     meta["splits"] = contiguous_splits(meta["n_frames"])
     atomic_write_json(out / "metadata.json", meta)
@@ -560,6 +576,49 @@ def n_done(out: Path) -> int:
     return checks.nonnegative_int(f"{path} n_frames", n)
 
 
+def check_chunks(out: Path, n_frames: int, n_atoms: int) -> None:
+    """Check that the chunk files of ``out`` hold the ``n_frames`` committed frames whole
+    (every ``chunks/*.npy`` as long as its header says, frames of ``n_atoms`` atoms, enough of
+    them), without reading the frames. Raises ``ArgumentError`` naming the first bad file."""
+    prefixes = ["chunk"] + [p for p in ("energy", "bias") if any(out.glob(f"chunks/{p}_*.npy"))]
+    for prefix in prefixes:
+        total = 0
+        for f in sorted((out / "chunks").glob(f"{prefix}_*.npy")):
+            arr = _npy_view(f)
+            if prefix == "chunk" and arr.shape[1:] != (n_atoms, 3):
+                raise checks.ArgumentError(
+                    f"MD chunk {str(f)!r} holds frames of shape {list(arr.shape[1:])}, not "
+                    f"[{n_atoms}, 3]; restore it or use a new --out"
+                )
+            total += len(arr)
+        if total < n_frames:
+            raise checks.ArgumentError(
+                f"{out}: chunks/{prefix}_*.npy hold {total} frames, progress.json records "
+                f"{n_frames} (a chunk is missing or truncated); restore it or use a new --out"
+            )
+
+
+def _npy_view(f: Path) -> np.ndarray:
+    """A memory map of ``.npy`` file ``f``, refusing a file shorter than its header says."""
+    try:
+        with open(f, "rb") as fh:
+            fmt = np.lib.format
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+        need = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = f.stat().st_size
+    except (OSError, ValueError) as e:
+        raise checks.ArgumentError(f"MD chunk {str(f)!r} is not a readable .npy array: {e}") from e
+    if size < need or len(shape) < 1:
+        raise checks.ArgumentError(
+            f"MD chunk {str(f)!r} is truncated ({size} bytes of {need}); the run cannot be "
+            "resumed or extended: restore the file or use a new --out"
+        )
+    return np.load(f, mmap_mode="r", allow_pickle=False)
+
+
 def load_md_frames(out_dir: str | Path) -> np.ndarray:
     """All frames of an ``arbg md`` directory, [F, n, 3] float32 nm, canonical order."""
     out = Path(out_dir)
@@ -619,5 +678,8 @@ def _write_dcd(system: PeptideSystem, out: Path) -> None:
     frames = load_md_frames(out)
     traj = mdtraj.Trajectory(frames, system.topology)
     tmp = out / ".trajectory.dcd.tmp"
-    traj.save_dcd(str(tmp))
+    # mdtraj's DCD writer takes ASCII paths only, and fails on a full disk with a TypeError
+    with disk_errors(out / "trajectory.dcd", cleanup=lambda: tmp.unlink(missing_ok=True)):
+        with ascii_path(tmp) as name:
+            traj.save_dcd(name)
     tmp.replace(out / "trajectory.dcd")

@@ -23,7 +23,7 @@ from arbg.cli._model import add_model_commands
 from arbg.cli.configargs import config_from_args
 from arbg.cli.flags import add_wait_args, apply_arg_checks
 from arbg.cluster import ClusterConfig, Engine, open_engine, use_engine
-from arbg.runtime import fit_threads, tune_malloc
+from arbg.runtime import Interrupted, fit_threads, tune_malloc
 from arbg.sampling.smc import ParticlesExtinct
 
 __all__ = ["build_parser", "main"]
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SimulationError, ParticlesExtinct) as e:  # an outcome, not a bug: one line
         print(f"arbg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except Interrupted as e:  # a stop signal, after the work was saved
+        print(f"arbg {args.command}: interrupted: {_one_line(e)}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(f"arbg {args.command}: interrupted", file=sys.stderr)
         return 130

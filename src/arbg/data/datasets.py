@@ -20,6 +20,7 @@ array, that array. Weights follow their frames through the splits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from arbg import checks
 from arbg.chem.geometry import dihedrals
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
+from arbg.files import ascii_path
 from arbg.reweight import kish_ess
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,24 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def identity(self) -> dict:
+        """What identifies these frames (recorded by training, compared on resume): the source
+        path (resolved; informative), the frame count and a sha256 of the first and last frames,
+        the splits and the system's atom names."""
+        h = hashlib.sha256()
+        x = np.ascontiguousarray(self.positions, dtype=np.float32)
+        h.update(repr((x.shape, sorted(self.splits.items()))).encode())
+        if len(x):
+            h.update(x[0].tobytes())
+            h.update(x[-1].tobytes())
+        h.update(" ".join(getattr(self.system, "atom_names", [])).encode())
+        source = (self.metadata or {}).get("source")
+        return {
+            "source": str(Path(source).resolve()) if source else None,
+            "n_frames": int(len(x)),
+            "sha256": h.hexdigest(),
+        }
 
 
 def _bonds(system) -> np.ndarray | None:
@@ -252,7 +272,11 @@ def load_dataset(
         frames = check_frames(arr, top.n_atoms, str(path))
     else:
         try:
-            frames = mdtraj.load(str(path), top=str(top_path)).xyz
+            with (
+                ascii_path(path, str(path)) as name,
+                ascii_path(top_path, str(top_path)) as top_name,
+            ):
+                frames = mdtraj.load(name, top=top_name).xyz
         except Exception as e:  # mdtraj raises many types for an unreadable trajectory
             raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
@@ -292,7 +316,7 @@ def _load_md_dir(path: Path, system: PeptideSystem | str | None) -> Dataset:
         sys_ = build_system(SystemSpec.from_dict(meta["system"]))
     frames = check_frames(load_md_frames(path), sys_.n_atoms, str(path))
     splits = contiguous_splits(len(frames), _fractions(meta.get("splits"), meta))
-    ds = Dataset(frames, sys_, splits, meta, load_md_log_weights(path))
+    ds = Dataset(frames, sys_, splits, {**meta, "source": str(path)}, load_md_log_weights(path))
     if meta.get("log_weights"):
         log.info(
             "%s: weighted frames (sampled at %s K for %s K%s), Kish ESS %.1f of %d",

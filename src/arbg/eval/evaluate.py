@@ -53,6 +53,7 @@ from arbg.eval.report import (
 )
 from arbg.eval.tica import TicaFit, fit_tica, tica_features, tica_project
 from arbg.eval.w2 import estimate_ot_seconds, n_nonfinite
+from arbg.files import claim_dir
 from arbg.reweight import (
     check_weights,
     kish_ess,
@@ -663,6 +664,7 @@ def evaluate_run(
         metrics.update(extra_metrics)
     out = Path(out_dir) if out_dir else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, {"command": "evaluate", "system": system.name, "n_atoms": int(system.n_atoms)})
     if cfg.report:
         log.info("evaluate: writing the report and its plots to %s", out)
         pop_lw, _ = population_log_weights(

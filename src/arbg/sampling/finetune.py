@@ -40,7 +40,7 @@ import torch
 
 from arbg import checks
 from arbg.data.datasets import Dataset
-from arbg.files import atomic_write_text, lock_dir
+from arbg.files import atomic_write_text, claim_dir, lock_dir
 from arbg.nn.coordinates import Binning, Standardization, centre_frames
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.reweight import kish_ess
@@ -172,6 +172,8 @@ def finetune(
     out = Path(out_dir)
     system = target if system is None else system
     with lock_dir(out, wait=wait):
+        maker = {"command": "finetune", "system": getattr(system, "name", None)}
+        claim_dir(out, {**maker, "n_atoms": int(system.n_atoms)})
         return _run(model, binning, standardization, target, data_bins, out, cfg, system, feats)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from arbg import checks
-from arbg.files import Commit, lock_dir, recover
+from arbg.files import Commit, ascii_path, claim_dir, lock_dir, recover
 from arbg.nn.coordinates import Binning, Standardization
 from arbg.nn.model import ARBG, TokenFeatures
 from arbg.reweight import (
@@ -69,7 +69,7 @@ def _resolve_parts(obj: Any) -> SamplerParts:
     if isinstance(obj, (str, Path)):
         ck = load_checkpoint(obj)
         parts = _resolve_parts(ck)
-        parts.path = str(obj)
+        parts.path = _resolved(obj)
         return parts
     get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
     path = get("path")
@@ -79,15 +79,22 @@ def _resolve_parts(obj: Any) -> SamplerParts:
         get("standardization"),
         get("system"),
         get("feats"),
-        str(path) if path is not None else None,
+        _resolved(path) if path is not None else None,
     )
+
+
+def _resolved(path: str | Path) -> str:
+    """The checkpoint path a run records and compares: resolved (symlinks, ``..``, the working
+    directory), so one checkpoint reached by two spellings is one checkpoint."""
+    return str(Path(path).resolve())
 
 
 def _write_dcd(path: Path, xyz: np.ndarray, topology: Any) -> None:
     """Write a DCD (mdtraj; nm in, Angstrom float32 on disk) to ``path`` as it is."""
     import mdtraj
 
-    mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(str(path))
+    with ascii_path(path) as name:  # mdtraj's DCD writer takes ASCII paths only
+        mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32), topology).save_dcd(name)
 
 
 def _bin_dtype(n_bins: int) -> type:
@@ -109,6 +116,15 @@ def run_header(parts: SamplerParts, system: Any, tau: float, chirality: str) -> 
         "n_coords": int(parts.standardization.n_coords),
         "atom_order": "canonical (topology.pdb)",
         "units": "nm, kT",
+    }
+
+
+def run_maker(command: str, system: Any) -> dict[str, Any]:
+    """The maker record (:func:`arbg.files.claim_dir`) of a run directory of ``system``."""
+    return {
+        "command": command,
+        "system": getattr(system, "name", type(system).__name__),
+        "n_atoms": int(system.n_atoms),
     }
 
 
@@ -201,7 +217,10 @@ def _check_extends(out: Path, old: dict[str, Any], seeds: list[int], head: dict)
         )
     s_old = old["summary"]
     for key in ("tau", "chirality", "checkpoint", "n_atoms", "system"):
-        if s_old.get(key) != head[key]:
+        was = s_old.get(key)
+        if key == "checkpoint" and was is not None and head[key] is not None:
+            was = _resolved(was)  # runs written before paths were resolved recorded them as typed
+        if was != head[key]:
             raise ValueError(
                 f"{out}: cannot extend a run with {key}={s_old.get(key)!r} using "
                 f"{key}={head[key]!r}"
@@ -219,6 +238,10 @@ def _run_sampling(
         raise ValueError("run_sampling needs the system (energy=...) for energies and topology")
     rank, world = rank_and_world_size()
     seeds = [int(cfg.seed) + r for r in range(world)]
+    if rank == 0:
+        claim_dir(out, run_maker("sample", system))
+        with ascii_path(out / "proposals.dcd"):  # the DCDs can be written: before sampling
+            pass
     old = read_run(out)
     if old is not None:
         _check_extends(out, old, seeds, run_header(parts, system, cfg.tau, cfg.chirality))
@@ -471,6 +494,9 @@ def run_smc(
     out = Path(out_dir)
     with lock_dir(out, wait=wait):
         recover(out)
+        claim_dir(out, run_maker("smc", system))
+        with ascii_path(out / "proposals.dcd"):  # the DCDs can be written: before sampling
+            pass
         if (out / "samples.npz").exists():
             raise ValueError(
                 f"{out} already holds samples; SMC runs are not extended, use a new directory"

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 import arbg
 from arbg.checks import ArgumentError, read_json
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, validate_sequence
-from arbg.files import Commit, note_write
+from arbg.files import Commit, note_write, usual_mode
 from arbg.nn.conditioning import (
     TEMPLATE_KEYS,
     BoundModel,
@@ -181,15 +181,21 @@ def write_checkpoint_dir(
     path = Path(path)
     commit = Commit(path.parent)
     tmp = commit.stage_dir(path.name)
-    save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
+    with commit.writing(tmp / WEIGHTS_FILE):  # a full disk: one line, no staged files left
+        save_file(_state_dict_for_safetensors(model), str(tmp / WEIGHTS_FILE))
+        usual_mode(tmp / WEIGHTS_FILE)  # safetensors writes 0600 whatever the umask
     note_write(f"staged {path.name}/{WEIGHTS_FILE}")
     if ema_model is not None:
-        save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
+        with commit.writing(tmp / EMA_FILE):
+            save_file(_state_dict_for_safetensors(ema_model), str(tmp / EMA_FILE))
+            usual_mode(tmp / EMA_FILE)
     if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+        with commit.writing(tmp / TRAINER_STATE_FILE):
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
         note_write(f"staged {path.name}/{TRAINER_STATE_FILE}")
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    write_checksums(tmp)
+    with commit.writing(tmp / CONFIG_FILE):
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        write_checksums(tmp)
     note_write(f"staged {path.name}/{CHECKSUMS_FILE}")
     commit.commit()
     logger.info("saved checkpoint %s", path)

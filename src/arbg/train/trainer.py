@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from arbg.chem.systems import N_ATOM_TYPES, N_RESIDUE_TYPES
 from arbg.data.datasets import Dataset
-from arbg.files import atomic_write_text
+from arbg.files import atomic_write_text, claim_dir, disk_errors
 from arbg.nn.conditioning import system_features
 from arbg.nn.coordinates import (
     Binning,
@@ -66,6 +66,7 @@ from arbg.nn.coordinates import (
     fit_standardization,
 )
 from arbg.nn.model import ARBG, ModelConfig
+from arbg.runtime import Interrupted, StopRequest, stop_signals
 from arbg.train.checkpoints import (
     copy_checkpoint,
     load_trainer_state,
@@ -125,6 +126,10 @@ class Trainer:
         self.autocast = cfg.bf16 and self.device.type == "cuda"
 
         resume = load_trainer_state(self.out / "last")
+        if resume is not None:
+            self._check_resume(resume)
+        if self.rank == 0:
+            claim_dir(self.out, self._maker())
         if resume is None and self.rank == 0:  # a fresh start: records of a crashed one go
             (self.out / "train_log.jsonl").unlink(missing_ok=True)
         self._setup_data(resume)  # standardization, binning, training frames, self.D
@@ -170,6 +175,65 @@ class Trainer:
         self._prepare_eval()
 
     # ---- set-up hooks (overridden by arbg.train.transferable.TransferableTrainer)
+
+    def _data_identity(self) -> dict[str, Any] | None:
+        """What the model is trained on (:meth:`arbg.data.datasets.Dataset.identity`), recorded
+        in the checkpoint's training record and compared on resume."""
+        ident = getattr(self.dataset, "identity", None)
+        return ident() if callable(ident) else None
+
+    def _maker(self) -> dict[str, Any]:
+        """The maker record of the training directory (:func:`arbg.files.claim_dir`)."""
+        data = self._data_identity() or {}
+        return {
+            "command": "train",
+            "system": self.system.name,
+            "n_atoms": int(self.system.n_atoms),
+            "data": data.get("sha256"),
+        }
+
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        """Refuse, in one line naming the option, to resume ``out_dir/last`` with another
+        molecule, another model (``--preset``, ``--head``) or other data."""
+        last = self.out / "last"
+        stored = read_config(last)
+        where = f"--out {str(self.out)!r}"
+        rec = stored.get("system")
+        if isinstance(rec, dict) and self.system is not None:
+            name = rec.get("spec", {}).get("name")
+            if rec.get("n_atoms") != self.system.n_atoms or list(rec.get("atom_names", [])) != list(
+                self.system.atom_names
+            ):
+                raise ValueError(
+                    f"data: {where} holds a model of {name!r} ({rec.get('n_atoms')} atoms), the "
+                    f"data are {self.system.name!r} ({self.system.n_atoms} atoms); train another "
+                    "molecule in a new --out"
+                )
+        old = state.get("train_config", {})
+        flags = {"preset": "--preset", "model_overrides": "--head / --n-mixtures"}
+        for key, flag in flags.items():
+            new = self.cfg.to_dict().get(key)
+            if key in old and old[key] != new:
+                raise ValueError(
+                    f"{flag}: {where} was trained with {key} {old[key]!r}, not {new!r}; resume "
+                    "with the same value or train in a new --out"
+                )
+        was, now = stored.get("training", {}).get("data"), self._data_identity()
+        if (
+            was
+            and now
+            and (was.get("sha256"), was.get("n_frames"))
+            != (
+                now["sha256"],
+                now["n_frames"],
+            )
+        ):
+            raise ValueError(
+                f"data: {where} was trained on {was.get('source') or 'other data'} "
+                f"({was.get('n_frames')} frames), not {now.get('source') or 'these data'} "
+                f"({now['n_frames']} frames, other content); its standardization and bins fit "
+                "those data: resume with them or train in a new --out"
+            )
 
     def _setup_data(self, resume: dict[str, Any] | None) -> None:
         """Training frames, standardization and binning (fitted, or restored from ``last``)."""
@@ -266,18 +330,20 @@ class Trainer:
         return float(total)  # one host sync per optimizer step
 
     def _micro_loss(self) -> torch.Tensor:
-        """:meth:`_batch_loss`; a failing ``torch.compile`` falls back to the eager model once."""
+        """The loss of the next micro-batch; a failing ``torch.compile`` falls back to the eager
+        model once, on the same micro-batch (the data stream stays that of an eager run)."""
+        batch = self._draw_batch()
         try:
-            return self._batch_loss()
+            return self._batch_loss(batch)
         except Exception as err:  # noqa: BLE001  (compiler errors have no common type)
             if self.ddp is self._eager_ddp:
                 raise
             logger.warning("torch.compile failed (%s); training eagerly", err)
             self.ddp = self._eager_ddp
-            return self._batch_loss()
+            return self._batch_loss(batch)
 
-    def _batch_loss(self) -> torch.Tensor:
-        """Draw the next micro-batch (from ``data_gen``) and return its loss (with grad)."""
+    def _draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next micro-batch (from ``data_gen``): model inputs and targets on the device."""
         B = self.micro_batch
         if self.train_p is None:
             pick = torch.randint(len(self.train_x), (B,), generator=self.data_gen)
@@ -296,14 +362,19 @@ class Trainer:
                     logger.warning("%d training coordinates fall outside the bin range", n_clip)
                 self._fixed_bins = fixed.to(self.device)
             bins = self._fixed_bins[pick.to(self.device)]
-        tokens = self.model.shift_right(self.model.head.tokens(bins))
+        return self.model.shift_right(self.model.head.tokens(bins)), bins
+
+    def _batch_loss(self, batch: Any) -> torch.Tensor:
+        """The loss (with grad) of a micro-batch of :meth:`_draw_batch`."""
+        tokens, bins = batch
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             _, loss = self.ddp(tokens, None, bins, logits=False)
         return loss
 
-    def _should_stop(self, t0: float, steps_done: int) -> bool:
+    def _should_stop(self, t0: float, steps_done: int, request: StopRequest | None = None) -> bool:
         cfg = self.cfg
         stop = cfg.stop_after_steps is not None and steps_done >= cfg.stop_after_steps
+        signalled = request is not None and request.signum is not None
         if cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes:
             stop = True
         if cfg.patience is not None and self.evals_since_best >= cfg.patience:
@@ -314,12 +385,13 @@ class Trainer:
                     self.evals_since_best,
                 )
             self.early_stopped = stop = True
-        # rank 0's clock and evaluations decide
-        if self.world > 1 and (cfg.max_minutes is not None or cfg.patience is not None):
-            flag = torch.tensor([float(stop)], device=self.device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
-        return stop
+        # rank 0's clock and evaluations decide; a stop signal on any rank stops every rank
+        if self.world > 1:
+            own = float(stop) if self.rank == 0 else 0.0
+            flag = torch.tensor([own, float(signalled)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.max().item())
+        return stop or signalled
 
     def _eval_and_best(self) -> None:
         if self.rank == 0:
@@ -345,7 +417,22 @@ class Trainer:
                 self.evals_since_best += 1
 
     def run(self) -> Path:
-        """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``."""
+        """Train until ``steps`` (or a graceful stop); returns ``out_dir/last``.
+
+        SIGTERM (a batch scheduler's stop) or a first Ctrl-C end the step in progress, save
+        ``last`` like a graceful stop, then raise :class:`arbg.runtime.Interrupted`.
+        """
+        with stop_signals() as request:
+            last = self._run(request)
+        if request.signum is not None:
+            raise Interrupted(
+                f"stopped by {request.name} at step {self.step}; checkpoint saved: {last} "
+                "(run the same command again to resume)",
+                request.signum,
+            )
+        return last
+
+    def _run(self, request: StopRequest) -> Path:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -392,7 +479,7 @@ class Trainer:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._eval_and_best()
                 last_eval = self.step
-            stop = self._should_stop(t0, done)
+            stop = self._should_stop(t0, done, request)
             if (
                 cfg.checkpoint_every
                 and self.step % cfg.checkpoint_every == 0
@@ -402,7 +489,7 @@ class Trainer:
                 self.save("last")
                 last_saved = self.step
             if stop:
-                logger.info("stopping at step %d (time or step budget)", self.step)
+                logger.info("stopping at step %d (time or step budget, or a signal)", self.step)
                 break
         bar.close()
         if last_eval != self.step:
@@ -591,7 +678,8 @@ class Trainer:
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "train_log.jsonl", "a") as f:
+        path = self.out / "train_log.jsonl"
+        with disk_errors(path), open(path, "a") as f:  # a full disk names the file
             f.write(json.dumps(record) + "\n")
 
     def _truncate_log(self) -> None:
@@ -624,6 +712,7 @@ class Trainer:
             "n_clipped_train": self.n_clipped,
             "world_size": self.world,
             "train_config": self.cfg.to_dict(),
+            "data": self._data_identity(),
         }
 
     def save(self, name: str = "last", with_state: bool = True) -> Path:

@@ -128,6 +128,10 @@ class TransferableTrainer(Trainer):
             },
         }
 
+    def _maker(self) -> dict[str, Any]:
+        root = getattr(self.corpus, "root", None)
+        return {"command": "train-transferable", "corpus": None if root is None else str(root)}
+
     def _build_model(self) -> ARBG:
         lim = self.info["limits"]
         if lim["max_residues"] > self.cond_cfg.max_residues:
@@ -161,7 +165,7 @@ class TransferableTrainer(Trainer):
             trainer_state,
         )
 
-    def _batch_loss(self) -> torch.Tensor:
+    def _draw_batch(self) -> Any:
         B = self.micro_batch
         seq = torch.randint(len(self.encs), (B,), generator=self.data_gen)
         u = torch.rand(B, generator=self.data_gen, dtype=torch.float64)
@@ -172,6 +176,10 @@ class TransferableTrainer(Trainer):
         )
         batch = batch.to(self.device)
         tokens = self.model.shift_right(self.model.head.tokens(batch.targets.clamp_min(0)))
+        return tokens, batch
+
+    def _batch_loss(self, drawn: Any) -> torch.Tensor:
+        tokens, batch = drawn
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             _, loss = self.ddp(tokens, batch.feats, batch.targets, logits=False, **batch.kwargs())
         return loss
