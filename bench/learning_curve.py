@@ -33,6 +33,7 @@ import numpy as np
 from arbg.chem.geometry import dihedrals
 from arbg.data.datasets import load_dataset
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
+from arbg.experiments.stages import stats
 from arbg.files import atomic_write_json, atomic_write_text
 from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
@@ -69,13 +70,8 @@ def p_phi_positive(run: Path, phi_indices: np.ndarray) -> float:
     return float(w[phi > 0].sum())
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-
-
 def fmt(s: dict[str, float], digits: int = 3) -> str:
-    return f"{s['mean']:.{digits}g} ± {s['sd']:.{digits}g}"
+    return f"{s['mean']:.{digits}g} ± {s['std']:.{digits}g}"
 
 
 def main() -> None:
@@ -144,8 +140,8 @@ def main() -> None:
         nll = "-" if r["val_nll"] is None else f"{r['val_nll']:.3f}"
         lines.append(
             f"| {r['name']} | {r['step']} | {mins} | {nll} | "
-            f"{100 * r['ess_clipped']['mean']:.2f} ± {100 * r['ess_clipped']['sd']:.2f} % | "
-            f"{100 * r['ess_unclipped']['mean']:.2f} ± {100 * r['ess_unclipped']['sd']:.2f} % | "
+            f"{100 * r['ess_clipped']['mean']:.2f} ± {100 * r['ess_clipped']['std']:.2f} % | "
+            f"{100 * r['ess_unclipped']['mean']:.2f} ± {100 * r['ess_unclipped']['std']:.2f} % | "
             f"{fmt(r['pareto_k'], 2)} | {fmt(r['e_w2'])} | {fmt(r['t_w2'])} | "
             f"{fmt(r['p_phi_pos'], 2)} |"
         )

@@ -46,6 +46,7 @@ from arbg.data.datasets import Dataset, load_dataset
 from arbg.eval.basins import basin_populations, compute_populations
 from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, score
 from arbg.eval.report import (
+    METRIC_NAMES,
     report_context,
     residue_labels,
     write_metrics_json,
@@ -442,14 +443,10 @@ def evaluate_samples(
     return metrics
 
 
-#: the W2 metrics, their names with units
-W2_METRICS = {"e_w2": "E-W2 (kT)", "t_w2": "T-W2 (rad)", "tica_w2": "TICA-W2"}
-
-
 def worse_than_proposal(metrics: dict[str, Any]) -> list[str]:
     """One sentence per W2 metric whose reweighted value is worse than the raw proposal's."""
     out = []
-    for key, name in W2_METRICS.items():
+    for key, name in METRIC_NAMES.items():
         ens = metrics.get("metrics", {})
         prop = ens.get("proposal", {}).get(key, {}).get("mean")
         rew = ens.get("reweighted_resampled", {}).get(key, {}).get("mean")

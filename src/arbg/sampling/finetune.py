@@ -43,7 +43,7 @@ from arbg.data.datasets import Dataset
 from arbg.files import atomic_write_text, claim_dir, lock_dir
 from arbg.nn.coordinates import Binning, Standardization, centre_frames
 from arbg.nn.model import ARBG, TokenFeatures
-from arbg.reweight import kish_ess
+from arbg.reweight import kish_ess, log_importance_weights
 from arbg.sampling.sampler import generate
 from arbg.train.checkpoints import (
     load_checkpoint,
@@ -286,8 +286,8 @@ def _draw_and_weigh(model, binning, standardization, target, cfg, r, feats):
         batch_size=min(1024, cfg.samples_per_round),
     )
     u = np.asarray(target.reduced_energy(batch.coords), dtype=np.float64)
-    ok = np.isfinite(u) & np.isfinite(batch.log_q) & ~batch.chirality_wrong
-    log_w = np.where(ok, -np.where(ok, u, 0.0) - batch.log_q, -np.inf)
+    log_w = log_importance_weights(np.where(batch.chirality_wrong, np.inf, u), batch.log_q)
+    ok = np.isfinite(log_w)
     if not ok.any():
         raise ValueError(f"round {r + 1}: every sample has weight zero (non-finite or D)")
     row = {
