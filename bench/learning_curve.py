@@ -19,6 +19,9 @@ Usage::
 
     python bench/learning_curve.py runs/snap-3000 runs/snap-5000 runs/aldp/last \\
         --reference src/arbg/assets/aldp/reference.npz --n 10000 --seeds 0 1 2 --out runs/lc
+
+``--taus 0.9 1.0`` adds a row per sampling temperature (``name@tau0.9``); log q is that of the
+tempered proposal, so SNIS stays exact.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=2000, help="W2 sample size")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cpu-minutes", nargs="*", default=[], help="NAME=MINUTES overrides")
+    ap.add_argument(
+        "--taus", type=float, nargs="+", default=[1.0], help="sampling temperatures (a row each)"
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -91,17 +97,19 @@ def main() -> None:
     w_ref = np.exp(normalize_log_weights(ref.log_weights))
     p_ref = float(w_ref[dihedrals(ref.positions.astype(np.float64), phi[:1])[:, 0] > 0].sum())
     rows = []
-    for ckpt in map(Path, args.checkpoints):
+    for ckpt, tau in ((c, t) for c in map(Path, args.checkpoints) for t in args.taus):
         ck = load_checkpoint(ckpt)
         name = ckpt.name if ckpt.name not in ("last", "best") else f"{ckpt.parent.name}/{ckpt.name}"
+        if tau != 1.0:
+            name += f"@tau{tau:g}"
         tr = ck.training
         step = int(tr.get("step", 0))
-        minutes = overrides.get(name)
+        minutes = overrides.get(name.split("@")[0])
         minutes = float(minutes) if minutes is not None else training_minutes(ckpt, step)
         per: dict[str, list[float]] = {}
         for seed in args.seeds:
             run = out / name.replace("/", "-") / f"seed{seed}"
-            cfg = SampleConfig(n=args.n, seed=seed, batch_size=512)
+            cfg = SampleConfig(n=args.n, seed=seed, batch_size=512, tau=tau)
             if not (run / "samples.npz").exists():
                 run_sampling(ck, run, cfg)
             m = evaluate_run(run, ref, EvaluateConfig(n_eval=args.n_eval, report=False))

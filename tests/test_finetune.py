@@ -3,6 +3,8 @@ loss and its gradient, that training lowers the loss and raises the ESS, and a b
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,29 @@ def test_finetune_lowers_the_loss_raises_the_ess_and_resumes_exactly(chain, tmp_
     a = load_weights(tmp_path / "a" / "last", "model.safetensors")
     c = load_weights(tmp_path / "c" / "last", "model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_validation_draw_picks_best_by_clipped_ess(chain, tmp_path):
+    """With --validate-every 2: the models before rounds 1 and 3 are scored on the fixed-seed
+    validation draw (deterministic: a second run scores the first model the same), and
+    ``best`` is the validated model with the largest clipped ESS."""
+    target, std, binning, data = chain
+    cfg = FinetuneConfig(
+        rounds=4, samples_per_round=128, steps_per_round=10, batch_size=32, lr=3e-3, seed=3,
+        validate_every=2, validate_samples=512,
+    )  # fmt: skip
+    log = finetune(_model(std, binning), binning, std, target, data, tmp_path / "a", cfg)["log"]
+    scored = [r for r in log if "val_ess_clipped" in r]
+    assert [r["round"] for r in scored] == [1, 3]
+    assert all(0 < r["val_ess_unclipped"] <= r["val_ess_clipped"] <= 1 for r in scored)
+    config = json.loads((tmp_path / "a" / "best" / "config.json").read_text())
+    best = config["finetune"]
+    assert best["val_ess_clipped"] == max(r["val_ess_clipped"] for r in scored)
+    other = FinetuneConfig(**{**cfg.__dict__, "rounds": 1})
+    first = finetune(_model(std, binning), binning, std, target, data, tmp_path / "b", other)
+    assert first["log"][0]["val_ess_clipped"] == scored[0]["val_ess_clipped"]
+    with pytest.raises(ValueError, match="--validate-every"):
+        FinetuneConfig(validate_every=-1).check()
 
 
 def test_finetune_refuses_bad_settings(chain, tmp_path):

@@ -32,10 +32,10 @@ def arg_checks() -> dict[str, object]:
         "ensemble_size frames length max_sequences md_steps_per_frame n n_eval n_mixtures "
         "n_samples particles patience repeats sample steps tica_lag tune_n tune_n_eval workers "
         "eval_batch eval_frames log_every ns_steps stop_after_steps train_steps grad_accum rounds "
-        "samples_per_round steps_per_round"
+        "samples_per_round steps_per_round validate_samples"
     ).split():
         table[dest] = pos_int
-    for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed"):
+    for dest in ("seed", "seeds", "eval_every", "checkpoint_every", "eval_seed", "validate_every"):
         table[dest] = nonneg_int
     for dest in (
         "bias_build_ns bias_deposit_ps bias_height_kt early_reject_kt frame_interval_ps "
