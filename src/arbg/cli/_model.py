@@ -1,11 +1,12 @@
-"""`arbg train`, `train-transferable`, `sample`, `smc`, `tune-temperature` and `evaluate`: the
-model's commands, from training to the report of a run."""
+"""`arbg train`, `train-transferable`, `sample`, `mixture`, `smc`, `finetune`,
+`tune-temperature` and `evaluate`: the model's commands, from training to the report of a run."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from arbg import checks
 from arbg.cli.configargs import add_config_args, config_from_args
@@ -19,9 +20,15 @@ from arbg.files import atomic_write_json, lock_dir
 from arbg.nn.conditioning import ConditioningConfig
 from arbg.sampling.config import SampleConfig, SMCConfig
 from arbg.sampling.finetune import FinetuneConfig, finetune_checkpoint
-from arbg.sampling.runs import run_sampling, run_smc
+from arbg.sampling.runs import MixtureParts, run_sampling, run_smc
 from arbg.sampling.sampler import resolve_batch_size
-from arbg.train.checkpoints import load_checkpoint, sign_checkpoint
+from arbg.train.checkpoints import (
+    is_mixture,
+    load_checkpoint,
+    load_mixture,
+    sign_checkpoint,
+    write_mixture,
+)
 from arbg.train.config import TrainConfig
 from arbg.train.trainer import train
 from arbg.train.transferable import train_transferable
@@ -65,13 +72,28 @@ def cmd_train_transferable(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     cfg = config_from_args(SampleConfig, args)
     # a transferable checkpoint is bound to --sequence; a single-system one refuses it
-    ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
+    if is_mixture(args.checkpoint):  # a mixture of proposals (arbg mixture)
+        if args.sequence is not None:
+            raise checks.ArgumentError("--sequence is for transferable checkpoints, not a mixture")
+        members, weights = load_mixture(args.checkpoint, device=cfg.device)
+        if cfg.batch_size == "auto":
+            raise checks.ArgumentError("--batch-size auto: give a number for a mixture")
+        print(f"mixture of {len(members)} proposals, weights {[round(w, 4) for w in weights]}")
+        ck: Any = MixtureParts(members, weights, str(Path(args.checkpoint).resolve()))
+    else:
+        ck = load_checkpoint(args.checkpoint, device=cfg.device, sequence=args.sequence)
     if cfg.batch_size == "auto":
         n = resolve_batch_size(ck.model, "auto", ck.standardization.n_coords, cfg.device, cfg.dtype)
         cfg = dataclasses.replace(cfg, batch_size=n)
         print(f"batch size (auto, {cfg.dtype} on {cfg.device}): {n}")
     summary = run_sampling(ck, args.out, cfg, progress=not args.quiet, wait=args.wait)
     print(format_run(summary, args.out))
+    return 0
+
+
+def cmd_mixture(args: argparse.Namespace) -> int:
+    out = write_mixture(args.out, args.checkpoints, args.weights)
+    print(f"mixture of {len(args.checkpoints)} proposals: {out} (sample with: arbg sample {out})")
     return 0
 
 
@@ -168,6 +190,17 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--quiet", action="store_true")
     add_config_args(s, ClusterConfig, skip=("connect_timeout_s",))
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser(
+        "mixture",
+        help="a mixture of trained proposals with its exact log q (arbg sample takes it)",
+    )
+    s.add_argument("checkpoints", nargs="+", help="single-system checkpoints of one system")
+    s.add_argument("--out", required=True, help="the mixture directory (new)")
+    s.add_argument(
+        "--weights", type=float, nargs="+", help="one weight per checkpoint (default: equal)"
+    )
+    s.set_defaults(func=cmd_mixture)
 
     s = sub.add_parser(
         "smc",

@@ -42,7 +42,7 @@ def arg_checks() -> dict[str, object]:
         "lr lr_adamw lr_muon max_minutes ns test_ns train_minutes train_ns reference_ns peak_tflops"
     ).split():
         table[dest] = pos
-    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay", "min_nll_gain"):
+    for dest in ("friction", "warmup_ps", "grad_clip", "weight_decay", "min_nll_gain", "weights"):
         table[dest] = nonneg
     table.update(
         bins=n_bins,

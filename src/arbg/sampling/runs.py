@@ -37,11 +37,12 @@ from arbg.sampling.sampler import (
     ProposalState,
     TransformerProposal,
     generate,
+    generate_mixture,
     make_generators,
     wrong_chirality,
 )
 from arbg.sampling.smc import SMCRepeats, SMCResult, twisted_smc
-from arbg.train.checkpoints import load_checkpoint
+from arbg.train.checkpoints import is_mixture, load_checkpoint, load_mixture
 from arbg.train.distributed import rank_and_world_size
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,36 @@ class SamplerParts:
     path: str | None = None
 
 
-def _resolve_parts(obj: Any) -> SamplerParts:
-    if isinstance(obj, SamplerParts):
+@dataclass
+class MixtureParts:
+    """A mixture of proposals for :func:`run_sampling`
+    (:func:`arbg.train.checkpoints.load_mixture`): member checkpoints and normalised weights;
+    the first member's system, binning and standardization stand for the run (its topology,
+    the stored bins)."""
+
+    members: list[Any]
+    weights: list[float]
+    path: str | None = None
+
+    @property
+    def system(self) -> Any:
+        return self.members[0].system
+
+    @property
+    def binning(self) -> Binning:
+        return self.members[0].binning
+
+    @property
+    def standardization(self) -> Standardization:
+        return self.members[0].standardization
+
+
+def _resolve_parts(obj: Any) -> SamplerParts | MixtureParts:
+    if isinstance(obj, (SamplerParts, MixtureParts)):
         return obj
+    if isinstance(obj, (str, Path)) and is_mixture(obj):
+        members, weights = load_mixture(obj)
+        return MixtureParts(members, weights, _resolved(obj))
     if isinstance(obj, (str, Path)):
         ck = load_checkpoint(obj)
         parts = _resolve_parts(ck)
@@ -248,14 +276,8 @@ def _run_sampling(
     device: Any = cfg.device
     if world > 1 and str(device) == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one GPU per rank
-    batch = generate(
-        parts.model,
-        parts.binning,
-        parts.standardization,
-        cfg.n // world + (1 if rank < cfg.n % world else 0),
-        cfg.tau,
-        seeds[rank],
-        feats=parts.feats,
+    n_local = cfg.n // world + (1 if rank < cfg.n % world else 0)
+    common = dict(
         chirality_atoms=getattr(system, "chirality_atoms", None),
         chirality=cfg.chirality,
         batch_size=cfg.batch_size,
@@ -263,6 +285,21 @@ def _run_sampling(
         progress=progress and rank == 0,
         dtype=cfg.dtype,
     )
+    if isinstance(parts, MixtureParts):
+        batch = generate_mixture(
+            parts.members, parts.weights, n_local, cfg.tau, seeds[rank], **common
+        )
+    else:
+        batch = generate(
+            parts.model,
+            parts.binning,
+            parts.standardization,
+            n_local,
+            cfg.tau,
+            seeds[rank],
+            feats=parts.feats,
+            **common,
+        )
     t_e = time.perf_counter()
     logger.info("reduced energies of %d samples (OpenMM)", len(batch))
     u = system.reduced_energy(batch.coords) if len(batch) else np.zeros(0)
@@ -409,6 +446,11 @@ def _write_run(
         "wall_s_total": sum(r["wall_s"] for r in runs),
         "runs": runs,
     }
+    if isinstance(parts, MixtureParts):
+        summary["mixture"] = {
+            "members": [str(m.path) for m in parts.members],
+            "weights": list(parts.weights),
+        }
     commit_run(out, system, merged, ens_idx, summary)
     logger.info(
         "%s: %d samples (%d new), ESS %.1f, %d chirality-wrong, %d non-finite u",
@@ -478,6 +520,11 @@ def run_smc(
     """
     t0 = time.perf_counter()
     parts = _resolve_parts(checkpoint_or_parts)
+    if isinstance(parts, MixtureParts):
+        raise checks.ArgumentError(
+            f"{parts.path} is a mixture of proposals: the twisted SMC takes one checkpoint (a "
+            "mixture's prefix densities are not implemented); give one of its members"
+        )
     system = parts.system
     if system is None:
         raise ValueError("run_smc needs the checkpoint's system (the target)")

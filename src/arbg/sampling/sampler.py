@@ -84,7 +84,9 @@ __all__ = [
     "apply_chirality",
     "chirality_signs",
     "generate",
+    "generate_mixture",
     "log_q",
+    "log_q_at",
     "make_generators",
     "resolve_batch_size",
     "sample_bins",
@@ -306,6 +308,44 @@ def log_q(
     return lp + (-k * math.log(binning.width) + standardization.log_det(z, n_tokens=k))
 
 
+def log_q_at(
+    model: ARBG,
+    binning: Binning,
+    standardization: Standardization,
+    positions: np.ndarray,
+    tau: float = 1.0,
+    feats: TokenFeatures | None = None,
+    batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact log q of a model at conformations it did not necessarily draw: encode them into the
+    model's bins, one teacher-forced pass, :func:`log_q`.
+
+    Parameters
+    ----------
+    model, binning, standardization, tau, feats : the proposal
+    positions : [n, N, 3] float64 nm, canonical order, centred (as :func:`generate` returns)
+    batch_size : sequences per teacher-forced pass
+
+    Returns
+    -------
+    log_q : [n] float64 (nm^-D); ``-inf`` where a coordinate falls outside the bin range (the
+        density is zero there). For the model's own draws it equals the log q they were drawn
+        with (to float32 rounding of the pass).
+    bins : [n, D] int64, the bins of ``positions`` (end bins where outside)
+    """
+    z = standardization.forward(np.asarray(positions, dtype=np.float64))
+    outside = np.any((z < binning.low) | (z >= binning.high), axis=1)
+    bins, _ = binning.encode(np.where(outside[:, None], 0.0, z))
+    if outside.any():
+        logger.info(
+            "log q at %d of %d conformations outside the bin range: 0", outside.sum(), len(z)
+        )
+    lp = teacher_forced_log_pi(model, bins, tau, feats, batch_size)
+    lq = log_q(lp, binning, standardization, z)
+    lq[outside] = -np.inf
+    return lq, np.asarray(bins, dtype=np.int64)
+
+
 def to_conformations(
     bins: torch.Tensor,
     values: torch.Tensor | None,
@@ -441,18 +481,11 @@ def apply_chirality(
         # equivariant (standardization means, bin grid and weights are not), so q(-x) != q(x)
         logger.info("chirality (mirror): scoring q(-x) of %d samples (teacher-forced)", idx.size)
         xm = -x[idx]
-        zm = standardization.forward(xm)
-        bm, n_clip = binning.encode(zm)  # bins of -x
-        outside = np.any((zm < binning.low) | (zm >= binning.high), axis=1)
-        lp_m = teacher_forced_log_pi(model, bm, tau, feats, batch_size)
-        lq_m = log_q(lp_m, binning, standardization, zm)
-        lq_m[outside] = -np.inf  # -x outside the bin range: q(-x) = 0
+        lq_m, bm = log_q_at(model, binning, standardization, xm, tau, feats, batch_size)
         lq[idx] = np.logaddexp(lq[idx], lq_m)
         md = all_d[idx]
         x[idx[md]] = xm[md]
         b[idx[md]] = bm[md]
-        if n_clip:
-            logger.warning("chirality mirror: %d coordinates of -x outside the bin range", n_clip)
     wrong = wrong & ~all_d
     logger.info(
         "chirality (mirror): %d mirrored, %d partially wrong (weight zero) of %d",
@@ -480,6 +513,8 @@ class SampleBatch:
     n_tokens : int, tokens generated (n * D, not counting teacher-forced passes)
     n_teacher_forced : int, sequences scored by a teacher-forced pass (mirror policy)
     sampling_s, wall_s : float, seconds spent drawing bins / in total
+    member : [n] int, the member of a mixture that drew each sample (:func:`generate_mixture`;
+        None for one model)
     """
 
     coords: np.ndarray
@@ -495,6 +530,7 @@ class SampleBatch:
     n_teacher_forced: int = 0
     sampling_s: float = 0.0
     wall_s: float = 0.0
+    member: np.ndarray | None = None
     coords_f32: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -617,6 +653,120 @@ def generate(
     )
     logger.info(
         "generated %d samples in %.2f s (%.1f/s)", n, batch.wall_s, n / max(batch.wall_s, 1e-12)
+    )
+    return batch
+
+
+def generate_mixture(
+    members: list[Any],
+    weights: np.ndarray | list[float],
+    n: int,
+    tau: float = 1.0,
+    seed: int = 0,
+    *,
+    chirality_atoms: np.ndarray | None = None,
+    chirality: str = "zero",
+    batch_size: int | str = 1024,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    dtype: torch.dtype | str = torch.float32,
+) -> SampleBatch:
+    """Draw ``n`` conformations from the mixture ``q = sum_k w_k q_k`` with its exact log q.
+
+    Member ``k`` draws ``n_k`` of the samples (``n w_k`` rounded by largest remainders: a
+    deterministic, stratified allocation) with its own seed; every sample is then scored by
+    every member (:func:`log_q_at`, one teacher-forced pass per other member), and
+    ``log q(x) = logsumexp_k(log w_k + log q_k(x))``. Weighting by this mixture density is the
+    balance heuristic of multiple importance sampling (Veach & Guibas 1995; Elvira et al.,
+    Statist. Sci. 2019): SNIS stays consistent and its weights are bounded by those of the best
+    member wherever the target is, so members trained apart (other seeds, other stopping
+    points, fine-tuned) cover for each other's thin tails.
+
+    Parameters
+    ----------
+    members : objects with ``model``, ``binning``, ``standardization``, ``feats`` (e.g.
+        checkpoints) over the same atoms and the same frame (gauge atoms); binnings may differ
+    weights : [K] non-negative mixture weights (normalised here)
+    n, tau, seed, chirality_atoms, batch_size, device, progress, dtype : as :func:`generate`;
+        member ``k`` draws with a seed derived from ``(seed, k)``
+    chirality : ``"zero"`` or ``"none"`` (``"mirror"`` would need ``q_k(-x)`` of every member)
+
+    Returns
+    -------
+    SampleBatch: ``bins`` in the first member's binning; ``log_q`` the mixture's
+    """
+    t0 = time.perf_counter()
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(members) != w.size or w.size == 0 or np.any(w < 0) or not np.isfinite(w).all():
+        raise ValueError(f"a mixture needs one non-negative weight per member, got {weights!r}")
+    if w.sum() <= 0:
+        raise ValueError("the mixture weights sum to zero")
+    if chirality == "mirror":
+        raise ValueError(
+            "chirality='mirror' is not available for a mixture of proposals (use 'zero')"
+        )
+    w = w / w.sum()
+    frames = {
+        (m.standardization.frame, tuple(m.standardization.gauge_atoms or ())) for m in members
+    }
+    atoms = {m.standardization.n_atoms for m in members}
+    if len(frames) > 1 or len(atoms) > 1:
+        raise ValueError(
+            f"mixture members must share the atoms and the frame, got frames {sorted(frames)} "
+            f"and atom counts {sorted(atoms)}"
+        )
+    share = n * w
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(-(share - counts), kind="stable")[: n - counts.sum()]] += 1
+    draws = []
+    for k, (m, n_k) in enumerate(zip(members, counts, strict=True)):
+        if n_k == 0:
+            continue
+        seed_k = int(np.random.default_rng([int(seed), k]).integers(2**31))
+        b = generate(
+            m.model, m.binning, m.standardization, int(n_k), tau, seed_k,
+            feats=m.feats, chirality_atoms=chirality_atoms, chirality=chirality,
+            batch_size=batch_size, device=device, progress=progress, dtype=dtype,
+        )  # fmt: skip
+        draws.append((k, b))
+    x = np.concatenate([b.coords for _, b in draws])
+    source = np.concatenate([np.full(len(b), k) for k, b in draws])
+    log_qk = np.full((len(members), len(x)), -np.inf)
+    for k, m in enumerate(members):
+        if w[k] == 0:
+            continue
+        mine = source == k
+        log_qk[k, mine] = next(b.log_q for j, b in draws if j == k) if mine.any() else 0.0
+        if (~mine).any():
+            bs = resolve_batch_size(m.model, batch_size, m.standardization.n_coords,
+                                    _model_device(m.model), dtype)  # fmt: skip
+            log_qk[k, ~mine], _ = log_q_at(
+                m.model, m.binning, m.standardization, x[~mine], tau, m.feats, bs
+            )
+    with np.errstate(divide="ignore"):
+        lq = np.logaddexp.reduce(np.log(w)[:, None] + log_qk, axis=0)
+    first = members[0]
+    z0 = first.standardization.forward(x)
+    bins0, _ = first.binning.encode(np.clip(z0, first.binning.low, first.binning.high - 1e-12))
+    batch = SampleBatch(
+        coords=x,
+        bins=np.asarray(bins0, dtype=np.int64),
+        log_q=lq,
+        log_pi=np.concatenate([b.log_pi for _, b in draws]),
+        chirality_wrong=np.concatenate([b.chirality_wrong for _, b in draws]),
+        mirrored=np.zeros(len(x), dtype=bool),
+        tau=float(tau),
+        seed=int(seed),
+        chirality=chirality,
+        n_tokens=sum(b.n_tokens for _, b in draws),
+        n_teacher_forced=int(sum((source != k).sum() for k in range(len(members)) if w[k] > 0)),
+        sampling_s=sum(b.sampling_s for _, b in draws),
+        wall_s=time.perf_counter() - t0,
+        member=source,
+    )
+    logger.info(
+        "mixture of %d: %s samples per member, %d teacher-forced scorings",
+        *(len(members), counts.tolist(), batch.n_teacher_forced),
     )
     return batch
 

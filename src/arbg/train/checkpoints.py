@@ -13,6 +13,10 @@ Layout of a checkpoint directory::
         checksums.json      sha256 of every other file, written at save and checked at load
                             (an edited config or corrupted weights are refused)
 
+A *mixture* of proposals (:func:`write_mixture`, `arbg mixture`) is a directory of member
+checkpoints with a ``mixture.json`` (member directories and weights); `arbg sample` draws from
+it with the mixture's exact log q (:func:`arbg.sampling.sampler.generate_mixture`).
+
 ``arbg sample CHECKPOINT`` needs nothing else: the system is rebuilt from its spec and the
 preprocessing (standardization, binning) is undone exactly. A checkpoint is written into a
 staged directory and made current by one :class:`arbg.files.Commit` (journal rename), so a reader
@@ -60,6 +64,7 @@ WEIGHTS_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 TRAINER_STATE_FILE = "trainer_state.pt"
 CHECKSUMS_FILE = "checksums.json"
+MIXTURE_FILE = "mixture.json"
 #: entries of ``config.json`` that have no default: a checkpoint without one is refused
 REQUIRED_ENTRIES = (("model", "head"), ("standardization", "frame"))
 
@@ -225,6 +230,11 @@ def read_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
         raise ArgumentError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_dir():
         raise ArgumentError(f"checkpoint {str(path)!r} is not a directory (a checkpoint is one)")
+    if not cfg_path.exists() and (path / MIXTURE_FILE).exists():
+        raise ArgumentError(
+            f"{path} is a mixture of proposals ({MIXTURE_FILE}): `arbg sample` takes it; "
+            f"elsewhere give one of its member checkpoints (e.g. {path / 'member-0'})"
+        )
     if not cfg_path.exists():
         raise FileNotFoundError(f"{path} is not an arbg checkpoint (no {CONFIG_FILE})")
     if verify:
@@ -524,6 +534,103 @@ def load_checkpoint(
         config=config,
         used_ema=used_ema,
     )
+
+
+def is_mixture(path: str | Path) -> bool:
+    """Whether ``path`` is a mixture directory (:func:`write_mixture`)."""
+    return (Path(path) / MIXTURE_FILE).is_file()
+
+
+def write_mixture(
+    out: str | Path, members: list[str | Path], weights: list[float] | None = None
+) -> Path:
+    """Write a mixture of proposals: copies of the member checkpoints (``member-K/``, checksummed,
+    without trainer state) and ``mixture.json`` (``members``, ``weights``, ``sources``).
+
+    The members are loaded first: each must be a single-system checkpoint of the same system
+    and frame (a mixture's density needs every member's density at every sample). ``weights``
+    default to equal; they are normalised. Refuses an existing ``out``.
+    """
+    out = Path(out)
+    if out.exists():
+        raise ArgumentError(f"{out} exists; a mixture is written to a new directory")
+    if len(members) < 2:
+        raise ArgumentError(f"a mixture needs at least 2 member checkpoints, got {len(members)}")
+    w = [1.0] * len(members) if weights is None else [float(v) for v in weights]
+    if len(w) != len(members) or any(not v >= 0 for v in w) or sum(w) <= 0:
+        raise ArgumentError(
+            f"--weights: one non-negative weight per member ({len(members)}), not all zero; "
+            f"got {weights}"
+        )
+    loaded = [load_checkpoint(m) for m in members]
+    _check_mixture(loaded, [str(m) for m in members])
+    commit = Commit(out.parent)
+    tmp = commit.stage_dir(out.name)
+    names = [f"member-{k}" for k in range(len(members))]
+    for name, src in zip(names, members, strict=True):
+        dst = tmp / name
+        dst.mkdir()
+        for f in Path(src).iterdir():
+            if f.is_file() and not f.name.startswith(".") and f.name != TRAINER_STATE_FILE:
+                shutil.copy2(f, dst / f.name)
+        write_checksums(dst)
+    record = {
+        "format": "arbg-mixture",
+        "members": names,
+        "weights": [v / sum(w) for v in w],
+        "sources": [str(Path(m).resolve()) for m in members],
+    }
+    (tmp / MIXTURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    commit.commit()
+    return out
+
+
+def load_mixture(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[list[Checkpoint], list[float]]:
+    """The member checkpoints (verified) and the normalised weights of a mixture directory."""
+    path = Path(path)
+    record = read_json(path / MIXTURE_FILE, "mixture")
+    members, weights = record.get("members") if isinstance(record, dict) else None, None
+    if isinstance(record, dict):
+        weights = record.get("weights")
+    ok = isinstance(members, list) and isinstance(weights, list) and len(members) == len(weights)
+    if not ok or len(members) < 2 or not all(isinstance(m, str) for m in members):
+        raise ArgumentError(
+            f"{path / MIXTURE_FILE}: not a mixture record (needs 'members' and 'weights' of equal "
+            "length >= 2)"
+        )
+    if any(Path(m).is_absolute() or ".." in Path(m).parts for m in members):
+        raise ArgumentError(f"{path / MIXTURE_FILE}: members must be directories inside {path}")
+    try:
+        w = [float(v) for v in weights]
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{path / MIXTURE_FILE}: weights must be numbers: {weights}") from None
+    if any(not v >= 0 for v in w) or sum(w) <= 0:
+        raise ArgumentError(f"{path / MIXTURE_FILE}: weights must be >= 0, not all 0: {weights}")
+    loaded = [load_checkpoint(path / m, device=device) for m in members]
+    _check_mixture(loaded, [str(path / m) for m in members])
+    return loaded, [v / sum(w) for v in w]
+
+
+def _check_mixture(members: list[Checkpoint], names: list[str]) -> None:
+    """Refuse members of another system, a transferable one, or another frame."""
+    first = members[0]
+    for ck, name in zip(members, names, strict=True):
+        if ck.config.get("transferable"):
+            raise ArgumentError(f"{name}: a mixture takes single-system checkpoints")
+        if ck.system.name != first.system.name or ck.system.n_atoms != first.system.n_atoms:
+            raise ArgumentError(
+                f"{name} is for {ck.system.name!r} ({ck.system.n_atoms} atoms), {names[0]} for "
+                f"{first.system.name!r} ({first.system.n_atoms} atoms): a mixture's members "
+                "share the system"
+            )
+        a, b = ck.standardization, first.standardization
+        if (a.frame, a.gauge_atoms) != (b.frame, b.gauge_atoms):
+            raise ArgumentError(
+                f"{name} uses frame {a.frame} {a.gauge_atoms}, {names[0]} {b.frame} "
+                f"{b.gauge_atoms}: a mixture's members share the frame"
+            )
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
