@@ -20,8 +20,9 @@ Usage::
     python bench/learning_curve.py runs/snap-3000 runs/snap-5000 runs/aldp/last \\
         --reference src/arbg/assets/aldp/reference.npz --n 10000 --seeds 0 1 2 --out runs/lc
 
-``--taus 0.9 1.0`` adds a row per sampling temperature (``name@tau0.9``); log q is that of the
-tempered proposal, so SNIS stays exact.
+A mixture directory (`arbg mixture`) is a checkpoint here too (its CPU-minutes from
+``--cpu-minutes``). ``--taus 0.9 1.0`` adds a row per sampling temperature (``name@tau0.9``);
+log q is that of the tempered proposal, so SNIS stays exact.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from arbg.files import atomic_write_json, atomic_write_text
 from arbg.reweight import normalize_log_weights
 from arbg.sampling.config import SampleConfig
 from arbg.sampling.runs import run_sampling
-from arbg.train.checkpoints import load_checkpoint
+from arbg.train.checkpoints import is_mixture, load_checkpoint
 
 
 def training_minutes(checkpoint: Path, step: int) -> float | None:
@@ -98,14 +99,18 @@ def main() -> None:
     p_ref = float(w_ref[dihedrals(ref.positions.astype(np.float64), phi[:1])[:, 0] > 0].sum())
     rows = []
     for ckpt, tau in ((c, t) for c in map(Path, args.checkpoints) for t in args.taus):
-        ck = load_checkpoint(ckpt)
+        mixture = is_mixture(ckpt)  # a mixture of proposals (arbg mixture): sampled by path
+        ck = ckpt if mixture else load_checkpoint(ckpt)
         name = ckpt.name if ckpt.name not in ("last", "best") else f"{ckpt.parent.name}/{ckpt.name}"
         if tau != 1.0:
             name += f"@tau{tau:g}"
-        tr = ck.training
+        tr = {} if mixture else ck.training
         step = int(tr.get("step", 0))
         minutes = overrides.get(name.split("@")[0])
-        minutes = float(minutes) if minutes is not None else training_minutes(ckpt, step)
+        if minutes is not None:
+            minutes = float(minutes)
+        elif not mixture:
+            minutes = training_minutes(ckpt, step)
         per: dict[str, list[float]] = {}
         for seed in args.seeds:
             run = out / name.replace("/", "-") / f"seed{seed}"

@@ -49,6 +49,9 @@ NOT_RUN = {
     "arbg sample runs/aldp-tiny/best --n 10000 --tau 1.0 --out runs/aldp-samples": _NEEDS,
     "arbg sample runs/aldp-tiny/best --n 10000 --seed 1 --out runs/aldp-samples": _NEEDS,
     "arbg evaluate runs/aldp-samples --reference data/aldp-ref": _NEEDS,
+    "arbg mixture runs/aldp-tiny/best runs/aldp-tiny-seed2/best --out runs/aldp-mix": _NEEDS
+    + " (tests/test_mixture.py runs `arbg mixture` and `arbg sample` on the shipped model)",
+    "arbg sample runs/aldp-mix --n 10000 --out runs/aldp-mix-samples": _NEEDS,
     "arbg demo --out runs/demo --train-minutes 30": "the full demo (30 min to hours)",
     "arbg md ace-aaa-nme --ns 20 --out data/ace-aaa-nme": _MD,
     "arbg train data/ace-aaa-nme --out runs/ace-aaa-nme-tiny --preset tiny": "training",
