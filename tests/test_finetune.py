@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from toys import HarmonicChainTarget
+from toys import HarmonicChainTarget, small_chain_model
 
 from arbg.nn.coordinates import fit_binning, fit_standardization
-from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+from arbg.nn.model import ARBG
 from arbg.reweight import kish_ess
 from arbg.sampling.finetune import FinetuneConfig, finetune, tempered_beta
 from arbg.train.checkpoints import load_weights
@@ -43,20 +43,7 @@ def chain():
 
 
 def _model(std, binning) -> ARBG:
-    feats = token_features_for_system(
-        np.zeros(N_ATOMS, int),
-        np.zeros(N_ATOMS, int),
-        np.arange(N_ATOMS),
-        coord_index=std.coord_index,
-    )
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        n_bins=N_BINS, n_layer=1, n_embd=32, n_head=2, head_dim=16, max_atoms=8,
-        n_atom_types=2, n_residue_types=2, max_residues=8, value_fourier=4,
-    )  # fmt: skip
-    model = ARBG(cfg, default_feats=feats)
-    model.set_bin_floor(binning.token_floor(std))
-    return model.eval()
+    return small_chain_model(std, binning, N_ATOMS, N_BINS)
 
 
 def test_loss_gradient_matches_finite_differences(chain):

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from toys import HarmonicChainTarget
+from toys import HarmonicChainTarget, small_chain_model
 
 from arbg.nn.coordinates import fit_binning, fit_standardization
-from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
 from arbg.sampling.sampler import generate, generate_mixture, log_q, log_q_at
 
 torch.set_num_threads(1)
@@ -43,18 +42,8 @@ def members():
     out = []
     for k, margin in enumerate((1.0, 1.0, 1.3)):
         binning = fit_binning(std.forward(x), n_bins=N_BINS, standardization=std, margin=margin)
-        feats = token_features_for_system(
-            np.zeros(N_ATOMS, int), np.zeros(N_ATOMS, int), np.arange(N_ATOMS),
-            coord_index=std.coord_index,
-        )  # fmt: skip
-        torch.manual_seed(k)
-        cfg = ModelConfig(
-            n_bins=N_BINS, n_layer=1, n_embd=32, n_head=2, head_dim=16, max_atoms=8,
-            n_atom_types=2, n_residue_types=2, max_residues=8, value_fourier=4,
-        )  # fmt: skip
-        model = ARBG(cfg, default_feats=feats)
-        model.set_bin_floor(binning.token_floor(std))
-        out.append(Member(model.eval(), binning, std, feats))
+        model = small_chain_model(std, binning, N_ATOMS, N_BINS, seed=k)
+        out.append(Member(model, binning, std, None))  # None: the model's own features
     return out
 
 

@@ -419,3 +419,24 @@ class ChainProposal:
         if state.n_done != self.n_atoms - 1:
             raise RuntimeError("finish() before all 3(n-1) coordinates were generated")
         return state.x - state.x.mean(axis=1, keepdims=True)
+
+
+def small_chain_model(std, binning, n_atoms: int, n_bins: int, seed: int = 0):
+    """A one-layer ARBG over an ``n_atoms`` toy chain (untrained, seeded, eval mode, bin floor
+    set): the model of the fine-tuning and mixture tests."""
+    import torch
+
+    from arbg.nn.model import ARBG, ModelConfig, token_features_for_system
+
+    feats = token_features_for_system(
+        np.zeros(n_atoms, int), np.zeros(n_atoms, int), np.arange(n_atoms),
+        coord_index=std.coord_index,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        n_bins=n_bins, n_layer=1, n_embd=32, n_head=2, head_dim=16, max_atoms=8,
+        n_atom_types=2, n_residue_types=2, max_residues=8, value_fourier=4,
+    )  # fmt: skip
+    model = ARBG(cfg, default_feats=feats)
+    model.set_bin_floor(binning.token_floor(std))
+    return model.eval()

@@ -718,7 +718,7 @@ def generate_mixture(
     share = n * w
     counts = np.floor(share).astype(np.int64)
     counts[np.argsort(-(share - counts), kind="stable")[: n - counts.sum()]] += 1
-    draws = []
+    draws: list[tuple[int, SampleBatch]] = []
     for k, (m, n_k) in enumerate(zip(members, counts, strict=True)):
         if n_k == 0:
             continue
@@ -736,7 +736,8 @@ def generate_mixture(
         if w[k] == 0:
             continue
         mine = source == k
-        log_qk[k, mine] = next(b.log_q for j, b in draws if j == k) if mine.any() else 0.0
+        if mine.any():  # its own draws: the log q they were drawn with
+            log_qk[k, mine] = dict(draws)[k].log_q
         if (~mine).any():
             bs = resolve_batch_size(m.model, batch_size, m.standardization.n_coords,
                                     _model_device(m.model), dtype)  # fmt: skip

@@ -212,14 +212,19 @@ def copy_checkpoint(src: str | Path, dst: str | Path, with_trainer_state: bool =
     src, dst = Path(src), Path(dst)
     commit = Commit(dst.parent)
     tmp = commit.stage_dir(dst.name)
+    _copy_checkpoint_files(src, tmp, with_trainer_state)
+    commit.commit()
+    return dst
+
+
+def _copy_checkpoint_files(src: Path, dst: Path, with_trainer_state: bool) -> None:
+    """Copy a checkpoint's files into the (staged, existing) directory ``dst``, with checksums."""
     for f in src.iterdir():
         if f.name == TRAINER_STATE_FILE and not with_trainer_state:
             continue
         if f.is_file() and not f.name.startswith("."):
-            shutil.copy2(f, tmp / f.name)
-    write_checksums(tmp)
-    commit.commit()
-    return dst
+            shutil.copy2(f, dst / f.name)
+    write_checksums(dst)
 
 
 def read_config(path: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -568,12 +573,8 @@ def write_mixture(
     tmp = commit.stage_dir(out.name)
     names = [f"member-{k}" for k in range(len(members))]
     for name, src in zip(names, members, strict=True):
-        dst = tmp / name
-        dst.mkdir()
-        for f in Path(src).iterdir():
-            if f.is_file() and not f.name.startswith(".") and f.name != TRAINER_STATE_FILE:
-                shutil.copy2(f, dst / f.name)
-        write_checksums(dst)
+        (tmp / name).mkdir()
+        _copy_checkpoint_files(Path(src), tmp / name, with_trainer_state=False)
     record = {
         "format": "arbg-mixture",
         "members": names,
@@ -591,9 +592,8 @@ def load_mixture(
     """The member checkpoints (verified) and the normalised weights of a mixture directory."""
     path = Path(path)
     record = read_json(path / MIXTURE_FILE, "mixture")
-    members, weights = record.get("members") if isinstance(record, dict) else None, None
-    if isinstance(record, dict):
-        weights = record.get("weights")
+    record = record if isinstance(record, dict) else {}
+    members, weights = record.get("members"), record.get("weights")
     ok = isinstance(members, list) and isinstance(weights, list) and len(members) == len(weights)
     if not ok or len(members) < 2 or not all(isinstance(m, str) for m in members):
         raise ArgumentError(
