@@ -418,6 +418,38 @@ class PeptideSystem:
             [(a.index, b.index) for a, b in self.omm_topology.bonds()], dtype=np.int64
         ).reshape(-1, 2)
 
+    @functools.cached_property
+    def rotor_hydrogens(self) -> np.ndarray:
+        """[m, 3] hydrogen triples on one heavy atom (CH3, NH3+) whose cyclic relabelling
+        leaves the energy unchanged: a 120 degree turn of the group, which MD visits.
+
+        Each candidate is checked with the force field (energy of the built conformation
+        with the triple relabelled cyclically equals the original to 1e-6 kT), so a triple
+        with unequal parameters is left out. Odd relabellings (swapping two hydrogens) are
+        never implied: they mirror the group, a state MD of labelled atoms cannot reach.
+        """
+        neighbours: dict[int, list[int]] = {}
+        for a, b in self.bonds:
+            neighbours.setdefault(int(a), []).append(int(b))
+            neighbours.setdefault(int(b), []).append(int(a))
+        candidates = []
+        for atom, nbrs in sorted(neighbours.items()):
+            hs = sorted(n for n in nbrs if self.element[n] == 1)
+            if self.element[atom] != 1 and len(hs) == 3:
+                candidates.append(hs)
+        if not candidates:
+            return np.zeros((0, 3), dtype=np.int64)
+        x0 = self.positions[None].astype(np.float64)
+        trials = []
+        for hs in candidates:
+            x = x0.copy()
+            x[0, hs] = x0[0, [hs[1], hs[2], hs[0]]]
+            trials.append(x[0])
+        u0 = self.reduced_energy(x0)[0]
+        u = self.reduced_energy(np.stack(trials))
+        keep = [hs for hs, ui in zip(candidates, u, strict=True) if abs(ui - u0) < 1e-6]
+        return np.array(keep, dtype=np.int64).reshape(-1, 3)
+
     # -- energies
     @property
     def energy_model(self):

@@ -11,7 +11,7 @@ from typing import Any
 from arbg import checks
 from arbg.cli.configargs import add_config_args, config_from_args
 from arbg.cluster import ClusterConfig
-from arbg.data.datasets import load_dataset
+from arbg.data.datasets import load_dataset, load_datasets
 from arbg.data.loaders import load_corpus
 from arbg.eval.evaluate import EvaluateConfig, evaluate_run
 from arbg.eval.report import format_metrics, format_run
@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    data = load_dataset(args.data, topology=args.topology)
+    data = load_datasets(args.data, topology=args.topology)
     cfg = config_from_args(TrainConfig, args)
     cfg.model_overrides["head"] = args.head
     if args.head != "bins":
@@ -108,7 +108,7 @@ def cmd_smc(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = config_from_args(FinetuneConfig, args)
-    data = load_dataset(args.data, topology=args.topology)
+    data = load_datasets(args.data, topology=args.topology)
     res = finetune_checkpoint(args.checkpoint, data, args.out, cfg, wait=args.wait)
     for r in res["log"]:
         print(
@@ -152,7 +152,12 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("train", help="train an ARBG model on MD data (resumable)")
-    s.add_argument("data", help="dataset (arbg md dir, published layout, array/trajectory)")
+    s.add_argument(
+        "data",
+        nargs="+",
+        help="dataset (arbg md dir, published layout, array/trajectory); several runs of one "
+        "system are joined split by split, each run's weights self-normalised",
+    )
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--out", required=True, help="training directory (checkpoints, logs)")
     add_config_args(s, TrainConfig, skip=("model_overrides",))
@@ -219,7 +224,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         help="energy-aware fine-tuning on the model's own reweighted samples (resumable)",
     )
     s.add_argument("checkpoint", help="a trained single-system checkpoint")
-    s.add_argument("data", help="its MD training data (mixed in: --data-fraction)")
+    s.add_argument(
+        "data", nargs="+", help="its MD training data, one run or several (--data-fraction)"
+    )
     s.add_argument("--topology", help="PDB for array/trajectory data")
     s.add_argument("--out", required=True, help="directory for best/, last/ and the log")
     add_config_args(s, FinetuneConfig)

@@ -33,7 +33,7 @@ from arbg.chem.geometry import dihedrals
 from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 from arbg.files import ascii_path
-from arbg.reweight import kish_ess
+from arbg.reweight import kish_ess, normalize_log_weights
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,12 @@ class Dataset:
             h.update(x[-1].tobytes())
         h.update(" ".join(getattr(self.system, "atom_names", [])).encode())
         source = (self.metadata or {}).get("source")
+        if isinstance(source, list):  # joined runs (join_datasets)
+            source = " + ".join(str(Path(x).resolve()) for x in source)
+        elif source:
+            source = str(Path(source).resolve())
         return {
-            "source": str(Path(source).resolve()) if source else None,
+            "source": source or None,
             "n_frames": int(len(x)),
             "sha256": h.hexdigest(),
         }
@@ -281,6 +285,76 @@ def load_dataset(
             raise checks.ArgumentError(f"trajectory {str(path)!r} is not readable: {e}") from e
     frames = check_frames(frames[:, idx], sys_.n_atoms, str(path))
     return Dataset(frames, sys_, contiguous_splits(len(frames)), {"source": str(path)}, log_w)
+
+
+def join_datasets(parts: list[Dataset]) -> Dataset:
+    """Several runs of one system as one dataset, split by split.
+
+    Each run keeps its own time-block splits: the joined ``train`` is the train blocks of the
+    runs one after the other, then ``val``, then ``test``, so no frame changes split and the
+    validation frames stay as independent of the training frames as in each run alone.
+
+    Log-weights: runs made under different biases have different normalising constants, so
+    each run is self-normalised on its own and the runs are mixed in proportion to their Kish
+    ESS (the minimum-variance mix of independent estimators; equilibrium runs keep equal frame
+    weights). Raises ``ValueError`` naming the run whose system or split names differ.
+    """
+    if not parts:
+        raise ValueError("join_datasets: no datasets given")
+    first = parts[0]
+    names = list(first.splits)
+    for i, d in enumerate(parts[1:], start=1):
+        if d.system.spec != first.system.spec:
+            raise ValueError(
+                f"cannot join {d.metadata.get('source', f'run {i}')}: its system "
+                f"({d.system.spec.name}) differs from {first.metadata.get('source', 'run 0')}'s "
+                f"({first.system.spec.name}); join runs of one system and force field"
+            )
+        if list(d.splits) != names:
+            raise ValueError(
+                f"cannot join {d.metadata.get('source', f'run {i}')}: splits "
+                f"{list(d.splits)} differ from {names}"
+            )
+    mixed = [normalize_log_weights(d.log_weights) + np.log(d.kish_ess()) for d in parts]
+    positions, log_w, splits, start = [], [], {}, 0
+    for name in names:
+        for d, lw in zip(parts, mixed, strict=True):
+            a, b = d.splits[name]
+            positions.append(d.positions[a:b])
+            log_w.append(lw[a:b])
+        stop = start + sum(d.splits[name][1] - d.splits[name][0] for d in parts)
+        splits[name] = [start, stop]
+        start = stop
+    sources = [str(d.metadata.get("source", f"run {i}")) for i, d in enumerate(parts)]
+    return Dataset(
+        np.concatenate(positions),
+        first.system,
+        splits,
+        {"source": sources, "joined_frames": [len(d) for d in parts]},
+        np.concatenate(log_w),
+    )
+
+
+def load_datasets(
+    paths: str | Path | list[str | Path],
+    topology: str | Path | None = None,
+    system: PeptideSystem | str | None = None,
+) -> Dataset:
+    """:func:`load_dataset` of one path, or :func:`join_datasets` of several runs of one system
+    (``arbg train RUN1 RUN2 ...``)."""
+    if isinstance(paths, (str, Path)):
+        return load_dataset(paths, topology=topology, system=system)
+    if len(paths) == 1:
+        return load_dataset(paths[0], topology=topology, system=system)
+    parts = [load_dataset(p, topology=topology, system=system) for p in paths]
+    joined = join_datasets(parts)
+    log.info(
+        "joined %d runs: %s frames, Kish ESS %.1f",
+        len(parts),
+        " + ".join(str(len(d)) for d in parts),
+        joined.kish_ess(),
+    )
+    return joined
 
 
 def weighting_summary(

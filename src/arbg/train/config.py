@@ -44,6 +44,10 @@ class TrainConfig:
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
         augmentation needed); see :mod:`arbg.nn.coordinates`.
     augment_rotations : random 3-D rotation of every training frame (centroid frame only).
+    augment_rotors : relabel the hydrogens of every CH3 / NH3+ group of every training frame by
+        a random cyclic shift (:attr:`arbg.chem.systems.PeptideSystem.rotor_hydrogens`): an
+        exact symmetry of the energy, each relabelling a 120 degree turn of the group, so the
+        model sees every rotor state with every conformation of the rest (single-system only).
     bf16 : bf16 autocast (CUDA only; ignored on the CPU); the weights and optimizer state stay
         float32 (master weights).
     grad_accum : micro-batches per optimizer step (``batch_size / world`` must divide by it):
@@ -100,6 +104,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
     augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
+    augment_rotors: bool = field(default=False, metadata={"flag": "--rotors"})
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250

@@ -10,7 +10,41 @@ from arbg.nn.coordinates import Binning, Standardization, random_rotations, rota
 from arbg.nn.heads import z_to_values
 from arbg.reweight import normalize_log_weights
 
-__all__ = ["encode_frames", "encode_values", "marginal_baseline", "normalized_weights"]
+__all__ = [
+    "encode_frames",
+    "encode_values",
+    "marginal_baseline",
+    "normalized_weights",
+    "relabel_rotors",
+]
+
+
+def relabel_rotors(
+    x: torch.Tensor, rotors: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Frames with the hydrogens of every rotor relabelled by an independent random cyclic
+    shift (0, 1 or 2 places), an exact symmetry of the energy (see
+    :attr:`arbg.chem.systems.PeptideSystem.rotor_hydrogens`).
+
+    Parameters
+    ----------
+    x : Tensor [B, n, 3], positions (any units)
+    rotors : LongTensor [m, 3], atom indices of each rotor's three hydrogens
+    generator : torch.Generator of the shifts
+
+    Returns
+    -------
+    Tensor [B, n, 3]: ``out[b, rotors[g, i]] = x[b, rotors[g, (i + s[b, g]) % 3]]``
+    """
+    B, n, _ = x.shape
+    m = rotors.shape[0]
+    if m == 0:
+        return x
+    shift = torch.randint(3, (B, m, 1), generator=generator)  # [B, m, 1]
+    slot = (torch.arange(3) + shift) % 3  # [B, m, 3]: which member each slot takes
+    source = torch.arange(n).repeat(B, 1)  # [B, n]: atom each position is read from
+    source[:, rotors.reshape(-1)] = torch.gather(rotors.expand(B, m, 3), 2, slot).reshape(B, 3 * m)
+    return torch.gather(x, 1, source.unsqueeze(-1).expand(B, n, 3))
 
 
 def _standardized(

@@ -76,7 +76,13 @@ from arbg.train.checkpoints import (
 )
 from arbg.train.config import TrainConfig, lr_factor
 from arbg.train.distributed import init_distributed, locked_output, rank_and_world_size
-from arbg.train.encoding import encode_frames, encode_values, marginal_baseline, normalized_weights
+from arbg.train.encoding import (
+    encode_frames,
+    encode_values,
+    marginal_baseline,
+    normalized_weights,
+    relabel_rotors,
+)
 from arbg.train.optim import (
     Muon,
     build_optimizers,
@@ -274,6 +280,10 @@ class Trainer:
             )
         # rotations are a no-op in the gauge frame (forward removes them): skip the work
         self.rotate = cfg.augment_rotations and self.std.frame == "centroid"
+        self.rotors: torch.Tensor | None = None
+        if cfg.augment_rotors:
+            self.rotors = torch.as_tensor(self.system.rotor_hydrogens)
+            logger.info("rotor relabelling: %d CH3/NH3+ groups", len(self.rotors))
         self._fixed_bins: torch.Tensor | None = None
         self.D = self.std.n_coords
 
@@ -349,8 +359,12 @@ class Trainer:
             pick = torch.randint(len(self.train_x), (B,), generator=self.data_gen)
         else:  # weighted cross-entropy: frames drawn in proportion to their weights
             pick = torch.multinomial(self.train_p, B, replacement=True, generator=self.data_gen)
-        if self.rotate:
-            bins, n_clip = self._encode(self.train_x[pick], self.std, self.binning, self.data_gen)
+        if self.rotate or self.rotors is not None:
+            x = self.train_x[pick]  # [B, n, 3] float64 nm, centred
+            if self.rotors is not None:
+                x = relabel_rotors(x, self.rotors, self.data_gen)
+            rotations = self.data_gen if self.rotate else None
+            bins, n_clip = self._encode(x, self.std, self.binning, rotations)
             self.n_clipped += n_clip
             if self.device.type == "cuda":
                 bins = bins.pin_memory()

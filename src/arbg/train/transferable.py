@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 class TransferableTrainer(Trainer):
     """:class:`arbg.train.trainer.Trainer` on a :class:`arbg.data.loaders.Corpus` (train split; val
     split for
-    the val NLL). Gauge frame only; ``TrainConfig.augment_rotations`` and ``data_weights`` are
-    not used (corpus frames are equilibrium MD).
+    the val NLL). Gauge frame only; ``TrainConfig.augment_rotations``, ``augment_rotors`` and
+    ``data_weights`` are not used (corpus frames are equilibrium MD; ``augment_rotors`` is
+    refused).
 
     Parameters
     ----------
@@ -61,6 +62,8 @@ class TransferableTrainer(Trainer):
     ) -> None:
         if config.frame != "gauge":
             raise ValueError("transferable training uses the gauge frame (frame='gauge')")
+        if config.augment_rotors:
+            raise ValueError("--rotors is for single-system training, not transferable training")
         self.corpus = corpus
         self.cond_cfg = conditioning or ConditioningConfig()
         super().__init__(corpus, out_dir, config, progress)
@@ -108,7 +111,7 @@ class TransferableTrainer(Trainer):
         self.n_frames = torch.tensor([len(b) for b in self.train_bins], dtype=torch.float64)
         self.D = float(np.mean([e.n_tokens for e in self.encs]))  # tokens/s bookkeeping
         self.std = None  # no single standardization: one gauge frame per sequence
-        self.train_p, self.rotate = None, False
+        self.train_p, self.rotate, self.rotors = None, False, None
         root = getattr(self.corpus, "root", None)
         self.info = {
             "corpus": {
