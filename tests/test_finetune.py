@@ -162,6 +162,8 @@ def test_cli_finetune_writes_loadable_checkpoints(tmp_path, capsys):
     assert main([*argv, "--steps-per-round", "2", "--batch-size", "8"]) == 0
     text = capsys.readouterr().out
     assert "round   1: ESS" in text and "nats/coordinate" in text
+    start = load_checkpoint(assets / "checkpoint").training
     for name in ("best", "last"):
         ck = load_checkpoint(out / name)
         assert ck.training["finetune"]["ess_unclipped"] > 0
+        assert ck.training["start"] == start  # how the starting point was made travels along

@@ -156,6 +156,7 @@ def finetune(
     *,
     system: Any = None,
     feats: TokenFeatures | None = None,
+    start_record: dict[str, Any] | None = None,
     wait: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` in place on its own reweighted samples (module docstring).
@@ -173,6 +174,9 @@ def finetune(
     system : the PeptideSystem written into the checkpoints (default: ``target``; an analytic
         target without one gets weight files only)
     feats : token features (default: the model's own)
+    start_record : the ``training`` record of the checkpoint the model came from, carried into
+        every checkpoint written here as ``training.start`` (so a fine-tuned checkpoint says how
+        its starting point was trained, and a chain of fine-tunings nests)
     wait : wait for another writer of ``out_dir`` instead of failing
 
     Returns
@@ -188,7 +192,18 @@ def finetune(
     with lock_dir(out, wait=wait):
         maker = {"command": "finetune", "system": getattr(system, "name", None)}
         claim_dir(out, {**maker, "n_atoms": int(system.n_atoms)})
-        return _run(model, binning, standardization, target, data_bins, out, cfg, system, feats)
+        return _run(
+            model,
+            binning,
+            standardization,
+            target,
+            data_bins,
+            out,
+            cfg,
+            system,
+            feats,
+            start_record,
+        )
 
 
 def finetune_checkpoint(
@@ -220,11 +235,12 @@ def finetune_checkpoint(
         out_dir,
         config,
         feats=ck.feats,
+        start_record=ck.config.get("training"),
         wait=wait,
     )
 
 
-def _run(model, binning, standardization, target, data_bins, out, cfg, system, feats):
+def _run(model, binning, standardization, target, data_bins, out, cfg, system, feats, start_record):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state = load_trainer_state(out / "last")
     start, best = 0, -math.inf
@@ -260,7 +276,7 @@ def _run(model, binning, standardization, target, data_bins, out, cfg, system, f
             )
         if score > best:  # the model before this round's update
             best = score
-            _save(out / "best", model, binning, standardization, system, _info(row))
+            _save(out / "best", model, binning, standardization, system, _info(row, start_record))
         beta = tempered_beta(log_w, cfg.min_relative_ess)
         p = np.exp(beta * log_w - np.max(beta * log_w[np.isfinite(log_w)]))
         p = np.where(np.isfinite(log_w), p, 0.0)
@@ -285,7 +301,9 @@ def _run(model, binning, standardization, target, data_bins, out, cfg, system, f
         rows.append(row)
         state = {"round": r + 1, "optimizer": opt.state_dict(), "best_ess": best}
         state["finetune_config"] = asdict(cfg)
-        _save(out / "last", model, binning, standardization, system, _info(row), state)
+        _save(
+            out / "last", model, binning, standardization, system, _info(row, start_record), state
+        )
         _append_log(out, row)
         logger.info(
             "finetune round %d/%d: ESS %.1f unclipped of %d, beta %.3f, median u %.2f kT, "
@@ -356,10 +374,13 @@ def _save(path, model, binning, standardization, system, info, state=None) -> No
         write_checkpoint_dir(path, config, model, None, state)
 
 
-def _info(row: dict[str, Any]) -> dict[str, Any]:
-    return {
+def _info(row: dict[str, Any], start: dict[str, Any] | None) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "finetune": {k: v for k, v in row.items() if k != "round"} | {"round": row.get("round")}
     }
+    if start:
+        info["start"] = start
+    return info
 
 
 def _append_log(out: Path, row: dict[str, Any]) -> None:
