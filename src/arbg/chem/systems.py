@@ -419,6 +419,16 @@ class PeptideSystem:
         ).reshape(-1, 2)
 
     @functools.cached_property
+    def bond_parents(self) -> np.ndarray:
+        """[n] int: per atom, its latest bonded neighbour earlier in canonical order, or -1
+        (the first atom). The bond offsets of :class:`arbg.nn.coordinates.Standardization`."""
+        par = np.full(self.n_atoms, -1, dtype=np.int64)
+        for a, b in self.bonds:
+            lo, hi = (int(a), int(b)) if a < b else (int(b), int(a))
+            par[hi] = max(par[hi], lo)
+        return par
+
+    @functools.cached_property
     def rotor_hydrogens(self) -> np.ndarray:
         """[m, 3] hydrogen triples on one heavy atom (CH3, NH3+) whose cyclic relabelling
         leaves the energy unchanged: a 120 degree turn of the group, which MD visits.

@@ -76,6 +76,18 @@ Jacobian; the rotation itself is never drawn because every quantity arbg compute
 re-canonicalises to ``z -> -z``), so the chirality policies of :mod:`arbg.sampling.sampler` apply
 unchanged.
 
+Bond offsets (``parents``, an arbg addition; gauge frame only)
+--------------------------------------------------------------
+A Cartesian model places every atom in absolute gauge coordinates, so a bond length is the
+difference of two far-apart model outputs, and the model must compute that difference to a few
+pm. With ``parents`` (each atom's earlier bonded neighbour, :attr:`PeptideSystem.bond_parents`)
+an atom's modelled coordinates are its offset from its parent, ``r_k = g_k - g_parent(k)``
+(the gauge atoms and atoms without an earlier neighbour stay absolute, so the fixed zeros and
+the gauge Jacobian are unchanged). Bond lengths become the norm of three consecutive tokens and
+bond angles relate two nearby triples. Every parent precedes its child, so the map ``g -> r`` is
+unit lower-triangular: its Jacobian is 1, ``log q`` is assembled exactly as above, and a prefix of
+tokens still determines the positions of the atoms it covers (twisted SMC).
+
 Binning
 -------
 Uniform-bin tokenizer for standardized coordinates, with an exact piecewise-constant density.
@@ -133,12 +145,16 @@ class Standardization:
         coordinates, rotations by augmentation. ``"gauge"``: translation and rotation fixed by
         ``gauge_atoms``, ``3n - 6`` coordinates (module docstring).
     gauge_atoms : (A, B, C) atom indices (canonical order), required for ``frame="gauge"``.
+    parents : per atom, the earlier atom whose position its coordinates are offsets from, or -1
+        for absolute coordinates (gauge frame only; the gauge atoms are -1; module docstring,
+        "Bond offsets"). None: every atom absolute.
     """
 
     std_nm: float
     n_atoms: int
     frame: str = "centroid"
     gauge_atoms: tuple[int, int, int] | None = None
+    parents: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
@@ -152,6 +168,18 @@ class Standardization:
             object.__setattr__(self, "gauge_atoms", tuple(int(i) for i in g))
             if self.n_atoms < 3:
                 raise ValueError("the gauge frame needs at least 3 atoms")
+        if self.parents is not None:
+            par = tuple(int(p) for p in self.parents)
+            if self.frame != "gauge":
+                raise ValueError("bond offsets (parents) need the gauge frame")
+            if len(par) != self.n_atoms:
+                raise ValueError(f"{len(par)} parents for {self.n_atoms} atoms")
+            bad = [k for k, p in enumerate(par) if not -1 <= p < k]
+            if bad:
+                raise ValueError(f"atom {bad[0]}'s parent {par[bad[0]]} does not precede it")
+            if any(par[g] != -1 for g in self.gauge_atoms):  # type: ignore[union-attr]
+                raise ValueError("the gauge atoms must have absolute coordinates (parent -1)")
+            object.__setattr__(self, "parents", par)
 
     @property
     def n_coords(self) -> int:
@@ -278,9 +306,9 @@ class Standardization:
             atom, axis = self.coord_index
             if isinstance(x, torch.Tensor):
                 dtype = x.dtype if x.is_floating_point() else torch.float64
-                g = torch.as_tensor(self.to_gauge(x.detach().cpu().numpy()))
+                g = torch.as_tensor(self._offsets(self.to_gauge(x.detach().cpu().numpy())))
                 return (g[..., atom, axis] / self.std_nm).to(dtype=dtype, device=x.device)
-            return self.to_gauge(x)[..., atom, axis] / self.std_nm
+            return self._offsets(self.to_gauge(x))[..., atom, axis] / self.std_nm
         if isinstance(x, torch.Tensor):
             dtype = x.dtype if x.is_floating_point() else torch.float64
             x64 = x.to(torch.float64)
@@ -317,11 +345,11 @@ class Standardization:
                     *z.shape[:-1], self.n_atoms, 3, dtype=torch.float64, device=z.device
                 )
                 x[..., atom, axis] = z.to(torch.float64) * self.std_nm
-                return x.to(dtype)
+                return self._absolute(x).to(dtype)
             zz = np.asarray(z, dtype=np.float64)
             x = np.zeros((*zz.shape[:-1], self.n_atoms, 3))
             x[..., atom, axis] = zz * self.std_nm
-            return x
+            return self._absolute(x)
         if isinstance(z, torch.Tensor):
             dtype = z.dtype if z.is_floating_point() else torch.float64
             head = z.to(torch.float64).reshape(*z.shape[:-1], self.n_atoms - 1, 3)  # [B, n-1, 3]
@@ -330,6 +358,25 @@ class Standardization:
         head = np.asarray(z, dtype=np.float64).reshape(*z.shape[:-1], self.n_atoms - 1, 3)
         last = -head.sum(axis=-2, keepdims=True)  # [B, 1, 3]
         return np.concatenate([head, last], axis=-2) * self.std_nm
+
+    def _offsets(self, g: np.ndarray) -> np.ndarray:
+        """Gauge positions [..., n, 3] -> modelled per-atom vectors (offsets from parents)."""
+        if self.parents is None:
+            return g
+        par = np.asarray(self.parents)
+        child = np.flatnonzero(par >= 0)
+        r = g.copy()
+        r[..., child, :] -= g[..., par[child], :]
+        return r
+
+    def _absolute(self, r: ArrayLike) -> ArrayLike:
+        """Inverse of :meth:`_offsets` (parents precede children: one pass in atom order)."""
+        if self.parents is None:
+            return r
+        for k, p in enumerate(self.parents):
+            if p >= 0:
+                r[..., k, :] += r[..., p, :]
+        return r
 
     def atom_radius(self, z: np.ndarray) -> float:
         """Largest ``|coordinate|`` range needed for bins, std units (see ``fit_binning``).
@@ -348,6 +395,7 @@ class Standardization:
         """JSON-serialisable representation."""
         d = asdict(self)
         d["gauge_atoms"] = None if self.gauge_atoms is None else list(self.gauge_atoms)
+        d["parents"] = None if self.parents is None else list(self.parents)
         return d
 
     @classmethod
@@ -356,12 +404,13 @@ class Standardization:
         missing = [k for k in ("std_nm", "n_atoms", "frame") if k not in d]
         if missing:
             raise ValueError(f"standardization record lacks {', '.join(missing)}: {d}")
-        g = d.get("gauge_atoms")
+        g, par = d.get("gauge_atoms"), d.get("parents")
         return cls(
             std_nm=float(d["std_nm"]),
             n_atoms=int(d["n_atoms"]),
             frame=str(d["frame"]),
             gauge_atoms=None if g is None else tuple(int(i) for i in g),
+            parents=None if par is None else tuple(int(i) for i in par),
         )
 
 
@@ -381,7 +430,10 @@ def centre_frames(x: np.ndarray) -> np.ndarray:
 
 
 def fit_standardization(
-    frames: np.ndarray, frame: str = "centroid", gauge_atoms: tuple[int, int, int] | None = None
+    frames: np.ndarray,
+    frame: str = "centroid",
+    gauge_atoms: tuple[int, int, int] | None = None,
+    parents: Sequence[int] | None = None,
 ) -> Standardization:
     """Fit one scalar standard deviation of the centred training coordinates.
 
@@ -389,6 +441,8 @@ def fit_standardization(
     ----------
     frames : np.ndarray, shape [F, n, 3], nm
     frame, gauge_atoms : see :class:`Standardization`
+    parents : bond offsets (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame),
+        the gauge atoms' entries set to -1 here; None: absolute coordinates
 
     Returns
     -------
@@ -407,8 +461,14 @@ def fit_standardization(
     logger.info(
         "standardization: std = %.4f nm over %d frames (%s frame)", std, frames.shape[0], frame
     )
+    if parents is not None:
+        parents = [-1 if k in (gauge_atoms or ()) else int(p) for k, p in enumerate(parents)]
     return Standardization(
-        std_nm=std, n_atoms=int(frames.shape[1]), frame=frame, gauge_atoms=gauge_atoms
+        std_nm=std,
+        n_atoms=int(frames.shape[1]),
+        frame=frame,
+        gauge_atoms=gauge_atoms,
+        parents=None if parents is None else tuple(parents),
     )
 
 

@@ -44,6 +44,10 @@ class TrainConfig:
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
         augmentation needed); see :mod:`arbg.nn.coordinates`.
     augment_rotations : random 3-D rotation of every training frame (centroid frame only).
+    bond_offsets : model each atom's coordinates as its offset from its earlier bonded neighbour
+        (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame only, Jacobian 1, see
+        :mod:`arbg.nn.coordinates`, "Bond offsets"): bond lengths and angles become local in the
+        token sequence. Single-system only.
     augment_rotors : relabel the hydrogens of every CH3 / NH3+ group of every training frame by
         a random cyclic shift (:attr:`arbg.chem.systems.PeptideSystem.rotor_hydrogens`): an
         exact symmetry of the energy, each relabelling a 120 degree turn of the group, so the
@@ -105,6 +109,7 @@ class TrainConfig:
     frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
     augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
     augment_rotors: bool = field(default=False, metadata={"flag": "--rotors"})
+    bond_offsets: bool = False
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250

@@ -272,7 +272,12 @@ class Trainer:
             self.binning = Binning.from_dict(stored["binning"])
         else:
             gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
-            self.std = fit_standardization(train, frame=cfg.frame, gauge_atoms=gauge)
+            if cfg.bond_offsets and gauge is None:
+                raise ValueError("--bond-offsets needs the gauge frame (--frame gauge)")
+            parents = self.system.bond_parents if cfg.bond_offsets else None
+            self.std = fit_standardization(
+                train, frame=cfg.frame, gauge_atoms=gauge, parents=parents
+            )
             n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
             z = self.std.forward(train)  # [F, D]
             self.binning = fit_binning(

@@ -41,9 +41,9 @@ logger = logging.getLogger(__name__)
 class TransferableTrainer(Trainer):
     """:class:`arbg.train.trainer.Trainer` on a :class:`arbg.data.loaders.Corpus` (train split; val
     split for
-    the val NLL). Gauge frame only; ``TrainConfig.augment_rotations``, ``augment_rotors`` and
-    ``data_weights`` are not used (corpus frames are equilibrium MD; ``augment_rotors`` is
-    refused).
+    the val NLL). Gauge frame only; ``TrainConfig.augment_rotations``, ``augment_rotors``,
+    ``bond_offsets`` and ``data_weights`` are not used (corpus frames are equilibrium MD;
+    ``augment_rotors`` and ``bond_offsets`` are refused).
 
     Parameters
     ----------
@@ -62,8 +62,10 @@ class TransferableTrainer(Trainer):
     ) -> None:
         if config.frame != "gauge":
             raise ValueError("transferable training uses the gauge frame (frame='gauge')")
-        if config.augment_rotors:
-            raise ValueError("--rotors is for single-system training, not transferable training")
+        if config.augment_rotors or config.bond_offsets:
+            raise ValueError(
+                "--rotors and --bond-offsets are for single-system training, not transferable"
+            )
         self.corpus = corpus
         self.cond_cfg = conditioning or ConditioningConfig()
         super().__init__(corpus, out_dir, config, progress)
