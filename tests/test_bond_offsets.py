@@ -28,11 +28,17 @@ def frames_and_std(aldp):
 def test_parents_are_earlier_bonded_atoms_and_gauge_atoms_stay_absolute(aldp, frames_and_std):
     _, std = frames_and_std
     bonds = {tuple(sorted(b)) for b in aldp.bonds.tolist()}
+    first_gauge = min(aldp.gauge_atoms)
     for k, p in enumerate(std.parents):
-        if k in aldp.gauge_atoms or k == 0:
+        if p >= 0:
+            assert p < k and (p, k) in bonds
+        if aldp.element[k] == 1:  # every hydrogen hangs on its heavy atom
+            assert aldp.element[p] != 1
+        elif k in aldp.gauge_atoms or k < first_gauge:  # no chain has to close on the gauge
             assert p == -1
         else:
-            assert p < k and (p, k) in bonds
+            assert p >= 0
+    assert list(std.parents) == aldp.bond_parents.tolist()
     with pytest.raises(ValueError, match="does not precede"):
         Standardization(0.2, 4, "gauge", (0, 1, 2), parents=(-1, -1, -1, 3))
     with pytest.raises(ValueError, match="gauge atoms must have absolute"):

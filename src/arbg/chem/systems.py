@@ -420,12 +420,21 @@ class PeptideSystem:
 
     @functools.cached_property
     def bond_parents(self) -> np.ndarray:
-        """[n] int: per atom, its latest bonded neighbour earlier in canonical order, or -1
-        (the first atom). The bond offsets of :class:`arbg.nn.coordinates.Standardization`."""
+        """[n] int: the atom each atom is placed from by bond offsets, or -1 (absolute); see
+        :class:`arbg.nn.coordinates.Standardization`, "Bond offsets".
+
+        A hydrogen's parent is its heavy atom. A heavy atom after the first gauge atom has its
+        latest earlier bonded neighbour. The gauge atoms and the heavy atoms before the first of
+        them are absolute: a chain of offsets started before the gauge would have to close on a
+        gauge atom fixed at the origin, and its summed errors would land in that one bond.
+        """
+        first_gauge = min(self.gauge_atoms)
         par = np.full(self.n_atoms, -1, dtype=np.int64)
         for a, b in self.bonds:
             lo, hi = (int(a), int(b)) if a < b else (int(b), int(a))
-            par[hi] = max(par[hi], lo)
+            if self.element[hi] == 1 or hi > first_gauge:
+                par[hi] = max(par[hi], lo)
+        par[list(self.gauge_atoms)] = -1
         return par
 
     @functools.cached_property

@@ -82,11 +82,13 @@ A Cartesian model places every atom in absolute gauge coordinates, so a bond len
 difference of two far-apart model outputs, and the model must compute that difference to a few
 pm. With ``parents`` (each atom's earlier bonded neighbour, :attr:`PeptideSystem.bond_parents`)
 an atom's modelled coordinates are its offset from its parent, ``r_k = g_k - g_parent(k)``
-(the gauge atoms and atoms without an earlier neighbour stay absolute, so the fixed zeros and
-the gauge Jacobian are unchanged). Bond lengths become the norm of three consecutive tokens and
-bond angles relate two nearby triples. Every parent precedes its child, so the map ``g -> r`` is
-unit lower-triangular: its Jacobian is 1, ``log q`` is assembled exactly as above, and a prefix of
-tokens still determines the positions of the atoms it covers (twisted SMC).
+(the gauge atoms stay absolute, so the fixed zeros and the gauge Jacobian are unchanged; so do
+the heavy atoms before the gauge, whose chain of offsets would otherwise have to close on the
+gauge atom at the origin, putting its summed errors into one bond). Bond lengths become the
+norm of three consecutive tokens and bond angles relate two nearby triples. Every parent
+precedes its child, so the map ``g -> r`` is unit lower-triangular: its Jacobian is 1, ``log q``
+is assembled exactly as above, and a prefix of tokens still determines the positions of the
+atoms it covers (twisted SMC).
 
 Binning
 -------
