@@ -85,7 +85,8 @@ def _cli(argv: list, capsys) -> tuple[int, str]:
 
 def test_resume_with_other_data_preset_or_molecule_is_refused(tmp_path, capsys):
     """The checkpoint records the data it was trained on; a resume with other data, another
-    --preset or another molecule is refused in one line naming the option."""
+    --preset, other tokens (--bond-offsets, --frame, --n-bins) or another molecule is refused in
+    one line naming the option."""
     data, pdb = _train_data(tmp_path)
     other, _ = _train_data(tmp_path, seed=1)
     out = tmp_path / "t"
@@ -97,6 +98,9 @@ def test_resume_with_other_data_preset_or_molecule_is_refused(tmp_path, capsys):
     assert rec["n_frames"] == 120 and rec["source"] == str(data.resolve()) and rec["sha256"]
     rc, err = _cli([*base, "--steps", "2", "--preset", "small"], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--preset" in err, err
+    for flag in (["--bond-offsets"], ["--frame", "centroid"], ["--n-bins", "512"]):
+        rc, err = _cli([*base, "--steps", "2", *flag], capsys)  # other tokens than stored
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and flag[0] in err, err
     other_argv = [*base, "--steps", "2"]
     other_argv[1] = other
     rc, err = _cli(other_argv, capsys)

@@ -200,7 +200,8 @@ class Trainer:
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Refuse, in one line naming the option, to resume ``out_dir/last`` with another
-        molecule, another model (``--preset``, ``--head``) or other data."""
+        molecule, another model (``--preset``, ``--head``), other tokens (``--frame``,
+        ``--bond-offsets``, ``--n-bins``) or other data."""
         last = self.out / "last"
         stored = read_config(last)
         where = f"--out {str(self.out)!r}"
@@ -216,7 +217,14 @@ class Trainer:
                     "molecule in a new --out"
                 )
         old = state.get("train_config", {})
-        flags = {"preset": "--preset", "model_overrides": "--head / --n-mixtures"}
+        flags = {
+            "preset": "--preset",
+            "model_overrides": "--head / --n-mixtures",
+            # the stored standardization and bins are kept on resume: a changed one is refused
+            "frame": "--frame",
+            "bond_offsets": "--bond-offsets",
+            "n_bins": "--n-bins",
+        }
         for key, flag in flags.items():
             new = self.cfg.to_dict().get(key)
             if key in old and old[key] != new:
