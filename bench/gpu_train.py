@@ -3,10 +3,12 @@
 Three steps; only the middle one needs the GPU, and it needs only torch and numpy (the device
 image has no OpenMM):
 
-1. here, with OpenMM: ``python bench/gpu_train.py prepare data/aldp-bias-train --to .gpu/aldp``
-   fits the standardization and binning exactly as ``arbg train`` does (gauge frame, default
-   bins), encodes the train and val frames to bins and writes ``aldp.npz`` (bins, token
-   features, bin floor) and ``aldp.json`` (binning, standardization, system name);
+1. here, with OpenMM: ``python bench/gpu_train.py prepare data/aldp-bias-train data/aldp-bias-s14
+   --bond-offsets --to .gpu/aldp`` fits the standardization and binning exactly as ``arbg
+   train`` does (gauge frame, default bins; several runs joined; ``--bond-offsets`` as in the
+   shipped recipe, rotor relabelling is not done on the device), encodes the train and val
+   frames to bins and writes ``aldp.npz`` (bins, token features, bin floor) and ``aldp.json``
+   (binning, standardization, system name);
 2. on the device: ``PYTHONPATH=src python bench/gpu_train.py train .gpu/aldp --minutes 8
    --out "$OUT"`` times a few steps, sizes a cosine schedule to the budget, trains (bf16
    autocast, float32 master weights, ``torch.compile``, chunked cross-entropy, Muon + AdamW,
@@ -34,17 +36,19 @@ import numpy as np
 import torch
 
 
-def prepare(data: str, to: Path, n_val: int = 2000) -> None:
-    """Encode a dataset as the trainer does (needs OpenMM for the system)."""
-    from arbg.data.datasets import load_dataset
+def prepare(data: list[str], to: Path, n_val: int = 2000, bond_offsets: bool = False) -> None:
+    """Encode a dataset (one run, or several joined as ``arbg train RUN1 RUN2`` does) as the
+    trainer does, with bond offsets if asked (``arbg train --bond-offsets``; needs OpenMM)."""
+    from arbg.data.datasets import load_datasets
     from arbg.nn.conditioning import system_features
     from arbg.nn.coordinates import centre_frames, default_n_bins, fit_binning, fit_standardization
 
-    ds = load_dataset(data)
+    ds = load_datasets(data)
     system = ds.system
     train = centre_frames(np.asarray(ds.split("train"), dtype=np.float64))
     val = centre_frames(np.asarray(ds.split("val"), dtype=np.float64))[:n_val]
-    std = fit_standardization(train, frame="gauge", gauge_atoms=system.gauge_atoms)
+    parents = system.bond_parents if bond_offsets else None
+    std = fit_standardization(train, frame="gauge", gauge_atoms=system.gauge_atoms, parents=parents)
     binning = fit_binning(
         std.forward(train), default_n_bins(system.n_atoms), system.n_atoms, standardization=std
     )
@@ -62,7 +66,7 @@ def prepare(data: str, to: Path, n_val: int = 2000) -> None:
         "n_atoms": int(system.n_atoms),
         "binning": binning.to_dict(),
         "standardization": std.to_dict(),
-        "data": str(Path(data).resolve()),
+        "data": [str(Path(d).resolve()) for d in data],
     }
     to.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {to.with_suffix('.npz')} ({len(train)} train, {len(val)} val frames)")
@@ -247,8 +251,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare")
-    p.add_argument("data")
+    p.add_argument("data", nargs="+", help="one arbg md run, or several of one system")
     p.add_argument("--to", required=True, type=Path)
+    p.add_argument("--bond-offsets", action="store_true", help="as arbg train --bond-offsets")
     t = sub.add_parser("train")
     t.add_argument("prep", type=Path)
     t.add_argument("--out", required=True, type=Path)
@@ -261,7 +266,7 @@ def main() -> None:
     k.add_argument("--to", required=True, type=Path)
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(a.data, a.to)
+        prepare(a.data, a.to, bond_offsets=a.bond_offsets)
     elif a.cmd == "train":
         if a.quick:
             a.preset, a.minutes, a.batch = "tiny", 1 / 3, 32
