@@ -443,8 +443,8 @@ def fit_standardization(
     ----------
     frames : np.ndarray, shape [F, n, 3], nm
     frame, gauge_atoms : see :class:`Standardization`
-    parents : bond offsets (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame),
-        the gauge atoms' entries set to -1 here; None: absolute coordinates
+    parents : bond offsets (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame,
+        the gauge atoms -1); None: absolute coordinates
 
     Returns
     -------
@@ -463,14 +463,12 @@ def fit_standardization(
     logger.info(
         "standardization: std = %.4f nm over %d frames (%s frame)", std, frames.shape[0], frame
     )
-    if parents is not None:
-        parents = [-1 if k in (gauge_atoms or ()) else int(p) for k, p in enumerate(parents)]
     return Standardization(
         std_nm=std,
         n_atoms=int(frames.shape[1]),
         frame=frame,
         gauge_atoms=gauge_atoms,
-        parents=None if parents is None else tuple(parents),
+        parents=None if parents is None else tuple(int(p) for p in parents),
     )
 
 

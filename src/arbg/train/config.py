@@ -147,6 +147,8 @@ class TrainConfig:
         c.nonnegative_float("grad_clip", self.grad_clip)
         c.in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
         c.one_of("--frame", self.frame, ("gauge", "centroid"))
+        if self.bond_offsets and self.frame != "gauge":
+            raise c.ArgumentError("--bond-offsets needs the gauge frame (--frame gauge)")
         c.nonnegative_int("--seed", self.seed)
         c.nonnegative_int("--eval-every", self.eval_every)
         c.positive_int("eval_frames", self.eval_frames)

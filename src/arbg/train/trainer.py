@@ -280,8 +280,6 @@ class Trainer:
             self.binning = Binning.from_dict(stored["binning"])
         else:
             gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
-            if cfg.bond_offsets and gauge is None:
-                raise ValueError("--bond-offsets needs the gauge frame (--frame gauge)")
             parents = self.system.bond_parents if cfg.bond_offsets else None
             self.std = fit_standardization(
                 train, frame=cfg.frame, gauge_atoms=gauge, parents=parents
