@@ -5,10 +5,10 @@ image has no OpenMM):
 
 1. here, with OpenMM: ``python bench/gpu_train.py prepare data/aldp-bias-train data/aldp-bias-s14
    --bond-offsets --to .gpu/aldp`` fits the standardization and binning exactly as ``arbg
-   train`` does (gauge frame, default bins; several runs joined; ``--bond-offsets`` as in the
-   shipped recipe, rotor relabelling is not done on the device), encodes the train and val
-   frames to bins and writes ``aldp.npz`` (bins, token features, bin floor) and ``aldp.json``
-   (binning, standardization, system name);
+   train`` does (gauge frame, default bins; several runs joined; ``--bond-offsets`` and
+   ``--local-frames`` as in arbg train, rotor relabelling is not done on the device), encodes
+   the train and val frames to bins and writes ``aldp.npz`` (bins, token features, bin floor)
+   and ``aldp.json`` (binning, standardization, system name);
 2. on the device: ``PYTHONPATH=src python bench/gpu_train.py train .gpu/aldp --minutes 8
    --out "$OUT"`` times a few steps, sizes a cosine schedule to the budget, trains (bf16
    autocast, float32 master weights, ``torch.compile``, chunked cross-entropy, Muon + AdamW,
@@ -36,9 +36,19 @@ import numpy as np
 import torch
 
 
-def prepare(data: list[str], to: Path, n_val: int = 2000, bond_offsets: bool = False) -> None:
+def prepare(
+    data: list[str],
+    to: Path,
+    n_val: int = 2000,
+    bond_offsets: bool = False,
+    local_frames: bool = False,
+    gauge: str = "central",
+) -> None:
     """Encode a dataset (one run, or several joined as ``arbg train RUN1 RUN2`` does) as the
-    trainer does, with bond offsets if asked (``arbg train --bond-offsets``; needs OpenMM)."""
+    trainer does, with bond offsets and local frames if asked (``arbg train --bond-offsets
+    --local-frames``; needs OpenMM)."""
+    if local_frames and not bond_offsets:
+        raise SystemExit("prepare: --local-frames needs --bond-offsets")
     from arbg.data.datasets import load_datasets
     from arbg.nn.conditioning import system_features
     from arbg.nn.coordinates import centre_frames, default_n_bins, fit_binning, fit_standardization
@@ -47,8 +57,12 @@ def prepare(data: list[str], to: Path, n_val: int = 2000, bond_offsets: bool = F
     system = ds.system
     train = centre_frames(np.asarray(ds.split("train"), dtype=np.float64))
     val = centre_frames(np.asarray(ds.split("val"), dtype=np.float64))[:n_val]
-    parents = system.bond_parents if bond_offsets else None
-    std = fit_standardization(train, frame="gauge", gauge_atoms=system.gauge_atoms, parents=parents)
+    atoms = system.start_gauge_atoms if gauge == "start" else system.gauge_atoms
+    parents = system.bond_parents(atoms) if bond_offsets else None
+    refs = system.frame_refs(atoms) if local_frames else None
+    std = fit_standardization(
+        train, frame="gauge", gauge_atoms=atoms, parents=parents, frame_refs=refs
+    )
     binning = fit_binning(
         std.forward(train), default_n_bins(system.n_atoms), system.n_atoms, standardization=std
     )
@@ -254,6 +268,8 @@ def main() -> None:
     p.add_argument("data", nargs="+", help="one arbg md run, or several of one system")
     p.add_argument("--to", required=True, type=Path)
     p.add_argument("--bond-offsets", action="store_true", help="as arbg train --bond-offsets")
+    p.add_argument("--local-frames", action="store_true", help="as arbg train --local-frames")
+    p.add_argument("--gauge", choices=("central", "start"), default="central", help="as arbg train")
     t = sub.add_parser("train")
     t.add_argument("prep", type=Path)
     t.add_argument("--out", required=True, type=Path)
@@ -266,7 +282,9 @@ def main() -> None:
     k.add_argument("--to", required=True, type=Path)
     a = ap.parse_args()
     if a.cmd == "prepare":
-        prepare(a.data, a.to, bond_offsets=a.bond_offsets)
+        prepare(
+            a.data, a.to, bond_offsets=a.bond_offsets, local_frames=a.local_frames, gauge=a.gauge
+        )
     elif a.cmd == "train":
         if a.quick:
             a.preset, a.minutes, a.batch = "tiny", 1 / 3, 32

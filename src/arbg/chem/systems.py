@@ -419,23 +419,82 @@ class PeptideSystem:
         ).reshape(-1, 2)
 
     @functools.cached_property
-    def bond_parents(self) -> np.ndarray:
+    def start_gauge_atoms(self) -> tuple[int, int, int]:
+        """(A, B, C) at the start of the chain: the first heavy atom, its earliest heavy
+        neighbour and that one's earliest heavy neighbour other than A (Ace-...: CH3, C, O).
+
+        With bond offsets every later heavy atom is then an offset from an earlier neighbour;
+        with the central gauge the heavy atoms before it stay absolute
+        (:meth:`bond_parents`).
+        """
+        heavy = [k for k in range(self.n_atoms) if self.element[k] != 1]
+        nbrs = self._neighbours
+        a = heavy[0]
+        b = min((n for n in nbrs.get(a, []) if self.element[n] != 1), default=-1)
+        c = min((n for n in nbrs.get(b, []) if self.element[n] != 1 and n != a), default=-1)
+        if min(b, c) < 0:
+            raise ValueError(f"{self.name}: no chain of three heavy atoms from atom {a}")
+        return (a, b, c)
+
+    @functools.cached_property
+    def _neighbours(self) -> dict[int, list[int]]:
+        """Bonded neighbours of each atom (canonical indices)."""
+        neighbours: dict[int, list[int]] = {}
+        for a, b in self.bonds:
+            neighbours.setdefault(int(a), []).append(int(b))
+            neighbours.setdefault(int(b), []).append(int(a))
+        return neighbours
+
+    def bond_parents(self, gauge: tuple[int, int, int] | None = None) -> np.ndarray:
         """[n] int: the atom each atom is placed from by bond offsets, or -1 (absolute); see
         :class:`arbg.nn.coordinates.Standardization`, "Bond offsets".
 
         A hydrogen's parent is its heavy atom. A heavy atom after the first gauge atom has its
-        latest earlier bonded neighbour. The gauge atoms and the heavy atoms before the first of
-        them are absolute: a chain of offsets started before the gauge would have to close on a
-        gauge atom fixed at the origin, and its summed errors would land in that one bond.
+        latest earlier bonded neighbour. The gauge atoms (``gauge``, default
+        :attr:`gauge_atoms`) and the heavy atoms before the first of them are absolute: a chain
+        of offsets started before the gauge would have to close on a gauge atom fixed at the
+        origin, and its summed errors would land in that one bond (with
+        :attr:`start_gauge_atoms` there are none).
         """
-        first_gauge = min(self.gauge_atoms)
+        gauge = self.gauge_atoms if gauge is None else tuple(int(g) for g in gauge)
+        first_gauge = min(gauge)
         par = np.full(self.n_atoms, -1, dtype=np.int64)
         for a, b in self.bonds:
             lo, hi = (int(a), int(b)) if a < b else (int(b), int(a))
             if self.element[hi] == 1 or hi > first_gauge:
                 par[hi] = max(par[hi], lo)
-        par[list(self.gauge_atoms)] = -1
+        par[list(gauge)] = -1
         return par
+
+    def frame_refs(self, gauge: tuple[int, int, int] | None = None) -> np.ndarray:
+        """[n, 2] int: per atom, the two atoms ``(b, c)`` that orient the local frame of its bond
+        offset (with its parent ``p`` from :meth:`bond_parents` of the same ``gauge``; see
+        :class:`arbg.nn.coordinates.Standardization`, "Local frames"), or ``(-1, -1)`` where
+        the offset stays in the gauge axes.
+
+        ``b`` is an earlier bonded neighbour of ``p`` (``p``'s own parent where that is one);
+        ``c`` is another earlier neighbour of ``p`` where there is one, so that bond lengths and
+        angles alone fix the child (the second and third hydrogen of a CH3, for example), else an
+        earlier neighbour of ``b`` (the child's place then turns with a dihedral). ``p``, ``b``
+        and ``c`` all precede the child, so the frame is known when the child is generated.
+        """
+        neighbours = self._neighbours
+        par = self.bond_parents(gauge)
+        refs = np.full((self.n_atoms, 2), -1, dtype=np.int64)
+        for k in range(self.n_atoms):
+            p = int(par[k])
+            if p < 0:
+                continue
+            before = [a for a in neighbours.get(p, []) if a < k]
+            if not before:
+                continue
+            b = int(par[p]) if int(par[p]) in before else max(before)
+            others = [a for a in before if a != b]
+            if not others:
+                others = [a for a in neighbours.get(b, []) if a < k and a != p]
+            if others:
+                refs[k] = (b, max(others))
+        return refs
 
     @functools.cached_property
     def rotor_hydrogens(self) -> np.ndarray:
@@ -447,12 +506,8 @@ class PeptideSystem:
         with unequal parameters is left out. Odd relabellings (swapping two hydrogens) are
         never implied: they mirror the group, a state MD of labelled atoms cannot reach.
         """
-        neighbours: dict[int, list[int]] = {}
-        for a, b in self.bonds:
-            neighbours.setdefault(int(a), []).append(int(b))
-            neighbours.setdefault(int(b), []).append(int(a))
         candidates = []
-        for atom, nbrs in sorted(neighbours.items()):
+        for atom, nbrs in sorted(self._neighbours.items()):
             hs = sorted(n for n in nbrs if self.element[n] == 1)
             if self.element[atom] != 1 and len(hs) == 3:
                 candidates.append(hs)

@@ -80,7 +80,7 @@ Bond offsets (``parents``, an arbg addition; gauge frame only)
 --------------------------------------------------------------
 A Cartesian model places every atom in absolute gauge coordinates, so a bond length is the
 difference of two far-apart model outputs, and the model must compute that difference to a few
-pm. With ``parents`` (each atom's earlier bonded neighbour, :attr:`PeptideSystem.bond_parents`)
+pm. With ``parents`` (each atom's earlier bonded neighbour, :meth:`PeptideSystem.bond_parents`)
 an atom's modelled coordinates are its offset from its parent, ``r_k = g_k - g_parent(k)``
 (the gauge atoms stay absolute, so the fixed zeros and the gauge Jacobian are unchanged; so do
 the heavy atoms before the gauge, whose chain of offsets would otherwise have to close on the
@@ -89,6 +89,27 @@ norm of three consecutive tokens and bond angles relate two nearby triples. Ever
 precedes its child, so the map ``g -> r`` is unit lower-triangular: its Jacobian is 1, ``log q``
 is assembled exactly as above, and a prefix of tokens still determines the positions of the
 atoms it covers (twisted SMC).
+
+Local frames (``frame_refs``, with bond offsets)
+------------------------------------------------
+In the gauge axes a bond vector points anywhere as the molecule flexes, so the model must learn
+each bond's direction anew for every conformation of the atoms before it. With ``frame_refs``
+an atom's offset is written in a frame built from three earlier atoms: its parent ``p`` and two
+atoms ``(b, c)`` (:meth:`PeptideSystem.frame_refs`), ``e1 = (g_p - g_b) / |g_p - g_b|``, ``e2``
+the unit part of ``g_c - g_p`` orthogonal to ``e1``, ``e3 = e1 x e2``; the tokens are
+``(e1 . r, e2 . r, e3 . r)`` for ``r = g_k - g_p``. The first token is then ``-|r| cos`` of the
+bond angle at ``p`` and the other two turn with one dihedral, which for most atoms (a CH3's
+second hydrogen, a carbonyl O, an sp2 N) is fixed by the geometry: the same narrow
+conditional in every conformation. The frame depends only on earlier atoms and is a rotation,
+so the map stays block lower-triangular with orthogonal diagonal blocks: Jacobian 1 again,
+``log q`` unchanged in form, prefixes still fix their atoms. A mirror image flips the third token
+of every atom, as it flips the third gauge coordinate without local frames.
+
+Where the gauge atoms sit matters with offsets: with the central residue's N, CA, C
+(:attr:`PeptideSystem.gauge_atoms`) the heavy atoms before them stay absolute, and on
+Ace-AAA-Nme their bonds were the worst of the proposal (C-O of the Ace cap 9 standard deviations
+off at the 90th percentile). ``arbg train --gauge start`` puts the gauge on the first three heavy
+atoms (:attr:`PeptideSystem.start_gauge_atoms`), so every other atom is an offset.
 
 Binning
 -------
@@ -150,6 +171,9 @@ class Standardization:
     parents : per atom, the earlier atom whose position its coordinates are offsets from, or -1
         for absolute coordinates (gauge frame only; the gauge atoms are -1; module docstring,
         "Bond offsets"). None: every atom absolute.
+    frame_refs : per atom, two earlier atoms ``(b, c)`` that orient the local frame of its offset
+        from its parent, or ``(-1, -1)`` for the gauge axes (needs ``parents``; module docstring,
+        "Local frames"). None: every offset in the gauge axes.
     """
 
     std_nm: float
@@ -157,6 +181,7 @@ class Standardization:
     frame: str = "centroid"
     gauge_atoms: tuple[int, int, int] | None = None
     parents: tuple[int, ...] | None = None
+    frame_refs: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.frame not in FRAMES:
@@ -182,6 +207,21 @@ class Standardization:
             if any(par[g] != -1 for g in self.gauge_atoms):  # type: ignore[union-attr]
                 raise ValueError("the gauge atoms must have absolute coordinates (parent -1)")
             object.__setattr__(self, "parents", par)
+        if self.frame_refs is not None:
+            if self.parents is None:
+                raise ValueError("local frames (frame_refs) need bond offsets (parents)")
+            refs = tuple((int(b), int(c)) for b, c in self.frame_refs)
+            if len(refs) != self.n_atoms:
+                raise ValueError(f"{len(refs)} frame_refs for {self.n_atoms} atoms")
+            for k, ((b, c), p) in enumerate(zip(refs, self.parents, strict=True)):
+                if (b, c) == (-1, -1):
+                    continue
+                if p < 0 or not (0 <= b < k and 0 <= c < k) or len({p, b, c}) != 3:
+                    raise ValueError(
+                        f"atom {k}'s frame atoms {(b, c)} must be two distinct earlier atoms "
+                        f"other than its parent {p}"
+                    )
+            object.__setattr__(self, "frame_refs", refs)
 
     @property
     def n_coords(self) -> int:
@@ -362,22 +402,37 @@ class Standardization:
         return np.concatenate([head, last], axis=-2) * self.std_nm
 
     def _offsets(self, g: np.ndarray) -> np.ndarray:
-        """Gauge positions [..., n, 3] -> modelled per-atom vectors (offsets from parents)."""
+        """Gauge positions [..., n, 3] -> modelled per-atom vectors (offsets from parents, in
+        their local frames where ``frame_refs`` gives one)."""
         if self.parents is None:
             return g
         par = np.asarray(self.parents)
         child = np.flatnonzero(par >= 0)
         r = g.copy()
         r[..., child, :] -= g[..., par[child], :]
+        if self.frame_refs is not None:
+            refs = np.asarray(self.frame_refs)  # [n, 2]
+            loc = np.flatnonzero(refs[:, 0] >= 0)
+            axes = local_axes(g[..., par[loc], :], g[..., refs[loc, 0], :], g[..., refs[loc, 1], :])
+            r[..., loc, :] = np.einsum("...mij,...mj->...mi", axes, r[..., loc, :])
         return r
 
     def _absolute(self, r: ArrayLike) -> ArrayLike:
-        """Inverse of :meth:`_offsets` (parents precede children: one pass in atom order)."""
+        """Inverse of :meth:`_offsets` (parents and frame atoms precede children: one pass in
+        atom order)."""
         if self.parents is None:
             return r
+        if self.frame_refs is not None and isinstance(r, torch.Tensor):
+            return torch.as_tensor(self._absolute(r.cpu().numpy()), device=r.device)
+        refs = self.frame_refs
         for k, p in enumerate(self.parents):
-            if p >= 0:
-                r[..., k, :] += r[..., p, :]
+            if p < 0:
+                continue
+            if refs is not None and refs[k][0] >= 0:
+                b, c = refs[k]
+                axes = local_axes(r[..., p, :], r[..., b, :], r[..., c, :])  # [..., 3, 3] rows
+                r[..., k, :] = np.einsum("...ij,...i->...j", axes, r[..., k, :])
+            r[..., k, :] += r[..., p, :]
         return r
 
     def atom_radius(self, z: np.ndarray) -> float:
@@ -398,6 +453,7 @@ class Standardization:
         d = asdict(self)
         d["gauge_atoms"] = None if self.gauge_atoms is None else list(self.gauge_atoms)
         d["parents"] = None if self.parents is None else list(self.parents)
+        d["frame_refs"] = None if self.frame_refs is None else [list(r) for r in self.frame_refs]
         return d
 
     @classmethod
@@ -406,14 +462,39 @@ class Standardization:
         missing = [k for k in ("std_nm", "n_atoms", "frame") if k not in d]
         if missing:
             raise ValueError(f"standardization record lacks {', '.join(missing)}: {d}")
-        g, par = d.get("gauge_atoms"), d.get("parents")
+        g, par, refs = d.get("gauge_atoms"), d.get("parents"), d.get("frame_refs")
         return cls(
             std_nm=float(d["std_nm"]),
             n_atoms=int(d["n_atoms"]),
             frame=str(d["frame"]),
             gauge_atoms=None if g is None else tuple(int(i) for i in g),
             parents=None if par is None else tuple(int(i) for i in par),
+            frame_refs=None if refs is None else tuple((int(b), int(c)) for b, c in refs),
         )
+
+
+def local_axes(origin: np.ndarray, back: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Orthonormal frames from three points (module docstring, "Local frames").
+
+    Parameters
+    ----------
+    origin, back, side : [..., 3] positions of the parent ``p`` and the frame atoms ``b``, ``c``
+
+    Returns
+    -------
+    [..., 3, 3] float64, rows ``e1 = (p - b)/|p - b|``, ``e2`` = the unit part of ``c - p``
+    orthogonal to ``e1``, ``e3 = e1 x e2`` (right-handed). Degenerate input (coincident or
+    collinear points, as in the not yet generated atoms of a prefix) gives zero rows, not NaN.
+    """
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(v, axis=-1, keepdims=True)
+        return np.divide(v, n, out=np.zeros_like(v), where=n > 1e-12)
+
+    e1 = unit(np.asarray(origin, dtype=np.float64) - back)
+    v = np.asarray(side, dtype=np.float64) - origin
+    e2 = unit(v - np.sum(v * e1, axis=-1, keepdims=True) * e1)
+    return np.stack([e1, e2, np.cross(e1, e2)], axis=-2)
 
 
 def centre_frames(x: np.ndarray) -> np.ndarray:
@@ -436,6 +517,7 @@ def fit_standardization(
     frame: str = "centroid",
     gauge_atoms: tuple[int, int, int] | None = None,
     parents: Sequence[int] | None = None,
+    frame_refs: np.ndarray | Sequence[Sequence[int]] | None = None,
 ) -> Standardization:
     """Fit one scalar standard deviation of the centred training coordinates.
 
@@ -443,8 +525,10 @@ def fit_standardization(
     ----------
     frames : np.ndarray, shape [F, n, 3], nm
     frame, gauge_atoms : see :class:`Standardization`
-    parents : bond offsets (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame,
+    parents : bond offsets (:meth:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame,
         the gauge atoms -1); None: absolute coordinates
+    frame_refs : local frames of the offsets (:meth:`arbg.chem.systems.PeptideSystem.frame_refs`,
+        [n, 2]); None: the gauge axes
 
     Returns
     -------
@@ -469,6 +553,7 @@ def fit_standardization(
         frame=frame,
         gauge_atoms=gauge_atoms,
         parents=None if parents is None else tuple(int(p) for p in parents),
+        frame_refs=None if frame_refs is None else tuple((int(b), int(c)) for b, c in frame_refs),
     )
 
 

@@ -44,10 +44,18 @@ class TrainConfig:
         ``"gauge"`` (arbg: rotation and translation fixed by three backbone atoms, no
         augmentation needed); see :mod:`arbg.nn.coordinates`.
     augment_rotations : random 3-D rotation of every training frame (centroid frame only).
+    gauge : which three atoms fix the gauge frame: ``"central"`` (N, CA, C of the central
+        residue, :attr:`arbg.chem.systems.PeptideSystem.gauge_atoms`) or ``"start"`` (the first
+        three heavy atoms of the chain, :attr:`~arbg.chem.systems.PeptideSystem.start_gauge_atoms`:
+        with ``bond_offsets`` every later heavy atom is an offset, none absolute).
     bond_offsets : model each atom's coordinates as its offset from its earlier bonded neighbour
-        (:attr:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame only, Jacobian 1, see
+        (:meth:`arbg.chem.systems.PeptideSystem.bond_parents`; gauge frame only, Jacobian 1, see
         :mod:`arbg.nn.coordinates`, "Bond offsets"): bond lengths and angles become local in the
         token sequence. Single-system only.
+    local_frames : with ``bond_offsets``, write each offset in a frame built from its parent and
+        two earlier atoms (:meth:`arbg.chem.systems.PeptideSystem.frame_refs`; a rotation per
+        atom, Jacobian 1, see :mod:`arbg.nn.coordinates`, "Local frames"): bond lengths, angles
+        and fixed dihedrals become the same narrow conditional in every conformation.
     augment_rotors : relabel the hydrogens of every CH3 / NH3+ group of every training frame by
         a random cyclic shift (:attr:`arbg.chem.systems.PeptideSystem.rotor_hydrogens`): an
         exact symmetry of the energy, each relabelling a 120 degree turn of the group, so the
@@ -109,7 +117,9 @@ class TrainConfig:
     frame: str = field(default="gauge", metadata={"choices": ("gauge", "centroid")})
     augment_rotations: bool = field(default=True, metadata={"flag": "--rotations"})
     augment_rotors: bool = field(default=False, metadata={"flag": "--rotors"})
+    gauge: str = field(default="central", metadata={"choices": ("central", "start")})
     bond_offsets: bool = False
+    local_frames: bool = False
     bf16: bool = False
     seed: int = 0
     eval_every: int = 250
@@ -149,6 +159,11 @@ class TrainConfig:
         c.one_of("--frame", self.frame, ("gauge", "centroid"))
         if self.bond_offsets and self.frame != "gauge":
             raise c.ArgumentError("--bond-offsets needs the gauge frame (--frame gauge)")
+        c.one_of("--gauge", self.gauge, ("central", "start"))
+        if self.gauge != "central" and self.frame != "gauge":
+            raise c.ArgumentError("--gauge start needs the gauge frame (--frame gauge)")
+        if self.local_frames and not self.bond_offsets:
+            raise c.ArgumentError("--local-frames needs --bond-offsets")
         c.nonnegative_int("--seed", self.seed)
         c.nonnegative_int("--eval-every", self.eval_every)
         c.positive_int("eval_frames", self.eval_frames)

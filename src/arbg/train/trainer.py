@@ -201,7 +201,7 @@ class Trainer:
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Refuse, in one line naming the option, to resume ``out_dir/last`` with another
         molecule, another model (``--preset``, ``--head``), other tokens (``--frame``,
-        ``--bond-offsets``, ``--n-bins``) or other data."""
+        ``--gauge``, ``--bond-offsets``, ``--local-frames``, ``--n-bins``) or other data."""
         last = self.out / "last"
         stored = read_config(last)
         where = f"--out {str(self.out)!r}"
@@ -222,7 +222,9 @@ class Trainer:
             "model_overrides": "--head / --n-mixtures",
             # the stored standardization and bins are kept on resume: a changed one is refused
             "frame": "--frame",
+            "gauge": "--gauge",
             "bond_offsets": "--bond-offsets",
+            "local_frames": "--local-frames",
             "n_bins": "--n-bins",
         }
         for key, flag in flags.items():
@@ -279,10 +281,14 @@ class Trainer:
             self.std = Standardization.from_dict(stored["standardization"])
             self.binning = Binning.from_dict(stored["binning"])
         else:
-            gauge = self.system.gauge_atoms if cfg.frame == "gauge" else None
-            parents = self.system.bond_parents if cfg.bond_offsets else None
+            gauge = None
+            if cfg.frame == "gauge":
+                s = self.system
+                gauge = s.start_gauge_atoms if cfg.gauge == "start" else s.gauge_atoms
+            parents = self.system.bond_parents(gauge) if cfg.bond_offsets else None
+            refs = self.system.frame_refs(gauge) if cfg.local_frames else None
             self.std = fit_standardization(
-                train, frame=cfg.frame, gauge_atoms=gauge, parents=parents
+                train, frame=cfg.frame, gauge_atoms=gauge, parents=parents, frame_refs=refs
             )
             n_bins = cfg.n_bins or default_n_bins(self.system.n_atoms)
             z = self.std.forward(train)  # [F, D]

@@ -43,7 +43,7 @@ class TransferableTrainer(Trainer):
     split for
     the val NLL). Gauge frame only; ``TrainConfig.augment_rotations``, ``augment_rotors``,
     ``bond_offsets`` and ``data_weights`` are not used (corpus frames are equilibrium MD;
-    ``augment_rotors`` and ``bond_offsets`` are refused).
+    ``augment_rotors``, ``bond_offsets`` and ``local_frames`` are refused).
 
     Parameters
     ----------
@@ -62,10 +62,13 @@ class TransferableTrainer(Trainer):
     ) -> None:
         if config.frame != "gauge":
             raise ValueError("transferable training uses the gauge frame (frame='gauge')")
-        if config.augment_rotors or config.bond_offsets:
+        if config.augment_rotors or config.bond_offsets or config.local_frames:
             raise ValueError(
-                "--rotors and --bond-offsets are for single-system training, not transferable"
+                "--rotors, --bond-offsets and --local-frames are for single-system training, "
+                "not transferable"
             )
+        if config.gauge != "central":
+            raise ValueError("transferable training uses the central gauge (--gauge central)")
         self.corpus = corpus
         self.cond_cfg = conditioning or ConditioningConfig()
         super().__init__(corpus, out_dir, config, progress)
