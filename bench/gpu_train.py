@@ -57,7 +57,7 @@ def prepare(
     system = ds.system
     train = centre_frames(np.asarray(ds.split("train"), dtype=np.float64))
     val = centre_frames(np.asarray(ds.split("val"), dtype=np.float64))[:n_val]
-    atoms = system.start_gauge_atoms if gauge == "start" else system.gauge_atoms
+    atoms = system.gauge_atoms_at(gauge)
     parents = system.bond_parents(atoms) if bond_offsets else None
     refs = system.frame_refs(atoms) if local_frames else None
     std = fit_standardization(

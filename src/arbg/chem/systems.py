@@ -436,6 +436,13 @@ class PeptideSystem:
             raise ValueError(f"{self.name}: no chain of three heavy atoms from atom {a}")
         return (a, b, c)
 
+    def gauge_atoms_at(self, where: str) -> tuple[int, int, int]:
+        """The gauge atoms of ``arbg train --gauge``: ``"central"`` (:attr:`gauge_atoms`) or
+        ``"start"`` (:attr:`start_gauge_atoms`)."""
+        if where not in ("central", "start"):
+            raise ValueError(f"gauge must be 'central' or 'start', got {where!r}")
+        return self.start_gauge_atoms if where == "start" else self.gauge_atoms
+
     @functools.cached_property
     def _neighbours(self) -> dict[int, list[int]]:
         """Bonded neighbours of each atom (canonical indices)."""

@@ -281,10 +281,7 @@ class Trainer:
             self.std = Standardization.from_dict(stored["standardization"])
             self.binning = Binning.from_dict(stored["binning"])
         else:
-            gauge = None
-            if cfg.frame == "gauge":
-                s = self.system
-                gauge = s.start_gauge_atoms if cfg.gauge == "start" else s.gauge_atoms
+            gauge = self.system.gauge_atoms_at(cfg.gauge) if cfg.frame == "gauge" else None
             parents = self.system.bond_parents(gauge) if cfg.bond_offsets else None
             refs = self.system.frame_refs(gauge) if cfg.local_frames else None
             self.std = fit_standardization(
