@@ -259,6 +259,37 @@ def test_weighted_cross_entropy_draws_by_weight(tmp_path, monkeypatch):
         Trainer(ds, tmp_path / "x", tiny_config(data_weights="importance"), progress=False)
 
 
+def test_weight_power_tempers_frame_draws_and_picks_best_on_tempered_val(tmp_path):
+    """--weight-power b draws frames in proportion to w**b and picks ``best`` on the val NLL
+    weighted the same way; the fully weighted val NLL is logged beside it."""
+    ds = synthetic_dataset(n_frames=120)
+    log_w = np.linspace(-6.0, 0.0, 120)
+    ds = Dataset(ds.positions, ds.system, ds.splits, log_weights=log_w)
+    cfg = tiny_config(steps=2, data_weights="weighted", weight_power=0.25)
+    tr = Trainer(ds, tmp_path / "t", cfg, progress=False)
+    lw = ds.split_log_weights("train")
+    expect = np.exp(0.25 * lw) / np.exp(0.25 * lw).sum()
+    assert np.allclose(tr.train_p.numpy(), expect, rtol=1e-12)
+    full = Trainer(
+        ds, tmp_path / "f", tiny_config(steps=2, data_weights="weighted"), progress=False
+    )
+    kish = lambda p: 1.0 / float((p**2).sum())  # noqa: E731
+    assert kish(full.train_p) < kish(tr.train_p) < len(tr.train_p)
+    tr.run()
+    ev = tr.evaluate()
+    lp = tr.model.log_prob(tr.val_bins).double()
+    vt = tr.val_w_tempered
+    assert ev["val_nll_tempered"] == pytest.approx(float(-(vt * lp).sum() / tr.D), rel=1e-9)
+    assert ev["val_nll_tempered"] != pytest.approx(ev["val_nll_weighted"], rel=1e-9)
+    tr.last_eval = ev
+    assert tr._objective() == ev["val_nll_tempered"]
+    assert full.val_w_tempered is None
+    with pytest.raises(ValueError, match="--weight-power needs --data-weights weighted"):
+        tiny_config(weight_power=0.5).validate()
+    with pytest.raises(ValueError, match="weight-power"):
+        tiny_config(data_weights="weighted", weight_power=0.0).validate()
+
+
 def test_early_stopping_on_patience_and_resume_stays_stopped(tmp_path):
     ds = synthetic_dataset()
     cfg = tiny_config(steps=40, eval_every=2, checkpoint_every=0, patience=2)

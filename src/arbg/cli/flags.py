@@ -63,6 +63,7 @@ def arg_checks() -> dict[str, object]:
         ema_decay=_checked(c.in_range, float, 0.0, 1.0, True, True),
         margin=_checked(c.in_range, float, 1.0, 100.0),
         min_lr_frac=_checked(c.in_range, float, 0.0, 1.0),
+        weight_power=_checked(c.in_range, float, 0.0, 1.0, True),
         momentum_muon=_checked(c.in_range, float, 0.0, 1.0, False, True),
         warmup_frac=_checked(c.in_range, float, 0.0, 1.0, False, True),
         reprobe_speedup=_checked(c.in_range, float, 1.0, 1000.0),

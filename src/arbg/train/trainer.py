@@ -265,16 +265,29 @@ class Trainer:
         # frame sampling probabilities of weighted cross-entropy (None: uniform)
         self.train_p: torch.Tensor | None = None
         if dataset.weighted and cfg.data_weights == "weighted":
-            self.train_p = torch.as_tensor(normalized_weights(dataset.split_log_weights("train")))
+            power = cfg.weight_power  # 1: target ensemble; (0, 1): tempered towards the sampled one
+            self.train_p = torch.as_tensor(
+                normalized_weights(power * dataset.split_log_weights("train"))
+            )
             logger.info(
-                "weighted cross-entropy: Kish ESS of the training frames %.0f / %d",
+                "weighted cross-entropy (weights to the power %g): Kish ESS of the training "
+                "frames %.0f / %d",
+                power,
                 1.0 / float((self.train_p**2).sum()),
                 len(self.train_p),
             )
         elif dataset.weighted:
+            kish = dataset.kish_ess("train")
+            n_train = len(dataset.split("train"))
             logger.info(
-                "weighted dataset trained plain (data_weights='plain'): the proposal "
-                "learns the sampled ensemble; SNIS corrects towards the target"
+                "weighted dataset trained plain (data_weights='plain'): the proposal learns the "
+                "sampled ensemble; SNIS corrects towards the target. Kish ESS of the training "
+                "frames %.0f / %d: a perfect model of the sampled ensemble would reach a SNIS "
+                "relative ESS of about %.1f %% (--data-weights weighted --weight-power < 1 "
+                "trades frames for a higher ceiling)",
+                kish,
+                n_train,
+                100 * kish / max(1, n_train),
             )
         if resume is not None:
             stored = read_config(self.out / "last")
@@ -640,6 +653,12 @@ class Trainer:
             else np.zeros(len(idx))
         )
         self.val_w = torch.as_tensor(normalized_weights(val_lw)) if self.dataset.weighted else None
+        # the tempered val weights of weighted cross-entropy with weight_power < 1
+        self.val_w_tempered = (
+            torch.as_tensor(normalized_weights(cfg.weight_power * val_lw))
+            if self.dataset.weighted and cfg.weight_power != 1.0
+            else None
+        )
         self.val_bins, n_clip = self._encode(xv, self.std, self.binning, g if self.rotate else None)
         # conformation-dependent Jacobian (gauge frame); rotation invariant, so unrotated frames
         self.val_logdet = torch.as_tensor(
@@ -692,10 +711,14 @@ class Trainer:
         if self.val_w is not None:  # target-ensemble (weighted) versions
             out["val_nll_weighted"] = float(-(self.val_w * lp).sum() / self.D)
             out["val_logq_weighted"] = float((self.val_w * logq).sum())
+        if self.val_w_tempered is not None:
+            out["val_nll_tempered"] = float(-(self.val_w_tempered * lp).sum() / self.D)
         return out
 
     def _objective(self) -> float:
-        """The val number that picks ``best``: weighted NLL under weighted cross-entropy."""
+        """The val number that picks ``best``: the val NLL weighted as the training frames are."""
+        if self.train_p is not None and "val_nll_tempered" in self.last_eval:
+            return self.last_eval["val_nll_tempered"]
         if self.train_p is not None and "val_nll_weighted" in self.last_eval:
             return self.last_eval["val_nll_weighted"]
         return self.last_eval["val_nll"]
