@@ -132,6 +132,7 @@ def test_validation_draw_picks_best_by_clipped_ess(chain, tmp_path):
     config = json.loads((tmp_path / "a" / "best" / "config.json").read_text())
     best = config["finetune"]
     assert best["val_ess_clipped"] == max(r["val_ess_clipped"] for r in scored)
+    assert best["round"] in (1, 3) and best["rounds_done"] == best["round"] - 1
     other = FinetuneConfig(**{**cfg.__dict__, "rounds": 1})
     first = finetune(_model(std, binning), binning, std, target, data, tmp_path / "b", other)
     assert first["log"][0]["val_ess_clipped"] == scored[0]["val_ess_clipped"]

@@ -274,9 +274,10 @@ def _run(model, binning, standardization, target, data_bins, out, cfg, system, f
                 *(r + 1, 100 * row["val_ess_clipped"], 100 * row["val_ess_unclipped"]),
                 *(cfg.validate_samples, 100 * max(best, row["val_ess_clipped"])),
             )
-        if score > best:  # the model before this round's update
+        if score > best:  # the model before this round's update: r rounds of fine-tuning
             best = score
-            _save(out / "best", model, binning, standardization, system, _info(row, start_record))
+            info = _info({**row, "round": r + 1, "rounds_done": r}, start_record)
+            _save(out / "best", model, binning, standardization, system, info)
         beta = tempered_beta(log_w, cfg.min_relative_ess)
         p = np.exp(beta * log_w - np.max(beta * log_w[np.isfinite(log_w)]))
         p = np.where(np.isfinite(log_w), p, 0.0)
