@@ -90,3 +90,24 @@ def test_every_flag_has_its_own_help():
 
     walk(build_parser(), "arbg")
     assert not shared, shared
+
+
+def test_every_command_help_renders():
+    """`arbg CMD --help` formats for every command (argparse %-formats help text, so a bare
+    ``%`` in a docstring made `arbg train --help` crash)."""
+    from arbg.cli import build_parser
+
+    failed = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        try:
+            parser.format_help()
+        except (ValueError, TypeError, KeyError) as e:
+            failed.append(f"{name}: {e}")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+
+    walk(build_parser(), "arbg")
+    assert not failed, failed

@@ -93,7 +93,8 @@ def add_config_args(parser: Any, cls: type, skip: tuple[str, ...] = (), prefix: 
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
         text = re.sub(r":\w+:`~?([^`]+)`", r"\1", helps.get(f.name, ""))
-        text = text.replace("``", "").rstrip(".")
+        # argparse %-formats help text: a literal % in a docstring ("2.7 %") must be doubled
+        text = text.replace("``", "").rstrip(".").replace("%", "%%")
         if default is not None and default != () and "default" not in text:
             text = f"{text} (default: {default})" if text else f"default: {default}"
         kw: dict[str, Any] = {"dest": _dest(f, prefix), "default": default}
