@@ -156,6 +156,57 @@ def test_biased_toy_reweights_to_the_exact_answer(biased_toy):
     assert se < 0.04
 
 
+def _as_dataset(system, out):
+    from arbg.data.datasets import Dataset
+
+    meta = json.loads((out / "metadata.json").read_text())
+    x = load_md_frames(out)
+    splits = {"train": [0, int(0.8 * len(x))], "val": [int(0.8 * len(x)), len(x)]}
+    return Dataset(x, system, splits, {**meta, "source": str(out)}, load_md_log_weights(out))
+
+
+def test_joined_plain_and_biased_runs_are_pooled_by_their_biases(tmp_path):
+    """A plain and a biased run of one system, joined (``join_datasets``): the frames are pooled
+    by MBAR, which keeps the exact answer while the weights get far flatter than the biased
+    run's own (a 3 kT barrier, which the plain run crosses)."""
+    from arbg.data.datasets import join_datasets
+    from arbg.reweight import kish_ess
+
+    toy = ToyTorsion(barrier_kt=3.0)
+    run_md(toy, tmp_path / "plain", _config(ns=0.6, bias=None), progress=False)
+    run_md(toy, tmp_path / "biased", _config(ns=0.6), progress=False)
+    plain, biased = _as_dataset(toy, tmp_path / "plain"), _as_dataset(toy, tmp_path / "biased")
+    joined = join_datasets([plain, biased])
+    assert joined.metadata["joined_weights"] == "mbar"
+    th = dihedrals(joined.positions, ToyTorsion.phi_indices)[:, 0]
+    pops = basin_populations(th, 0 * th, weights=np.exp(joined.log_weights), n_blocks=20)
+    p, se = pops["basins"]["alphaL_C7ax"]["p"], pops["basins"]["alphaL_C7ax"]["se"]
+    exact = toy.exact_p_positive()
+    assert abs(p - exact) < 3 * se, (p, se, exact)
+    assert kish_ess(joined.log_weights) > kish_ess(biased.log_weights) + 0.5 * len(plain)
+    check = {c["source"]: c for c in joined.metadata["joined_phi_check"]}
+    assert abs(check[str(tmp_path / "plain")]["observed"] - exact) < 0.1
+
+
+def test_a_trapped_plain_run_is_named_when_pooled(biased_toy, tmp_path, caplog):
+    """A plain run that never leaves the major well (10 kT barrier) breaks pooling's
+    assumption that each run sampled its own ensemble: the join says so, naming the run."""
+    from arbg.data.datasets import join_datasets
+
+    toy, biased_dir = biased_toy
+    trapped = ToyTorsion()
+    trapped.spec = toy.spec  # the same system, started in the lower well (theta = -90 deg)
+    trapped.positions = toy.positions * np.array([1.0, 1.0, -1.0])
+    run_md(trapped, tmp_path / "plain", _config(ns=0.4, bias=None), progress=False)
+    plain = _as_dataset(toy, tmp_path / "plain")
+    assert np.all(dihedrals(plain.positions, ToyTorsion.phi_indices)[:, 0] < 0)
+    with caplog.at_level("WARNING", logger="arbg.data.datasets"):
+        joined = join_datasets([plain, _as_dataset(toy, biased_dir)])
+    check = joined.metadata["joined_phi_check"][0]
+    assert check["observed"] == 0.0 and check["expected"] > 0.05
+    assert f"{tmp_path / 'plain'}: 0.0 % of its frames have some phi > 0" in caplog.text
+
+
 def test_heated_biased_toy_reweights_to_the_target_temperature(tmp_path):
     toy = ToyTorsion()
     out = tmp_path / "heated"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from scipy.special import logsumexp
 from toys import ChainProposal, HarmonicChainTarget
 
 from arbg.reweight import (
@@ -11,6 +14,7 @@ from arbg.reweight import (
     kish_ess,
     log_importance_weights,
     log_mean_exp,
+    mixture_log_weights,
     multinomial_resample,
     normalize_log_weights,
     relative_ess,
@@ -166,3 +170,36 @@ def test_check_weights_of_unclipped_weights_says_so():
     text = "\n".join(check_weights(lw, what="SMC weights").warnings)
     assert "SMC weights collapsed: ESS 1.0 of 200 (0.50%; unclipped weights)" in text
     assert "clipped (" not in text
+
+
+def test_mixture_log_weights_pool_a_plain_and_a_tilted_gaussian_run():
+    """MBAR on an analytic target: mu = N(0, 1), run 1 under the bias b(x) = -a x samples
+    N(a, 1) with free energy f_1 = -log E_mu[exp(a x)] = -a^2 / 2."""
+    rng = np.random.default_rng(0)
+    a, n = 2.0, 20_000
+    x = np.concatenate([rng.normal(0.0, 1.0, n), rng.normal(a, 1.0, n)])
+    bias = np.stack([np.zeros_like(x), -a * x])
+    log_w, f = mixture_log_weights(bias, [n, n])
+    assert f[0] == 0.0 and f[1] == pytest.approx(-a * a / 2, abs=0.05)
+    assert np.exp(logsumexp(log_w)) == pytest.approx(1.0)
+    tail = 1.0 - 0.5 * (1.0 + math.erf(2.5 / math.sqrt(2.0)))  # P(x > 2.5) = 0.0062
+    for values, exact in ((x, 0.0), (x**2, 1.0), ((x > 2.5).astype(float), tail)):
+        mean, se = weighted_mean(values, log_w)
+        assert abs(float(mean) - exact) < 4 * float(se) + 1e-3, (mean, se, exact)
+    # pooled weights are bounded by 1/N_0: far flatter than the biased run's own +b weights
+    assert kish_ess(log_w) > 0.6 * 2 * n
+    assert kish_ess(-a * x[n:]) < 0.1 * n
+
+
+def test_mixture_log_weights_of_one_run_are_its_own_bias_weights():
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=50)
+    log_w, f = mixture_log_weights(b[None], [50])
+    np.testing.assert_allclose(log_w, normalize_log_weights(b), atol=1e-12)
+    np.testing.assert_allclose(mixture_log_weights(np.zeros((1, 7)), [7])[0], -np.log(7))
+    with pytest.raises(ValueError, match="sum to 50"):
+        mixture_log_weights(b[None], [49])
+    with pytest.raises(ValueError, match=r"\[K, F\]"):
+        mixture_log_weights(b, [50])
+    with pytest.raises(ValueError, match="non-finite"):
+        mixture_log_weights(np.full((1, 2), np.inf), [2])

@@ -170,6 +170,62 @@ def normalize_log_weights(log_w: np.ndarray) -> np.ndarray:
     return lw - total
 
 
+def mixture_log_weights(
+    bias_kt: np.ndarray, counts: np.ndarray, tol: float = 1e-10, max_iter: int = 100_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Target log-weights of frames pooled from runs that differ only by static biases (MBAR).
+
+    Run ``k`` samples ``p_k(x) = mu(x) exp(-b_k(x) + f_k)`` (``b_k = V_k/kT``, zero for an
+    unbiased run; ``f_k = -log E_mu[exp(-b_k)]`` its free energy). Its ``N_k`` frames, pooled
+    with the others', are draws from the mixture ``m = sum_k (N_k / N) p_k``, so every frame
+    gets ``w(x) = mu(x) / m(x)``, proportional to ``1 / sum_k N_k exp(f_k - b_k(x))``, with the
+    ``f_k`` solved self-consistently (MBAR, Shirts & Chodera 2008, J. Chem. Phys. 129, 124105;
+    the unbinned WHAM). Every frame is scored under every run's bias, so the weights stay
+    bounded by ``1 / N_0`` for an unbiased run's ``N_0`` frames, and a basin that only the
+    biased runs reach keeps its weight from their frames.
+
+    Parameters
+    ----------
+    bias_kt : [K, F] float, ``b_k(x_n)``: run ``k``'s bias, kT, at every pooled frame ``n``.
+    counts : [K] int, frames contributed by each run (summing to ``F``).
+    tol, max_iter : convergence of the free energies (largest change, kT) and iteration cap.
+
+    Returns
+    -------
+    (log_w [F] normalised to ``logsumexp 0``, f [K] free energies in kT with ``f_0 = 0``).
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-finite biases or counts that are not positive.
+    """
+    b = np.asarray(bias_kt, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    if b.ndim != 2 or n.shape != (b.shape[0],):
+        raise ValueError(f"bias_kt must be [K, F] and counts [K]; got {b.shape} and {n.shape}")
+    if int(n.sum()) != b.shape[1] or (n <= 0).any():
+        raise ValueError(f"counts {n.tolist()} must be positive and sum to {b.shape[1]} frames")
+    if not np.isfinite(b).all():
+        raise ValueError("bias_kt has non-finite entries")
+    log_n = np.log(n)[:, None]
+    f = np.zeros(len(n))
+    for _ in range(max_iter):
+        log_w = -logsumexp(log_n + f[:, None] - b, axis=0)  # [F]
+        log_w -= logsumexp(log_w)
+        f_new = -logsumexp(log_w[None] - b, axis=1)  # [K]
+        f_new -= f_new[0]
+        if np.max(np.abs(f_new - f)) < tol:
+            f = f_new
+            break
+        f = f_new
+    else:
+        logger.warning(
+            "mixture_log_weights: free energies not converged after %d iterations", max_iter
+        )
+    log_w = -logsumexp(log_n + f[:, None] - b, axis=0)
+    return log_w - logsumexp(log_w), f
+
+
 def weights_from_log(log_w: np.ndarray) -> np.ndarray:
     """Normalized weights ``exp(normalize_log_weights(log_w))``, shape (N,), summing to one.
 

@@ -45,6 +45,7 @@ import arbg
 from arbg import checks
 from arbg.chem.bias import (
     BiasConfig,
+    bias_energies,
     build_bias,
     frame_log_weights,
     free_force_group,
@@ -663,6 +664,33 @@ def load_md_log_weights(out_dir: str | Path) -> np.ndarray:
     return frame_log_weights(
         terms["energy"], terms["bias"], meta["target_temperature_k"], meta["sampling_temperature_k"]
     )
+
+
+def md_bias_kt(out_dir: str | Path, positions: np.ndarray) -> np.ndarray:
+    """The frozen bias of an ``arbg md`` run at any frames, in kT of its sampling temperature.
+
+    ``V(x) / (k_B T_sampling)``, recomputed by OpenMM from the run's ``bias/grid.npy`` and its
+    biased dihedrals (:func:`arbg.chem.bias.bias_energies`); zeros for an unbiased run. On the
+    run's own frames it equals ``chunks/bias_*.npy``; on another run's frames it is what pooling
+    runs needs (:func:`arbg.reweight.mixture_log_weights`).
+
+    Parameters
+    ----------
+    out_dir : the run. positions : [F, n_atoms, 3] nm, canonical atom order.
+
+    Returns
+    -------
+    [F] float64, kT.
+    """
+    out = Path(out_dir)
+    meta = checks.read_json(out / "metadata.json", "MD metadata")
+    x = np.asarray(positions, dtype=np.float64)
+    if not meta.get("bias"):
+        return np.zeros(len(x))
+    grid = checks.load_npy(out / meta["bias"].get("grid_file", "bias/grid.npy"), "bias grid")
+    dih = np.asarray(meta["bias"]["settings"]["dihedrals"], dtype=np.int64)
+    kT = BOLTZMANN_KJ_PER_MOL_K * float(meta["sampling_temperature_k"])
+    return bias_energies(x, dih, grid) / kT
 
 
 def finalize(system: PeptideSystem, out: Path, meta: dict) -> None:

@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
 from arbg import checks
 from arbg.chem.geometry import dihedrals
-from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights
+from arbg.chem.md import contiguous_splits, load_md_frames, load_md_log_weights, md_bias_kt
 from arbg.chem.systems import PeptideSystem, SystemSpec, build_system, make_spec, system_from_pdb
 from arbg.files import ascii_path
-from arbg.reweight import kish_ess, normalize_log_weights
+from arbg.reweight import kish_ess, mixture_log_weights, normalize_log_weights
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +295,15 @@ def join_datasets(parts: list[Dataset]) -> Dataset:
     runs one after the other, then ``val``, then ``test``, so no frame changes split and the
     validation frames stay as independent of the training frames as in each run alone.
 
-    Log-weights: runs made under different biases have different normalising constants, so
-    each run is self-normalised on its own and the runs are mixed in proportion to their Kish
-    ESS (the minimum-variance mix of independent estimators; equilibrium runs keep equal frame
-    weights). Raises ``ValueError`` naming the run whose system or split names differ.
+    Log-weights: when every run is an ``arbg md`` run sampled at its target temperature
+    (plain or under a frozen dihedral bias), the frames are pooled (MBAR,
+    :func:`arbg.reweight.mixture_log_weights`): each frame is scored under every run's bias
+    (:func:`arbg.chem.md.md_bias_kt`), so plain MD adds flat weights where it samples and the
+    biased runs keep the basins that plain MD misses. Otherwise (heated runs, array files
+    whose bias is unknown) each run is self-normalised on its own and the runs are mixed in
+    proportion to their Kish ESS (the minimum-variance mix of independent estimators), which
+    assumes that every run reached every basin. Raises ``ValueError`` naming the run whose
+    system or split names differ.
     """
     if not parts:
         raise ValueError("join_datasets: no datasets given")
@@ -316,22 +322,91 @@ def join_datasets(parts: list[Dataset]) -> Dataset:
                 f"{list(d.splits)} differ from {names}"
             )
     mixed = [normalize_log_weights(d.log_weights) + np.log(d.kish_ess()) for d in parts]
-    positions, log_w, splits, start = [], [], {}, 0
+    positions, log_w, run_of, splits, start = [], [], [], {}, 0
     for name in names:
-        for d, lw in zip(parts, mixed, strict=True):
+        for k, (d, lw) in enumerate(zip(parts, mixed, strict=True)):
             a, b = d.splits[name]
             positions.append(d.positions[a:b])
             log_w.append(lw[a:b])
+            run_of.append(np.full(b - a, k))
         stop = start + sum(d.splits[name][1] - d.splits[name][0] for d in parts)
         splits[name] = [start, stop]
         start = stop
-    sources = [str(d.metadata.get("source", f"run {i}")) for i, d in enumerate(parts)]
-    return Dataset(
-        np.concatenate(positions),
-        first.system,
-        splits,
-        {"source": sources, "joined_frames": [len(d) for d in parts]},
-        np.concatenate(log_w),
+    x, weights = np.concatenate(positions), np.concatenate(log_w)
+    meta = {
+        "source": [str(d.metadata.get("source", f"run {i}")) for i, d in enumerate(parts)],
+        "joined_frames": [len(d) for d in parts],
+        "joined_weights": "kish-mix",
+    }
+    if all(_pooled_md_run(d) for d in parts):
+        runs = np.concatenate(run_of)
+        bias = np.stack([md_bias_kt(d.metadata["source"], x) for d in parts])  # [K, F] kT
+        weights, f = mixture_log_weights(bias, np.bincount(runs, minlength=len(parts)))
+        meta.update(joined_weights="mbar", joined_free_energies_kt=f.tolist())
+        if len(first.system.phi_indices):
+            meta["joined_phi_check"] = _check_pooled_runs(
+                dihedrals(x, first.system.phi_indices), runs, bias, weights, meta["source"]
+            )
+    else:
+        log.info(
+            "joined runs mixed by their Kish ESS (not all are arbg md runs at their target "
+            "temperature, so their frames cannot be pooled)"
+        )
+    return Dataset(x, first.system, splits, meta, weights)
+
+
+def _check_pooled_runs(
+    phi: np.ndarray,
+    runs: np.ndarray,
+    bias: np.ndarray,
+    log_w: np.ndarray,
+    sources: list[str],
+) -> list[dict]:
+    """Does each pooled run hold as many frames with some phi > 0 as its own ensemble should?
+
+    Pooling assumes that every run sampled its own ensemble. A plain run too short to cross
+    the phi barrier breaks that: the pooled weights then under-weight the basins it missed (by
+    about its frame count times their population, over the biased runs' frames there). Run
+    ``k``'s expected fraction is ``E_pk[g] = sum_n w_n exp(-b_k(x_n)) g(x_n) / sum_n w_n
+    exp(-b_k(x_n))`` with ``g = any phi > 0``; a run whose fraction is below half of that
+    (with at least 10 frames expected) is logged as a warning.
+
+    Parameters
+    ----------
+    phi : [F, n_phi] rad. runs : [F] run index of each frame. bias : [K, F] kT. log_w : [F]
+        normalised pooled log-weights. sources : [K] names for the messages.
+
+    Returns
+    -------
+    one ``{"source", "frames", "observed", "expected"}`` dict per run.
+    """
+    g = (phi > 0).any(axis=1)
+    out = []
+    for k, source in enumerate(sources):
+        n_k = int((runs == k).sum())
+        observed = float(g[runs == k].mean())
+        p_k = np.exp(log_w - bias[k] - logsumexp(log_w - bias[k]))  # p_k / mu, normalised
+        expected = float(p_k @ g)
+        out.append({"source": source, "frames": n_k, "observed": observed, "expected": expected})
+        if expected * n_k >= 10 and observed < 0.5 * expected:
+            log.warning(
+                "%s: %.1f %% of its frames have some phi > 0 where its own ensemble has %.1f %%: "
+                "the run did not sample its ensemble (too short to cross the barrier?), so the "
+                "pooled weights under-weight phi > 0 (by about %.0f of the %.0f frames there)",
+                *(source, 100 * observed, 100 * expected, n_k * (expected - observed)),
+                float(g.sum()),
+            )
+    return out
+
+
+def _pooled_md_run(d: Dataset) -> bool:
+    """Whether ``d`` is an ``arbg md`` run sampled at its target temperature (plain or under a
+    frozen bias), whose sampling density :func:`join_datasets` can evaluate at any frame."""
+    m = d.metadata
+    return (
+        m.get("format") == "arbg-md"
+        and Path(str(m.get("source", ""))).is_dir()
+        and m.get("sampling_temperature_k") == m.get("target_temperature_k")
     )
 
 
