@@ -385,7 +385,7 @@ def _check_pooled_runs(
     for k, source in enumerate(sources):
         n_k = int((runs == k).sum())
         observed = float(g[runs == k].mean())
-        p_k = np.exp(log_w - bias[k] - logsumexp(log_w - bias[k]))  # p_k / mu, normalised
+        p_k = np.exp(log_w - bias[k] - logsumexp(log_w - bias[k]))  # frame weights towards p_k
         expected = float(p_k @ g)
         out.append({"source": source, "frames": n_k, "observed": observed, "expected": expected})
         if expected * n_k >= 10 and observed < 0.5 * expected:
