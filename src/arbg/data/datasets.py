@@ -321,25 +321,20 @@ def join_datasets(parts: list[Dataset]) -> Dataset:
                 f"cannot join {d.metadata.get('source', f'run {i}')}: splits "
                 f"{list(d.splits)} differ from {names}"
             )
-    mixed = [normalize_log_weights(d.log_weights) + np.log(d.kish_ess()) for d in parts]
-    positions, log_w, run_of, splits, start = [], [], [], {}, 0
+    pieces, splits, start = [], {}, 0  # pieces: (run, first frame, stop) in joined order
     for name in names:
-        for k, (d, lw) in enumerate(zip(parts, mixed, strict=True)):
-            a, b = d.splits[name]
-            positions.append(d.positions[a:b])
-            log_w.append(lw[a:b])
-            run_of.append(np.full(b - a, k))
+        for k, d in enumerate(parts):
+            pieces.append((k, *d.splits[name]))
         stop = start + sum(d.splits[name][1] - d.splits[name][0] for d in parts)
         splits[name] = [start, stop]
         start = stop
-    x, weights = np.concatenate(positions), np.concatenate(log_w)
+    x = np.concatenate([parts[k].positions[a:b] for k, a, b in pieces])
+    runs = np.concatenate([np.full(b - a, k) for k, a, b in pieces])
     meta = {
         "source": [str(d.metadata.get("source", f"run {i}")) for i, d in enumerate(parts)],
         "joined_frames": [len(d) for d in parts],
-        "joined_weights": "kish-mix",
     }
     if all(_pooled_md_run(d) for d in parts):
-        runs = np.concatenate(run_of)
         bias = np.stack([md_bias_kt(d.metadata["source"], x) for d in parts])  # [K, F] kT
         weights, f = mixture_log_weights(bias, np.bincount(runs, minlength=len(parts)))
         meta.update(joined_weights="mbar", joined_free_energies_kt=f.tolist())
@@ -352,6 +347,9 @@ def join_datasets(parts: list[Dataset]) -> Dataset:
             "joined runs mixed by their Kish ESS (not all are arbg md runs at their target "
             "temperature, so their frames cannot be pooled)"
         )
+        mixed = [normalize_log_weights(d.log_weights) + np.log(d.kish_ess()) for d in parts]
+        weights = np.concatenate([mixed[k][a:b] for k, a, b in pieces])
+        meta["joined_weights"] = "kish-mix"
     return Dataset(x, first.system, splits, meta, weights)
 
 
