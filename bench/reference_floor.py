@@ -1,6 +1,7 @@
 """The ideal-sampler floor: the E-W2 (and T-W2) that a perfect proposal would score.
 
-Usage: python bench/reference_floor.py EVAL_REF --truth RUN [RUN ...] [--n-eval 10000]
+Usage: python bench/reference_floor.py EVAL_REF --truth RUN [RUN ...] [--system NAME]
+       [--n-eval 10000]
        [--repeats 30] [--t-w2] [--target-mean 0.25 --target-sd 0.05 --seeds-per-mean 3]
 
 An ideal SNIS sampler returns conformations distributed exactly as mu. The best stand-in for such
@@ -24,33 +25,27 @@ Energies are reduced (kT) under the named system's force field; angles in radian
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from arbg.chem.systems import build_system
 from arbg.data.datasets import join_datasets, load_dataset
 from arbg.eval.ensembles import Ensemble, backbone_torsions, resampled_score, strided_reference
+from arbg.eval.evaluate import reference_energies
 from arbg.eval.w2 import energy_w2
 from arbg.reweight import multinomial_resample, weights_from_log
-
-
-def _system_name(paths: list[Path]) -> str:
-    names = {
-        json.loads((p / "metadata.json").read_text())["system"]["name"] for p in paths if p.is_dir()
-    }
-    if len(names) != 1:
-        raise SystemExit(f"name the system with --system (the runs give {sorted(names)})")
-    return names.pop()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("reference", type=Path, help="the evaluation reference (npz or arbg md dir)")
     ap.add_argument("--truth", type=Path, nargs="+", required=True, help="independent runs")
-    ap.add_argument("--system", help="system name (default: from the arbg md directories)")
+    ap.add_argument(
+        "--system",
+        help="system preset (default: the one the first truth run records; give it "
+        "for .npz files, which record none)",
+    )
     ap.add_argument("--n-eval", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--t-w2", action="store_true", help="also T-W2 (minutes per repeat)")
@@ -62,16 +57,18 @@ def main() -> None:
     if args.n_eval < 2 or args.repeats < args.seeds_per_mean or args.seeds_per_mean < 2:
         raise SystemExit("need --n-eval >= 2 and --repeats >= --seeds-per-mean >= 2")
 
-    system = build_system(args.system or _system_name([args.reference, *args.truth]))
+    first = load_dataset(args.truth[0], system=args.system)
+    system = first.system
+    parts = [first, *(load_dataset(p, system=system) for p in args.truth[1:])]
     ref = load_dataset(args.reference, system=system)
-    parts = [load_dataset(p, system=system) for p in args.truth]
+    # one split per run: frames stay in run order, so a seed draws the same frames every time
     truth = join_datasets([replace(d, splits={"all": [0, len(d)]}) for d in parts])
     if len(ref) < args.n_eval or len(truth) < args.n_eval:
         raise SystemExit(f"--n-eval {args.n_eval} exceeds a reference's frames")
 
     def ensemble(d):  # energies kT, phi/psi rad
         tors = backbone_torsions(d.positions, system.phi_indices, system.psi_indices)
-        return system.reduced_energy(d.positions), tors
+        return reference_energies(d, system), tors
 
     ref_u, ref_t = ensemble(ref)
     truth_u, truth_t = ensemble(truth)
