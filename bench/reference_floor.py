@@ -1,8 +1,8 @@
 """The ideal-sampler floor: the E-W2 (and T-W2) that a perfect proposal would score.
 
 Usage: python bench/reference_floor.py EVAL_REF --truth RUN [RUN ...] [--system NAME]
-       [--n-eval 10000]
-       [--repeats 30] [--t-w2] [--target-mean 0.25 --target-sd 0.05 --seeds-per-mean 3]
+       [--n-eval 10000] [--repeats 30] [--t-w2] [--target-mean 0.25 --target-sd 0.05]
+       [--seeds-per-mean 3]
 
 An ideal SNIS sampler returns conformations distributed exactly as mu. The best stand-in for such
 draws is an independent, longer estimate of mu: the TRUTH runs (``arbg md`` directories or
